@@ -1,0 +1,44 @@
+# Quick start: `make demo` and `make test`. Both bootstrap what a fresh Debian 12 machine lacks.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := openvswitch-switch mininet iproute2 ethtool iperf3 tcpdump procps
+OUT ?= out
+
+.PHONY: all bootstrap deps venv ovs demo test unit bench clean
+
+all: test
+
+bootstrap: deps venv ovs
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -q && \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+ovs: deps
+	@ovs-vsctl --timeout=5 show >/dev/null 2>&1 || /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random
+
+demo: bootstrap
+	mkdir -p $(OUT)
+	$(VENV)/bin/mptcp-lb demo --json $(OUT)/demo-report.json --plot $(OUT)/demo.png
+
+test: bootstrap
+	$(PY) -m pytest -ra tests
+
+unit: venv
+	$(PY) -m pytest -ra tests/unit
+
+bench: bootstrap
+	mkdir -p $(OUT)
+	$(PY) -m bench.run_bench --json $(OUT)/bench.json
+
+clean:
+	rm -rf $(VENV) $(OUT) *.egg-info

@@ -1,0 +1,109 @@
+"""The DIP's test service: hash what a client sent and say which subflows carried it.
+
+Asking the DIP (not the MUX) which subflows it terminated is how tests prove
+that every subflow of a connection reached the same DIP.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import threading
+
+from mptcp_lb import echo_protocol
+from mptcp_lb.mptcp_sockopt import mptcp_socket, subflow_addrs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EchoServer"]
+
+
+class EchoServer:
+    """MPTCP echo-hash server on ``host:port``, one thread per connection."""
+
+    def __init__(self, dip_id: int, port: int, *, host: str = "0.0.0.0",
+                 max_payload: int = echo_protocol.DEFAULT_MAX_PAYLOAD, io_timeout: float = 60.0):
+        self.dip_id = dip_id
+        self.host = host
+        self.port = port
+        self.max_payload = max_payload
+        self.io_timeout = io_timeout  # a stalled client must not pin a thread forever
+        self._listener: socket.socket | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._accept_thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._conns: dict[socket.socket, threading.Thread] = {}
+
+    def start(self) -> None:
+        """Listen, then serve from a background thread; returns once listening."""
+        if self._listener is not None:
+            raise RuntimeError("EchoServer already started")
+        listener = mptcp_socket()
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.host, self.port))
+            listener.listen(128)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        self._accept_thread = threading.Thread(target=self._accept_loop, name=f"echo-accept-{self.port}",
+                                               daemon=True)
+        self._accept_thread.start()
+        log.info("echo server for DIP %d listening on %s:%d (MPTCP)", self.dip_id, self.host, self.port)
+
+    def stop(self) -> None:
+        """Stop accepting, cut open connections, and wait for their threads."""
+        if self._listener is None:
+            return
+        self._wake_w.send(b"x")
+        self._accept_thread.join()
+        self._listener.close()
+        self._listener = None
+        with self._lock:
+            conns = dict(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by its handler
+        for thread in conns.values():
+            thread.join()
+        self._wake_r.close()
+        self._wake_w.close()
+        log.info("echo server for DIP %d on port %d stopped", self.dip_id, self.port)
+
+    def _accept_loop(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._listener, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while True:
+                ready = {key.fileobj for key, _ in sel.select()}
+                if self._wake_r in ready:
+                    return
+                try:
+                    conn, peer = self._listener.accept()
+                except OSError as e:
+                    log.warning("accept failed: %s", e)
+                    continue
+                thread = threading.Thread(target=self._serve, args=(conn, peer),
+                                          name=f"echo-{peer[0]}:{peer[1]}", daemon=True)
+                with self._lock:
+                    self._conns[conn] = thread
+                thread.start()
+
+    def _serve(self, conn: socket.socket, peer: tuple) -> None:
+        try:
+            conn.settimeout(self.io_timeout)
+            nbytes, digest = echo_protocol.read_request(conn, self.max_payload)
+            reply = echo_protocol.make_reply(self.dip_id, nbytes, digest, subflow_addrs(conn))
+            conn.sendall(echo_protocol.encode_reply(reply))
+            log.debug("served %s:%d: %d bytes over %d subflows", peer[0], peer[1], nbytes,
+                      len(reply["subflows"]))
+        except (echo_protocol.ProtocolError, OSError) as e:
+            log.warning("dropping connection from %s:%d: %s", peer[0], peer[1], e)
+        finally:
+            with self._lock:
+                del self._conns[conn]
+            conn.close()

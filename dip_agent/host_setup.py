@@ -1,0 +1,220 @@
+"""Prepare a DIP's network namespace for port-based MPTCP steering, and put it back.
+
+The DIP answers for the VIP (VIP/32 on ``lo``, without ARPing for it), sets
+the C flag so clients never join VIP:service-port, and announces
+ADD_ADDR(VIP, P) with P in its own port range, so that every further subflow
+lands on a port the MUXes steer to this DIP. Every value changed is
+remembered so ``undo()`` leaves the namespace as it was; in particular the
+signal endpoint with a port must go, or its kernel listener keeps the
+namespace alive after ``ip netns del``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from pyroute2 import IPRoute, MPTCP
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.generic import GenericNetlinkSocket
+
+from mptcp_lb.mptcp_sockopt import MptcpUnavailable
+
+log = logging.getLogger(__name__)
+
+PROC_SYS = "/proc/sys"
+MPTCP_ENABLED = "net/mptcp/enabled"
+MPTCP_GENL_FAMILY = "mptcp_pm"
+MPTCP_PM_ADDR_FLAG_SIGNAL = 1
+
+# ARP: answer only for addresses on the receiving interface, and never source
+# ARP from the VIP, so only the MUXes attract VIP traffic.
+# allow_join_initial_addr_port=0 sets the C flag in the DIP's MP_CAPABLE.
+SYSCTLS = {
+    "net/ipv4/conf/all/arp_ignore": "1",
+    "net/ipv4/conf/all/arp_announce": "2",
+    "net/ipv4/conf/lo/arp_ignore": "1",
+    "net/ipv4/conf/lo/arp_announce": "2",
+    "net/mptcp/allow_join_initial_addr_port": "0",
+}
+
+__all__ = ["DipHostSetup", "MptcpUnavailable", "SYSCTLS", "check_mptcp_available"]
+
+
+def _sysctl_name(path: str) -> str:
+    return path.replace("/", ".")
+
+
+def _read_sysctl(path: str) -> str:
+    with open(os.path.join(PROC_SYS, path), encoding="ascii") as f:
+        return f.read().strip()
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    with open(os.path.join(PROC_SYS, path), "w", encoding="ascii") as f:
+        f.write(value)
+
+
+def check_mptcp_available() -> None:
+    """Raise MptcpUnavailable naming what this namespace lacks for in-kernel MPTCP."""
+    try:
+        enabled = _read_sysctl(MPTCP_ENABLED)
+    except FileNotFoundError as e:
+        raise MptcpUnavailable(f"{os.path.join(PROC_SYS, MPTCP_ENABLED)} does not exist: "
+                               "the kernel is built without CONFIG_MPTCP") from e
+    if enabled != "1":
+        raise MptcpUnavailable(f"{_sysctl_name(MPTCP_ENABLED)} is {enabled} in this network "
+                               "namespace; it must be 1")
+    genl = GenericNetlinkSocket()
+    try:
+        genl.discovery(MPTCP_GENL_FAMILY)
+    except NetlinkError as e:
+        raise MptcpUnavailable(f"generic netlink family {MPTCP_GENL_FAMILY!r} is not resolvable "
+                               f"({e.args[1] if len(e.args) > 1 else e}): no in-kernel MPTCP "
+                               "path manager") from e
+    finally:
+        genl.close()
+
+
+def _endpoints(pm: MPTCP) -> list[dict]:
+    """The in-kernel PM endpoints as plain dicts (id, addr, port, flags)."""
+    result = []
+    for msg in pm.endpoint("show"):
+        attr = msg.get_attr("MPTCP_PM_ATTR_ADDR")
+        result.append({
+            "id": attr.get_attr("MPTCP_PM_ADDR_ATTR_ID"),
+            "addr": attr.get_attr("MPTCP_PM_ADDR_ATTR_ADDR4") or attr.get_attr("MPTCP_PM_ADDR_ATTR_ADDR6"),
+            "port": attr.get_attr("MPTCP_PM_ADDR_ATTR_PORT") or 0,
+            "flags": attr.get_attr("MPTCP_PM_ADDR_ATTR_FLAGS") or 0,
+        })
+    return result
+
+
+def _limits(pm: MPTCP) -> dict:
+    (msg,) = pm.limits("show")
+    return {"subflows": msg.get_attr("MPTCP_PM_ATTR_SUBFLOWS"),
+            "add_addr_accepted": msg.get_attr("MPTCP_PM_ATTR_RCV_ADD_ADDRS")}
+
+
+class DipHostSetup:
+    """Idempotent setup of the current network namespace as a port-scheme DIP."""
+
+    def __init__(self, vip_address: str, announce_port: int, *, subflows: int = 8):
+        if not 1 <= announce_port <= 65535:
+            raise ValueError(f"announce_port {announce_port} is not in 1..65535")
+        if not 0 <= subflows <= 8:
+            raise ValueError(f"subflows {subflows} is not in 0..8 (the kernel's limit)")
+        self.vip = vip_address
+        self.announce_port = announce_port
+        self.subflows = subflows
+        # What apply() changed, with the values found before the first apply().
+        self._saved_sysctls: dict[str, str] = {}
+        self._saved_limits: dict | None = None
+        self._endpoint_id: int | None = None
+        self._added_address = False
+
+    def _endpoint_wanted(self, ep: dict) -> bool:
+        return (ep["addr"] == self.vip and ep["port"] == self.announce_port
+                and ep["flags"] == MPTCP_PM_ADDR_FLAG_SIGNAL)
+
+    def apply(self) -> None:
+        """Configure the namespace; on failure, roll back what was done and re-raise."""
+        check_mptcp_available()
+        try:
+            self._apply_address()
+            self._apply_sysctls()
+            with MPTCP() as pm:
+                self._apply_limits(pm)
+                self._apply_endpoint(pm)
+        except Exception:
+            log.error("DIP setup for VIP %s port %d failed; rolling back", self.vip, self.announce_port)
+            self.undo()
+            raise
+
+    def _apply_address(self) -> None:
+        with IPRoute() as ipr:
+            (lo,) = ipr.link_lookup(ifname="lo")
+            present = any(a.get_attr("IFA_LOCAL") == self.vip or a.get_attr("IFA_ADDRESS") == self.vip
+                          for a in ipr.get_addr(index=lo, family=socket.AF_INET))
+            if not present:
+                ipr.addr("add", index=lo, address=self.vip, prefixlen=32)
+                self._added_address = True
+                log.info("added %s/32 on lo", self.vip)
+
+    def _apply_sysctls(self) -> None:
+        for path, value in SYSCTLS.items():
+            old = _read_sysctl(path)
+            self._saved_sysctls.setdefault(path, old)
+            if old != value:
+                _write_sysctl(path, value)
+                log.info("sysctl %s: %s -> %s", _sysctl_name(path), old, value)
+
+    def _apply_limits(self, pm: MPTCP) -> None:
+        old = _limits(pm)
+        if self._saved_limits is None:
+            self._saved_limits = old
+        wanted = {"subflows": self.subflows, "add_addr_accepted": 0}
+        if old != wanted:
+            pm.limits("set", **wanted)
+            log.info("MPTCP limits: %s -> %s", old, wanted)
+
+    def _apply_endpoint(self, pm: MPTCP) -> None:
+        existing = _endpoints(pm)
+        if any(self._endpoint_wanted(ep) for ep in existing):
+            return
+        try:
+            pm.endpoint("add", addr=self.vip, port=self.announce_port, flags=MPTCP_PM_ADDR_FLAG_SIGNAL)
+        except NetlinkError as e:
+            raise RuntimeError(
+                f"cannot add MPTCP signal endpoint {self.vip} port {self.announce_port}: "
+                f"{os.strerror(e.code)}; existing endpoints: {existing}") from e
+        self._endpoint_id = next(ep["id"] for ep in _endpoints(pm) if self._endpoint_wanted(ep))
+        log.info("added MPTCP endpoint %s port %d signal (id %d)", self.vip, self.announce_port,
+                 self._endpoint_id)
+
+    def undo(self) -> None:
+        """Restore everything apply() changed; keep going past failures, then raise the first."""
+        errors: list[Exception] = []
+
+        def attempt(what: str, fn, *args) -> None:
+            try:
+                fn(*args)
+            except Exception as e:  # one failed step must not leave the rest applied
+                log.error("undo: %s failed: %s", what, e)
+                errors.append(e)
+
+        if self._endpoint_id is not None or self._saved_limits is not None:
+            with MPTCP() as pm:
+                if self._endpoint_id is not None:
+                    attempt("deleting MPTCP endpoint", self._undo_endpoint, pm)
+                if self._saved_limits is not None:
+                    attempt("restoring MPTCP limits", self._undo_limits, pm)
+        for path, value in self._saved_sysctls.items():
+            attempt(f"restoring sysctl {_sysctl_name(path)}", _write_sysctl, path, value)
+        self._saved_sysctls = {}
+        if self._added_address:
+            attempt(f"deleting {self.vip}/32 from lo", self._undo_address)
+        if errors:
+            raise errors[0]
+
+    def _undo_endpoint(self, pm: MPTCP) -> None:
+        endpoint_id, self._endpoint_id = self._endpoint_id, None
+        if not any(ep["id"] == endpoint_id and self._endpoint_wanted(ep) for ep in _endpoints(pm)):
+            log.warning("MPTCP endpoint %s port %d (id %d) was already gone", self.vip,
+                        self.announce_port, endpoint_id)
+            return
+        pm.endpoint("del", id=endpoint_id)
+        log.info("deleted MPTCP endpoint %s port %d (id %d)", self.vip, self.announce_port, endpoint_id)
+
+    def _undo_limits(self, pm: MPTCP) -> None:
+        limits, self._saved_limits = self._saved_limits, None
+        pm.limits("set", **limits)
+        log.info("MPTCP limits restored to %s", limits)
+
+    def _undo_address(self) -> None:
+        self._added_address = False
+        with IPRoute() as ipr:
+            (lo,) = ipr.link_lookup(ifname="lo")
+            ipr.addr("del", index=lo, address=self.vip, prefixlen=32)
+        log.info("deleted %s/32 from lo", self.vip)

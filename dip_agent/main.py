@@ -1,0 +1,95 @@
+"""The DIP agent process: set up this namespace as a DIP, serve the echo service, undo on exit.
+
+It runs inside the DIP's network namespace and stays in the foreground until
+SIGTERM or SIGINT, so whoever started it can stop it and trust that the
+namespace is left as it was found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+
+from mptcp_lb.config import Config, ConfigError, Dip, Vip, load_config
+from mptcp_lb.mptcp_sockopt import MptcpUnavailable
+
+from .echo_server import EchoServer
+from .host_setup import DipHostSetup
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_NO_MPTCP = 3
+
+__all__ = ["run", "find_dip", "EXIT_OK", "EXIT_CONFIG", "EXIT_NO_MPTCP"]
+
+
+def find_dip(config: Config, dip_id: int, vip_name: str | None = None) -> tuple[Vip, Dip]:
+    """The VIP and DIP this agent serves; ConfigError names the --dip/--vip that does not fit."""
+    if vip_name is not None:
+        try:
+            vip = config.vip(vip_name)
+        except KeyError:
+            names = ", ".join(v.name for v in config.vips)
+            raise ConfigError([f"--vip {vip_name}: no such VIP (configured: {names})"]) from None
+    elif len(config.vips) == 1:
+        (vip,) = config.vips
+    else:
+        names = ", ".join(v.name for v in config.vips)
+        raise ConfigError([f"--vip is required: the config has {len(config.vips)} VIPs ({names})"])
+    try:
+        return vip, vip.dip(dip_id)
+    except KeyError:
+        ids = ", ".join(str(d.id) for d in vip.dips)
+        raise ConfigError([f"--dip {dip_id}: VIP {vip.name} has no DIP with that id (ids: {ids})"]) from None
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event):
+    """Turn SIGTERM/SIGINT into ``stop.set()`` so teardown always runs."""
+    def handler(signum, _frame):
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: str | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT; return the process exit code."""
+    try:
+        vip, dip = find_dip(load_config(config_path), dip_id, vip_name)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return EXIT_CONFIG
+    setup = DipHostSetup(vip.address, dip.announce_port)
+    server = EchoServer(dip.id, vip.port)
+    stop = threading.Event()
+    # Signals are caught from before apply() so a stop during setup still undoes it.
+    with _stop_on_signals(stop):
+        try:
+            setup.apply()
+        except MptcpUnavailable as e:
+            print(f"MPTCP unavailable: {e}", file=sys.stderr)
+            return EXIT_NO_MPTCP
+        try:
+            log.info("DIP %d serving VIP %s (%s:%d), announcing port %d", dip.id, vip.name,
+                     vip.address, vip.port, dip.announce_port)
+            server.start()
+            if ready_file is not None:
+                with open(ready_file, "w", encoding="ascii") as f:
+                    f.write("ready\n")
+                log.info("wrote ready to %s", ready_file)
+            stop.wait()
+        finally:
+            server.stop()
+            setup.undo()
+    return EXIT_OK

@@ -1,0 +1,120 @@
+"""MPTCP socket options on Linux: the one place that knows their numbers and layouts.
+
+Layouts follow include/uapi/linux/mptcp.h. ``MPTCP_SUBFLOW_ADDRS`` reads its
+request header from the caller's buffer, which Python's ``socket.getsockopt``
+cannot supply (it passes a zeroed buffer), so that option goes through libc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import socket
+import struct
+
+IPPROTO_MPTCP = 262
+SOL_MPTCP = 284
+MPTCP_INFO = 1
+MPTCP_SUBFLOW_ADDRS = 3
+
+# struct mptcp_info starts with __u8 mptcpi_subflows.
+_MPTCP_INFO_BUFLEN = 256  # the kernel copies min(buflen, sizeof(struct mptcp_info)), 96 on 6.18
+
+# struct mptcp_subflow_data {u32 size_subflow_data, num_subflows, size_kernel, size_user}
+_SUBFLOW_DATA = struct.Struct("=4I")
+_SOCKADDR_STORAGE = 128
+_SUBFLOW_ADDRS_ENTRY = 2 * _SOCKADDR_STORAGE  # struct mptcp_subflow_addrs: local, remote
+_SUBFLOW_ADDRS_INITIAL = 16  # entries to make room for before asking again
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class MptcpUnavailable(RuntimeError):
+    """The running kernel or namespace cannot do MPTCP; the message says what is missing."""
+
+
+def mptcp_socket() -> socket.socket:
+    """Create an IPv4 MPTCP stream socket."""
+    try:
+        return socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+    except OSError as e:
+        if e.errno in (errno.EPROTONOSUPPORT, errno.ENOPROTOOPT, errno.EINVAL):
+            raise MptcpUnavailable(
+                f"cannot create an MPTCP socket ({os.strerror(e.errno)}): the kernel lacks "
+                "CONFIG_MPTCP or net.mptcp.enabled is 0 in this network namespace") from e
+        raise
+
+
+def subflow_count(sock: socket.socket) -> int:
+    """Number of TCP subflows of an MPTCP connection, the initial one included.
+
+    ``mptcpi_subflows`` counts only the subflows added after the initial one,
+    so one is added. The kernel refuses MPTCP_INFO with EOPNOTSUPP once a
+    connection has fallen back to plain TCP, which has exactly one subflow.
+    """
+    try:
+        raw = sock.getsockopt(SOL_MPTCP, MPTCP_INFO, _MPTCP_INFO_BUFLEN)
+    except OSError as e:
+        if e.errno == errno.EOPNOTSUPP:
+            return 1
+        raise
+    if not raw:
+        raise OSError(errno.EPROTO, "MPTCP_INFO returned no data")
+    return raw[0] + 1
+
+
+def _format_sockaddr(raw: bytes) -> str:
+    """Render a sockaddr_in / sockaddr_in6 as ``ip:port`` / ``[ip]:port``."""
+    (family,) = struct.unpack_from("=H", raw)
+    if family == socket.AF_INET:
+        port, addr = struct.unpack_from("!H4s", raw, 2)
+        return f"{ipaddress.IPv4Address(addr)}:{port}"
+    if family == socket.AF_INET6:
+        port, _flowinfo, addr = struct.unpack_from("!HI16s", raw, 2)
+        return f"[{ipaddress.IPv6Address(addr)}]:{port}"
+    raise ValueError(f"unexpected address family {family} in MPTCP_SUBFLOW_ADDRS")
+
+
+def parse_subflow_addrs(buf: bytes, copied_len: int) -> tuple[int, list[tuple[str, str]]]:
+    """Decode an MPTCP_SUBFLOW_ADDRS answer into (total subflows, copied (local, remote) pairs)."""
+    _size, num_subflows, _size_kernel, size_user = _SUBFLOW_DATA.unpack_from(buf)
+    pairs = []
+    for off in range(_SUBFLOW_DATA.size, copied_len - size_user + 1, size_user):
+        local = buf[off:off + _SOCKADDR_STORAGE]
+        remote = buf[off + _SOCKADDR_STORAGE:off + _SUBFLOW_ADDRS_ENTRY]
+        pairs.append((_format_sockaddr(local), _format_sockaddr(remote)))
+    return num_subflows, pairs
+
+
+def _format_inet(addr: tuple) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def subflow_addrs(sock: socket.socket) -> list[tuple[str, str]]:
+    """(local, remote) ``ip:port`` of every subflow of an MPTCP connection.
+
+    A connection that fell back to plain TCP (the kernel answers EOPNOTSUPP)
+    has one subflow: the socket's own addresses.
+    """
+    entries = _SUBFLOW_ADDRS_INITIAL
+    while True:
+        size = _SUBFLOW_DATA.size + entries * _SUBFLOW_ADDRS_ENTRY
+        buf = ctypes.create_string_buffer(size)
+        _SUBFLOW_DATA.pack_into(buf, 0, _SUBFLOW_DATA.size, 0, 0, _SUBFLOW_ADDRS_ENTRY)
+        optlen = ctypes.c_uint32(size)
+        if _libc.getsockopt(sock.fileno(), SOL_MPTCP, MPTCP_SUBFLOW_ADDRS, buf, ctypes.byref(optlen)) != 0:
+            err = ctypes.get_errno()
+            if err == errno.EOPNOTSUPP:
+                return [(_format_inet(sock.getsockname()), _format_inet(sock.getpeername()))]
+            raise OSError(err, f"getsockopt(SOL_MPTCP, MPTCP_SUBFLOW_ADDRS): {os.strerror(err)}")
+        total, pairs = parse_subflow_addrs(buf.raw, optlen.value)
+        if total <= entries:
+            return pairs
+        entries = total  # subflows were added since we sized the buffer
+
+
+__all__ = ["IPPROTO_MPTCP", "SOL_MPTCP", "MPTCP_INFO", "MPTCP_SUBFLOW_ADDRS", "MptcpUnavailable",
+           "mptcp_socket", "subflow_count", "subflow_addrs", "parse_subflow_addrs"]

@@ -1,0 +1,106 @@
+"""Client traffic generator: MPTCP connections to a VIP whose every byte is verified by the DIP.
+
+Run inside the client's network namespace. Each connection waits (bounded)
+for the path manager to open ``min_subflows`` subflows before sending, so the
+payload really crosses the joined subflows. One failed connection becomes an
+``{"error": ...}`` entry; it never stops the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from mptcp_lb import echo_protocol
+from mptcp_lb.mptcp_sockopt import MptcpUnavailable, mptcp_socket, subflow_count
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.01
+
+__all__ = ["run_connection", "run_many", "main"]
+
+
+def _wait_for_subflows(sock: socket.socket, wanted: int, deadline: float) -> int:
+    """Poll until the connection has ``wanted`` subflows or the deadline passes; return the count."""
+    count = subflow_count(sock)
+    while count < wanted and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL)
+        count = subflow_count(sock)
+    return count
+
+
+def run_connection(vip: str, port: int, payload_size: int, min_subflows: int, timeout: float) -> dict:
+    """One connection: connect, wait for subflows, send a random payload, check the DIP's hash."""
+    deadline = time.monotonic() + timeout
+    payload = os.urandom(payload_size)
+    sent_sha = hashlib.sha256(payload).hexdigest()
+    try:
+        with mptcp_socket() as sock:
+            sock.settimeout(timeout)
+            sock.connect((vip, port))
+            count = _wait_for_subflows(sock, min_subflows, deadline)
+            echo_protocol.send_request(sock, payload)
+            sock.shutdown(socket.SHUT_WR)
+            reply = echo_protocol.read_reply(sock)
+    except (OSError, echo_protocol.ProtocolError, MptcpUnavailable) as e:
+        log.warning("connection to %s:%d failed: %s", vip, port, e)
+        return {"error": f"{type(e).__name__}: {e}"}
+    return {
+        "bytes_sent": payload_size,
+        "sha256_sent": sent_sha,
+        "verified": reply["sha256"] == sent_sha and reply["bytes"] == payload_size,
+        "reply": reply,
+        "client_subflows": count,
+        "min_subflows_reached": count >= min_subflows,
+    }
+
+
+def run_many(vip: str, port: int, conns: int, payload_size: int, min_subflows: int,
+             timeout: float, parallel: int) -> list[dict]:
+    """``conns`` connections, at most ``parallel`` at a time, results in start order."""
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = [pool.submit(run_connection, vip, port, payload_size, min_subflows, timeout)
+                   for _ in range(conns)]
+        return [f.result() for f in futures]
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+        return value
+    return parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mptcp_lb.traffic", description=__doc__.splitlines()[0])
+    parser.add_argument("--vip", required=True, help="VIP address to connect to")
+    parser.add_argument("--port", type=int, default=80, help="VIP service port (default 80)")
+    parser.add_argument("--conns", type=_positive(int), default=1, help="number of connections")
+    parser.add_argument("--size", type=int, default=1 << 20, help="payload bytes per connection")
+    parser.add_argument("--min-subflows", type=_positive(int), default=2,
+                        help="subflows (initial one included) to wait for before sending")
+    parser.add_argument("--parallel", type=_positive(int), default=4, help="connections at a time")
+    parser.add_argument("--timeout", type=_positive(float), default=10.0, help="seconds per connection")
+    args = parser.parse_args(argv)
+    if not 0 <= args.size <= echo_protocol.DEFAULT_MAX_PAYLOAD:
+        parser.error(f"--size {args.size} is not in 0..{echo_protocol.DEFAULT_MAX_PAYLOAD}")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    results = run_many(args.vip, args.port, args.conns, args.size, args.min_subflows, args.timeout,
+                       args.parallel)
+    json.dump(results, sys.stdout)
+    sys.stdout.write("\n")
+    return 0 if all(r.get("verified") for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Config -> OpenFlow 1.3 messages for one MUX bridge. Pure: no datapath, no I/O.
+
+The pipeline is a single table:
+
+  prio 300  ARP request for the MUX's or a VIP's address -> ARP reply by flows
+  prio 200  tcp to VIP:service-port                      -> select group (5-tuple hash)
+  prio 200  tcp to VIP, tp_dst in a DIP's range          -> that DIP (masked matches)
+  prio 100  anything else to a VIP                       -> drop
+  prio 0    table miss                                   -> drop (never punted)
+
+Every flow's cookie is derived from its own text, so the controller can tell a
+correct flow from a stale one by cookie alone, and flows installed with
+``ovs-ofctl`` from ``mptcp-lb flows`` are recognised as correct by the
+controller without churn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from mptcp_lb.config import Config, Dip, Mux, Vip
+from ovs_flows.port_ranges import range_to_masks
+
+COOKIE_TAG = 0x4D4C  # "ML": the top 16 bits of every cookie this app installs
+TABLE = 0
+PRIO_ARP = 300
+PRIO_VIP = 200
+PRIO_VIP_DROP = 100
+PRIO_MISS = 0
+ETH_ARP = 0x0806
+ETH_IP = 0x0800
+IPPROTO_TCP = 6
+
+
+@dataclass
+class CompiledMux:
+    """Everything the controller needs to program and account one MUX."""
+
+    mux: Mux
+    groups: list = field(default_factory=list)  # OFPGroupMod (ADD)
+    flows: list = field(default_factory=list)  # OFPFlowMod (ADD)
+    # cookie -> (vip name, dip id) for flows that steer to one DIP
+    flow_dip: dict[int, tuple[str, int]] = field(default_factory=dict)
+    # group id -> (vip name, [dip id per bucket, in bucket order])
+    group_dips: dict[int, tuple[str, list[int]]] = field(default_factory=dict)
+
+    @property
+    def messages(self) -> list:
+        """Groups first: OVS rejects a flow whose group does not exist yet."""
+        return [*self.groups, *self.flows]
+
+
+# ---------------------------------------------------------------- text form
+
+
+def _field_text(name: str, value) -> str:
+    if isinstance(value, tuple):
+        v, m = value
+        if isinstance(v, int):
+            return f"{name}={v:#x}/{m:#x}"
+        return f"{name}={v}/{m}"
+    return f"{name}={value}"
+
+
+_OFCTL_FIELD = {"ipv4_dst": "nw_dst", "ipv4_src": "nw_src", "tcp_dst": "tp_dst", "tcp_src": "tp_src"}
+
+
+def match_text(match) -> str:
+    """A match in ovs-ofctl syntax (only the fields this compiler emits)."""
+    fields = dict(match.items())
+    out = []
+    eth_type = fields.pop("eth_type", None)
+    ip_proto = fields.pop("ip_proto", None)
+    if eth_type == ETH_ARP:
+        out.append("arp")
+    elif eth_type == ETH_IP and ip_proto == IPPROTO_TCP:
+        out.append("tcp")
+    elif eth_type == ETH_IP:
+        out.append("ip")
+        if ip_proto is not None:
+            out.append(f"nw_proto={ip_proto}")
+    elif eth_type is not None:
+        out.append(f"dl_type={eth_type:#06x}")
+    for name in sorted(fields):
+        out.append(_field_text(_OFCTL_FIELD.get(name, name), fields[name]))
+    return ",".join(out)
+
+
+_NXM_NAME = {
+    "eth_src": "NXM_OF_ETH_SRC[]", "eth_dst": "NXM_OF_ETH_DST[]",
+    "arp_sha": "NXM_NX_ARP_SHA[]", "arp_tha": "NXM_NX_ARP_THA[]",
+    "arp_spa": "NXM_OF_ARP_SPA[]", "arp_tpa": "NXM_OF_ARP_TPA[]",
+}
+
+
+def action_text(action) -> str:
+    if isinstance(action, parser.OFPActionOutput):
+        return "in_port" if action.port == ofp.OFPP_IN_PORT else f"output:{action.port}"
+    if isinstance(action, parser.OFPActionGroup):
+        return f"group:{action.group_id}"
+    if isinstance(action, parser.OFPActionSetField):
+        return f"set_field:{action.value}->{action.key}"
+    if isinstance(action, parser.NXActionRegMove):
+        # os-ken names fields parsed back from the switch with an "_nxm" suffix
+        src, dst = (f.removesuffix("_nxm") for f in (action.src_field, action.dst_field))
+        return f"move:{_NXM_NAME[src]}->{_NXM_NAME[dst]}"
+    raise ValueError(f"no text form for action {action!r}")
+
+
+def actions_text(actions) -> str:
+    return ",".join(action_text(a) for a in actions) if actions else "drop"
+
+
+def _flow_actions(flow_mod) -> list:
+    for inst in flow_mod.instructions:
+        if isinstance(inst, parser.OFPInstructionActions):
+            return list(inst.actions)
+    return []
+
+
+def flow_text(flow_mod, with_cookie: bool = True) -> str:
+    """A flow in ``ovs-ofctl -O OpenFlow13 add-flows`` syntax."""
+    head = f"cookie={flow_mod.cookie:#x}," if with_cookie else ""
+    flags = "send_flow_rem," if flow_mod.flags & ofp.OFPFF_SEND_FLOW_REM else ""
+    m = match_text(flow_mod.match)
+    return (f"{head}table={flow_mod.table_id},priority={flow_mod.priority},{flags}"
+            f"{m + ',' if m else ''}actions={actions_text(_flow_actions(flow_mod))}")
+
+
+def buckets_text(buckets) -> str:
+    return ",".join(f"bucket=weight:{b.weight},actions={actions_text(b.actions)}" for b in buckets)
+
+
+def group_text(group_mod) -> str:
+    """A group in ``ovs-ofctl -O OpenFlow13 add-groups`` syntax."""
+    kind = {ofp.OFPGT_SELECT: "select", ofp.OFPGT_ALL: "all", ofp.OFPGT_INDIRECT: "indirect"}[group_mod.type]
+    text = f"group_id={group_mod.group_id},type={kind}"
+    return f"{text},{buckets_text(group_mod.buckets)}" if group_mod.buckets else text
+
+
+# ---------------------------------------------------------------- builders
+
+
+def _cookie(text: str) -> int:
+    digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:6], "big")
+    return (COOKIE_TAG << 48) | digest
+
+
+def flow_mod(priority: int, match, actions: list):
+    """An ADD flow_mod with a content-derived cookie, built without a datapath."""
+    inst = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)] if actions else []
+    msg = parser.OFPFlowMod(
+        datapath=None, table_id=TABLE, command=ofp.OFPFC_ADD, priority=priority,
+        match=match, instructions=inst, flags=ofp.OFPFF_SEND_FLOW_REM,
+        buffer_id=ofp.OFP_NO_BUFFER, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY)
+    msg.cookie = _cookie(flow_text(msg, with_cookie=False))
+    return msg
+
+
+def arp_responder(address: str, mac: str):
+    """Answer ARP requests for ``address`` with ``mac``, entirely in the datapath."""
+    match = parser.OFPMatch(eth_type=ETH_ARP, arp_op=1, arp_tpa=address)
+    actions = [
+        parser.NXActionRegMove(src_field="eth_src", dst_field="eth_dst", n_bits=48),
+        parser.OFPActionSetField(eth_src=mac),
+        parser.OFPActionSetField(arp_op=2),
+        parser.NXActionRegMove(src_field="arp_sha", dst_field="arp_tha", n_bits=48),
+        parser.OFPActionSetField(arp_sha=mac),
+        parser.NXActionRegMove(src_field="arp_spa", dst_field="arp_tpa", n_bits=32),
+        parser.OFPActionSetField(arp_spa=address),
+        parser.OFPActionOutput(ofp.OFPP_IN_PORT),
+    ]
+    return flow_mod(PRIO_ARP, match, actions)
+
+
+def to_dip(mux: Mux, dip: Dip) -> list:
+    """Actions that hand a packet to a DIP over the fabric (L2 DSR)."""
+    return [parser.OFPActionSetField(eth_src=mux.mac),
+            parser.OFPActionSetField(eth_dst=dip.mac),
+            parser.OFPActionOutput(mux.fabric_port)]
+
+
+def vip_group(mux: Mux, vip: Vip, group_id: int):
+    """Select group over the active DIPs of a VIP.
+
+    No selection_method is set: OVS then uses dp_hash with a symmetric L4
+    hash, which the datapath computes itself (``hash(sym_l4(0)),recirc``), so
+    datapath flows do not grow per connection. Draining DIPs get no bucket.
+    """
+    active = [d for d in vip.dips if d.state == "active"]
+    buckets = [parser.OFPBucket(weight=1, watch_port=ofp.OFPP_ANY, watch_group=ofp.OFPG_ANY,
+                                actions=to_dip(mux, d)) for d in active]
+    msg = parser.OFPGroupMod(datapath=None, command=ofp.OFPGC_ADD, type_=ofp.OFPGT_SELECT,
+                             group_id=group_id, buckets=buckets)
+    return msg, [d.id for d in active]
+
+
+def compile_mux(config: Config, mux: Mux) -> CompiledMux:
+    """All groups and flows one MUX bridge should hold, in install order."""
+    out = CompiledMux(mux=mux)
+    out.flows.append(arp_responder(mux.address, mux.mac))
+    for group_id, vip in enumerate(config.vips, start=1):
+        out.flows.append(arp_responder(vip.address, mux.mac))
+        group, bucket_dips = vip_group(mux, vip, group_id)
+        out.groups.append(group)
+        out.group_dips[group_id] = (vip.name, bucket_dips)
+        out.flows.append(flow_mod(
+            PRIO_VIP,
+            parser.OFPMatch(eth_type=ETH_IP, ip_proto=IPPROTO_TCP, ipv4_dst=vip.address, tcp_dst=vip.port),
+            [parser.OFPActionGroup(group_id)]))
+        for dip in vip.dips:
+            for value, mask in range_to_masks(dip.ports.start, dip.ports.end):
+                tcp_dst = value if mask == 0xFFFF else (value, mask)
+                fm = flow_mod(
+                    PRIO_VIP,
+                    parser.OFPMatch(eth_type=ETH_IP, ip_proto=IPPROTO_TCP, ipv4_dst=vip.address,
+                                    tcp_dst=tcp_dst),
+                    to_dip(mux, dip))
+                out.flows.append(fm)
+                out.flow_dip[fm.cookie] = (vip.name, dip.id)
+        out.flows.append(flow_mod(PRIO_VIP_DROP, parser.OFPMatch(eth_type=ETH_IP, ipv4_dst=vip.address), []))
+    out.flows.append(flow_mod(PRIO_MISS, parser.OFPMatch(), []))
+    return out
+
+
+def compile_all(config: Config) -> dict[str, CompiledMux]:
+    return {m.name: compile_mux(config, m) for m in config.muxes}

@@ -1,0 +1,115 @@
+"""The os-ken application: a thin shim between OpenFlow events and ``LbCore``.
+
+Load it as ryu-manager would, by module name (``ryu_app.app``); it reads the
+config path from the ``MPTCP_LB_CONFIG`` environment variable. Each handler
+passes the event to the core and sends back whatever messages it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.lib import hub
+from os_ken.ofproto import ofproto_v1_3
+
+from mptcp_lb.config import load_config
+from ryu_app.api import ApiServer
+from ryu_app.core import LbCore
+
+CONFIG_ENV = "MPTCP_LB_CONFIG"
+log = logging.getLogger(__name__)
+
+
+class MptcpLbApp(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        path = os.environ.get(CONFIG_ENV)
+        if not path:
+            raise RuntimeError(f"set {CONFIG_ENV} to the mptcp-lb YAML config path")
+        config = load_config(path)
+        self.core = LbCore(config)
+        self.datapaths: dict[int, object] = {}
+        self._partial: dict[tuple[int, int], list] = {}  # (dpid, xid) -> multipart bodies so far
+        self.api = ApiServer(self.core, config.controller.api_host, config.controller.api_port,
+                             on_change=self.audit_all)
+        self.api.start()
+        self.threads.append(hub.spawn(self._audit_loop))
+
+    def close(self):
+        self.api.stop()
+        super().close()
+
+    # ------------------------------------------------------------ sending
+
+    def send(self, dp, msgs) -> None:
+        for msg in msgs:
+            msg.datapath = dp
+            dp.send_msg(msg)
+
+    def audit_all(self) -> None:
+        for dpid, dp in list(self.datapaths.items()):
+            self.send(dp, self.core.mux_connected(dpid))
+
+    def _audit_loop(self):
+        while True:
+            hub.sleep(self.core.config.controller.audit_interval)
+            self.audit_all()
+
+    # ------------------------------------------------------------ events
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _state_change(self, ev):
+        dp = ev.datapath
+        if dp.id is None:
+            return
+        if ev.state == MAIN_DISPATCHER:
+            msgs = self.core.mux_connected(dp.id)
+            if msgs:
+                self.datapaths[dp.id] = dp
+                self.send(dp, msgs)
+        elif self.datapaths.get(dp.id) is dp:
+            del self.datapaths[dp.id]
+            self.core.mux_disconnected(dp.id)
+
+    def _multipart_body(self, ev) -> list | None:
+        """Collect a multipart reply split over several messages; None until complete."""
+        msg = ev.msg
+        key = (msg.datapath.id, msg.xid)
+        body = self._partial.setdefault(key, [])
+        body.extend(msg.body)
+        if msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE:
+            return None
+        return self._partial.pop(key)
+
+    @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
+    def _group_desc(self, ev):
+        body = self._multipart_body(ev)
+        if body is not None:
+            self.core.group_desc_reply(ev.msg.datapath.id, body)
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def _flow_stats(self, ev):
+        body = self._multipart_body(ev)
+        if body is not None:
+            self.send(ev.msg.datapath, self.core.flow_stats_reply(ev.msg.datapath.id, body))
+
+    @set_ev_cls(ofp_event.EventOFPGroupStatsReply, MAIN_DISPATCHER)
+    def _group_stats(self, ev):
+        body = self._multipart_body(ev)
+        if body is not None:
+            self.core.group_stats_reply(ev.msg.datapath.id, body)
+
+    @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
+    def _flow_removed(self, ev):
+        self.send(ev.msg.datapath, self.core.flow_removed(ev.msg.datapath.id, ev.msg))
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
+    def _error(self, ev):
+        log.error("OpenFlow error from dpid=%#x: type=%s code=%s", ev.msg.datapath.id,
+                  ev.msg.type, ev.msg.code)

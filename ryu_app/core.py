@@ -1,0 +1,145 @@
+"""Controller state and decisions, with no os-ken app and no sockets.
+
+``LbCore`` holds the validated config and what each MUX reported in its
+last audit. Every method returns OpenFlow messages (``datapath=None``) for
+the shim to send; the shim never decides anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from mptcp_lb.config import Config, Mux
+from ovs_flows.compiler import COOKIE_TAG, CompiledMux, compile_all
+from ovs_flows.reconcile import reconcile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MuxStatus:
+    mux: Mux
+    connected: bool = False
+    flows: int = 0  # flows on the bridge at the last audit
+    resyncs: int = 0  # audits that found the bridge wrong and fixed it
+    groups_desc: list = field(default_factory=list)
+    # (vip, dip) -> [packets, bytes] from the last flow + group stats
+    dip_counters: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+
+
+def audit_requests() -> list:
+    """Ask a bridge for what it holds: groups first, then flows, then counters."""
+    return [
+        parser.OFPGroupDescStatsRequest(datapath=None, flags=0),
+        parser.OFPFlowStatsRequest(datapath=None, flags=0, table_id=ofp.OFPTT_ALL,
+                                   out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+                                   cookie=0, cookie_mask=0, match=parser.OFPMatch()),
+        parser.OFPGroupStatsRequest(datapath=None, flags=0, group_id=ofp.OFPG_ALL),
+    ]
+
+
+class LbCore:
+    """The controller's brain: config in, OpenFlow messages out. Thread-safe."""
+
+    def __init__(self, config: Config):
+        self._lock = threading.RLock()
+        self.config = config
+        self.compiled: dict[str, CompiledMux] = compile_all(config)
+        self.status: dict[int, MuxStatus] = {m.dpid: MuxStatus(m) for m in config.muxes}
+
+    def set_config(self, config: Config) -> None:
+        """Switch to a new (already validated) config; audits then converge the MUXes."""
+        compiled = compile_all(config)
+        with self._lock:
+            self.config, self.compiled = config, compiled
+            for m in config.muxes:
+                self.status.setdefault(m.dpid, MuxStatus(m))
+        log.info("config updated: %d VIPs, %d MUXes", len(config.vips), len(config.muxes))
+
+    def mux_connected(self, dpid: int) -> list:
+        """A MUX connected (or is due an audit): ask what it holds."""
+        with self._lock:
+            st = self.status.get(dpid)
+            if st is None:
+                log.warning("bridge dpid=%#x is not a MUX in the config; leaving it alone", dpid)
+                return []
+            was_connected, st.connected = st.connected, True
+        if not was_connected:
+            log.info("MUX %s (dpid=%#x) connected", st.mux.name, dpid)
+        return audit_requests()
+
+    def mux_disconnected(self, dpid: int) -> None:
+        with self._lock:
+            if dpid in self.status:
+                self.status[dpid].connected = False
+                log.info("MUX %s disconnected", self.status[dpid].mux.name)
+
+    def group_desc_reply(self, dpid: int, descs: list) -> None:
+        with self._lock:
+            if dpid in self.status:
+                self.status[dpid].groups_desc = descs
+
+    def flow_stats_reply(self, dpid: int, stats: list) -> list:
+        """Audit result: reconcile the bridge and account per-DIP flow counters."""
+        with self._lock:
+            st = self.status.get(dpid)
+            if st is None:
+                return []
+            compiled = self.compiled[st.mux.name]
+            # Flows we did not install are stale too: the MUX bridge is ours alone.
+            msgs = reconcile(compiled, stats, st.groups_desc)
+            st.flows = len(stats)
+            log.debug("audit %s: %d flows, %d groups", st.mux.name, len(stats), len(st.groups_desc))
+            counters: dict[tuple[str, int], list[int]] = {}
+            for s in stats:
+                owner = compiled.flow_dip.get(s.cookie)
+                if owner is not None:
+                    c = counters.setdefault(owner, [0, 0])
+                    c[0] += s.packet_count
+                    c[1] += s.byte_count
+            st.dip_counters = counters
+            if msgs:
+                st.resyncs += 1
+                log.warning("MUX %s differs from config: sending %d messages", st.mux.name, len(msgs))
+        return msgs
+
+    def group_stats_reply(self, dpid: int, stats: list) -> None:
+        """Add select-group bucket counters to the per-DIP counters."""
+        with self._lock:
+            st = self.status.get(dpid)
+            if st is None:
+                return
+            compiled = self.compiled[st.mux.name]
+            for g in stats:
+                owner = compiled.group_dips.get(g.group_id)
+                if owner is None:
+                    continue
+                vip, dips = owner
+                for dip_id, bucket in zip(dips, g.bucket_stats):
+                    c = st.dip_counters.setdefault((vip, dip_id), [0, 0])
+                    c[0] += bucket.packet_count
+                    c[1] += bucket.byte_count
+
+    def flow_removed(self, dpid: int, msg) -> list:
+        """Someone deleted one of our flows: audit that MUX now rather than later."""
+        if msg.cookie >> 48 != COOKIE_TAG or dpid not in self.status:
+            return []
+        return audit_requests()
+
+    def snapshot(self) -> dict:
+        """A consistent copy of the state for the API and metrics."""
+        with self._lock:
+            return {
+                "config": self.config,
+                "muxes": [
+                    {"name": st.mux.name, "dpid": st.mux.dpid, "connected": st.connected,
+                     "flows": st.flows, "resyncs": st.resyncs,
+                     "dip_counters": {k: tuple(v) for k, v in st.dip_counters.items()}}
+                    for st in self.status.values()
+                ],
+            }

@@ -1,0 +1,46 @@
+"""Prometheus view of the controller, read from ``LbCore`` at scrape time.
+
+A custom collector rather than gauges updated in place: the numbers are
+OVS's own cumulative counters from the last audit, so they are exported as
+they are, and the registry is injectable for tests (FAUCET style).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+
+class LbCollector:
+    def __init__(self, core):
+        self.core = core
+
+    def collect(self):
+        snap = self.core.snapshot()
+        packets = CounterMetricFamily("mptcplb_dip_packets", "Packets a MUX steered to a DIP (OVS flow and bucket stats)",
+                                      labels=["mux", "vip", "dip"])
+        octets = CounterMetricFamily("mptcplb_dip_bytes", "Bytes a MUX steered to a DIP (OVS flow and bucket stats)",
+                                     labels=["mux", "vip", "dip"])
+        connected = GaugeMetricFamily("mptcplb_muxes_connected", "MUX bridges connected to this controller")
+        flows = GaugeMetricFamily("mptcplb_mux_flows", "OpenFlow flows on a MUX at the last audit", labels=["mux"])
+        resyncs = CounterMetricFamily("mptcplb_mux_resyncs", "Audits that found a MUX wrong and fixed it",
+                                      labels=["mux"])
+        state = GaugeMetricFamily("mptcplb_dip_active", "1 if a DIP takes new connections, 0 if draining",
+                                  labels=["vip", "dip"])
+        connected.add_metric([], sum(1 for m in snap["muxes"] if m["connected"]))
+        for m in snap["muxes"]:
+            flows.add_metric([m["name"]], m["flows"])
+            resyncs.add_metric([m["name"]], m["resyncs"])
+            for (vip, dip), (pkts, nbytes) in sorted(m["dip_counters"].items()):
+                packets.add_metric([m["name"], vip, str(dip)], pkts)
+                octets.add_metric([m["name"], vip, str(dip)], nbytes)
+        for vip in snap["config"].vips:
+            for d in vip.dips:
+                state.add_metric([vip.name, str(d.id)], 1 if d.state == "active" else 0)
+        yield from (packets, octets, connected, flows, resyncs, state)
+
+
+def make_registry(core) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(LbCollector(core))
+    return registry

@@ -1,0 +1,278 @@
+"""The DIP agent in real network namespaces: host setup, undo, and verified multipath echo traffic.
+
+Topology (names carry this process id so parallel runs do not collide)::
+
+    client ns                         server ns (the DIP)
+    10.77.0.1/24  <-- veth 0 -->  10.77.0.2/24
+    10.77.1.1/24  <-- veth 1 -->  10.77.1.2/24     VIP/32 on lo (added by the agent)
+
+The client reaches the VIP via 10.77.0.2 (and, for subflows bound to veth 1,
+via 10.77.1.2). Server-side code runs in a subprocess under ``ip netns exec``
+so the test process never changes namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VIP = "10.77.9.100"
+SERVICE_PORT = 80
+ANNOUNCE_PORT = 4096
+DIP_ID = 1
+WAIT = 15.0  # seconds for any polled condition
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2's ip"),
+    pytest.mark.skipif(not Path("/proc/sys/net/mptcp/enabled").exists(), reason="kernel without MPTCP"),
+]
+
+AGENT_SYSCTLS = {
+    "net.ipv4.conf.all.arp_ignore": "1",
+    "net.ipv4.conf.all.arp_announce": "2",
+    "net.ipv4.conf.lo.arp_ignore": "1",
+    "net.ipv4.conf.lo.arp_announce": "2",
+    "net.mptcp.allow_join_initial_addr_port": "0",
+}
+
+# Drives one DipHostSetup object: each stdin line names a method to call.
+SETUP_DRIVER = """
+import logging, sys
+from dip_agent.host_setup import DipHostSetup
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+setup = DipHostSetup(sys.argv[1], int(sys.argv[2]))
+for line in sys.stdin:
+    getattr(setup, line.strip())()
+    print("done", flush=True)
+"""
+
+AGENT = """
+import logging, sys
+from dip_agent.main import run
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+sys.exit(run(sys.argv[1], int(sys.argv[2]), ready_file=sys.argv[3]))
+"""
+
+
+def sh(*cmd: str, check: bool = True) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def in_ns(ns: str, *cmd: str, check: bool = True) -> str:
+    return sh("ip", "netns", "exec", ns, *cmd, check=check)
+
+
+def python_env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+def poll(condition, what: str, timeout: float = WAIT):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Namespaces:
+    """A client and a server namespace joined by two veth pairs."""
+
+    def __init__(self) -> None:
+        tag = os.getpid()
+        self.server = f"mlbs{tag}"
+        self.client = f"mlbc{tag}"
+        self.veths = [(f"mlb{tag}c{i}", f"mlb{tag}s{i}") for i in range(2)]  # (client end, server end)
+
+    def create(self) -> None:
+        for ns in (self.server, self.client):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        for i, (c_if, s_if) in enumerate(self.veths):
+            sh("ip", "link", "add", c_if, "netns", self.client, "type", "veth", "peer", "name", s_if,
+               "netns", self.server)
+            sh("ip", "-n", self.client, "addr", "add", f"10.77.{i}.1/24", "dev", c_if)
+            sh("ip", "-n", self.server, "addr", "add", f"10.77.{i}.2/24", "dev", s_if)
+            sh("ip", "-n", self.client, "link", "set", c_if, "up")
+            sh("ip", "-n", self.server, "link", "set", s_if, "up")
+            sh("ip", "-n", self.client, "route", "add", f"{VIP}/32", "via", f"10.77.{i}.2", "dev", c_if,
+               "metric", str(100 * i))
+
+    def destroy(self) -> None:
+        """Tear down even after a failure: kill what runs inside, flush endpoints, delete all."""
+        existing = sh("ip", "netns", "list", check=False)
+        for ns in (self.server, self.client):
+            if ns not in existing.split():
+                continue
+            for pid in sh("ip", "netns", "pids", ns, check=False).split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            poll(lambda: not sh("ip", "netns", "pids", ns, check=False).split(), f"processes in {ns} to exit")
+            in_ns(ns, "ip", "mptcp", "endpoint", "flush", check=False)
+        for c_if, _ in self.veths:
+            sh("ip", "-n", self.client, "link", "del", c_if, check=False)
+        for ns in (self.server, self.client):
+            if ns in existing.split():
+                sh("ip", "netns", "del", ns, check=False)
+
+
+@pytest.fixture
+def netns():
+    spaces = Namespaces()
+    try:
+        spaces.create()
+        yield spaces
+    finally:
+        spaces.destroy()
+
+
+def server_state(ns: str) -> dict:
+    """Everything DipHostSetup may touch, as seen from outside by iproute2 and sysctl."""
+    return {
+        "endpoints": in_ns(ns, "ip", "mptcp", "endpoint", "show").strip(),
+        "limits": in_ns(ns, "ip", "mptcp", "limits", "show").strip(),
+        "sysctls": {name: in_ns(ns, "sysctl", "-n", name).strip() for name in AGENT_SYSCTLS},
+        "lo": in_ns(ns, "ip", "-4", "-o", "addr", "show", "dev", "lo").strip(),
+    }
+
+
+class SetupDriver:
+    """A DipHostSetup living in a subprocess inside the server namespace."""
+
+    def __init__(self, ns: str):
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", SETUP_DRIVER, VIP, str(ANNOUNCE_PORT)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=python_env(), cwd=REPO)
+
+    def call(self, method: str) -> None:
+        self.proc.stdin.write(method + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        if answer != "done\n":
+            self.proc.kill()
+            raise AssertionError(f"{method}() failed in the server namespace:\n{self.proc.stderr.read()}")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        assert self.proc.wait(timeout=WAIT) == 0, self.proc.stderr.read()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+def test_apply_is_idempotent_and_undo_restores_everything(netns):
+    ns = netns.server
+    # A baseline that differs from both kernel defaults and the agent's values,
+    # so a restore to defaults would be caught.
+    in_ns(ns, "ip", "mptcp", "limits", "set", "subflows", "3", "add_addr_accepted", "2")
+    in_ns(ns, "sysctl", "-q", "net.ipv4.conf.lo.arp_announce=1")
+    in_ns(ns, "ip", "mptcp", "endpoint", "add", "10.77.0.2", "signal")
+    before = server_state(ns)
+    assert VIP not in before["lo"]
+
+    driver = SetupDriver(ns)
+    try:
+        driver.call("apply")
+        applied = server_state(ns)
+        assert applied["sysctls"] == AGENT_SYSCTLS
+        assert applied["limits"] == "add_addr_accepted 0 subflows 8"
+        assert f"inet {VIP}/32" in applied["lo"]
+        endpoints = applied["endpoints"].splitlines()
+        assert len(endpoints) == 2
+        assert "10.77.0.2 id 1 signal" in endpoints[0]
+        assert endpoints[1].split() == [VIP, "port", str(ANNOUNCE_PORT), "id", "2", "signal"]
+
+        driver.call("apply")
+        assert server_state(ns) == applied
+
+        driver.call("undo")
+        assert server_state(ns) == before
+
+        driver.call("undo")  # nothing left to undo
+        assert server_state(ns) == before
+    finally:
+        driver.close()
+
+
+def write_config(path: Path) -> Path:
+    path.write_text(f"""
+muxes:
+  - {{name: mux1, dpid: 1, address: 10.77.8.1, mac: "02:00:00:01:00:01", uplink_port: 1, fabric_port: 2}}
+vips:
+  - name: web
+    address: {VIP}
+    port: {SERVICE_PORT}
+    dips:
+      - {{id: {DIP_ID}, address: 10.77.0.2, mac: "02:00:00:02:00:01", ports: 4096-8191,
+         announce_port: {ANNOUNCE_PORT}}}
+""")
+    return path
+
+
+def test_echo_traffic_uses_announced_port_and_verifies_every_byte(netns, tmp_path):
+    config = write_config(tmp_path / "dip.yaml")
+    ready = tmp_path / "ready"
+    agent = subprocess.Popen(
+        ["ip", "netns", "exec", netns.server, sys.executable, "-c", AGENT, str(config), str(DIP_ID), str(ready)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env(), cwd=REPO)
+    try:
+        poll(lambda: ready.exists() or agent.poll() is not None, "the DIP agent to become ready")
+        assert agent.poll() is None, f"agent exited {agent.returncode}: {agent.stderr.read()}"
+        assert ready.read_text() == "ready\n"
+
+        client = netns.client
+        in_ns(client, "ip", "mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4")
+        for i, (c_if, _) in enumerate(netns.veths):
+            in_ns(client, "ip", "mptcp", "endpoint", "add", f"10.77.{i}.1", "dev", c_if, "subflow", "fullmesh")
+
+        conns, size = 6, 300_000
+        proc = subprocess.run(
+            ["ip", "netns", "exec", client, sys.executable, "-m", "mptcp_lb.traffic", "--vip", VIP,
+             "--port", str(SERVICE_PORT), "--conns", str(conns), "--size", str(size),
+             "--min-subflows", "3", "--parallel", "3", "--timeout", "10"],
+            capture_output=True, text=True, env=python_env(), cwd=REPO)
+        results = json.loads(proc.stdout)
+        assert proc.returncode == 0, (results, proc.stderr)
+        assert len(results) == conns
+        for r in results:
+            assert "error" not in r, r
+            assert r["verified"] and r["bytes_sent"] == size and r["reply"]["bytes"] == size, r
+            assert r["client_subflows"] >= 3 and r["min_subflows_reached"], r
+            reply = r["reply"]
+            assert reply["dip"] == DIP_ID
+            locals_ = [sf["local"] for sf in reply["subflows"]]
+            remotes = {sf["remote"].rsplit(":", 1)[0] for sf in reply["subflows"]}
+            # the MPC subflow on the service port, joins only on the announced port (C flag)
+            assert locals_.count(f"{VIP}:{SERVICE_PORT}") == 1, reply
+            assert f"{VIP}:{ANNOUNCE_PORT}" in locals_, reply
+            assert set(locals_) == {f"{VIP}:{SERVICE_PORT}", f"{VIP}:{ANNOUNCE_PORT}"}, reply
+            assert remotes == {"10.77.0.1", "10.77.1.1"}, reply  # fullmesh used both client interfaces
+    finally:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)  # reaches the agent: ip netns exec execs it
+        rc = agent.wait(timeout=WAIT)
+        stderr = agent.stderr.read()
+        agent.stdout.close()
+        agent.stderr.close()
+    assert rc == 0, stderr
+    state = server_state(netns.server)
+    assert state["endpoints"] == ""
+    assert VIP not in state["lo"]
+    assert state["sysctls"]["net.mptcp.allow_join_initial_addr_port"] == "1"
