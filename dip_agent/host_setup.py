@@ -129,7 +129,10 @@ class DipHostSetup:
                 self._apply_endpoint(pm)
         except Exception:
             log.error("DIP setup for VIP %s port %d failed; rolling back", self.vip, self.announce_port)
-            self.undo()
+            try:
+                self.undo()
+            except Exception:  # already logged step by step; the setup failure is the news
+                pass
             raise
 
     def _apply_address(self) -> None:

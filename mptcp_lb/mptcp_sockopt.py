@@ -2,7 +2,7 @@
 
 Layouts follow include/uapi/linux/mptcp.h. ``MPTCP_SUBFLOW_ADDRS`` reads its
 request header from the caller's buffer, which Python's ``socket.getsockopt``
-cannot supply (it passes a zeroed buffer), so that option goes through libc.
+cannot supply (it passes a buffer of its own), so that option goes through libc.
 """
 
 from __future__ import annotations
@@ -72,8 +72,11 @@ def _format_sockaddr(raw: bytes) -> str:
         port, addr = struct.unpack_from("!H4s", raw, 2)
         return f"{ipaddress.IPv4Address(addr)}:{port}"
     if family == socket.AF_INET6:
-        port, _flowinfo, addr = struct.unpack_from("!HI16s", raw, 2)
-        return f"[{ipaddress.IPv6Address(addr)}]:{port}"
+        port, _flowinfo, packed = struct.unpack_from("!HI16s", raw, 2)
+        addr = ipaddress.IPv6Address(packed)
+        if addr.ipv4_mapped:  # an IPv4 subflow of an AF_INET6 socket
+            return f"{addr.ipv4_mapped}:{port}"
+        return f"[{addr}]:{port}"
     raise ValueError(f"unexpected address family {family} in MPTCP_SUBFLOW_ADDRS")
 
 

@@ -64,6 +64,26 @@ sys.exit(run(sys.argv[1], int(sys.argv[2]), ready_file=sys.argv[3]))
 """
 
 
+# Malformed requests: an absurd length, a short payload, a short header.
+BAD_CLIENTS = """
+import socket, struct, sys
+from mptcp_lb.mptcp_sockopt import mptcp_socket
+for data in (struct.pack("!Q", 1 << 40), struct.pack("!Q", 10) + b"abc", b"\\x00"):
+    with mptcp_socket() as s:
+        s.settimeout(10)
+        s.connect((sys.argv[1], int(sys.argv[2])))
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        print("closed" if s.recv(100) == b"" else "answered")
+"""
+
+
+def run_agent(ns: str, config: Path, dip_id: int, ready: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", AGENT, str(config), str(dip_id), str(ready)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env(), cwd=REPO)
+
+
 def sh(*cmd: str, check: bool = True) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if check and proc.returncode != 0:
@@ -229,15 +249,18 @@ vips:
 def test_echo_traffic_uses_announced_port_and_verifies_every_byte(netns, tmp_path):
     config = write_config(tmp_path / "dip.yaml")
     ready = tmp_path / "ready"
-    agent = subprocess.Popen(
-        ["ip", "netns", "exec", netns.server, sys.executable, "-c", AGENT, str(config), str(DIP_ID), str(ready)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env(), cwd=REPO)
+    agent = run_agent(netns.server, config, DIP_ID, ready)
     try:
         poll(lambda: ready.exists() or agent.poll() is not None, "the DIP agent to become ready")
         assert agent.poll() is None, f"agent exited {agent.returncode}: {agent.stderr.read()}"
         assert ready.read_text() == "ready\n"
 
         client = netns.client
+        bad = subprocess.run(["ip", "netns", "exec", client, sys.executable, "-c", BAD_CLIENTS, VIP, str(SERVICE_PORT)],
+                             capture_output=True, text=True, env=python_env(), cwd=REPO)
+        assert bad.returncode == 0, bad.stderr
+        assert bad.stdout.split() == ["closed"] * 3  # the server hung up without a reply
+
         in_ns(client, "ip", "mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4")
         for i, (c_if, _) in enumerate(netns.veths):
             in_ns(client, "ip", "mptcp", "endpoint", "add", f"10.77.{i}.1", "dev", c_if, "subflow", "fullmesh")
@@ -272,7 +295,28 @@ def test_echo_traffic_uses_announced_port_and_verifies_every_byte(netns, tmp_pat
         agent.stdout.close()
         agent.stderr.close()
     assert rc == 0, stderr
+    assert "exceeds the maximum" in stderr and "connection closed after 3 of 10" in stderr, stderr
     state = server_state(netns.server)
     assert state["endpoints"] == ""
     assert VIP not in state["lo"]
     assert state["sysctls"]["net.mptcp.allow_join_initial_addr_port"] == "1"
+
+
+def test_agent_exit_codes(netns, tmp_path):
+    config = write_config(tmp_path / "dip.yaml")
+    ready = tmp_path / "ready"
+    before = server_state(netns.server)
+
+    agent = run_agent(netns.server, config, 9, ready)
+    _, err = agent.communicate(timeout=WAIT)
+    assert agent.returncode == 2, err
+    assert "--dip 9: VIP web has no DIP with that id (ids: 1)" in err
+
+    in_ns(netns.server, "sysctl", "-q", "net.mptcp.enabled=0")
+    agent = run_agent(netns.server, config, DIP_ID, ready)
+    _, err = agent.communicate(timeout=WAIT)
+    assert agent.returncode == 3, err
+    assert "net.mptcp.enabled is 0" in err
+    assert not ready.exists()
+    in_ns(netns.server, "sysctl", "-q", "net.mptcp.enabled=1")
+    assert server_state(netns.server) == before

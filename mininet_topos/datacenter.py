@@ -1,0 +1,149 @@
+"""The datacenter shape the demo and the integration tests run on.
+
+    client c1 ==(2 paths)== border router r0 ==ECMP(L4 hash)==> mux1, mux2 (OVS, OpenFlow)
+                                                                   |
+    DIPs d1..dN <== fabric fab (OVS, plain L2) <====================+
+         |                                   ^
+         +--- direct server return: d* -> fab -> r0 -> c1
+
+All switches use the OVS userspace datapath (there is no OVS kernel module
+here), so every host interface has TX checksum offload turned off: without
+that, ping works but every TCP SYN is silently lost.
+
+Usable with Mininet's CLI:
+    mn --custom mininet_topos/datacenter.py --topo datacenter,3 \
+       --switch ovs,datapath=user --controller remote,port=6653
+(``mn`` builds the MUXes with ``failMode=secure``; the controller programs them.)
+"""
+
+from __future__ import annotations
+
+from mininet.node import Host, OVSBridge, OVSSwitch
+from mininet.topo import Topo
+
+VIP = "10.0.0.100"
+SERVICE_PORT = 80
+CLIENT_NETS = ("10.0.1", "10.0.2")  # one /24 per client path
+MUX_NETS = ("10.1.1", "10.1.2")  # router <-> mux link nets; .1 is the MUX, .254 the router
+FABRIC_NET = "10.2.0"  # DIPs are .1..N, the router .254
+PORT_BLOCK_MIN = 1024  # DIP port ranges start above the well-known ports
+
+
+def dip_mac(i: int) -> str:
+    return f"02:00:00:02:{i >> 8:02x}:{i & 0xff:02x}"
+
+
+def mux_mac(i: int) -> str:
+    return f"02:00:00:01:00:{i:02x}"
+
+
+def dip_port_ranges(n_dips: int) -> list[tuple[int, int]]:
+    """Equal power-of-two port blocks, one per DIP, above the service port.
+
+    Power-of-two aligned blocks compile to a single masked match each.
+    """
+    if not 1 <= n_dips <= 60:
+        raise ValueError(f"--dips {n_dips}: the demo topology supports 1..60 DIPs")
+    size = 4096
+    while size * (n_dips + 1) > 65536:
+        size //= 2
+    return [(size * i, size * (i + 1) - 1) for i in range(1, n_dips + 1)]
+
+
+def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080) -> dict:
+    """The mptcp-lb config (as a YAML-ready dict) matching this topology."""
+    return {
+        "controller": {"openflow_host": "127.0.0.1", "openflow_port": of_port,
+                       "api_host": "127.0.0.1", "api_port": api_port, "audit_interval": 1.0},
+        "muxes": [
+            {"name": f"mux{i}", "dpid": 0x1000 + i, "address": f"{MUX_NETS[i - 1]}.1",
+             "mac": mux_mac(i), "uplink_port": 1, "fabric_port": 2}
+            for i in (1, 2)
+        ],
+        "vips": [{
+            "name": "web", "address": VIP, "port": SERVICE_PORT, "mode": "port",
+            "dips": [{"id": i, "address": f"{FABRIC_NET}.{i}", "mac": dip_mac(i), "ports": f"{lo}-{hi}"}
+                     for i, (lo, hi) in enumerate(dip_port_ranges(n_dips), start=1)],
+        }],
+    }
+
+
+def no_tx_offload(host: Host) -> None:
+    for intf in host.intfList():
+        if intf.name != "lo":
+            host.cmd("ethtool -K", intf.name, "tx off")
+
+
+class Client(Host):
+    """Two interfaces, one per path, each with its own routing table, and an
+    MPTCP path manager that accepts ADD_ADDR and opens a subflow per interface."""
+
+    def config(self, **params):
+        r = super().config(**params)
+        no_tx_offload(self)
+        for idx, net in enumerate(CLIENT_NETS):
+            intf, table = f"{self.name}-eth{idx}", 101 + idx
+            self.cmd(f"ip route add default via {net}.254 dev {intf} table {table}")
+            self.cmd(f"ip rule add from {net}.1 table {table}")
+            self.cmd(f"ip mptcp endpoint add {net}.1 dev {intf} subflow fullmesh")
+        self.cmd(f"ip route add default via {CLIENT_NETS[0]}.254")
+        self.cmd("ip mptcp limits set subflows 4 add_addr_accepted 4")
+        return r
+
+
+class BorderRouter(Host):
+    """Routes the VIP to both MUXes with ECMP on an L4 hash, and DSR replies to the client."""
+
+    def config(self, **params):
+        r = super().config(**params)
+        no_tx_offload(self)
+        for key in ("ip_forward=1", "conf.all.rp_filter=0", "conf.default.rp_filter=0",
+                    "fib_multipath_hash_policy=1"):
+            self.cmd(f"sysctl -qw net.ipv4.{key}")
+        for intf in self.intfList():
+            self.cmd(f"sysctl -qw net.ipv4.conf.{intf.name.replace('.', '/')}.rp_filter=0")
+        self.set_vip_route()
+        return r
+
+    def set_vip_route(self, only_mux: int | None = None) -> None:
+        """ECMP over both MUXes, or pin the VIP to one MUX (1 or 2) for a test."""
+        hops = [(i, net) for i, net in enumerate(MUX_NETS, start=1) if only_mux in (None, i)]
+        nexthops = " ".join(f"nexthop via {net}.1 dev {self.name}-eth{1 + i}" for i, net in hops)
+        self.cmd(f"ip route replace {VIP}/32 {nexthops}")
+
+
+class DipHost(Host):
+    def config(self, **params):
+        r = super().config(**params)
+        no_tx_offload(self)
+        self.cmd(f"ip route add default via {FABRIC_NET}.254")
+        return r
+
+
+class DatacenterTopo(Topo):
+    """Client, border router, two MUX bridges, an L2 fabric and ``n_dips`` DIPs.
+
+    ``prefix`` makes every node (and so every interface and bridge) name
+    unique, so tests can build topologies without clashing.
+    """
+
+    def build(self, n_dips: int = 3, prefix: str = ""):
+        p = prefix
+        client = self.addHost(f"{p}c1", cls=Client, ip=None)
+        router = self.addHost(f"{p}r0", cls=BorderRouter, ip=None)
+        for idx, net in enumerate(CLIENT_NETS):
+            self.addLink(client, router, port1=idx, port2=idx,
+                         params1={"ip": f"{net}.1/24"}, params2={"ip": f"{net}.254/24"})
+        fab = self.addSwitch(f"{p}fab", cls=OVSBridge, datapath="user", dpid="%016x" % 0x2000)
+        for i, net in enumerate(MUX_NETS, start=1):
+            mux = self.addSwitch(f"{p}mux{i}", cls=OVSSwitch, datapath="user", failMode="secure",
+                                 protocols="OpenFlow13", dpid="%016x" % (0x1000 + i))
+            self.addLink(router, mux, port1=1 + i, port2=1, params1={"ip": f"{net}.254/24"})
+            self.addLink(mux, fab, port1=2, port2=i)
+        self.addLink(router, fab, port1=4, port2=10, params1={"ip": f"{FABRIC_NET}.254/24"})
+        for i in range(1, n_dips + 1):
+            dip = self.addHost(f"{p}d{i}", cls=DipHost, ip=f"{FABRIC_NET}.{i}/24", mac=dip_mac(i))
+            self.addLink(dip, fab, port1=0, port2=10 + i)
+
+
+topos = {"datacenter": lambda n_dips=3: DatacenterTopo(n_dips=int(n_dips))}

@@ -1,0 +1,254 @@
+"""Bring the whole system up on the datacenter topology, and take it down again.
+
+``Datacenter`` is what the demo and the integration tests share: it writes
+the config, starts the real controller, builds the Mininet topology on the
+OVS userspace datapath, starts a real DIP agent in each DIP, and cleans up
+everything (processes, MPTCP endpoints, bridges, veths) even when a step fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import ExitStack
+
+import yaml
+
+from mininet_topos.datacenter import SERVICE_PORT, VIP, DatacenterTopo, topology_config
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, check, timeout: float, interval: float = 0.1):
+    """Poll ``check`` until it returns something truthy; raise naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def ofctl_flow_count(bridge: str) -> int:
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(1 for line in out.splitlines() if "cookie=" in line)
+
+
+def datapath_flow_count(match: str = "") -> int:
+    """Flows in the shared netdev datapath, optionally only lines containing ``match``."""
+    out = subprocess.run(["ovs-appctl", "dpctl/dump-flows", "netdev@ovs-netdev"],
+                         capture_output=True, text=True).stdout
+    return sum(1 for line in out.splitlines() if match in line)
+
+
+def require_platform() -> None:
+    """Fail early, naming what is missing, instead of half-building a topology."""
+    if os.geteuid() != 0:
+        raise RuntimeError("needs root (network namespaces, Open vSwitch)")
+    for tool in ("ovs-vsctl", "mnexec", "ethtool", "ip"):
+        if subprocess.run(["which", tool], capture_output=True).returncode:
+            raise RuntimeError(f"{tool} not found: run `make bootstrap` (apt packages)")
+    if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True).returncode:
+        raise RuntimeError("Open vSwitch is not running: run `make ovs`")
+    if not os.path.exists("/proc/sys/net/mptcp/enabled"):
+        raise RuntimeError("this kernel has no MPTCP (/proc/sys/net/mptcp missing)")
+
+
+class Datacenter:
+    def __init__(self, n_dips: int = 3, prefix: str = "", workdir: str | None = None,
+                 progress=lambda msg: log.info("%s", msg)):
+        self.n_dips = n_dips
+        self.prefix = prefix
+        self.progress = progress
+        self.workdir = workdir or tempfile.mkdtemp(prefix="mptcp-lb-")
+        self.config = topology_config(n_dips, of_port=free_port(), api_port=free_port())
+        self.config_path = os.path.join(self.workdir, "config.yaml")
+        self.net = None
+        self.controller = None
+        self.agents: dict[int, subprocess.Popen] = {}
+        self._stack = ExitStack()
+
+    # ------------------------------------------------------------ names
+
+    def host(self, name: str):
+        return self.net.get(self.prefix + name)
+
+    @property
+    def client(self):
+        return self.host("c1")
+
+    @property
+    def router(self):
+        return self.host("r0")
+
+    def dip_host(self, i: int):
+        return self.host(f"d{i}")
+
+    def mux_bridge(self, i: int) -> str:
+        return f"{self.prefix}mux{i}"
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def start(self) -> None:
+        from mininet.net import Mininet
+        from mininet.node import RemoteController
+
+        require_platform()
+        with open(self.config_path, "w") as f:
+            yaml.safe_dump(self.config, f, sort_keys=False)
+        self.start_controller()
+        topo = DatacenterTopo(n_dips=self.n_dips, prefix=self.prefix)
+        ctl = self.config["controller"]
+        self.net = Mininet(topo=topo, controller=None, autoSetMacs=False, build=False, waitConnected=False)
+        self.net.addController(f"{self.prefix}ctl", controller=RemoteController,
+                               ip="127.0.0.1", port=ctl["openflow_port"])
+        self.net.build()
+        self.net.start()
+        self.progress(f"topology up: client, router, 2 MUXes, fabric, {self.n_dips} DIPs")
+        wait_for("the controller to program both MUXes",
+                 lambda: all(m["connected"] and m["flows"] > 0 and ofctl_flow_count(self.mux_bridge(i)) > 0
+                             for i, m in enumerate(self.api("GET", "/muxes"), start=1)), 30)
+        self.progress("controller connected to both MUXes, flows installed")
+        for i in range(1, self.n_dips + 1):
+            self.start_agent(i)
+        for i in range(1, self.n_dips + 1):
+            self.wait_agent(i)
+        self.progress(f"{self.n_dips} DIP agents ready")
+
+    def start_controller(self) -> None:
+        logf = open(os.path.join(self.workdir, "controller.log"), "w")
+        self.controller = subprocess.Popen(
+            [sys.executable, "-m", "mptcp_lb.cli", "controller", "--config", self.config_path],
+            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        logf.close()
+
+        def api_up():
+            if self.controller.poll() is not None:
+                raise RuntimeError(f"controller exited: {self.controller_log()[-2000:]}")
+            try:
+                return self.api("GET", "/vips") is not None
+            except OSError:
+                return False
+        wait_for("the controller's REST API", api_up, 20)
+
+    def controller_log(self) -> str:
+        with open(os.path.join(self.workdir, "controller.log")) as f:
+            return f.read()
+
+    def start_agent(self, i: int) -> None:
+        ready = os.path.join(self.workdir, f"d{i}.ready")
+        logf = open(os.path.join(self.workdir, f"d{i}.log"), "w")
+        self.agents[i] = self.dip_host(i).popen(
+            [sys.executable, "-m", "mptcp_lb.cli", "dip-agent", "--config", self.config_path,
+             "--dip", str(i), "--ready-file", ready], stdout=logf, stderr=subprocess.STDOUT)
+        logf.close()
+
+    def wait_agent(self, i: int) -> None:
+        ready = os.path.join(self.workdir, f"d{i}.ready")
+
+        def is_ready():
+            if self.agents[i].poll() is not None:
+                with open(os.path.join(self.workdir, f"d{i}.log")) as f:
+                    raise RuntimeError(f"DIP agent d{i} exited with {self.agents[i].returncode}: {f.read()[-2000:]}")
+            return os.path.exists(ready)
+        wait_for(f"DIP agent d{i}", is_ready, 20)
+
+    def stop_agent(self, i: int) -> None:
+        proc = self.agents.pop(i, None)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop(self) -> None:
+        """Tear everything down; every step runs even if an earlier one fails."""
+        for i in list(self.agents):
+            try:
+                self.stop_agent(i)
+            except Exception:  # keep cleaning
+                log.exception("stopping agent d%d", i)
+        if self.net is not None:
+            for i in range(1, self.n_dips + 1):
+                try:
+                    # A signal endpoint with a port would keep the netns (and veths) alive.
+                    self.dip_host(i).cmd("ip mptcp endpoint flush")
+                except Exception:
+                    log.exception("flushing endpoints on d%d", i)
+            try:
+                self.net.stop()
+            except Exception:
+                log.exception("stopping mininet")
+            self.net = None
+        for name in [f"{self.prefix}mux1", f"{self.prefix}mux2", f"{self.prefix}fab"]:
+            subprocess.run(["ovs-vsctl", "--if-exists", "del-br", name], capture_output=True)
+        if self.controller is not None and self.controller.poll() is None:
+            os.killpg(self.controller.pid, signal.SIGTERM)
+            try:
+                self.controller.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.controller.pid, signal.SIGKILL)
+                self.controller.wait()
+        self.controller = None
+
+    # ------------------------------------------------------------ use
+
+    def api(self, method: str, path: str, body=None):
+        port = self.config["controller"]["api_port"]
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            return {"status": e.code, **json.loads(e.read() or b"{}")}
+
+    def mux_flow_counts(self) -> dict[str, int]:
+        return {f"mux{i}": ofctl_flow_count(self.mux_bridge(i)) for i in (1, 2)}
+
+    def run_traffic(self, conns: int, size: int, min_subflows: int = 3, parallel: int = 4,
+                    timeout: float = 20.0, host=None) -> list[dict]:
+        """Run real kernel MPTCP connections from the client; return per-connection results."""
+        host = host or self.client
+        cmd = [sys.executable, "-m", "mptcp_lb.traffic", "--vip", VIP, "--port", str(SERVICE_PORT),
+               "--conns", str(conns), "--size", str(size), "--min-subflows", str(min_subflows),
+               "--parallel", str(parallel), "--timeout", str(timeout)]
+        proc = host.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = proc.communicate(timeout=conns * timeout + 120)
+        try:  # exit 1 means "some connection failed": the results still say which
+            return json.loads(out)
+        except ValueError:
+            raise RuntimeError(f"traffic generator failed ({proc.returncode}): {err[-2000:]}") from None
