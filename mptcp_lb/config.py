@@ -122,7 +122,7 @@ class _Checker:
 
     def mapping(self, obj: Any, path: str, required: set[str], optional: set[str]) -> dict | None:
         if not isinstance(obj, dict):
-            self.fail(path, f"expected a mapping, got {obj!r}")
+            self.fail(path or "(root)", f"expected a mapping, got {obj!r}")
             return None
         for key in obj:
             if key not in required | optional:

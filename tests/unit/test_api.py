@@ -1,0 +1,108 @@
+import json
+import urllib.request
+
+import pytest
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from mptcp_lb.config import parse_config
+from ryu_app.api import ApiServer
+from ryu_app.core import LbCore
+from tests.unit.test_reconcile import as_descs, as_stats
+
+
+@pytest.fixture
+def api(raw_config):
+    core = LbCore(parse_config(raw_config))
+    changes = []
+    server = ApiServer(core, "127.0.0.1", 0, on_change=lambda: changes.append(1))
+    server.start()
+    yield server, core, changes
+    server.stop()
+
+
+def call(server, method, path, body=None):
+    host, port = server.address
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://{host}:{port}{path}", data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            raw = r.read()
+            return r.status, raw if path == "/metrics" else json.loads(raw)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+NEW_DIP = {"id": 4, "address": "10.2.0.4", "mac": "02:00:00:02:00:04", "ports": "16384-20479"}
+
+
+def test_list_add_drain_activate_remove(api):
+    server, core, changes = api
+    status, vips = call(server, "GET", "/vips")
+    assert status == 200 and [d["id"] for d in vips[0]["dips"]] == [1, 2, 3]
+    assert call(server, "POST", "/vips/web/dips", NEW_DIP)[0] == 201
+    assert [d.id for d in core.config.vips[0].dips] == [1, 2, 3, 4]
+    status, vips = call(server, "POST", "/vips/web/dips/2/drain")
+    assert status == 200 and vips[0]["dips"][1]["state"] == "draining"
+    assert core.compiled["mux1"].group_dips[1] == ("web", [1, 3, 4])
+    assert call(server, "POST", "/vips/web/dips/2/activate")[0] == 200
+    assert call(server, "DELETE", "/vips/web/dips/4")[0] == 200
+    assert [d.id for d in core.config.vips[0].dips] == [1, 2, 3]
+    assert len(changes) == 4
+
+
+@pytest.mark.parametrize("method,path,body,status,message", [
+    ("POST", "/vips/web/dips", {**NEW_DIP, "ports": "8000-9000"}, 400, "overlaps dips[0].ports 4096-8191"),
+    ("POST", "/vips/web/dips", {**NEW_DIP, "id": 1}, 400, "duplicate id 1"),
+    ("POST", "/vips/web/dips", {**NEW_DIP, "address": "banana"}, 400, "dip.address: 'banana' is not an IPv4"),
+    ("POST", "/vips/nope/dips", NEW_DIP, 404, "no such VIP or DIP: 'nope'"),
+    ("POST", "/vips/web/dips/9/drain", None, 404, "no such VIP or DIP: 9"),
+    ("GET", "/nothing", None, 404, "no route for GET /nothing"),
+])
+def test_bad_requests_change_nothing(api, method, path, body, status, message):
+    server, core, changes = api
+    before = core.config
+    got_status, got = call(server, method, path, body)
+    assert got_status == status and message in got["error"]
+    assert core.config is before and changes == []
+
+
+def test_unsupported_method_is_refused(api):
+    server, core, changes = api
+    host, port = server.address
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/vips/web/dips/1", method="PUT"), timeout=5)
+    assert e.value.code == 501 and changes == []
+
+
+def test_metrics_report_per_dip_counters_and_connected_muxes(api):
+    server, core, _ = api
+    compiled = core.compiled["mux1"]
+    stats = as_stats(compiled.flows)
+    for s in stats:
+        if s.cookie in compiled.flow_dip:
+            s.packet_count, s.byte_count = 10, 1000
+    assert core.mux_connected(0x1001)
+    core.group_desc_reply(0x1001, as_descs(compiled.groups))
+    assert core.flow_stats_reply(0x1001, stats) == []
+    buckets = [parser.OFPBucketCounter(packet_count=5, byte_count=500)] * 3
+    core.group_stats_reply(0x1001, [parser.OFPGroupStats(length=0, group_id=1, ref_count=1, packet_count=15,
+                                                          byte_count=1500, duration_sec=1, duration_nsec=0,
+                                                          bucket_stats=buckets)])
+    status, body = call(server, "GET", "/metrics")
+    text = body.decode()
+    assert status == 200
+    assert 'mptcplb_dip_packets_total{dip="2",mux="mux1",vip="web"} 15.0' in text
+    assert 'mptcplb_dip_bytes_total{dip="3",mux="mux1",vip="web"} 1500.0' in text
+    assert "mptcplb_muxes_connected 1.0" in text
+    assert f'mptcplb_mux_flows{{mux="mux1"}} {float(len(stats))}' in text
+
+
+def test_api_binds_loopback_by_default(raw_config):
+    del raw_config["controller"]
+    config = parse_config(raw_config)
+    assert config.controller.api_host == "127.0.0.1" and config.controller.openflow_host == "127.0.0.1"
+
+
+def test_unknown_bridge_is_left_alone(api):
+    _, core, _ = api
+    assert core.mux_connected(0x9999) == []

@@ -1,0 +1,129 @@
+from dataclasses import replace
+
+import pytest
+from os_ken.ofproto import ofproto_v1_3 as ofp
+
+from mptcp_lb.config import parse_config, with_dip_state
+from ovs_flows.compiler import compile_mux, flow_text, group_text
+from tests.fakeoftable import FakeOFTable
+
+VIP = "10.0.0.100"
+UPLINK, FABRIC = 1, 2
+
+
+def tcp(dst_port, src="10.0.1.1", sport=40000, dst=VIP):
+    return {"in_port": UPLINK, "eth_src": "02:aa:00:00:00:01", "eth_dst": "02:00:00:01:00:01", "eth_type": 0x0800,
+            "ip_proto": 6, "ipv4_src": src, "ipv4_dst": dst, "tcp_src": sport, "tcp_dst": dst_port}
+
+
+@pytest.fixture
+def config(raw_config):
+    return parse_config(raw_config)
+
+
+def table_for(config, mux_index=0):
+    return FakeOFTable(compile_mux(config, config.muxes[mux_index]).messages)
+
+
+def dip_of(table, packet, config):
+    out = table.forward(packet)
+    if not out:
+        return None
+    (port, pkt), = out
+    assert port == FABRIC
+    return {d.mac: d.id for d in config.vips[0].dips}[pkt["eth_dst"]]
+
+
+def test_announced_ports_reach_their_dip(config):
+    table = table_for(config)
+    for dip in config.vips[0].dips:
+        for port in (dip.ports.start, dip.announce_port, dip.ports.end, (dip.ports.start + dip.ports.end) // 2):
+            assert dip_of(table, tcp(port), config) == dip.id
+
+
+def test_service_port_is_hashed_over_all_dips_consistently(config):
+    t1, t2 = table_for(config, 0), table_for(config, 1)
+    seen = set()
+    for sport in range(40000, 40200):
+        d1, d2 = dip_of(t1, tcp(80, sport=sport), config), dip_of(t2, tcp(80, sport=sport), config)
+        assert d1 == d2 is not None
+        seen.add(d1)
+    assert seen == {1, 2, 3}
+
+
+def test_unknown_vip_traffic_and_other_addresses_are_dropped(config):
+    table = table_for(config)
+    assert table.forward(tcp(443)) == []
+    assert table.forward(tcp(65000)) == []
+    assert table.forward({**tcp(80), "ip_proto": 17, "tcp_dst": None}) == []
+    assert table.forward(tcp(80, dst="10.0.0.101")) == []
+
+
+@pytest.mark.parametrize("address", ["10.1.1.1", VIP])
+def test_arp_is_answered_by_flows(config, address):
+    table = table_for(config)
+    req = {"in_port": UPLINK, "eth_src": "02:aa:00:00:00:09", "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0806,
+           "arp_op": 1, "arp_sha": "02:aa:00:00:00:09", "arp_spa": "10.1.1.254", "arp_tha": "00:00:00:00:00:00",
+           "arp_tpa": address}
+    (port, reply), = table.forward(req)
+    assert port == UPLINK
+    assert reply["arp_op"] == 2 and reply["eth_dst"] == "02:aa:00:00:00:09"
+    assert reply["eth_src"] == reply["arp_sha"] == "02:00:00:01:00:01"
+    assert reply["arp_spa"] == address and reply["arp_tpa"] == "10.1.1.254"
+    assert reply["arp_tha"] == "02:aa:00:00:00:09"
+    assert table.forward({**req, "arp_tpa": "10.1.1.7"}) == []
+
+
+def test_draining_dip_gets_no_new_connections_but_keeps_its_ports(config):
+    drained = with_dip_state(config, "web", 2, "draining")
+    table = table_for(drained)
+    dips = {dip_of(table, tcp(80, sport=s), drained) for s in range(40000, 40300)}
+    assert dips == {1, 3}
+    assert dip_of(table, tcp(8192), drained) == 2
+
+
+def test_dip_ranges_compile_to_fewest_masked_matches(config):
+    dips = list(config.vips[0].dips)
+    dips[0] = replace(dips[0], ports=type(dips[0].ports)(4000, 8191), announce_port=4000)
+    odd = config.with_vip(replace(config.vips[0], dips=tuple(dips)))
+    texts = [flow_text(f) for f in compile_mux(odd, odd.muxes[0]).flows]
+    dip1 = [t for t in texts if "02:00:00:02:00:01->eth_dst" in t]
+    # 4000-4095 = 4000/0xffe0 (4000-4031) + 4032/0xffc0 (4032-4095); then 4096-8191 in one.
+    assert [t.split("tp_dst=")[1].split(",")[0] for t in dip1] == ["0xfa0/0xffe0", "0xfc0/0xffc0", "0x1000/0xf000"]
+    table = FakeOFTable(compile_mux(odd, odd.muxes[0]).messages)
+    assert dip_of(table, tcp(3999), odd) is None and dip_of(table, tcp(4000), odd) == 1
+
+
+def test_messages_need_no_datapath_and_cookies_identify_flows(config):
+    compiled = compile_mux(config, config.muxes[0])
+    assert all(m.datapath is None for m in compiled.messages)
+    assert compiled.messages[0] is compiled.groups[0]  # groups before the flows that use them
+    cookies = [f.cookie for f in compiled.flows]
+    assert len(set(cookies)) == len(cookies) and all(c >> 48 == 0x4D4C for c in cookies)
+    assert all(f.flags & ofp.OFPFF_SEND_FLOW_REM for f in compiled.flows)
+    assert compile_mux(config, config.muxes[0]).flows[3].cookie == compiled.flows[3].cookie  # deterministic
+    assert sorted(compiled.flow_dip.values()) == [("web", 1), ("web", 2), ("web", 3)]
+
+
+def test_flow_without_its_group_is_rejected_like_ovs(config):
+    compiled = compile_mux(config, config.muxes[0])
+    with pytest.raises(ValueError, match="BAD_OUT_GROUP"):
+        FakeOFTable(compiled.flows)
+
+
+def test_text_form(config):
+    compiled = compile_mux(config, config.muxes[0])
+    assert group_text(compiled.groups[0]).startswith("group_id=1,type=select,bucket=weight:1,actions=")
+    texts = [flow_text(f) for f in compiled.flows]
+    assert any(",tcp,nw_dst=10.0.0.100,tp_dst=80,actions=group:1" in t for t in texts)
+    assert texts[-1].endswith("table=0,priority=0,send_flow_rem,actions=drop")
+
+
+def test_4095_dips_compile(raw_config):
+    dips = [{"id": i, "address": f"10.{2 + i // 250}.{i % 250}.1", "mac": f"02:00:00:03:{i >> 8:02x}:{i & 255:02x}",
+             "ports": f"{2048 + i * 15}-{2048 + i * 15 + 14}"} for i in range(1, 4096)]
+    raw_config["vips"][0]["dips"] = dips
+    config = parse_config(raw_config)
+    compiled = compile_mux(config, config.muxes[0])
+    assert len(compiled.groups[0].buckets) == 4095
+    assert len(compiled.flow_dip) >= 4095  # compile time is measured in bench/, not asserted here

@@ -1,0 +1,125 @@
+import pytest
+import yaml
+
+from mptcp_lb.cli import main
+from mptcp_lb.config import (ConfigError, load_config, parse_config, with_dip_added, with_dip_removed,
+                             with_dip_state)
+from mininet_topos.datacenter import topology_config
+
+
+def problems(raw) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw)
+    return e.value.problems
+
+
+def test_example_is_valid_and_matches_the_demo_topology(raw_config):
+    config = parse_config(raw_config)
+    assert [d.id for d in config.vips[0].dips] == [1, 2, 3]
+    assert config.vips[0].dips[0].announce_port == 4096
+    assert config.controller.api_host == "127.0.0.1"
+    demo = topology_config(3, of_port=6653, api_port=8080)
+    assert demo["muxes"] == raw_config["muxes"] and demo["vips"] == raw_config["vips"]
+
+
+def test_overlapping_ranges_are_named(raw_config):
+    raw_config["vips"][0]["dips"][1]["ports"] = "8000-9000"
+    assert problems(raw_config) == [
+        "vips[0].dips[1].ports: range 8000-9000 overlaps dips[0].ports 4096-8191"]
+
+
+def test_range_containing_service_port(raw_config):
+    raw_config["vips"][0]["dips"][0]["ports"] = "1-5000"
+    assert problems(raw_config) == ["vips[0].dips[0].ports: range 1-5000 contains the service port 80"]
+
+
+@pytest.mark.parametrize("key,value,dup", [("id", 1, "duplicate id 1"),
+                                            ("address", "10.2.0.1", "duplicate address '10.2.0.1'"),
+                                            ("mac", "02:00:00:02:00:01", "duplicate mac")])
+def test_duplicate_dip_fields(raw_config, key, value, dup):
+    raw_config["vips"][0]["dips"][2][key] = value
+    (p,) = problems(raw_config)
+    assert p.startswith(f"vips[0].dips[2].{key}: {dup}") and "(also dips[0])" in p
+
+
+@pytest.mark.parametrize("path,value,expect", [
+    (("vips", 0, "address"), "10.0.0.300", "vips[0].address: '10.0.0.300' is not an IPv4 address"),
+    (("vips", 0, "dips", 0, "address"), "fe80::1", "vips[0].dips[0].address: 'fe80::1' is not an IPv4 address"),
+    (("vips", 0, "dips", 0, "mac"), "02:00:00:02:00", "vips[0].dips[0].mac: '02:00:00:02:00' is not a MAC"),
+    (("vips", 0, "dips", 0, "mac"), "01:00:5e:00:00:01", "is a multicast MAC address"),
+    (("vips", 0, "dips", 0, "ports"), "9000-8000", "vips[0].dips[0].ports: '9000-8000' must satisfy"),
+    (("vips", 0, "dips", 0, "ports"), "lots", "vips[0].dips[0].ports: 'lots' is not a port range"),
+    (("vips", 0, "dips", 0, "id"), 4096, "vips[0].dips[0].id: 4096 is not an integer in 1..4095"),
+    (("vips", 0, "port"), "80", "vips[0].port: '80' is not an integer in 1..65535"),
+    (("vips", 0, "mode"), "magic", "vips[0].mode: 'magic' is not one of port"),
+    (("muxes", 1, "fabric_port"), 1, "muxes[1].fabric_port: 1 is also the uplink_port"),
+    (("muxes", 1, "dpid"), 0x1001, "muxes[1].dpid: duplicate dpid 4097"),
+    (("controller", "audit_interval"), 0, "controller.audit_interval: 0 is not a number"),
+    (("vips", 0, "dips", 0, "announce_port"), 80, "vips[0].dips[0].announce_port: 80 is outside"),
+])
+def test_bad_values_are_named(raw_config, path, value, expect):
+    node = raw_config
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    assert any(expect in p for p in problems(raw_config)), problems(raw_config)
+
+
+def test_unknown_and_missing_keys(raw_config):
+    raw_config["vips"][0]["dips"][0]["weight"] = 3
+    del raw_config["muxes"][0]["mac"]
+    raw_config["extra"] = True
+    got = problems(raw_config)
+    assert any(p.startswith("vips[0].dips[0].weight: unknown key") for p in got)
+    assert "muxes[0].mac: missing required key" in got
+    assert any(p.startswith("extra: unknown key") for p in got)
+
+
+def test_every_problem_is_reported_at_once(raw_config):
+    raw_config["vips"][0]["address"] = "nope"
+    raw_config["muxes"][0]["mac"] = "nope"
+    assert len(problems(raw_config)) == 2
+
+
+def test_not_a_mapping():
+    assert problems([1, 2]) == ["(root): expected a mapping, got [1, 2]"]
+
+
+def test_load_config_reports_yaml_and_io_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("vips: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(str(tmp_path / "absent.yaml"))
+
+
+def test_runtime_changes_are_validated_whole(raw_config):
+    config = parse_config(raw_config)
+    added = with_dip_added(config, "web", {"id": 4, "address": "10.2.0.4", "mac": "02:00:00:02:00:04",
+                                          "ports": "16384-20479"})
+    assert [d.id for d in added.vips[0].dips] == [1, 2, 3, 4]
+    with pytest.raises(ConfigError, match=r"overlaps dips\[0\]"):
+        with_dip_added(config, "web", {"id": 4, "address": "10.2.0.4", "mac": "02:00:00:02:00:04",
+                                       "ports": "5000-5001"})
+    drained = with_dip_state(config, "web", 2, "draining")
+    assert drained.vips[0].dip(2).state == "draining" and config.vips[0].dip(2).state == "active"
+    with pytest.raises(KeyError):
+        with_dip_state(config, "web", 9, "draining")
+    one = with_dip_removed(with_dip_removed(config, "web", 1), "web", 2)
+    with pytest.raises(ConfigError, match="cannot remove the last DIP"):
+        with_dip_removed(one, "web", 3)
+
+
+def test_check_config_cli(tmp_path, raw_config, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(raw_config))
+    assert main(["check-config", str(good)]) == 0
+    assert "OK (1 VIPs, 3 DIPs, 2 MUXes)" in capsys.readouterr().out
+    raw_config["vips"][0]["dips"][0]["ports"] = "70-90"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw_config))
+    with pytest.raises(SystemExit) as e:
+        main(["check-config", str(bad)])
+    assert e.value.code == 2
+    assert "vips[0].dips[0].ports: range 70-90 contains the service port 80" in capsys.readouterr().err
