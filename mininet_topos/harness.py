@@ -240,13 +240,13 @@ class Datacenter:
         return {f"mux{i}": ofctl_flow_count(self.mux_bridge(i)) for i in (1, 2)}
 
     def run_traffic(self, conns: int, size: int, min_subflows: int = 3, parallel: int = 4,
-                    timeout: float = 20.0, host=None) -> list[dict]:
+                    timeout: float = 20.0, source_port: int = 0) -> list[dict]:
         """Run real kernel MPTCP connections from the client; return per-connection results."""
-        host = host or self.client
         cmd = [sys.executable, "-m", "mptcp_lb.traffic", "--vip", VIP, "--port", str(SERVICE_PORT),
                "--conns", str(conns), "--size", str(size), "--min-subflows", str(min_subflows),
-               "--parallel", str(parallel), "--timeout", str(timeout)]
-        proc = host.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               "--parallel", str(parallel), "--timeout", str(timeout),
+               "--source-port", str(source_port)]
+        proc = self.client.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out, err = proc.communicate(timeout=conns * timeout + 120)
         try:  # exit 1 means "some connection failed": the results still say which
             return json.loads(out)

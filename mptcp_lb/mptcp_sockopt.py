@@ -16,11 +16,10 @@ import struct
 
 IPPROTO_MPTCP = 262
 SOL_MPTCP = 284
-MPTCP_INFO = 1
+MPTCP_TCPINFO = 2
 MPTCP_SUBFLOW_ADDRS = 3
-
-# struct mptcp_info starts with __u8 mptcpi_subflows.
-_MPTCP_INFO_BUFLEN = 256  # the kernel copies min(buflen, sizeof(struct mptcp_info)), 96 on 6.18
+TCP_ESTABLISHED = 1
+_TCP_INFO_SIZE = 232  # struct tcp_info on 6.18; the kernel copies min(ours, its own)
 
 # struct mptcp_subflow_data {u32 size_subflow_data, num_subflows, size_kernel, size_user}
 _SUBFLOW_DATA = struct.Struct("=4I")
@@ -45,24 +44,6 @@ def mptcp_socket() -> socket.socket:
                 f"cannot create an MPTCP socket ({os.strerror(e.errno)}): the kernel lacks "
                 "CONFIG_MPTCP or net.mptcp.enabled is 0 in this network namespace") from e
         raise
-
-
-def subflow_count(sock: socket.socket) -> int:
-    """Number of TCP subflows of an MPTCP connection, the initial one included.
-
-    ``mptcpi_subflows`` counts only the subflows added after the initial one,
-    so one is added. The kernel refuses MPTCP_INFO with EOPNOTSUPP once a
-    connection has fallen back to plain TCP, which has exactly one subflow.
-    """
-    try:
-        raw = sock.getsockopt(SOL_MPTCP, MPTCP_INFO, _MPTCP_INFO_BUFLEN)
-    except OSError as e:
-        if e.errno == errno.EOPNOTSUPP:
-            return 1
-        raise
-    if not raw:
-        raise OSError(errno.EPROTO, "MPTCP_INFO returned no data")
-    return raw[0] + 1
 
 
 def _format_sockaddr(raw: bytes) -> str:
@@ -96,28 +77,56 @@ def _format_inet(addr: tuple) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _subflow_entries(sock: socket.socket, optname: int, entry_size: int) -> tuple[bytes, int]:
+    """One ``struct mptcp_subflow_data``-framed answer (buffer, copied length), all subflows in it."""
+    entries = _SUBFLOW_ADDRS_INITIAL
+    while True:
+        size = _SUBFLOW_DATA.size + entries * entry_size
+        buf = ctypes.create_string_buffer(size)
+        _SUBFLOW_DATA.pack_into(buf, 0, _SUBFLOW_DATA.size, 0, 0, entry_size)
+        optlen = ctypes.c_uint32(size)
+        if _libc.getsockopt(sock.fileno(), SOL_MPTCP, optname, buf, ctypes.byref(optlen)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"getsockopt(SOL_MPTCP, {optname}): {os.strerror(err)}")
+        _size, total, _size_kernel, _size_user = _SUBFLOW_DATA.unpack_from(buf.raw)
+        if total <= entries:
+            return buf.raw, optlen.value
+        entries = total  # subflows were added since we sized the buffer
+
+
 def subflow_addrs(sock: socket.socket) -> list[tuple[str, str]]:
     """(local, remote) ``ip:port`` of every subflow of an MPTCP connection.
 
     A connection that fell back to plain TCP (the kernel answers EOPNOTSUPP)
     has one subflow: the socket's own addresses.
     """
-    entries = _SUBFLOW_ADDRS_INITIAL
-    while True:
-        size = _SUBFLOW_DATA.size + entries * _SUBFLOW_ADDRS_ENTRY
-        buf = ctypes.create_string_buffer(size)
-        _SUBFLOW_DATA.pack_into(buf, 0, _SUBFLOW_DATA.size, 0, 0, _SUBFLOW_ADDRS_ENTRY)
-        optlen = ctypes.c_uint32(size)
-        if _libc.getsockopt(sock.fileno(), SOL_MPTCP, MPTCP_SUBFLOW_ADDRS, buf, ctypes.byref(optlen)) != 0:
-            err = ctypes.get_errno()
-            if err == errno.EOPNOTSUPP:
-                return [(_format_inet(sock.getsockname()), _format_inet(sock.getpeername()))]
-            raise OSError(err, f"getsockopt(SOL_MPTCP, MPTCP_SUBFLOW_ADDRS): {os.strerror(err)}")
-        total, pairs = parse_subflow_addrs(buf.raw, optlen.value)
-        if total <= entries:
-            return pairs
-        entries = total  # subflows were added since we sized the buffer
+    try:
+        raw, copied = _subflow_entries(sock, MPTCP_SUBFLOW_ADDRS, _SUBFLOW_ADDRS_ENTRY)
+    except OSError as e:
+        if e.errno == errno.EOPNOTSUPP:
+            return [(_format_inet(sock.getsockname()), _format_inet(sock.getpeername()))]
+        raise
+    return parse_subflow_addrs(raw, copied)[1]
 
 
-__all__ = ["IPPROTO_MPTCP", "SOL_MPTCP", "MPTCP_INFO", "MPTCP_SUBFLOW_ADDRS", "MptcpUnavailable",
-           "mptcp_socket", "subflow_count", "subflow_addrs", "parse_subflow_addrs"]
+def established_subflow_count(sock: socket.socket) -> int:
+    """Subflows whose TCP handshake has completed, the initial one included.
+
+    MPTCP_INFO's ``mptcpi_subflows`` counts joins as soon as the path manager
+    starts them, before the DIP has accepted them; this counts only joins
+    the client has completed, so a test never races the DIP's view.
+    """
+    try:
+        raw, copied = _subflow_entries(sock, MPTCP_TCPINFO, _TCP_INFO_SIZE)
+    except OSError as e:
+        if e.errno == errno.EOPNOTSUPP:
+            return 1
+        raise
+    _size, _total, _size_kernel, size_user = _SUBFLOW_DATA.unpack_from(raw)
+    return sum(1 for off in range(_SUBFLOW_DATA.size, copied - size_user + 1, size_user)
+               if raw[off] == TCP_ESTABLISHED)
+
+
+__all__ = ["IPPROTO_MPTCP", "SOL_MPTCP", "MPTCP_SUBFLOW_ADDRS", "MPTCP_TCPINFO", "MptcpUnavailable",
+           "mptcp_socket", "subflow_addrs", "parse_subflow_addrs",
+           "established_subflow_count"]

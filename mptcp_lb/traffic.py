@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from mptcp_lb import echo_protocol
-from mptcp_lb.mptcp_sockopt import MptcpUnavailable, mptcp_socket, subflow_count
+from mptcp_lb.mptcp_sockopt import MptcpUnavailable, established_subflow_count, mptcp_socket
 
 log = logging.getLogger(__name__)
 
@@ -29,22 +29,30 @@ __all__ = ["run_connection", "run_many", "main"]
 
 
 def _wait_for_subflows(sock: socket.socket, wanted: int, deadline: float) -> int:
-    """Poll until the connection has ``wanted`` subflows or the deadline passes; return the count."""
-    count = subflow_count(sock)
+    """Poll until ``wanted`` subflows are established or the deadline passes; return the count."""
+    count = established_subflow_count(sock)
     while count < wanted and time.monotonic() < deadline:
         time.sleep(POLL_INTERVAL)
-        count = subflow_count(sock)
+        count = established_subflow_count(sock)
     return count
 
 
-def run_connection(vip: str, port: int, payload_size: int, min_subflows: int, timeout: float) -> dict:
-    """One connection: connect, wait for subflows, send a random payload, check the DIP's hash."""
+def run_connection(vip: str, port: int, payload_size: int, min_subflows: int, timeout: float,
+                   source_port: int = 0) -> dict:
+    """One connection: connect, wait for subflows, send a random payload, check the DIP's hash.
+
+    ``source_port`` pins the first subflow's 5-tuple (0: the kernel picks), so a
+    test can send the very same 5-tuple through different MUXes.
+    """
     deadline = time.monotonic() + timeout
     payload = os.urandom(payload_size)
     sent_sha = hashlib.sha256(payload).hexdigest()
     try:
         with mptcp_socket() as sock:
             sock.settimeout(timeout)
+            if source_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("0.0.0.0", source_port))
             sock.connect((vip, port))
             count = _wait_for_subflows(sock, min_subflows, deadline)
             echo_protocol.send_request(sock, payload)
@@ -64,11 +72,15 @@ def run_connection(vip: str, port: int, payload_size: int, min_subflows: int, ti
 
 
 def run_many(vip: str, port: int, conns: int, payload_size: int, min_subflows: int,
-             timeout: float, parallel: int) -> list[dict]:
-    """``conns`` connections, at most ``parallel`` at a time, results in start order."""
+             timeout: float, parallel: int, source_port: int = 0) -> list[dict]:
+    """``conns`` connections, at most ``parallel`` at a time, results in start order.
+
+    With ``source_port``, connection i uses source port ``source_port + i``.
+    """
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = [pool.submit(run_connection, vip, port, payload_size, min_subflows, timeout)
-                   for _ in range(conns)]
+        futures = [pool.submit(run_connection, vip, port, payload_size, min_subflows, timeout,
+                               source_port + i if source_port else 0)
+                   for i in range(conns)]
         return [f.result() for f in futures]
 
 
@@ -91,12 +103,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="subflows (initial one included) to wait for before sending")
     parser.add_argument("--parallel", type=_positive(int), default=4, help="connections at a time")
     parser.add_argument("--timeout", type=_positive(float), default=10.0, help="seconds per connection")
+    parser.add_argument("--source-port", type=int, default=0,
+                        help="first source port (connection i uses it + i); default: kernel's choice")
     args = parser.parse_args(argv)
+    if args.source_port and not 1024 <= args.source_port <= 65535 - args.conns:
+        parser.error(f"--source-port {args.source_port} leaves no room for {args.conns} ports below 65536")
     if not 0 <= args.size <= echo_protocol.DEFAULT_MAX_PAYLOAD:
         parser.error(f"--size {args.size} is not in 0..{echo_protocol.DEFAULT_MAX_PAYLOAD}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     results = run_many(args.vip, args.port, args.conns, args.size, args.min_subflows, args.timeout,
-                       args.parallel)
+                       args.parallel, args.source_port)
     json.dump(results, sys.stdout)
     sys.stdout.write("\n")
     return 0 if all(r.get("verified") for r in results) else 1

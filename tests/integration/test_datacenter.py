@@ -1,0 +1,191 @@
+"""Port-based steering on the real thing: OVS netdev bridges, os-ken, kernel MPTCP in namespaces.
+
+Every claim is checked from the DIP side: each DIP's echo server reports the
+subflows its kernel terminated (MPTCP_SUBFLOW_ADDRS) and the SHA-256 of what
+it received.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import pytest
+
+from mininet_topos.datacenter import SERVICE_PORT, VIP
+from mininet_topos.harness import Datacenter, ofctl_flow_count, wait_for
+from mininet_topos.report import connection_entry, summarize
+
+N_DIPS = 3
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def dc():
+    from mininet.log import setLogLevel
+
+    setLogLevel("warning")
+    with Datacenter(n_dips=N_DIPS, prefix=f"t{os.getpid() % 1000}") as dc:
+        yield dc
+
+
+@pytest.fixture
+def ecmp(dc):
+    """Tests may pin the router to one MUX; always put ECMP back."""
+    yield dc.router
+    dc.router.set_vip_route()
+
+
+def check_port_steering(results, dip_ids=range(1, N_DIPS + 1)):
+    connections = [connection_entry(r) for r in results]
+    bad = [c for c in connections if not c["verified"] or len(c["subflows"]) < 2
+           or len({sf["dip"] for sf in c["subflows"]}) != 1]
+    assert not bad, f"connections that failed, stayed single-path or spanned DIPs: {bad}"
+    for c in connections:
+        joined = [sf for sf in c["subflows"] if not sf["vip"].endswith(f":{SERVICE_PORT}")]
+        assert joined, f"no subflow joined an announced port: {c}"
+        assert c["client_subflows"] == len(c["subflows"]), c  # the client sees what the DIP saw
+    return summarize(connections, list(dip_ids))
+
+
+def vip_datapath_flows() -> int:
+    out = subprocess.run(["ovs-appctl", "dpctl/dump-flows", "netdev@ovs-netdev"],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(1 for line in out.splitlines() if f"dst={VIP}" in line)
+
+
+def metrics(dc) -> str:
+    port = dc.config["controller"]["api_port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def test_every_subflow_of_every_connection_lands_on_one_dip(dc):
+    flows_before = dc.mux_flow_counts()
+    results = dc.run_traffic(conns=6, size=64 * 1024)
+    check_port_steering(results, dip_ids=[])
+    dp_small = vip_datapath_flows()
+    results = dc.run_traffic(conns=24, size=256 * 1024)
+    summary = check_port_steering(results)
+    assert summary["all_dips_used"], summary["per_dip"]
+    assert dc.mux_flow_counts() == flows_before
+    # Datapath flows depend on DIPs and MUXes, not on connections: 6 -> 30 connections.
+    dp_large = vip_datapath_flows()
+    assert dp_large <= 2 * (N_DIPS + 1), dp_large
+    assert dp_small >= 1
+
+
+def test_both_muxes_carry_traffic_and_metrics_count_it(dc):
+    dc.run_traffic(conns=8, size=64 * 1024)
+
+    def counted():
+        text = metrics(dc)
+        per_mux = {}
+        for dip, mux, value in re.findall(r'mptcplb_dip_packets_total\{dip="(\d+)",mux="(\w+)",vip="web"\} (\S+)', text):
+            per_mux.setdefault(mux, {})[int(dip)] = float(value)
+        return per_mux if len(per_mux) == 2 and all(sum(v.values()) > 0 for v in per_mux.values()) else None
+
+    per_mux = wait_for("per-DIP packet counters on both MUXes", counted, 15)
+    assert {d for v in per_mux.values() for d, n in v.items() if n > 0} == set(range(1, N_DIPS + 1))
+    assert "mptcplb_muxes_connected 2.0" in metrics(dc)
+
+
+def test_same_five_tuple_reaches_same_dip_through_either_mux(dc, ecmp):
+    seen = {}
+    for mux in (1, 2):
+        ecmp.set_vip_route(only_mux=mux)
+        results = dc.run_traffic(conns=12, size=4096, min_subflows=3, parallel=4, source_port=45000)
+        seen[mux] = [connection_entry(r) for r in results]
+    for via1, via2 in zip(seen[1], seen[2]):
+        assert via1["verified"] and via2["verified"]
+        first1 = [sf for sf in via1["subflows"] if sf["vip"].endswith(f":{SERVICE_PORT}")]
+        first2 = [sf for sf in via2["subflows"] if sf["vip"].endswith(f":{SERVICE_PORT}")]
+        assert first1[0]["client"] == first2[0]["client"]  # the very same 5-tuple...
+        assert first1[0]["dip"] == first2[0]["dip"]  # ...reached the same DIP
+    assert len({c["subflows"][0]["dip"] for c in seen[1]}) >= 2  # and the hash does spread
+
+
+def test_client_ignoring_the_c_flag_does_not_disturb_others(dc):
+    results = {}
+    traffic = threading.Thread(target=lambda: results.setdefault("r", dc.run_traffic(conns=12, size=512 * 1024)))
+    traffic.start()
+    probe = dc.client.popen([sys.executable, os.path.join(HERE, "join_probe.py"), VIP, str(SERVICE_PORT), "10"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = probe.communicate(timeout=120)
+    traffic.join(300)
+    answers = json.loads(out)
+    # Each JOIN to the service port is refused by whichever DIP the hash picked.
+    assert all(a is not None and "R" in a for a in answers), (answers, err)
+    summary = check_port_steering(results["r"])
+    assert summary["all_verified"]
+
+
+def test_controller_recovers_flows_and_groups_deleted_by_hand(dc):
+    expected = dc.mux_flow_counts()
+    subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "del-flows", dc.mux_bridge(1)], check=True)
+    subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "del-groups", dc.mux_bridge(2)], check=True)
+    subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "add-flow", dc.mux_bridge(1), "priority=7,actions=drop"],
+                   check=True)
+    assert dc.mux_flow_counts() != expected
+    wait_for("the controller to restore both MUXes", lambda: dc.mux_flow_counts() == expected, 15)
+    groups = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-groups", dc.mux_bridge(2)],
+                            capture_output=True, text=True, check=True).stdout
+    assert groups.count("bucket=") == N_DIPS
+    flows = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", dc.mux_bridge(1)],
+                           capture_output=True, text=True, check=True).stdout
+    assert "priority=7" not in flows
+    check_port_steering(dc.run_traffic(conns=6, size=64 * 1024), dip_ids=[])
+
+
+def test_drained_dip_gets_no_new_connections_but_keeps_its_ports(dc):
+    assert dc.api("POST", "/vips/web/dips/1/drain")[0]["dips"][0]["state"] == "draining"
+    try:
+        def buckets():
+            return [subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-groups", dc.mux_bridge(i)],
+                                   capture_output=True, text=True).stdout.count("bucket=") for i in (1, 2)]
+        wait_for("both MUXes to drop DIP 1 from the select group", lambda: buckets() == [N_DIPS - 1] * 2, 15)
+        summary = check_port_steering(dc.run_traffic(conns=12, size=64 * 1024), dip_ids=[2, 3])
+        assert summary["per_dip"]["2"]["connections"] + summary["per_dip"]["3"]["connections"] == 12
+        flows = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", dc.mux_bridge(1)],
+                               capture_output=True, text=True, check=True).stdout
+        assert "tp_dst=0x1000/0xf000" in flows  # DIP 1's announced ports are still steered
+    finally:
+        dc.api("POST", "/vips/web/dips/1/activate")
+        wait_for("DIP 1 back in the select group",
+                 lambda: subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-groups", dc.mux_bridge(1)],
+                                        capture_output=True, text=True).stdout.count("bucket=") == N_DIPS, 15)
+
+
+def test_bad_rest_change_is_rejected_and_changes_nothing(dc):
+    before = dc.mux_flow_counts()
+    reply = dc.api("POST", "/vips/web/dips", {"id": 9, "address": "10.2.0.9", "mac": "02:00:00:02:00:09",
+                                             "ports": "80-100"})
+    assert reply["status"] == 400 and "contains the service port 80" in reply["error"]
+    assert [d["id"] for d in dc.api("GET", "/vips")[0]["dips"]] == [1, 2, 3]
+    assert dc.mux_flow_counts() == before
+
+
+def test_printed_flows_install_as_is_on_a_netdev_bridge(tmp_path):
+    """`mptcp-lb flows` output goes straight into ovs-ofctl, with no controller."""
+    bridge = f"tfl{os.getpid() % 100000}"
+    cli = [sys.executable, "-m", "mptcp_lb.cli"]
+    subprocess.run(["ovs-vsctl", "add-br", bridge, "--", "set", "bridge", bridge, "datapath_type=netdev",
+                    "fail_mode=secure", "protocols=OpenFlow13"], check=True)
+    try:
+        for what, verb in (("--groups", "add-groups"), (None, "add-flows")):
+            text = subprocess.run([*cli, "flows", "examples/port.yaml", *([what] if what else [])],
+                                  capture_output=True, text=True, check=True).stdout
+            subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", verb, bridge, "-"], input=text, text=True, check=True)
+        printed = subprocess.run([*cli, "flows", "examples/port.yaml"], capture_output=True, text=True,
+                                 check=True).stdout
+        dumped = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge], capture_output=True,
+                                text=True, check=True).stdout
+        cookies = lambda text: sorted(re.findall(r"cookie=(0x[0-9a-f]+)", text))  # noqa: E731
+        assert cookies(dumped) == cookies(printed) and len(cookies(printed)) == ofctl_flow_count(bridge) == 8
+    finally:
+        subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge])
