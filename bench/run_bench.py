@@ -1,0 +1,200 @@
+"""mptcp-lb benchmarks, measured side by side in one run (``make bench``).
+
+1. MPTCP goodput client -> server through one OVS netdev bridge, alternating
+   between the LB pipeline (compiled flows, VIP -> select group -> DIP, DSR
+   return) and plain L2 forwarding (``actions=NORMAL``) on the same bridge,
+   same hosts, same datapath. Reports medians and the LB/L2 ratio.
+2. Datapath (megaflow) count for the VIP on the datacenter topology after
+   few vs many connections: it must not grow with connections.
+3. Flow compile time for 4096 DIPs vs 3 DIPs.
+
+Absolute numbers on this shared 2-core machine are noisy; the ratios are the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from mininet_topos.harness import Datacenter, require_platform
+
+BENCH_VIP = "10.9.0.100"
+CLIENT_IP, SERVER_IP, MUX_IP = "10.9.0.1", "10.9.0.2", "10.9.0.254"
+SERVER_MAC = "02:00:00:09:00:02"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench_config() -> dict:
+    return {
+        "muxes": [{"name": "bmux", "dpid": 0x9001, "address": MUX_IP, "mac": "02:00:00:09:00:fe",
+                   "uplink_port": 1, "fabric_port": 2}],
+        "vips": [{"name": "bench", "address": BENCH_VIP, "port": 80, "mode": "port",
+                  "dips": [{"id": 1, "address": SERVER_IP, "mac": SERVER_MAC, "ports": "4096-8191"}]}],
+    }
+
+
+def ofctl(*args, stdin: str | None = None) -> str:
+    return subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", *args], input=stdin, capture_output=True,
+                          text=True, check=True).stdout
+
+
+def install_lb(bridge: str) -> None:
+    from mptcp_lb.config import parse_config
+    from ovs_flows.compiler import compile_mux, flow_text, group_text
+
+    config = parse_config(bench_config())
+    compiled = compile_mux(config, config.muxes[0])
+    ofctl("del-flows", bridge)
+    ofctl("del-groups", bridge)
+    ofctl("add-groups", bridge, "-", stdin="\n".join(group_text(g) for g in compiled.groups))
+    ofctl("add-flows", bridge, "-", stdin="\n".join(flow_text(f) for f in compiled.flows))
+    ofctl("add-flow", bridge, "priority=50,in_port=2,actions=output:1")  # DSR return path
+
+
+def install_l2(bridge: str) -> None:
+    ofctl("del-flows", bridge)
+    ofctl("del-groups", bridge)
+    ofctl("add-flow", bridge, "priority=0,actions=NORMAL")
+
+
+def throughput(seconds: float, rounds: int) -> dict:
+    from mininet.net import Mininet
+    from mininet.node import OVSSwitch
+    from mininet.topo import Topo
+
+    from mininet_topos.datacenter import no_tx_offload
+
+    tag = f"b{os.getpid() % 1000}"
+
+    class Pair(Topo):
+        def build(self):
+            sw = self.addSwitch(f"{tag}s1", cls=OVSSwitch, datapath="user", failMode="secure",
+                                protocols="OpenFlow13", dpid="%016x" % 0x9001)
+            self.addLink(self.addHost(f"{tag}h1", ip=f"{CLIENT_IP}/24"), sw, port2=1)
+            self.addLink(self.addHost(f"{tag}h2", ip=f"{SERVER_IP}/24", mac=SERVER_MAC), sw, port2=2)
+
+    net = Mininet(topo=Pair(), controller=None, autoSetMacs=False)
+    server = None
+    try:
+        net.start()
+        h1, h2 = net.get(f"{tag}h1"), net.get(f"{tag}h2")
+        bridge = f"{tag}s1"
+        for h in (h1, h2):
+            no_tx_offload(h)
+        h1.cmd(f"ip route add {BENCH_VIP}/32 via {MUX_IP}")
+        h2.cmd(f"ip addr add {BENCH_VIP}/32 dev lo")
+        h2.cmd("sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2")
+        server = h2.popen([sys.executable, "-m", "bench.bulk", "serve", "80"], stdout=subprocess.PIPE, text=True,
+                          cwd=ROOT)
+        server.stdout.readline()
+        results: dict[str, list[float]] = {"l2": [], "lb": []}
+        for _ in range(rounds):
+            for mode, install, target in (("l2", install_l2, SERVER_IP), ("lb", install_lb, BENCH_VIP)):
+                install(bridge)
+                h1.cmd("ip neigh flush all")
+                out = h1.cmd(f"{sys.executable} -m bench.bulk send {target} 80 {seconds}")
+                results[mode].append(json.loads(out.strip().splitlines()[-1])["gbps"])
+                print(f"  throughput {mode}: {results[mode][-1]:.3f} Gbit/s", flush=True)
+        l2, lb = statistics.median(results["l2"]), statistics.median(results["lb"])
+        return {"l2_gbps": results["l2"], "lb_gbps": results["lb"], "l2_median_gbps": l2,
+                "lb_median_gbps": lb, "lb_over_l2": lb / l2}
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        net.stop()
+
+
+def datapath_flows(few: int, many: int) -> dict:
+    from mininet_topos.datacenter import VIP
+
+    def vip_flows() -> int:
+        out = subprocess.run(["ovs-appctl", "dpctl/dump-flows", "netdev@ovs-netdev"], capture_output=True,
+                             text=True, check=True).stdout
+        return sum(1 for line in out.splitlines() if f"dst={VIP}" in line)
+
+    with Datacenter(n_dips=3, prefix=f"b{os.getpid() % 1000}", progress=lambda m: None) as dc:
+        first = dc.run_traffic(few, 64 * 1024)
+        after_few = vip_flows()
+        second = dc.run_traffic(many - few, 64 * 1024)
+        after_many = vip_flows()
+        openflow = dc.mux_flow_counts()
+    failed = [r for r in first + second if not r.get("verified")]
+    if failed:
+        raise RuntimeError(f"{len(failed)} benchmark connections failed: {failed[:3]}")
+    return {"connections": [few, many], "vip_datapath_flows": [after_few, after_many],
+            "growth_ratio": after_many / max(after_few, 1), "openflow_flows": openflow}
+
+
+def compile_time() -> dict:
+    from mptcp_lb.config import parse_config
+    from ovs_flows.compiler import compile_all
+
+    def config_with(n_dips: int) -> dict:
+        raw = bench_config()
+        per_vip = (n_dips + 1) // 2
+        raw["vips"] = []
+        for v in range(2 if n_dips > 1 else 1):
+            dips = []
+            for i in range(per_vip):
+                n = v * per_vip + i
+                dips.append({"id": i + 1, "address": f"10.{16 + n // 65536}.{n // 256 % 256}.{n % 256}",
+                             "mac": f"02:00:{n >> 24 & 255:02x}:{n >> 16 & 255:02x}:{n >> 8 & 255:02x}:{n & 255:02x}",
+                             "ports": f"{2048 + i * 15}-{2048 + i * 15 + 14}"})
+            raw["vips"].append({"name": f"v{v}", "address": f"10.9.1.{v + 1}", "port": 80, "mode": "port",
+                                "dips": dips})
+        return raw
+
+    out = {}
+    for n in (3, 4096):
+        raw = config_with(n)
+        started = time.perf_counter()
+        config = parse_config(raw)
+        compiled = compile_all(config)
+        elapsed = time.perf_counter() - started
+        mux = next(iter(compiled.values()))
+        out[str(n)] = {"seconds": elapsed, "flows": len(mux.flows), "groups": len(mux.groups),
+                       "dips": sum(len(v.dips) for v in config.vips)}
+    out["per_dip_ratio_4096_vs_3"] = (out["4096"]["seconds"] / 4096) / (out["3"]["seconds"] / 3)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", default="out/bench.json")
+    p.add_argument("--seconds", type=float, default=3.0, help="seconds per throughput run")
+    p.add_argument("--rounds", type=int, default=3, help="alternating L2/LB rounds")
+    p.add_argument("--conns", type=int, nargs=2, default=[10, 50], metavar=("FEW", "MANY"))
+    args = p.parse_args(argv)
+    from mininet.log import setLogLevel
+
+    setLogLevel("warning")
+    require_platform()
+    report = {}
+    print("compile time ...", flush=True)
+    report["compile"] = compile_time()
+    print("datapath flows ...", flush=True)
+    report["datapath_flows"] = datapath_flows(*args.conns)
+    print("throughput (LB pipeline vs plain L2, same netdev bridge) ...", flush=True)
+    report["throughput"] = throughput(args.seconds, args.rounds)
+    t, d, c = report["throughput"], report["datapath_flows"], report["compile"]
+    print(f"\nMPTCP goodput, LB pipeline / plain L2 forwarding: {t['lb_over_l2']:.2f} "
+          f"({t['lb_median_gbps']:.2f} vs {t['l2_median_gbps']:.2f} Gbit/s, medians of {args.rounds})")
+    print(f"VIP datapath flows after {d['connections'][0]} / {d['connections'][1]} connections: "
+          f"{d['vip_datapath_flows'][0]} / {d['vip_datapath_flows'][1]} (growth ratio {d['growth_ratio']:.2f})")
+    print(f"compile 4096 DIPs: {c['4096']['seconds']:.3f} s ({c['4096']['flows']} flows); "
+          f"3 DIPs: {c['3']['seconds'] * 1e3:.2f} ms; per-DIP cost ratio {c['per_dip_ratio_4096_vs_3']:.2f}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
