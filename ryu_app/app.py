@@ -7,6 +7,7 @@ passes the event to the core and sends back whatever messages it returns.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -22,6 +23,22 @@ from ryu_app.core import LbCore
 
 CONFIG_ENV = "MPTCP_LB_CONFIG"
 log = logging.getLogger(__name__)
+
+
+def guarded(handler):
+    """Log and survive a handler's exception.
+
+    With os-ken's native hub, ``hub.TaskExit`` *is* ``Exception``: one
+    exception escaping a handler silently ends the app's event loop, and the
+    controller stops reacting to every switch. Never let one out.
+    """
+    @functools.wraps(handler)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return handler(self, *args, **kwargs)
+        except Exception:
+            log.exception("error in %s; carrying on", handler.__name__)
+    return wrapper
 
 
 class MptcpLbApp(app_manager.OSKenApp):
@@ -59,11 +76,12 @@ class MptcpLbApp(app_manager.OSKenApp):
     def _audit_loop(self):
         while True:
             hub.sleep(self.core.config.controller.audit_interval)
-            self.audit_all()
+            guarded(MptcpLbApp.audit_all)(self)
 
     # ------------------------------------------------------------ events
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    @guarded
     def _state_change(self, ev):
         dp = ev.datapath
         if dp.id is None:
@@ -88,28 +106,33 @@ class MptcpLbApp(app_manager.OSKenApp):
         return self._partial.pop(key)
 
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
+    @guarded
     def _group_desc(self, ev):
         body = self._multipart_body(ev)
         if body is not None:
             self.core.group_desc_reply(ev.msg.datapath.id, body)
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    @guarded
     def _flow_stats(self, ev):
         body = self._multipart_body(ev)
         if body is not None:
             self.send(ev.msg.datapath, self.core.flow_stats_reply(ev.msg.datapath.id, body))
 
     @set_ev_cls(ofp_event.EventOFPGroupStatsReply, MAIN_DISPATCHER)
+    @guarded
     def _group_stats(self, ev):
         body = self._multipart_body(ev)
         if body is not None:
             self.core.group_stats_reply(ev.msg.datapath.id, body)
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
+    @guarded
     def _flow_removed(self, ev):
         self.send(ev.msg.datapath, self.core.flow_removed(ev.msg.datapath.id, ev.msg))
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
+    @guarded
     def _error(self, ev):
         log.error("OpenFlow error from dpid=%#x: type=%s code=%s", ev.msg.datapath.id,
                   ev.msg.type, ev.msg.code)
