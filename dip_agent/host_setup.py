@@ -98,15 +98,21 @@ def _limits(pm: MPTCP) -> dict:
 
 
 class DipHostSetup:
-    """Idempotent setup of the current network namespace as a port-scheme DIP."""
+    """Idempotent setup of the current network namespace as a DIP.
 
-    def __init__(self, vip_address: str, announce_port: int, *, subflows: int = 8):
-        if not 1 <= announce_port <= 65535:
+    Port scheme: announce ``VIP:announce_port`` and set the C flag so clients
+    join only there. Token scheme: ``announce_port=None, c_flag=False`` so
+    clients join VIP:service-port. Hybrid: announce, without the C flag.
+    """
+
+    def __init__(self, vip_address: str, announce_port: int | None, *, c_flag: bool = True, subflows: int = 8):
+        if announce_port is not None and not 1 <= announce_port <= 65535:
             raise ValueError(f"announce_port {announce_port} is not in 1..65535")
         if not 0 <= subflows <= 8:
             raise ValueError(f"subflows {subflows} is not in 0..8 (the kernel's limit)")
         self.vip = vip_address
         self.announce_port = announce_port
+        self.sysctls = {**SYSCTLS, "net/mptcp/allow_join_initial_addr_port": "0" if c_flag else "1"}
         self.subflows = subflows
         # What apply() changed, with the values found before the first apply().
         self._saved_sysctls: dict[str, str] = {}
@@ -126,7 +132,8 @@ class DipHostSetup:
             self._apply_sysctls()
             with MPTCP() as pm:
                 self._apply_limits(pm)
-                self._apply_endpoint(pm)
+                if self.announce_port is not None:
+                    self._apply_endpoint(pm)
         except Exception:
             log.error("DIP setup for VIP %s port %d failed; rolling back", self.vip, self.announce_port)
             try:
@@ -146,7 +153,7 @@ class DipHostSetup:
                 log.info("added %s/32 on lo", self.vip)
 
     def _apply_sysctls(self) -> None:
-        for path, value in SYSCTLS.items():
+        for path, value in self.sysctls.items():
             old = _read_sysctl(path)
             self._saved_sysctls.setdefault(path, old)
             if old != value:

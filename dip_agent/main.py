@@ -13,6 +13,8 @@ import signal
 import sys
 import threading
 
+from pyroute2 import IPRoute
+
 from mptcp_lb.config import Config, ConfigError, Dip, Vip, load_config
 from mptcp_lb.mptcp_sockopt import MptcpUnavailable
 
@@ -63,6 +65,21 @@ def _stop_on_signals(stop: threading.Event):
             signal.signal(sig, old)
 
 
+def default_interface() -> str:
+    """The interface of the default route: where VIP traffic arrives from the MUXes."""
+    with IPRoute() as ipr:
+        routes = ipr.route("get", dst="1.1.1.1")
+        return ipr.get_links(routes[0].get_attr("RTA_OIF"))[0].get_attr("IFLA_IFNAME")
+
+
+def token_setup(vip: Vip, dip: Dip):
+    """The DIP's BPF side of token steering: key adoption and timestamp stamping."""
+    from .token_bpf import DipTokenSetup
+
+    return DipTokenSetup(default_interface(), vip.address, vip.port, dip.id,
+                         mode=vip.key_source, slices=dip.slices, slice_bits=vip.slice_bits)
+
+
 def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: str | None = None) -> int:
     """Run the agent until SIGTERM/SIGINT; return the process exit code."""
     try:
@@ -70,7 +87,8 @@ def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: 
     except ConfigError as e:
         print(e, file=sys.stderr)
         return EXIT_CONFIG
-    setup = DipHostSetup(vip.address, dip.announce_port)
+    setup = DipHostSetup(vip.address, dip.announce_port, c_flag=not vip.uses_tokens)
+    token = token_setup(vip, dip) if vip.uses_tokens else None
     server = EchoServer(dip.id, vip.port)
     stop = threading.Event()
     # Signals are caught from before apply() so a stop during setup still undoes it.
@@ -81,8 +99,10 @@ def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: 
             print(f"MPTCP unavailable: {e}", file=sys.stderr)
             return EXIT_NO_MPTCP
         try:
-            log.info("DIP %d serving VIP %s (%s:%d), announcing port %d", dip.id, vip.name,
-                     vip.address, vip.port, dip.announce_port)
+            if token is not None:
+                token.apply()
+            log.info("DIP %d serving VIP %s (%s:%d, mode %s), announcing port %s", dip.id, vip.name,
+                     vip.address, vip.port, vip.mode, dip.announce_port)
             server.start()
             if ready_file is not None:
                 with open(ready_file, "w", encoding="ascii") as f:
@@ -91,5 +111,9 @@ def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: 
             stop.wait()
         finally:
             server.stop()
-            setup.undo()
+            try:
+                if token is not None:
+                    token.undo()
+            finally:
+                setup.undo()
     return EXIT_OK

@@ -1,6 +1,6 @@
 """The datacenter shape the demo and the integration tests run on.
 
-    client c1 ==(2 paths)== border router r0 ==ECMP(L4 hash)==> mux1, mux2 (OVS, OpenFlow)
+    clients c1, c2 ==(2 paths each)== border router r0 ==ECMP(L4 hash)==> mux1, mux2 (OVS, OpenFlow)
                                                                    |
     DIPs d1..dN <== fabric fab (OVS, plain L2) <====================+
          |                                   ^
@@ -23,7 +23,10 @@ from mininet.topo import Topo
 
 VIP = "10.0.0.100"
 SERVICE_PORT = 80
-CLIENT_NETS = ("10.0.1", "10.0.2")  # one /24 per client path
+CLIENT_NETS = {  # one /24 per client path
+    "c1": ("10.0.1", "10.0.2"),  # follows ADD_ADDR, respects the C flag (port-based steering)
+    "c2": ("10.0.3", "10.0.4"),  # stock Linux: joins the VIP's service port (token-based steering)
+}
 MUX_NETS = ("10.1.1", "10.1.2")  # router <-> mux link nets; .1 is the MUX, .254 the router
 FABRIC_NET = "10.2.0"  # DIPs are .1..N, the router .254
 PORT_BLOCK_MIN = 1024  # DIP port ranges start above the well-known ports
@@ -50,8 +53,17 @@ def dip_port_ranges(n_dips: int) -> list[tuple[int, int]]:
     return [(size * i, size * (i + 1) - 1) for i in range(1, n_dips + 1)]
 
 
-def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080) -> dict:
+def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080, mode: str = "port",
+                    key_source: str = "mux") -> dict:
     """The mptcp-lb config (as a YAML-ready dict) matching this topology."""
+    vip = {"name": "web", "address": VIP, "port": SERVICE_PORT, "mode": mode}
+    if mode != "port":
+        vip["key_source"] = key_source
+    ranges = dip_port_ranges(n_dips)
+    vip["dips"] = [{"id": i, "address": f"{FABRIC_NET}.{i}", "mac": dip_mac(i)} for i in range(1, n_dips + 1)]
+    if mode != "token":
+        for d, (lo, hi) in zip(vip["dips"], ranges):
+            d["ports"] = f"{lo}-{hi}"
     return {
         "controller": {"openflow_host": "127.0.0.1", "openflow_port": of_port,
                        "api_host": "127.0.0.1", "api_port": api_port, "audit_interval": 1.0},
@@ -60,11 +72,7 @@ def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080) -> d
              "mac": mux_mac(i), "uplink_port": 1, "fabric_port": 2}
             for i in (1, 2)
         ],
-        "vips": [{
-            "name": "web", "address": VIP, "port": SERVICE_PORT, "mode": "port",
-            "dips": [{"id": i, "address": f"{FABRIC_NET}.{i}", "mac": dip_mac(i), "ports": f"{lo}-{hi}"}
-                     for i, (lo, hi) in enumerate(dip_port_ranges(n_dips), start=1)],
-        }],
+        "vips": [vip],
     }
 
 
@@ -75,19 +83,27 @@ def no_tx_offload(host: Host) -> None:
 
 
 class Client(Host):
-    """Two interfaces, one per path, each with its own routing table, and an
-    MPTCP path manager that accepts ADD_ADDR and opens a subflow per interface."""
+    """Two interfaces, one per path, each with its own routing table.
 
-    def config(self, **params):
+    ``follows_add_addr=True`` (c1): the path manager accepts ADD_ADDR and opens
+    a subflow per interface to the announced address (respects the C flag).
+    ``False`` (c2): the default of Linux clients, a ``subflow`` endpoint that
+    joins the server's initial address and port, i.e. VIP:service-port.
+    """
+
+    def config(self, nets=(), follows_add_addr=True, **params):
         r = super().config(**params)
         no_tx_offload(self)
-        for idx, net in enumerate(CLIENT_NETS):
+        for idx, net in enumerate(nets):
             intf, table = f"{self.name}-eth{idx}", 101 + idx
             self.cmd(f"ip route add default via {net}.254 dev {intf} table {table}")
             self.cmd(f"ip rule add from {net}.1 table {table}")
-            self.cmd(f"ip mptcp endpoint add {net}.1 dev {intf} subflow fullmesh")
-        self.cmd(f"ip route add default via {CLIENT_NETS[0]}.254")
-        self.cmd("ip mptcp limits set subflows 4 add_addr_accepted 4")
+            if follows_add_addr:
+                self.cmd(f"ip mptcp endpoint add {net}.1 dev {intf} subflow fullmesh")
+            elif idx:
+                self.cmd(f"ip mptcp endpoint add {net}.1 dev {intf} subflow")
+        self.cmd(f"ip route add default via {nets[0]}.254")
+        self.cmd(f"ip mptcp limits set subflows 4 add_addr_accepted {4 if follows_add_addr else 0}")
         return r
 
 
@@ -129,11 +145,13 @@ class DatacenterTopo(Topo):
 
     def build(self, n_dips: int = 3, prefix: str = ""):
         p = prefix
-        client = self.addHost(f"{p}c1", cls=Client, ip=None)
         router = self.addHost(f"{p}r0", cls=BorderRouter, ip=None)
-        for idx, net in enumerate(CLIENT_NETS):
-            self.addLink(client, router, port1=idx, port2=idx,
-                         params1={"ip": f"{net}.1/24"}, params2={"ip": f"{net}.254/24"})
+        router_ports = iter((0, 1, 5, 6))  # 2-4 face the MUXes and the fabric
+        for name, nets in CLIENT_NETS.items():
+            client = self.addHost(f"{p}{name}", cls=Client, ip=None, nets=nets, follows_add_addr=name == "c1")
+            for idx, net in enumerate(nets):
+                self.addLink(client, router, port1=idx, port2=next(router_ports),
+                             params1={"ip": f"{net}.1/24"}, params2={"ip": f"{net}.254/24"})
         fab = self.addSwitch(f"{p}fab", cls=OVSBridge, datapath="user", dpid="%016x" % 0x2000)
         for i, net in enumerate(MUX_NETS, start=1):
             mux = self.addSwitch(f"{p}mux{i}", cls=OVSSwitch, datapath="user", failMode="secure",

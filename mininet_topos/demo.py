@@ -14,6 +14,19 @@ from mininet_topos.report import connection_entry, format_table, plot, summarize
 log = logging.getLogger(__name__)
 
 
+CLIENT_KINDS = {"c1": "follows ADD_ADDR, respects the C flag", "c2": "stock Linux, joins the service port"}
+MIN_SUBFLOWS = {"c1": 3, "c2": 2}  # c1: one per interface to the announced port; c2: one join
+
+
+def clients_for(mode: str, conns: int) -> list[tuple[str, int]]:
+    """Port mode serves C-respecting clients, token mode stock Linux ones, hybrid both at once."""
+    if mode == "port":
+        return [("c1", conns)]
+    if mode == "token":
+        return [("c2", conns)]
+    return [("c1", conns - conns // 2), ("c2", conns // 2)]
+
+
 def progress(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -22,12 +35,18 @@ def run_demo(args) -> int:
     from mininet.log import setLogLevel
 
     setLogLevel("warning")
-    progress(f"mode={args.mode} dips={args.dips} conns={args.conns} payload={args.size} bytes")
-    with Datacenter(n_dips=args.dips, progress=progress) as dc:
+    key_source = args.key_source if args.mode != "port" else None
+    progress(f"mode={args.mode}{f' key-source={key_source}' if key_source else ''} dips={args.dips} "
+             f"conns={args.conns} payload={args.size} bytes")
+    with Datacenter(n_dips=args.dips, progress=progress, mode=args.mode, key_source=key_source or "mux") as dc:
         before = dc.mux_flow_counts()
         dp_before = datapath_flow_count("tcp")
         progress(f"MUX flows before traffic: {before}")
-        results = dc.run_traffic(args.conns, args.size)
+        results = []
+        for client, conns in clients_for(args.mode, args.conns):
+            progress(f"{conns} connections from {client} ({CLIENT_KINDS[client]})")
+            results += [{**r, "client_host": client} for r in dc.run_traffic(conns, args.size, client=client,
+                                                                             min_subflows=MIN_SUBFLOWS[client])]
         after = dc.mux_flow_counts()
         dp_after = datapath_flow_count("tcp")
         progress(f"{len(results)} connections done; MUX flows after: {after}")
@@ -36,6 +55,7 @@ def run_demo(args) -> int:
     summary = summarize(connections, list(range(1, args.dips + 1)))
     report = {
         "mode": args.mode,
+        "key_source": key_source,
         "dips": args.dips,
         "connections": connections,
         "mux_flows": {"before": before, "after": after},

@@ -73,12 +73,15 @@ def require_platform() -> None:
 
 class Datacenter:
     def __init__(self, n_dips: int = 3, prefix: str = "", workdir: str | None = None,
-                 progress=lambda msg: log.info("%s", msg)):
+                 progress=lambda msg: log.info("%s", msg), mode: str = "port", key_source: str = "mux"):
         self.n_dips = n_dips
         self.prefix = prefix
         self.progress = progress
+        self.mode = mode
         self.workdir = workdir or tempfile.mkdtemp(prefix="mptcp-lb-")
-        self.config = topology_config(n_dips, of_port=free_port(), api_port=free_port())
+        self.config = topology_config(n_dips, of_port=free_port(), api_port=free_port(), mode=mode,
+                                      key_source=key_source)
+        self.classified: list[str] = []  # interfaces with the XDP classifier attached
         self.config_path = os.path.join(self.workdir, "config.yaml")
         self.net = None
         self.controller = None
@@ -93,6 +96,10 @@ class Datacenter:
     @property
     def client(self):
         return self.host("c1")
+
+    def mux_uplink(self, i: int) -> str:
+        """The MUX bridge's port towards the router: where the classifier sits."""
+        return f"{self.prefix}mux{i}-eth1"
 
     @property
     def router(self):
@@ -132,7 +139,14 @@ class Datacenter:
                                ip="127.0.0.1", port=ctl["openflow_port"])
         self.net.build()
         self.net.start()
-        self.progress(f"topology up: client, router, 2 MUXes, fabric, {self.n_dips} DIPs")
+        self.progress(f"topology up: 2 clients, router, 2 MUXes, fabric, {self.n_dips} DIPs")
+        if self.mode != "port":
+            from mptcp_lb import classifier
+
+            for i in (1, 2):
+                classifier.attach(self.mux_uplink(i))
+                self.classified.append(self.mux_uplink(i))
+            self.progress("XDP MPTCP classifier attached to both MUX uplinks")
         wait_for("the controller to program both MUXes",
                  lambda: all(m["connected"] and m["flows"] > 0 and ofctl_flow_count(self.mux_bridge(i)) > 0
                              for i, m in enumerate(self.api("GET", "/muxes"), start=1)), 30)
@@ -200,6 +214,14 @@ class Datacenter:
                 self.stop_agent(i)
             except Exception:  # keep cleaning
                 log.exception("stopping agent d%d", i)
+        for ifname in self.classified:
+            try:
+                from mptcp_lb import classifier
+
+                classifier.detach(ifname)
+            except Exception:
+                log.exception("detaching the classifier from %s", ifname)
+        self.classified = []
         if self.net is not None:
             for i in range(1, self.n_dips + 1):
                 try:
@@ -240,13 +262,16 @@ class Datacenter:
         return {f"mux{i}": ofctl_flow_count(self.mux_bridge(i)) for i in (1, 2)}
 
     def run_traffic(self, conns: int, size: int, min_subflows: int = 3, parallel: int = 4,
-                    timeout: float = 20.0, source_port: int = 0) -> list[dict]:
-        """Run real kernel MPTCP connections from the client; return per-connection results."""
+                    timeout: float = 20.0, source_port: int = 0, client: str = "c1") -> list[dict]:
+        """Run real kernel MPTCP connections from a client; return per-connection results.
+
+        ``c1`` follows ADD_ADDR (port-based steering); ``c2`` joins the service port (token-based).
+        """
         cmd = [sys.executable, "-m", "mptcp_lb.traffic", "--vip", VIP, "--port", str(SERVICE_PORT),
                "--conns", str(conns), "--size", str(size), "--min-subflows", str(min_subflows),
                "--parallel", str(parallel), "--timeout", str(timeout),
                "--source-port", str(source_port)]
-        proc = self.client.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = self.host(client).popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out, err = proc.communicate(timeout=conns * timeout + 120)
         try:  # exit 1 means "some connection failed": the results still say which
             return json.loads(out)

@@ -27,7 +27,7 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_flows(args) -> int:
-    from ovs_flows.compiler import compile_mux, flow_text, group_text
+    from ovs_flows.compiler import compile_mux, flow_text, group_text, meter_text
 
     config = _load(args.config)
     muxes = [m for m in config.muxes if args.mux in (None, m.name)]
@@ -35,7 +35,12 @@ def cmd_flows(args) -> int:
         print(f"--mux: {args.mux!r} is not a MUX in {args.config}", file=sys.stderr)
         return EXIT_CONFIG
     compiled = compile_mux(config, muxes[0])
-    lines = [group_text(g) for g in compiled.groups] if args.groups else [flow_text(f) for f in compiled.flows]
+    if args.meters:
+        lines = [meter_text(m) for m in compiled.meters]
+    elif args.groups:
+        lines = [group_text(g) for g in compiled.groups]
+    else:
+        lines = [flow_text(f) for f in compiled.flows]
     print("\n".join(lines))
     return 0
 
@@ -74,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mux", help="MUX name (default: the first)")
     s.add_argument("--groups", action="store_true",
                    help="print the select groups (for ovs-ofctl add-groups) instead of the flows")
+    s.add_argument("--meters", action="store_true",
+                   help="print the punt meters (one ovs-ofctl add-meter argument per line) instead")
     s.set_defaults(func=cmd_flows)
 
     s = sub.add_parser("controller", help="run the os-ken controller, REST API and /metrics")
@@ -88,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_dip_agent)
 
     s = sub.add_parser("demo", help="build the default datacenter topology and run real MPTCP traffic")
-    s.add_argument("--mode", default="port", choices=["port"])
+    s.add_argument("--mode", default="port", choices=["port", "token", "hybrid"])
+    s.add_argument("--key-source", default="mux", choices=["mux", "pool"],
+                   help="token/hybrid: the controller makes keys (mux) or each DIP draws from its pool")
     s.add_argument("--dips", type=int, default=3)
     s.add_argument("--conns", type=int, default=20)
     s.add_argument("--size", type=int, default=256 * 1024, help="payload bytes per connection")

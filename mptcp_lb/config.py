@@ -15,8 +15,12 @@ from typing import Any
 
 import yaml
 
-MODES = ("port",)
-MAX_DIP_ID = 4095  # 12 bits: the server ID a DIP can stamp into TCP timestamps
+MODES = ("port", "token", "hybrid")
+PORT_MODES = ("port", "hybrid")  # DIPs own port ranges and announce one port
+TOKEN_MODES = ("token", "hybrid")  # DIPs own token slices and stamp timestamps
+KEY_SOURCES = ("mux", "pool")  # who makes a connection's key: the controller, or the DIP's pool
+MAX_DIP_ID = 4095  # 12 bits: the server ID a DIP stamps into TCP timestamps
+MAX_SLICE_BITS = 12
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
 
@@ -48,9 +52,10 @@ class Dip:
     id: int
     address: str
     mac: str
-    ports: PortRange
-    announce_port: int
+    ports: PortRange | None  # port/hybrid modes
+    announce_port: int | None
     state: str = "active"  # active | draining
+    slices: frozenset[int] = frozenset()  # token/hybrid modes: token slices this DIP owns
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,16 @@ class Vip:
     port: int
     mode: str
     dips: tuple[Dip, ...]
+    key_source: str = "mux"
+    slice_bits: int = 8
+
+    @property
+    def uses_ports(self) -> bool:
+        return self.mode in PORT_MODES
+
+    @property
+    def uses_tokens(self) -> bool:
+        return self.mode in TOKEN_MODES
 
     def dip(self, dip_id: int) -> Dip:
         for d in self.dips:
@@ -85,6 +100,7 @@ class ControllerSettings:
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     audit_interval: float = 2.0
+    punt_rate: int = 100  # SYN(MPC) packet-ins per second per MUX (OpenFlow meter)
 
 
 @dataclass(frozen=True)
@@ -192,7 +208,7 @@ def _parse_controller(ck: _Checker, raw: Any) -> ControllerSettings:
     if raw is None:
         return ControllerSettings()
     obj = ck.mapping(raw, "controller", set(),
-                     {"openflow_host", "openflow_port", "api_host", "api_port", "audit_interval"})
+                     {"openflow_host", "openflow_port", "api_host", "api_port", "audit_interval", "punt_rate"})
     if obj is None:
         return ControllerSettings()
     d = ControllerSettings()
@@ -206,6 +222,7 @@ def _parse_controller(ck: _Checker, raw: Any) -> ControllerSettings:
         api_host=ck.ipv4(obj, "api_host", "controller", d.api_host) or d.api_host,
         api_port=ck.integer(obj, "api_port", "controller", 0, 65535, d.api_port) or 0,
         audit_interval=float(interval),
+        punt_rate=ck.integer(obj, "punt_rate", "controller", 1, 1_000_000, d.punt_rate) or d.punt_rate,
     )
 
 
@@ -229,29 +246,65 @@ def _parse_mux(ck: _Checker, raw: Any, path: str) -> Mux | None:
     return Mux(**fields)
 
 
-def parse_dip(ck: _Checker, raw: Any, path: str) -> Dip | None:
-    obj = ck.mapping(raw, path, {"id", "address", "mac", "ports"}, {"announce_port", "state"})
+def _slices(ck: _Checker, obj: dict, path: str, slice_bits: int) -> frozenset[int] | None:
+    """``slices: [3, "8-11"]`` -> {3, 8, 9, 10, 11}, each within 0..2**slice_bits-1."""
+    raw = obj.get("slices")
+    if raw is None:
+        return frozenset()
+    top = (1 << slice_bits) - 1
+    if not isinstance(raw, list) or not raw:
+        ck.fail(f"{path}.slices", f"{raw!r} is not a non-empty list of slices or 'a-b' ranges")
+        return None
+    out: set[int] = set()
+    for item in raw:
+        m = re.match(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$", str(item)) if not isinstance(item, bool) else None
+        lo, hi = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else (None, None)
+        if lo is None or not 0 <= lo <= hi <= top:
+            ck.fail(f"{path}.slices", f"{item!r} is not a slice or range within 0..{top} (slice_bits={slice_bits})")
+            return None
+        out.update(range(lo, hi + 1))
+    return frozenset(out)
+
+
+def parse_dip(ck: _Checker, raw: Any, path: str, mode: str = "port", slice_bits: int = 8) -> Dip | None:
+    uses_ports = mode in PORT_MODES
+    optional = {"announce_port", "state", "ports"} if not uses_ports else {"announce_port", "state"}
+    if mode in TOKEN_MODES:
+        optional.add("slices")
+    required = {"id", "address", "mac"} | ({"ports"} if uses_ports else set())
+    obj = ck.mapping(raw, path, required, optional)
     if obj is None:
         return None
     dip_id = ck.integer(obj, "id", path, 1, MAX_DIP_ID)
     address = ck.ipv4(obj, "address", path)
     mac = ck.mac(obj, "mac", path)
-    ports = ck.port_range(obj, "ports", path)
     state = obj.get("state", "active")
     if state not in ("active", "draining"):
         ck.fail(f"{path}.state", f"{state!r} is not one of active, draining")
         return None
-    announce = ck.integer(obj, "announce_port", path, 1, 65535, ports.start if ports else None)
-    if ports is not None and announce is not None and announce not in ports:
-        ck.fail(f"{path}.announce_port", f"{announce} is outside the DIP's ports {ports}")
+    slices = _slices(ck, obj, path, slice_bits)
+    ports = announce = None
+    if not uses_ports:
+        for key in ("ports", "announce_port"):
+            if key in obj:
+                ck.fail(f"{path}.{key}", f"{obj[key]!r}: mode {mode} announces no ports (remove {key})")
+                return None
+    else:
+        ports = ck.port_range(obj, "ports", path)
+        announce = ck.integer(obj, "announce_port", path, 1, 65535, ports.start if ports else None)
+        if ports is not None and announce is not None and announce not in ports:
+            ck.fail(f"{path}.announce_port", f"{announce} is outside the DIP's ports {ports}")
+            return None
+        if ports is None or announce is None:
+            return None
+    if None in (dip_id, address, mac, slices):
         return None
-    if None in (dip_id, address, mac, ports, announce):
-        return None
-    return Dip(id=dip_id, address=address, mac=mac, ports=ports, announce_port=announce, state=state)
+    return Dip(id=dip_id, address=address, mac=mac, ports=ports, announce_port=announce, state=state,
+               slices=slices)
 
 
 def check_vip_dips(ck: _Checker, dips: list[Dip], service_port: int, path: str) -> None:
-    """Cross-DIP rules: unique ids/addresses/MACs, disjoint ranges, no service port."""
+    """Cross-DIP rules: unique ids/addresses/MACs, disjoint ranges and slices, no service port."""
     seen: dict[str, dict[Any, int]] = {"id": {}, "address": {}, "mac": {}}
     for i, d in enumerate(dips):
         for key in seen:
@@ -260,15 +313,30 @@ def check_vip_dips(ck: _Checker, dips: list[Dip], service_port: int, path: str) 
                 ck.fail(f"{path}[{i}].{key}", f"duplicate {key} {value!r} (also dips[{seen[key][value]}])")
             else:
                 seen[key][value] = i
-        if service_port in d.ports:
+        if d.ports is not None and service_port in d.ports:
             ck.fail(f"{path}[{i}].ports", f"range {d.ports} contains the service port {service_port}")
         for j in range(i):
-            if d.ports.overlaps(dips[j].ports):
+            if d.ports is not None and dips[j].ports is not None and d.ports.overlaps(dips[j].ports):
                 ck.fail(f"{path}[{i}].ports", f"range {d.ports} overlaps dips[{j}].ports {dips[j].ports}")
+            shared = d.slices & dips[j].slices
+            if shared:
+                ck.fail(f"{path}[{i}].slices", f"slices {sorted(shared)[:8]} are also owned by dips[{j}]")
+
+
+def assign_slices(dips: list[Dip], slice_bits: int) -> list[Dip]:
+    """Default ownership when no DIP names its slices: equal contiguous blocks, by DIP id.
+
+    Contiguous blocks compile to few masked matches. Slices left over when the
+    count does not divide evenly stay unowned (their JOINs fall back to the hash).
+    """
+    ordered = sorted(dips, key=lambda d: d.id)
+    block = (1 << slice_bits) // len(ordered)  # _parse_vip ensures at least one slice per DIP
+    owned = {d.id: frozenset(range(k * block, (k + 1) * block)) for k, d in enumerate(ordered)}
+    return [replace(d, slices=owned[d.id]) for d in dips]
 
 
 def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
-    obj = ck.mapping(raw, path, {"name", "address", "port", "dips"}, {"mode"})
+    obj = ck.mapping(raw, path, {"name", "address", "port", "dips"}, {"mode", "key_source", "slice_bits"})
     if obj is None:
         return None
     name = ck.name(obj, "name", path)
@@ -277,20 +345,42 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
     mode = obj.get("mode", "port")
     if mode not in MODES:
         ck.fail(f"{path}.mode", f"{mode!r} is not one of {', '.join(MODES)}")
-        mode = None
+        return None
+    key_source = obj.get("key_source", "mux")
+    if key_source not in KEY_SOURCES:
+        ck.fail(f"{path}.key_source", f"{key_source!r} is not one of {', '.join(KEY_SOURCES)}")
+        return None
+    for key in ("key_source", "slice_bits"):
+        if key in obj and mode not in TOKEN_MODES:
+            ck.fail(f"{path}.{key}", f"{obj[key]!r}: only for modes {', '.join(TOKEN_MODES)} (mode is {mode})")
+            return None
+    slice_bits = ck.integer(obj, "slice_bits", path, 1, MAX_SLICE_BITS, 8)
+    if slice_bits is None:
+        return None
     raw_dips = obj.get("dips")
     dips: list[Dip] = []
     if raw_dips is not None:
         if not isinstance(raw_dips, list) or not raw_dips:
             ck.fail(f"{path}.dips", f"expected a non-empty list, got {raw_dips!r}")
         else:
-            parsed = [parse_dip(ck, d, f"{path}.dips[{i}]") for i, d in enumerate(raw_dips)]
+            parsed = [parse_dip(ck, d, f"{path}.dips[{i}]", mode, slice_bits) for i, d in enumerate(raw_dips)]
             dips = [d for d in parsed if d is not None]
+            if len(dips) == len(parsed) and mode in TOKEN_MODES:
+                named = [bool(d.slices) for d in dips]
+                if not any(named) and len(dips) > (1 << slice_bits):
+                    ck.fail(f"{path}.slice_bits", f"{slice_bits} gives {1 << slice_bits} slices for {len(dips)} DIPs")
+                elif not any(named):
+                    dips = assign_slices(dips, slice_bits)
+                elif not all(named):
+                    missing = [i for i, n in enumerate(named) if not n]
+                    ck.fail(f"{path}.dips[{missing[0]}].slices",
+                            "missing: when any DIP names its slices, every DIP must")
             if len(dips) == len(parsed) and port is not None:
                 check_vip_dips(ck, dips, port, f"{path}.dips")
-    if None in (name, address, port, mode) or not dips:
+    if None in (name, address, port) or not dips:
         return None
-    return Vip(name=name, address=address, port=port, mode=mode, dips=tuple(dips))
+    return Vip(name=name, address=address, port=port, mode=mode, dips=tuple(dips), key_source=key_source,
+               slice_bits=slice_bits)
 
 
 def _parse_list(ck: _Checker, raw: dict, key: str, parse) -> list:
@@ -350,7 +440,11 @@ def load_config(path: str) -> Config:
 def validated_dip(vip: Vip, raw: Any) -> Dip:
     """Validate a DIP to be added to ``vip`` at run time against the others."""
     ck = _Checker()
-    dip = parse_dip(ck, raw, "dip")
+    dip = parse_dip(ck, raw, "dip", vip.mode, vip.slice_bits)
+    if dip is not None and vip.uses_tokens and not dip.slices:
+        owned = set().union(*(d.slices for d in vip.dips))
+        free = sorted(set(range(1 << vip.slice_bits)) - owned)
+        ck.fail("dip.slices", f"required for a {vip.mode}-mode VIP; free slices: {free[:16] or 'none'}")
     if dip is not None:
         check_vip_dips(ck, [*vip.dips, dip], vip.port, f"vips[{vip.name}].dips")
     if ck.problems:
@@ -385,8 +479,12 @@ def with_dip_removed(config: Config, vip_name: str, dip_id: int) -> Config:
 
 
 def dump_dip(d: Dip) -> dict:
-    return {"id": d.id, "address": d.address, "mac": d.mac, "ports": str(d.ports),
-            "announce_port": d.announce_port, "state": d.state}
+    out = {"id": d.id, "address": d.address, "mac": d.mac, "state": d.state}
+    if d.ports is not None:
+        out.update(ports=str(d.ports), announce_port=d.announce_port)
+    if d.slices:
+        out["slices"] = sorted(d.slices)
+    return out
 
 
 __all__ = ["Config", "ConfigError", "ControllerSettings", "Dip", "Mux", "PortRange", "Vip",

@@ -3,10 +3,17 @@
 The pipeline is a single table:
 
   prio 300  ARP request for the MUX's or a VIP's address -> ARP reply by flows
+  prio 230  VIP:service-port, classifier tag "server ID"  -> that DIP        (token, hybrid)
+  prio 230  VIP:service-port, tag "JOIN, token slice"     -> slice's owner   (token, hybrid)
+  prio 220  VIP:service-port, tag "SYN + MP_CAPABLE"      -> meter, punt     (key_source: mux)
   prio 200  tcp to VIP:service-port                      -> select group (5-tuple hash)
-  prio 200  tcp to VIP, tp_dst in a DIP's range          -> that DIP (masked matches)
+  prio 200  tcp to VIP, tp_dst in a DIP's range          -> that DIP        (port, hybrid)
   prio 100  anything else to a VIP                       -> drop
   prio 0    table miss                                   -> drop (never punted)
+
+The tags are written into the destination MAC by the XDP classifier
+(bpf/mux_classifier.c, docs/token-steering.md); every flow that hands a
+packet to a DIP rewrites the MAC, so a tag never leaves the MUX.
 
 Every flow's cookie is derived from its own text, so the controller can tell a
 correct flow from a stale one by cookie alone, and flows installed with
@@ -19,21 +26,30 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from mptcp_lb.config import Config, Dip, Mux, Vip
+from mptcp_lb.mptcp_codec import CLASS_MP_CAPABLE, CLASS_MP_JOIN, CLASS_TIMESTAMP, tag_mac
+from ovs_flows.ovs_hash import pick_backend
 from ovs_flows.port_ranges import range_to_masks
 
 COOKIE_TAG = 0x4D4C  # "ML": the top 16 bits of every cookie this app installs
 TABLE = 0
+TABLE_HASHED = 1  # seed mode: multipath's choice (reg0) -> DIP
+ZERO_MAC = "00:00:00:00:00:00"
 PRIO_ARP = 300
+PRIO_TAG = 230
+PRIO_PUNT = 220
 PRIO_VIP = 200
 PRIO_VIP_DROP = 100
 PRIO_MISS = 0
 ETH_ARP = 0x0806
 ETH_IP = 0x0800
 IPPROTO_TCP = 6
+PUNT_METER = 1
+TAG_CLASS_MASK = "ff:ff:ff:00:00:00"
 
 
 @dataclass
@@ -41,6 +57,7 @@ class CompiledMux:
     """Everything the controller needs to program and account one MUX."""
 
     mux: Mux
+    meters: list = field(default_factory=list)  # OFPMeterMod (ADD)
     groups: list = field(default_factory=list)  # OFPGroupMod (ADD)
     flows: list = field(default_factory=list)  # OFPFlowMod (ADD)
     # cookie -> (vip name, dip id) for flows that steer to one DIP
@@ -50,8 +67,8 @@ class CompiledMux:
 
     @property
     def messages(self) -> list:
-        """Groups first: OVS rejects a flow whose group does not exist yet."""
-        return [*self.groups, *self.flows]
+        """Meters and groups first: OVS rejects a flow whose meter or group does not exist yet."""
+        return [*self.meters, *self.groups, *self.flows]
 
 
 # ---------------------------------------------------------------- text form
@@ -99,11 +116,17 @@ _NXM_NAME = {
 
 def action_text(action) -> str:
     if isinstance(action, parser.OFPActionOutput):
+        if action.port == ofp.OFPP_CONTROLLER:
+            return f"controller(max_len={action.max_len})"
         return "in_port" if action.port == ofp.OFPP_IN_PORT else f"output:{action.port}"
     if isinstance(action, parser.OFPActionGroup):
         return f"group:{action.group_id}"
     if isinstance(action, parser.OFPActionSetField):
         return f"set_field:{action.value}->{action.key}"
+    if isinstance(action, parser.NXActionMultipath):
+        return f"multipath(symmetric_l4,{action.basis},hrw,{action.max_link + 1},{action.arg},NXM_NX_REG0[0..15])"
+    if isinstance(action, parser.NXActionResubmitTable):
+        return f"resubmit(,{action.table_id})"
     if isinstance(action, parser.NXActionRegMove):
         # os-ken names fields parsed back from the switch with an "_nxm" suffix
         src, dst = (f.removesuffix("_nxm") for f in (action.src_field, action.dst_field))
@@ -122,17 +145,31 @@ def _flow_actions(flow_mod) -> list:
     return []
 
 
+def _flow_meter(flow_mod) -> str:
+    meters = [i.meter_id for i in flow_mod.instructions if isinstance(i, parser.OFPInstructionMeter)]
+    return f"meter:{meters[0]}," if meters else ""
+
+
 def flow_text(flow_mod, with_cookie: bool = True) -> str:
     """A flow in ``ovs-ofctl -O OpenFlow13 add-flows`` syntax."""
     head = f"cookie={flow_mod.cookie:#x}," if with_cookie else ""
     flags = "send_flow_rem," if flow_mod.flags & ofp.OFPFF_SEND_FLOW_REM else ""
     m = match_text(flow_mod.match)
     return (f"{head}table={flow_mod.table_id},priority={flow_mod.priority},{flags}"
-            f"{m + ',' if m else ''}actions={actions_text(_flow_actions(flow_mod))}")
+            f"{m + ',' if m else ''}actions={_flow_meter(flow_mod)}{actions_text(_flow_actions(flow_mod))}")
 
 
 def buckets_text(buckets) -> str:
     return ",".join(f"bucket=weight:{b.weight},actions={actions_text(b.actions)}" for b in buckets)
+
+
+def meter_text(meter_mod) -> str:
+    """A meter in ``ovs-ofctl -O OpenFlow13 add-meter`` syntax (packet-rate drop bands only)."""
+    flags = [name for bit, name in ((ofp.OFPMF_KBPS, "kbps"), (ofp.OFPMF_PKTPS, "pktps"),
+                                    (ofp.OFPMF_BURST, "burst"), (ofp.OFPMF_STATS, "stats"))
+             if meter_mod.flags & bit]
+    bands = ",".join(f"band=type=drop,rate={b.rate},burst_size={b.burst_size}" for b in meter_mod.bands)
+    return ",".join([f"meter={meter_mod.meter_id}", *flags, bands])
 
 
 def group_text(group_mod) -> str:
@@ -150,11 +187,13 @@ def _cookie(text: str) -> int:
     return (COOKIE_TAG << 48) | digest
 
 
-def flow_mod(priority: int, match, actions: list):
+def flow_mod(priority: int, match, actions: list, meter_id: int | None = None, table_id: int = TABLE):
     """An ADD flow_mod with a content-derived cookie, built without a datapath."""
-    inst = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)] if actions else []
+    inst = [parser.OFPInstructionMeter(meter_id)] if meter_id is not None else []
+    if actions:
+        inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
     msg = parser.OFPFlowMod(
-        datapath=None, table_id=TABLE, command=ofp.OFPFC_ADD, priority=priority,
+        datapath=None, table_id=table_id, command=ofp.OFPFC_ADD, priority=priority,
         match=match, instructions=inst, flags=ofp.OFPFF_SEND_FLOW_REM,
         buffer_id=ofp.OFP_NO_BUFFER, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY)
     msg.cookie = _cookie(flow_text(msg, with_cookie=False))
@@ -199,29 +238,120 @@ def vip_group(mux: Mux, vip: Vip, group_id: int):
     return msg, [d.id for d in active]
 
 
+def punt_meter(rate: int):
+    """Cap SYN(MPC) packet-ins per MUX: the controller's only punt path."""
+    return parser.OFPMeterMod(datapath=None, command=ofp.OFPMC_ADD, flags=ofp.OFPMF_PKTPS | ofp.OFPMF_BURST,
+                              meter_id=PUNT_METER,
+                              bands=[parser.OFPMeterBandDrop(rate=rate, burst_size=rate)])
+
+
+def _service(vip: Vip, **extra):
+    return parser.OFPMatch(eth_type=ETH_IP, ip_proto=IPPROTO_TCP, ipv4_dst=vip.address, tcp_dst=vip.port, **extra)
+
+
+def slice_tag_matches(slices, slice_bits: int) -> list[tuple[str, str]]:
+    """(MAC, mask) pairs matching JOIN tags whose token falls in ``slices``.
+
+    The tag's 24-bit value is token >> 8, so a slice is its top ``slice_bits``
+    bits; contiguous runs of slices merge into few masked matches.
+    """
+    shift = 24 - slice_bits
+    runs, ordered = [], sorted(slices)
+    for s in ordered:
+        if runs and runs[-1][1] == s - 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    out = []
+    for lo, hi in runs:
+        for value, mask in range_to_masks(lo, hi, bits=slice_bits):
+            mac_mask = (0xFFFFFF << 24) | (mask << shift)
+            out.append((tag_mac(CLASS_MP_JOIN, value << shift), _mac(mac_mask)))
+    return out
+
+
+def _mac(n: int) -> str:
+    return ":".join(f"{b:02x}" for b in n.to_bytes(6, "big"))
+
+
+def hashed_dip(vip: Vip, src: str, dst: str, sport: int, dport: int) -> Dip | None:
+    """The DIP the seed-mode multipath flow (``_hashed_flows``) picks for a 5-tuple.
+
+    The controller seeds a SYN with a key for exactly this DIP, so a client
+    that sends no timestamps (and so carries no server-ID tag) still reaches
+    the DIP that holds its connection. Both sides zero the MACs first: OVS's
+    symmetric_l4 hashes them, and they differ between MUXes.
+    """
+    active = [d for d in vip.dips if d.state == "active"]
+    if not active:
+        return None
+    fields = {"eth_src": ZERO_MAC, "eth_dst": ZERO_MAC, "ipv4_src": src, "ipv4_dst": dst,
+              "tcp_src": sport, "tcp_dst": dport}
+    return active[pick_backend(fields, len(active))]
+
+
+def _hashed_flows(out: CompiledMux, mux: Mux, vip: Vip) -> list:
+    """Actions of the service-port flow in seed mode, plus the reg0 -> DIP table they resubmit to."""
+    active = [d for d in vip.dips if d.state == "active"]
+    if not active:
+        return []
+    for i, dip in enumerate(active):
+        fm = flow_mod(PRIO_VIP, parser.OFPMatch(reg0=i, eth_type=ETH_IP, ip_proto=IPPROTO_TCP,
+                                                ipv4_dst=vip.address, tcp_dst=vip.port),
+                      to_dip(mux, dip), table_id=TABLE_HASHED)
+        out.flows.append(fm)
+        out.flow_dip[fm.cookie] = (vip.name, dip.id)
+    return [parser.OFPActionSetField(eth_src=ZERO_MAC), parser.OFPActionSetField(eth_dst=ZERO_MAC),
+            parser.NXActionMultipath(fields=nicira_ext.NX_HASH_FIELDS_SYMMETRIC_L4, basis=0,
+                                     algorithm=nicira_ext.NX_MP_ALG_HRW, max_link=len(active) - 1, arg=0,
+                                     ofs_nbits=nicira_ext.ofs_nbits(0, 15), dst="reg0"),
+            parser.NXActionResubmitTable(table_id=TABLE_HASHED)]
+
+
+def _port_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
+    for dip in vip.dips:
+        for value, mask in range_to_masks(dip.ports.start, dip.ports.end):
+            tcp_dst = value if mask == 0xFFFF else (value, mask)
+            fm = flow_mod(PRIO_VIP, parser.OFPMatch(eth_type=ETH_IP, ip_proto=IPPROTO_TCP, ipv4_dst=vip.address,
+                                                    tcp_dst=tcp_dst), to_dip(mux, dip))
+            out.flows.append(fm)
+            out.flow_dip[fm.cookie] = (vip.name, dip.id)
+
+
+def _token_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
+    for dip in vip.dips:
+        tagged = [flow_mod(PRIO_TAG, _service(vip, eth_dst=tag_mac(CLASS_TIMESTAMP, dip.id)), to_dip(mux, dip))]
+        tagged += [flow_mod(PRIO_TAG, _service(vip, eth_dst=(mac, mask)), to_dip(mux, dip))
+                   for mac, mask in slice_tag_matches(dip.slices, vip.slice_bits)]
+        for fm in tagged:
+            out.flows.append(fm)
+            out.flow_dip[fm.cookie] = (vip.name, dip.id)
+    if vip.key_source == "mux":
+        out.flows.append(flow_mod(
+            PRIO_PUNT, _service(vip, eth_dst=(tag_mac(CLASS_MP_CAPABLE, 0), TAG_CLASS_MASK)),
+            [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)], meter_id=PUNT_METER))
+
+
 def compile_mux(config: Config, mux: Mux) -> CompiledMux:
-    """All groups and flows one MUX bridge should hold, in install order."""
+    """All meters, groups and flows one MUX bridge should hold, in install order."""
     out = CompiledMux(mux=mux)
+    if any(v.uses_tokens and v.key_source == "mux" for v in config.vips):
+        out.meters.append(punt_meter(config.controller.punt_rate))
     out.flows.append(arp_responder(mux.address, mux.mac))
     for group_id, vip in enumerate(config.vips, start=1):
         out.flows.append(arp_responder(vip.address, mux.mac))
-        group, bucket_dips = vip_group(mux, vip, group_id)
-        out.groups.append(group)
-        out.group_dips[group_id] = (vip.name, bucket_dips)
-        out.flows.append(flow_mod(
-            PRIO_VIP,
-            parser.OFPMatch(eth_type=ETH_IP, ip_proto=IPPROTO_TCP, ipv4_dst=vip.address, tcp_dst=vip.port),
-            [parser.OFPActionGroup(group_id)]))
-        for dip in vip.dips:
-            for value, mask in range_to_masks(dip.ports.start, dip.ports.end):
-                tcp_dst = value if mask == 0xFFFF else (value, mask)
-                fm = flow_mod(
-                    PRIO_VIP,
-                    parser.OFPMatch(eth_type=ETH_IP, ip_proto=IPPROTO_TCP, ipv4_dst=vip.address,
-                                    tcp_dst=tcp_dst),
-                    to_dip(mux, dip))
-                out.flows.append(fm)
-                out.flow_dip[fm.cookie] = (vip.name, dip.id)
+        if vip.uses_tokens and vip.key_source == "mux":
+            # Seed mode: the controller must predict the hash, so it is multipath, not dp_hash.
+            out.flows.append(flow_mod(PRIO_VIP, _service(vip), _hashed_flows(out, mux, vip)))
+        else:
+            group, bucket_dips = vip_group(mux, vip, group_id)
+            out.groups.append(group)
+            out.group_dips[group_id] = (vip.name, bucket_dips)
+            out.flows.append(flow_mod(PRIO_VIP, _service(vip), [parser.OFPActionGroup(group_id)]))
+        if vip.uses_ports:
+            _port_flows(out, mux, vip)
+        if vip.uses_tokens:
+            _token_flows(out, mux, vip)
         out.flows.append(flow_mod(PRIO_VIP_DROP, parser.OFPMatch(eth_type=ETH_IP, ipv4_dst=vip.address), []))
     out.flows.append(flow_mod(PRIO_MISS, parser.OFPMatch(), []))
     return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from ovs_flows.compiler import CompiledMux, buckets_text, flow_text
+from ovs_flows.compiler import CompiledMux, buckets_text, flow_text, meter_text
 
 ALL_BITS = 0xFFFFFFFFFFFFFFFF
 
@@ -29,14 +29,27 @@ def _group_mod(desired, command: int):
                               group_id=desired.group_id, buckets=desired.buckets)
 
 
-def reconcile(desired: CompiledMux, flow_stats: list, group_descs: list) -> list:
-    """Messages that turn (flow_stats, group_descs) into ``desired``; [] if equal.
+def _meter_mod(desired, command: int):
+    return parser.OFPMeterMod(datapath=None, command=command, flags=desired.flags, meter_id=desired.meter_id,
+                              bands=desired.bands)
 
-    Order matters to OVS: groups are created or fixed before flows point at
-    them, and stale groups are deleted last (deleting a group also deletes
-    the flows that use it).
+
+def reconcile(desired: CompiledMux, flow_stats: list, group_descs: list, meter_configs: list = ()) -> list:
+    """Messages that turn (flow_stats, group_descs, meter_configs) into ``desired``; [] if equal.
+
+    Order matters to OVS: meters and groups are created or fixed before flows
+    point at them, and stale ones are deleted last (deleting a group also
+    deletes the flows that use it).
     """
     msgs: list = []
+    have_meters = {m.meter_id: m for m in meter_configs}
+    want_meters = {m.meter_id: m for m in desired.meters}
+    for mid, want in want_meters.items():
+        have = have_meters.get(mid)
+        if have is None:
+            msgs.append(_meter_mod(want, ofp.OFPMC_ADD))
+        elif meter_text(have) != meter_text(want):
+            msgs.append(_meter_mod(want, ofp.OFPMC_MODIFY))
     have_groups = {g.group_id: g for g in group_descs}
     want_groups = {g.group_id: g for g in desired.groups}
     for gid, want in want_groups.items():
@@ -59,8 +72,9 @@ def reconcile(desired: CompiledMux, flow_stats: list, group_descs: list) -> list
     msgs.extend(f for text, f in want_flows.items() if text not in have_texts)
 
     stale_groups = sorted(set(have_groups) - set(want_groups))
-    if stale_groups:
+    stale_meters = sorted(set(have_meters) - set(want_meters))
+    if stale_groups or stale_meters:
         msgs.append(parser.OFPBarrierRequest(datapath=None))
-        msgs.extend(parser.OFPGroupMod(datapath=None, command=ofp.OFPGC_DELETE, group_id=gid)
-                    for gid in stale_groups)
+    msgs.extend(parser.OFPGroupMod(datapath=None, command=ofp.OFPGC_DELETE, group_id=gid) for gid in stale_groups)
+    msgs.extend(parser.OFPMeterMod(datapath=None, command=ofp.OFPMC_DELETE, meter_id=mid) for mid in stale_meters)
     return msgs

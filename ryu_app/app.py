@@ -105,6 +105,13 @@ class MptcpLbApp(app_manager.OSKenApp):
             return None
         return self._partial.pop(key)
 
+    @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
+    @guarded
+    def _meter_config(self, ev):
+        body = self._multipart_body(ev)
+        if body is not None:
+            self.core.meter_config_reply(ev.msg.datapath.id, body)
+
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
     @guarded
     def _group_desc(self, ev):
@@ -130,6 +137,11 @@ class MptcpLbApp(app_manager.OSKenApp):
     @guarded
     def _flow_removed(self, ev):
         self.send(ev.msg.datapath, self.core.flow_removed(ev.msg.datapath.id, ev.msg))
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    @guarded
+    def _packet_in(self, ev):
+        self.send(ev.msg.datapath, self.core.packet_in(ev.msg.datapath.id, ev.msg.data))
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
     @guarded

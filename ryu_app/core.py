@@ -15,8 +15,9 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from mptcp_lb.config import Config, Mux
-from ovs_flows.compiler import COOKIE_TAG, CompiledMux, compile_all
+from ovs_flows.compiler import COOKIE_TAG, CompiledMux, compile_all, to_dip
 from ovs_flows.reconcile import reconcile
+from ryu_app.seeding import SeedError, parse_syn, seed_syn
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,18 @@ class MuxStatus:
     connected: bool = False
     flows: int = 0  # flows on the bridge at the last audit
     resyncs: int = 0  # audits that found the bridge wrong and fixed it
+    punts: int = 0  # SYN(MPC) packet-ins seeded with a key
+    punt_errors: int = 0  # packet-ins that could not be seeded (dropped)
     groups_desc: list = field(default_factory=list)
+    meter_configs: list = field(default_factory=list)
     # (vip, dip) -> [packets, bytes] from the last flow + group stats
     dip_counters: dict[tuple[str, int], list[int]] = field(default_factory=dict)
 
 
 def audit_requests() -> list:
-    """Ask a bridge for what it holds: groups first, then flows, then counters."""
+    """Ask a bridge for what it holds: meters and groups first, then flows, then counters."""
     return [
+        parser.OFPMeterConfigStatsRequest(datapath=None, flags=0, meter_id=ofp.OFPM_ALL),
         parser.OFPGroupDescStatsRequest(datapath=None, flags=0),
         parser.OFPFlowStatsRequest(datapath=None, flags=0, table_id=ofp.OFPTT_ALL,
                                    out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
@@ -79,6 +84,11 @@ class LbCore:
                 self.status[dpid].connected = False
                 log.info("MUX %s disconnected", self.status[dpid].mux.name)
 
+    def meter_config_reply(self, dpid: int, configs: list) -> None:
+        with self._lock:
+            if dpid in self.status:
+                self.status[dpid].meter_configs = configs
+
     def group_desc_reply(self, dpid: int, descs: list) -> None:
         with self._lock:
             if dpid in self.status:
@@ -92,7 +102,7 @@ class LbCore:
                 return []
             compiled = self.compiled[st.mux.name]
             # Flows we did not install are stale too: the MUX bridge is ours alone.
-            msgs = reconcile(compiled, stats, st.groups_desc)
+            msgs = reconcile(compiled, stats, st.groups_desc, st.meter_configs)
             st.flows = len(stats)
             log.debug("audit %s: %d flows, %d groups", st.mux.name, len(stats), len(st.groups_desc))
             counters: dict[tuple[str, int], list[int]] = {}
@@ -131,6 +141,35 @@ class LbCore:
             return []
         return audit_requests()
 
+    def packet_in(self, dpid: int, frame: bytes) -> list:
+        """Seed a punted SYN(MPC): a packet-out of the SYN, carrying its key, to the chosen DIP.
+
+        The DIP is the one the MUX's hash picks for packets without a
+        timestamp. Failures drop the SYN (the client retries) and are counted;
+        the meter already caps how often this can run.
+        """
+        with self._lock:
+            st = self.status.get(dpid)
+            config = self.config
+        if st is None:
+            return []
+        try:
+            five, _, _ = parse_syn(frame)
+            vips = [v for v in config.vips if v.address == five.dst and v.port == five.dport
+                    and v.uses_tokens and v.key_source == "mux"]
+            if not vips:
+                raise SeedError(f"no seed-mode VIP at {five.dst}:{five.dport}")
+            seeded = seed_syn(vips[0], frame)
+        except SeedError as e:
+            with self._lock:
+                st.punt_errors += 1
+            log.warning("MUX %s: dropped a punted packet: %s", st.mux.name, e)
+            return []
+        with self._lock:
+            st.punts += 1
+        return [parser.OFPPacketOut(datapath=None, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                                    actions=to_dip(st.mux, seeded.dip), data=seeded.frame)]
+
     def snapshot(self) -> dict:
         """A consistent copy of the state for the API and metrics."""
         with self._lock:
@@ -138,7 +177,8 @@ class LbCore:
                 "config": self.config,
                 "muxes": [
                     {"name": st.mux.name, "dpid": st.mux.dpid, "connected": st.connected,
-                     "flows": st.flows, "resyncs": st.resyncs,
+                     "flows": st.flows, "resyncs": st.resyncs, "punts": st.punts,
+                     "punt_errors": st.punt_errors,
                      "dip_counters": {k: tuple(v) for k, v in st.dip_counters.items()}}
                     for st in self.status.values()
                 ],

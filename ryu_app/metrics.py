@@ -25,19 +25,23 @@ class LbCollector:
         flows = GaugeMetricFamily("mptcplb_mux_flows", "OpenFlow flows on a MUX at the last audit", labels=["mux"])
         resyncs = CounterMetricFamily("mptcplb_mux_resyncs", "Audits that found a MUX wrong and fixed it",
                                       labels=["mux"])
+        punts = CounterMetricFamily("mptcplb_punts", "SYN(MPC) packet-ins seeded with a key", labels=["mux"])
+        punt_errors = CounterMetricFamily("mptcplb_punt_errors", "Packet-ins dropped unseeded", labels=["mux"])
         state = GaugeMetricFamily("mptcplb_dip_active", "1 if a DIP takes new connections, 0 if draining",
                                   labels=["vip", "dip"])
         connected.add_metric([], sum(1 for m in snap["muxes"] if m["connected"]))
         for m in snap["muxes"]:
             flows.add_metric([m["name"]], m["flows"])
             resyncs.add_metric([m["name"]], m["resyncs"])
+            punts.add_metric([m["name"]], m["punts"])
+            punt_errors.add_metric([m["name"]], m["punt_errors"])
             for (vip, dip), (pkts, nbytes) in sorted(m["dip_counters"].items()):
                 packets.add_metric([m["name"], vip, str(dip)], pkts)
                 octets.add_metric([m["name"], vip, str(dip)], nbytes)
         for vip in snap["config"].vips:
             for d in vip.dips:
                 state.add_metric([vip.name, str(d.id)], 1 if d.state == "active" else 0)
-        yield from (packets, octets, connected, flows, resyncs, state)
+        yield from (packets, octets, connected, flows, resyncs, punts, punt_errors, state)
 
 
 def make_registry(core) -> CollectorRegistry:

@@ -123,3 +123,59 @@ def test_check_config_cli(tmp_path, raw_config, capsys):
         main(["check-config", str(bad)])
     assert e.value.code == 2
     assert "vips[0].dips[0].ports: range 70-90 contains the service port 80" in capsys.readouterr().err
+
+
+def token_vip(raw_config, **extra):
+    vip = raw_config["vips"][0]
+    vip.update(mode="token", **extra)
+    for d in vip["dips"]:
+        d.pop("ports")
+    return raw_config
+
+
+def test_token_mode_assigns_contiguous_slices_by_default(raw_config):
+    config = parse_config(token_vip(raw_config, slice_bits=4, key_source="pool"))
+    vip = config.vips[0]
+    assert vip.uses_tokens and not vip.uses_ports and vip.key_source == "pool"
+    assert [sorted(d.slices) for d in vip.dips] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14]]
+    assert all(d.ports is None and d.announce_port is None for d in vip.dips)
+
+
+def test_explicit_slices_are_validated(raw_config):
+    raw = token_vip(raw_config, slice_bits=4)
+    for d, sl in zip(raw["vips"][0]["dips"], ([0, "1-3"], ["4-7"], ["7-9"])):
+        d["slices"] = sl
+    assert problems(raw) == ["vips[0].dips[2].slices: slices [7] are also owned by dips[1]"]
+    raw["vips"][0]["dips"][2]["slices"] = ["8-16"]
+    assert problems(raw) == ["vips[0].dips[2].slices: '8-16' is not a slice or range within 0..15 (slice_bits=4)"]
+    del raw["vips"][0]["dips"][2]["slices"]
+    assert problems(raw) == ["vips[0].dips[2].slices: missing: when any DIP names its slices, every DIP must"]
+
+
+def test_mode_specific_keys(raw_config):
+    raw_config["vips"][0]["key_source"] = "pool"
+    assert problems(raw_config) == ["vips[0].key_source: 'pool': only for modes token, hybrid (mode is port)"]
+    raw = token_vip(raw_config)
+    raw["vips"][0].pop("key_source")
+    raw["vips"][0]["dips"][0]["ports"] = "4096-8191"
+    assert problems(raw) == ["vips[0].dips[0].ports: '4096-8191': mode token announces no ports (remove ports)"]
+    raw["vips"][0]["dips"][0].pop("ports")
+    raw["vips"][0]["key_source"] = "dice"
+    assert problems(raw) == ["vips[0].key_source: 'dice' is not one of mux, pool"]
+
+
+def test_hybrid_needs_ports_and_takes_slices(raw_config):
+    raw_config["vips"][0]["mode"] = "hybrid"
+    vip = parse_config(raw_config).vips[0]
+    assert vip.uses_ports and vip.uses_tokens and all(d.slices and d.ports for d in vip.dips)
+    del raw_config["vips"][0]["dips"][0]["ports"]
+    assert problems(raw_config) == ["vips[0].dips[0].ports: missing required key"]
+
+
+def test_adding_a_dip_to_a_token_vip_needs_free_slices(raw_config):
+    config = parse_config(token_vip(raw_config, slice_bits=2))
+    new = {"id": 4, "address": "10.2.0.4", "mac": "02:00:00:02:00:04"}
+    with pytest.raises(ConfigError, match=r"dip.slices: required for a token-mode VIP; free slices: \[3\]"):
+        with_dip_added(config, "web", new)
+    added = with_dip_added(config, "web", {**new, "slices": [3]})
+    assert added.vips[0].dip(4).slices == frozenset({3})

@@ -1,0 +1,352 @@
+"""MPTCP keys, tokens and TCP options: the one place that knows their bytes.
+
+Everything here is pure (no I/O) and follows docs/token-steering.md, which
+fixes the contracts between the MUX classifier, the controller and the DIP.
+``classify_frame`` is the reference the BPF classifier is fuzzed against, so
+it follows that page byte for byte and never raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import struct
+from dataclasses import dataclass
+
+KEY_LEN = 8
+MAX_SLICE_BITS = 12
+
+TCPOPT_EOL = 0
+TCPOPT_NOP = 1
+TCPOPT_TIMESTAMP = 8
+TCPOPT_MPTCP = 30
+TCPOPT_EXPERIMENTAL = 253  # RFC 6994, shared by experiments told apart by their ExID
+TIMESTAMP_LEN = 10
+
+MPTCP_SUB_CAPABLE = 0
+MPTCP_SUB_JOIN = 1
+MPC_FLAG_HMAC_SHA256 = 0x01  # "H": the only crypto algorithm defined for v1
+# MP_CAPABLE length -> how many keys it carries (RFC 8684 3.1): SYN v1, SYN/ACK or
+# SYN v0, third ACK, and the first data ACK without / with a DSS checksum.
+_MPC_KEYS_BY_LEN = {4: 0, 12: 1, 20: 2, 22: 2, 24: 2}
+MP_JOIN_SYN_LEN = 12
+_MP_JOIN_LENS = (MP_JOIN_SYN_LEN, 16, 24)  # SYN, SYN/ACK, third ACK
+
+KEY_CARRIER_EXID = 0x4D4C  # "ML"
+KEY_CARRIER_LEN = 4 + KEY_LEN
+
+TAG_PREFIX = bytes((0x0A, 0x4D))  # locally administered unicast, then "M"
+CLASS_MP_CAPABLE = 1
+CLASS_MP_JOIN = 2
+CLASS_TIMESTAMP = 3
+SERVER_ID_MASK = 0xFFF  # the low TSval bits a DIP stamps its server ID into
+
+_ETH_HLEN = 14
+_ETH_P_IP = 0x0800
+_IPPROTO_TCP = 6
+_TCP_HLEN = 20
+_TCP_SYN = 0x02
+_TCP_ACK = 0x10
+
+
+class OptionError(ValueError):
+    """A TCP option (or option area) whose layout is malformed; the message says where."""
+
+
+# --- crypto -------------------------------------------------------------------
+
+def _digest(key: bytes, version: int) -> bytes:
+    if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_LEN:
+        raise ValueError(f"key must be {KEY_LEN} bytes, got {key!r}")
+    if version == 1:
+        return hashlib.sha256(key).digest()
+    if version == 0:
+        return hashlib.sha1(key).digest()
+    raise ValueError(f"version must be 0 or 1, got {version!r}")
+
+
+def key_to_token(key: bytes, version: int = 1) -> int:
+    """The connection token: first 4 bytes of SHA-256(key) (SHA-1 in v0), big-endian."""
+    return int.from_bytes(_digest(key, version)[:4], "big")
+
+
+def key_to_idsn(key: bytes, version: int = 1) -> int:
+    """The initial data sequence number: last 8 bytes of the key's hash, big-endian."""
+    return int.from_bytes(_digest(key, version)[-8:], "big")
+
+
+def _check_slice_bits(slice_bits: int) -> None:
+    if not isinstance(slice_bits, int) or not 1 <= slice_bits <= MAX_SLICE_BITS:
+        raise ValueError(f"slice_bits must be 1..{MAX_SLICE_BITS}, got {slice_bits!r}")
+
+
+def slice_of(token: int, slice_bits: int) -> int:
+    """The token's slice: its high bits, since the kernel's token hash buckets use the low ones."""
+    _check_slice_bits(slice_bits)
+    if not 0 <= token <= 0xFFFFFFFF:
+        raise ValueError(f"token must be a u32, got {token!r}")
+    return token >> (32 - slice_bits)
+
+
+def make_key(slices: set[int] | frozenset[int], slice_bits: int, rng=secrets) -> bytes:
+    """A fresh CSPRNG key whose v1 token lands in one of ``slices``.
+
+    Rejection sampling keeps the key uniform within the chosen slices, so the
+    token stays as unguessable as the kernel's own.
+    """
+    _check_slice_bits(slice_bits)
+    if not slices:
+        raise ValueError("slices must not be empty")
+    bad = sorted(s for s in slices if not isinstance(s, int) or not 0 <= s < 1 << slice_bits)
+    if bad:
+        raise ValueError(f"slices {bad} are outside 0..{(1 << slice_bits) - 1} for slice_bits={slice_bits}")
+    while True:
+        key = rng.token_bytes(KEY_LEN)
+        if slice_of(key_to_token(key), slice_bits) in slices:
+            return key
+
+
+# --- options ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MpCapable:
+    """MP_CAPABLE: keys present depend on the handshake step (none in a v1 SYN)."""
+    version: int
+    flags: int
+    sender_key: bytes | None
+    receiver_key: bytes | None
+
+
+@dataclass(frozen=True)
+class MpJoinSyn:
+    """MP_JOIN as sent in a SYN: the token names the connection to join."""
+    backup: bool
+    address_id: int
+    token: int
+    nonce: int
+
+
+@dataclass(frozen=True)
+class Timestamp:
+    """TCP timestamps (RFC 7323)."""
+    tsval: int
+    tsecr: int
+
+
+def _option_spans(buf: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
+    """(offset, kind, length) of every option in buf[start:end] but NOP/EOL padding.
+
+    The walk rules of docs/token-steering.md §2.4, shared by the parser and
+    the classifier so they cannot drift apart.
+    """
+    spans = []
+    off = start
+    while off < end:
+        kind = buf[off]
+        if kind == TCPOPT_EOL:
+            break
+        if kind == TCPOPT_NOP:
+            off += 1
+            continue
+        if off + 1 >= end:
+            raise OptionError(f"option kind {kind} at offset {off - start} has no length byte")
+        length = buf[off + 1]
+        if length < 2:
+            raise OptionError(f"option kind {kind} at offset {off - start} has length {length} < 2")
+        if off + length > end:
+            raise OptionError(f"option kind {kind} at offset {off - start} with length {length} "
+                              f"runs past the option area's end ({end - start} bytes)")
+        spans.append((off, kind, length))
+        off += length
+    return spans
+
+
+def parse_tcp_options(raw: bytes) -> list[tuple[int, bytes]]:
+    """(kind, full option bytes) of each option in a TCP option area, in order.
+
+    NOPs are skipped and EOL ends the area; a layout the walk rules call
+    malformed raises OptionError.
+    """
+    raw = bytes(raw)
+    return [(kind, raw[off:off + length]) for off, kind, length in _option_spans(raw, 0, len(raw))]
+
+
+def _check_option(opt: bytes, kind: int, name: str) -> None:
+    if len(opt) < 2 or opt[0] != kind:
+        raise OptionError(f"{name}: kind must be {kind}, got {opt[:1].hex() or 'nothing'}")
+    if opt[1] != len(opt):
+        raise OptionError(f"{name}: length byte {opt[1]} does not match the {len(opt)} bytes given")
+
+
+def _check_key(key: bytes | None, field: str) -> None:
+    if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_LEN:
+        raise ValueError(f"{field} must be {KEY_LEN} bytes, got {key!r}")
+
+
+def _check_uint(value: int, bits: int, field: str) -> None:
+    if not isinstance(value, int) or not 0 <= value < 1 << bits:
+        raise ValueError(f"{field} must be a u{bits}, got {value!r}")
+
+
+def parse_mptcp(opt: bytes) -> MpCapable | MpJoinSyn | None:
+    """Decode an MPTCP option (kind 30): MP_CAPABLE or a SYN's MP_JOIN.
+
+    Other subtypes, and MP_JOIN of the later handshake steps, give None.
+    """
+    opt = bytes(opt)
+    _check_option(opt, TCPOPT_MPTCP, "MPTCP option")
+    if len(opt) < 3:
+        raise OptionError(f"MPTCP option: length {len(opt)} leaves no room for the subtype")
+    subtype = opt[2] >> 4
+    if subtype == MPTCP_SUB_CAPABLE:
+        keys = _MPC_KEYS_BY_LEN.get(len(opt))
+        if keys is None:
+            raise OptionError(f"MP_CAPABLE: length {len(opt)} is not one of {sorted(_MPC_KEYS_BY_LEN)}")
+        return MpCapable(version=opt[2] & 0x0F, flags=opt[3],
+                         sender_key=opt[4:12] if keys >= 1 else None,
+                         receiver_key=opt[12:20] if keys == 2 else None)
+    if subtype == MPTCP_SUB_JOIN:
+        if len(opt) not in _MP_JOIN_LENS:
+            raise OptionError(f"MP_JOIN: length {len(opt)} is not one of {list(_MP_JOIN_LENS)}")
+        if len(opt) != MP_JOIN_SYN_LEN:
+            return None
+        token, nonce = struct.unpack_from("!II", opt, 4)
+        return MpJoinSyn(backup=bool(opt[2] & 0x01), address_id=opt[3], token=token, nonce=nonce)
+    return None
+
+
+def build_mp_capable(version: int = 1, flags: int = MPC_FLAG_HMAC_SHA256,
+                     sender_key: bytes | None = None, receiver_key: bytes | None = None) -> bytes:
+    """MP_CAPABLE with no key (v1 SYN), the sender's key (SYN/ACK, v0 SYN) or both (third ACK)."""
+    _check_uint(version, 4, "version")
+    _check_uint(flags, 8, "flags")
+    keys = b""
+    if sender_key is not None:
+        _check_key(sender_key, "sender_key")
+        keys = bytes(sender_key)
+    if receiver_key is not None:
+        if sender_key is None:
+            raise ValueError("receiver_key needs a sender_key: MP_CAPABLE carries it second")
+        _check_key(receiver_key, "receiver_key")
+        keys += bytes(receiver_key)
+    return bytes((TCPOPT_MPTCP, 4 + len(keys), MPTCP_SUB_CAPABLE << 4 | version, flags)) + keys
+
+
+def build_mp_join_syn(backup: bool, address_id: int, token: int, nonce: int) -> bytes:
+    """MP_JOIN for a SYN (length 12)."""
+    _check_uint(address_id, 8, "address_id")
+    _check_uint(token, 32, "token")
+    _check_uint(nonce, 32, "nonce")
+    return struct.pack("!BBBBII", TCPOPT_MPTCP, MP_JOIN_SYN_LEN,
+                       MPTCP_SUB_JOIN << 4 | bool(backup), address_id, token, nonce)
+
+
+def build_timestamp(tsval: int, tsecr: int) -> bytes:
+    """TCP timestamp option (kind 8, length 10)."""
+    _check_uint(tsval, 32, "tsval")
+    _check_uint(tsecr, 32, "tsecr")
+    return struct.pack("!BBII", TCPOPT_TIMESTAMP, TIMESTAMP_LEN, tsval, tsecr)
+
+
+def parse_timestamp(opt: bytes) -> Timestamp:
+    """Decode a TCP timestamp option; any length but 10 is malformed."""
+    opt = bytes(opt)
+    _check_option(opt, TCPOPT_TIMESTAMP, "timestamp option")
+    if len(opt) != TIMESTAMP_LEN:
+        raise OptionError(f"timestamp option: length {len(opt)} must be {TIMESTAMP_LEN}")
+    return Timestamp(*struct.unpack_from("!II", opt, 2))
+
+
+def build_key_carrier(key: bytes) -> bytes:
+    """The seed-mode option that hands the controller's key to the DIP inside the SYN."""
+    _check_key(key, "key")
+    return struct.pack("!BBH", TCPOPT_EXPERIMENTAL, KEY_CARRIER_LEN, KEY_CARRIER_EXID) + bytes(key)
+
+
+def parse_key_carrier(opt: bytes) -> bytes | None:
+    """The key in a key carrier option, or None if the option is not ours.
+
+    Kind 253 is shared by every RFC 6994 experiment, so another ExID is
+    someone else's option, not an error.
+    """
+    opt = bytes(opt)
+    if len(opt) < 4 or opt[0] != TCPOPT_EXPERIMENTAL or struct.unpack_from("!H", opt, 2)[0] != KEY_CARRIER_EXID:
+        return None
+    _check_option(opt, TCPOPT_EXPERIMENTAL, "key carrier")
+    if len(opt) != KEY_CARRIER_LEN:
+        raise OptionError(f"key carrier: length {len(opt)} must be {KEY_CARRIER_LEN}")
+    return opt[4:]
+
+
+# --- classifier reference -----------------------------------------------------
+
+def classify_frame(frame: bytes) -> tuple[int, int] | None:
+    """The MUX classifier's verdict (class, value) for an Ethernet frame, or None.
+
+    Follows docs/token-steering.md §2 exactly; the BPF classifier must agree
+    on every byte sequence, and no input makes this raise.
+    """
+    n = len(frame)
+    if n < _ETH_HLEN + 20 or (frame[12] << 8 | frame[13]) != _ETH_P_IP:
+        return None
+    version, ihl = frame[14] >> 4, frame[14] & 0x0F
+    if version != 4 or ihl < 5:
+        return None
+    l4 = _ETH_HLEN + ihl * 4
+    if l4 > n:
+        return None
+    if frame[20] & 0x3F or frame[21]:  # MF flag, fragment offset
+        return None
+    if frame[23] != _IPPROTO_TCP:
+        return None
+    if l4 + _TCP_HLEN > n:
+        return None
+    doff = frame[l4 + 12] >> 4
+    if doff < 5 or l4 + doff * 4 > n:
+        return None
+    try:
+        spans = _option_spans(frame, l4 + _TCP_HLEN, l4 + doff * 4)
+    except OptionError:
+        return None
+    timestamp = mptcp = None
+    for off, kind, length in spans:
+        if kind == TCPOPT_TIMESTAMP:
+            if length != TIMESTAMP_LEN:
+                return None
+            if timestamp is None:
+                timestamp = off
+        elif kind == TCPOPT_MPTCP and length >= 3 and mptcp is None:
+            mptcp = (off, length)
+    flags = frame[l4 + 13]
+    if flags & _TCP_SYN:
+        if flags & _TCP_ACK or mptcp is None:
+            return None
+        off, length = mptcp
+        subtype = frame[off + 2] >> 4
+        if subtype == MPTCP_SUB_CAPABLE:
+            return CLASS_MP_CAPABLE, 0
+        if subtype == MPTCP_SUB_JOIN and length == MP_JOIN_SYN_LEN:
+            return CLASS_MP_JOIN, int.from_bytes(frame[off + 4:off + 8], "big") >> 8
+        return None
+    if timestamp is not None:
+        return CLASS_TIMESTAMP, int.from_bytes(frame[timestamp + 6:timestamp + 10], "big") & SERVER_ID_MASK
+    return None
+
+
+def tag_mac(cls: int, value: int) -> str:
+    """The destination MAC the classifier writes for a verdict: 0a:4d:class:value(24 bits)."""
+    if cls not in (CLASS_MP_CAPABLE, CLASS_MP_JOIN, CLASS_TIMESTAMP):
+        raise ValueError(f"cls must be 1, 2 or 3, got {cls!r}")
+    _check_uint(value, 24, "value")
+    return ":".join(f"{b:02x}" for b in TAG_PREFIX + bytes((cls,)) + value.to_bytes(3, "big"))
+
+
+__all__ = [
+    "KEY_LEN", "MAX_SLICE_BITS", "TCPOPT_EOL", "TCPOPT_NOP", "TCPOPT_TIMESTAMP", "TCPOPT_MPTCP",
+    "TCPOPT_EXPERIMENTAL", "MPTCP_SUB_CAPABLE", "MPTCP_SUB_JOIN", "MPC_FLAG_HMAC_SHA256",
+    "KEY_CARRIER_EXID", "TAG_PREFIX", "CLASS_MP_CAPABLE", "CLASS_MP_JOIN", "CLASS_TIMESTAMP",
+    "SERVER_ID_MASK", "OptionError", "key_to_token", "key_to_idsn", "slice_of", "make_key",
+    "MpCapable", "MpJoinSyn", "Timestamp", "parse_tcp_options", "parse_mptcp",
+    "build_mp_capable", "build_mp_join_syn", "build_timestamp", "parse_timestamp",
+    "build_key_carrier", "parse_key_carrier", "classify_frame", "tag_mac",
+]

@@ -1,0 +1,154 @@
+"""The codec's MPTCP crypto and option parsing against keys the kernel chose itself.
+
+Topology (names carry this process id so parallel runs do not collide)::
+
+    client ns  10.79.0.1/24  <-- veth -->  10.79.0.2/24  server ns
+
+The client captures its own interface with an AF_PACKET socket while it
+connects, so the test sees the handshake's MP_CAPABLE keys on the wire; both
+ends report MPTCP_INFO, whose token and sequence numbers the kernel derived
+from those keys. Both ends run in subprocesses under ``ip netns exec``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from scapy.all import TCP, Ether
+
+from mptcp_lb.mptcp_codec import (MpCapable, classify_frame, key_to_idsn, key_to_token, parse_mptcp,
+                                  parse_tcp_options, parse_timestamp)
+
+REPO = Path(__file__).resolve().parents[2]
+PROBE = Path(__file__).with_name("mptcp_key_probe.py")
+CLIENT_ADDR, SERVER_ADDR, PORT = "10.79.0.1", "10.79.0.2", 8080
+WAIT = 15.0  # seconds for any awaited event
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(not Path("/proc/sys/net/mptcp/enabled").exists(), reason="kernel without MPTCP"),
+]
+
+
+def sh(*cmd: str, check: bool = True) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def probe_cmd(ns: str, *args: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, sys.executable, str(PROBE), *args]
+
+
+def python_env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+@dataclass(frozen=True)
+class Pair:
+    server: str
+    client: str
+    client_if: str
+
+
+@pytest.fixture
+def pair():
+    tag = os.getpid()
+    spaces = Pair(server=f"mlbks{tag}", client=f"mlbkc{tag}", client_if=f"mk{tag}c")
+    try:
+        for ns in (spaces.server, spaces.client):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "link", "add", spaces.client_if, "netns", spaces.client, "type", "veth",
+           "peer", "name", f"mk{tag}s", "netns", spaces.server)
+        for ns, ifname, addr in ((spaces.client, spaces.client_if, CLIENT_ADDR),
+                                 (spaces.server, f"mk{tag}s", SERVER_ADDR)):
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", ifname)
+            sh("ip", "-n", ns, "link", "set", ifname, "up")
+        yield spaces
+    finally:
+        # Our probes are gone by now (the test waits for or kills them), so the veth dies with its netns.
+        for ns in (spaces.server, spaces.client):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def read_line(proc: subprocess.Popen, timeout: float = WAIT) -> str:
+    """The next line a subprocess prints, or an AssertionError with its stderr."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], deadline - time.monotonic())[0]:
+            line = proc.stdout.readline()
+            if line:
+                return line.rstrip("\n")
+            break
+    proc.kill()
+    raise AssertionError(f"no line from {proc.args}: {proc.communicate()[1]}")
+
+
+def handshake(spaces: Pair) -> tuple[dict, dict]:
+    """Run one MPTCP connection: (server MPTCP_INFO, client {"info", "frames"})."""
+    server = subprocess.Popen(probe_cmd(spaces.server, "server", SERVER_ADDR, str(PORT)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=python_env(), cwd=REPO)
+    try:
+        assert read_line(server) == "listening"
+        client = subprocess.run(probe_cmd(spaces.client, "client", spaces.client_if, SERVER_ADDR, str(PORT)),
+                                capture_output=True, text=True, timeout=2 * WAIT, env=python_env(), cwd=REPO)
+        assert client.returncode == 0, client.stderr
+        out, err = server.communicate(timeout=WAIT)
+        assert server.returncode == 0, err
+        return json.loads(out), json.loads(client.stdout)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+
+
+def options(frame: bytes) -> dict[int, bytes]:
+    """The first option of each kind in a frame's TCP header."""
+    tcp = Ether(frame)[TCP]
+    found = {}
+    for kind, opt in parse_tcp_options(bytes(tcp)[20:tcp.dataofs * 4]):
+        found.setdefault(kind, opt)
+    return found
+
+
+def test_kernel_tokens_and_idsns_match_the_keys_on_the_wire(pair):
+    server_info, client = handshake(pair)
+    frames = [bytes.fromhex(f) for f in client["frames"]]
+    flags = [Ether(f)[TCP].flags for f in frames]
+    syn = frames[[str(f) for f in flags].index("S")]
+    syn_ack = frames[[str(f) for f in flags].index("SA")]
+    third_ack = frames[-1]
+    assert str(flags[-1]) == "A"
+
+    assert parse_mptcp(options(syn)[30]) == MpCapable(version=1, flags=0x01, sender_key=None, receiver_key=None)
+    server_mpc = parse_mptcp(options(syn_ack)[30])
+    assert server_mpc.version == 1 and server_mpc.receiver_key is None
+    server_key = server_mpc.sender_key
+    ack_mpc = parse_mptcp(options(third_ack)[30])
+    assert ack_mpc.receiver_key == server_key  # the client echoes the server's key
+    client_key = ack_mpc.sender_key
+
+    assert server_info["token"] == key_to_token(server_key)
+    assert client["info"]["token"] == key_to_token(client_key)
+    # Before any data both ends sit at IDSN + 1: the server's write_seq and the client's
+    # rcv_nxt follow the server key, the client's write_seq its own.
+    assert server_info["write_seq"] == (key_to_idsn(server_key) + 1) % 2**64
+    assert client["info"]["rcv_nxt"] == (key_to_idsn(server_key) + 1) % 2**64
+    assert client["info"]["write_seq"] == (key_to_idsn(client_key) + 1) % 2**64
+
+    # The reference classifier on real kernel segments.
+    assert classify_frame(syn) == (1, 0)
+    assert classify_frame(syn_ack) is None
+    tsecr = parse_timestamp(options(third_ack)[8]).tsecr
+    assert classify_frame(third_ack) == (3, tsecr & 0xFFF)

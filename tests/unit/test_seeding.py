@@ -1,0 +1,69 @@
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from mptcp_lb.config import parse_config
+from mptcp_lb.mptcp_codec import key_to_token, parse_key_carrier, slice_of
+from ryu_app.seeding import SeedError, seed_syn
+
+MPC_SYN_OPTIONS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (12345, 0)), ("NOP", None), ("WScale", 7),
+                   (30, bytes([0x01, 0x81]))]
+
+
+@pytest.fixture
+def vip(raw_config):
+    v = raw_config["vips"][0]
+    v.update(mode="token", slice_bits=4)
+    for d in v["dips"]:
+        d.pop("ports")
+    return parse_config(raw_config).vips[0]
+
+
+def syn(options=MPC_SYN_OPTIONS, dport=80, flags="S", payload=b""):
+    return bytes(Ether(dst="0a:4d:01:00:00:00", src="02:aa:00:00:00:01") /
+                 IP(src="10.0.3.1", dst="10.0.0.100") / TCP(sport=40000, dport=dport, flags=flags, options=options)
+                 / payload)
+
+
+def first_dip(vip, five):
+    return vip.dips[1]
+
+
+def test_key_rides_in_the_syn_and_checksums_are_right(vip):
+    seeded = seed_syn(vip, syn(), first_dip)
+    assert seeded.dip.id == 2
+    out = Ether(seeded.frame)
+    raw_opts = bytes(out[TCP])[20:out[TCP].dataofs * 4]
+    assert raw_opts.startswith(bytes(Ether(syn())[TCP])[20:36])  # the client's own options, untouched
+    carrier = raw_opts[-12:]
+    key = parse_key_carrier(carrier)
+    assert key is not None and key_to_token(key) == seeded.token
+    assert slice_of(seeded.token, 4) in vip.dips[1].slices
+    # scapy recomputes checksums when the fields are deleted: they must equal what we wrote
+    check = Ether(seeded.frame)
+    del check[IP].chksum, check[TCP].chksum
+    check = Ether(bytes(check))
+    assert check[IP].chksum == out[IP].chksum and check[TCP].chksum == out[TCP].chksum
+    assert out[IP].len == Ether(syn())[IP].len + 12
+
+
+def test_payload_after_options_is_kept(vip):
+    seeded = seed_syn(vip, syn(payload=b"tfo-data"), first_dip)
+    assert bytes(Ether(seeded.frame)[TCP].payload) == b"tfo-data"
+
+
+def test_keys_differ_per_connection(vip):
+    tokens = {seed_syn(vip, syn(), first_dip).token for _ in range(20)}
+    assert len(tokens) == 20
+
+
+@pytest.mark.parametrize("frame,message", [
+    (syn(options=[("MSS", 1460)]), "not an IPv4 TCP SYN carrying MP_CAPABLE"),
+    (syn(flags="SA"), "not an IPv4 TCP SYN carrying MP_CAPABLE"),
+    (syn(dport=81), "is not VIP web"),
+    (syn(options=[("MSS", 1460), ("Timestamp", (1, 0)), ("Timestamp", (1, 0)), ("NOP", None), ("NOP", None),
+                  (30, bytes([0x01, 0x81]) + bytes(8))]), "no room for 12 more"),
+])
+def test_unseedable_packets_are_named(vip, frame, message):
+    with pytest.raises(SeedError, match=message):
+        seed_syn(vip, frame, first_dip)
