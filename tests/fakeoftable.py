@@ -15,6 +15,8 @@ import ipaddress
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from ovs_flows.ovs_hash import pick_backend
+
 IP_FIELDS = {"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"}
 
 
@@ -77,11 +79,11 @@ class FakeOFTable:
                 return list(inst.actions)
         return []
 
-    def lookup(self, packet: dict):
+    def lookup(self, packet: dict, table_id: int = 0):
         """Highest-priority matching flow, or None."""
         best = None
         for f in self.flows:
-            if all(field_matches(n, v, packet) for n, v in f.match.items()):
+            if f.table_id == table_id and all(field_matches(n, v, packet) for n, v in f.match.items()):
                 if best is None or f.priority > best.priority:
                     best = f
         return best
@@ -103,6 +105,12 @@ class FakeOFTable:
             elif isinstance(a, parser.OFPActionOutput):
                 port = pkt["in_port"] if a.port == ofp.OFPP_IN_PORT else a.port
                 out.append((port, dict(pkt)))
+            elif isinstance(a, parser.NXActionMultipath):
+                # the real OVS hash (ovs_flows/ovs_hash.py, checked against ofproto/trace)
+                pkt[a.dst] = pick_backend(pkt, a.max_link + 1)
+            elif isinstance(a, parser.NXActionResubmitTable):
+                flow = self.lookup(pkt, a.table_id)
+                out.extend(self._run(self._actions(flow), dict(pkt)) if flow else [])
             elif isinstance(a, parser.OFPActionGroup):
                 group = self.groups[a.group_id]
                 if group.buckets:

@@ -127,3 +127,87 @@ def test_4095_dips_compile(raw_config):
     compiled = compile_mux(config, config.muxes[0])
     assert len(compiled.groups[0].buckets) == 4095
     assert len(compiled.flow_dip) >= 4095  # compile time is measured in bench/, not asserted here
+
+
+def token_config(raw_config, mode="token", key_source="mux", slice_bits=4):
+    vip = raw_config["vips"][0]
+    vip.update(mode=mode, key_source=key_source, slice_bits=slice_bits)
+    if mode == "token":
+        for d in vip["dips"]:
+            d.pop("ports")
+    return parse_config(raw_config)
+
+
+def tagged(dst_port, mac, **kw):
+    return {**tcp(dst_port, **kw), "eth_dst": mac}
+
+
+@pytest.mark.parametrize("key_source", ["mux", "pool"])
+def test_server_id_and_join_slice_tags_steer(raw_config, key_source):
+    from mptcp_lb.mptcp_codec import CLASS_MP_JOIN, CLASS_TIMESTAMP, tag_mac
+
+    config = token_config(raw_config, key_source=key_source)
+    table = table_for(config)
+    for dip in config.vips[0].dips:
+        assert dip_of(table, tagged(80, tag_mac(CLASS_TIMESTAMP, dip.id)), config) == dip.id
+        for s in dip.slices:
+            token = (s << 28) | 0x0ABCDEF
+            assert dip_of(table, tagged(80, tag_mac(CLASS_MP_JOIN, token >> 8)), config) == dip.id
+
+
+def test_seed_mode_punts_mpc_syns_through_the_meter(raw_config):
+    from mptcp_lb.mptcp_codec import CLASS_MP_CAPABLE, tag_mac
+
+    config = token_config(raw_config)
+    compiled = compile_mux(config, config.muxes[0])
+    assert [m.meter_id for m in compiled.meters] == [1] and compiled.meters[0].bands[0].rate == 100
+    (port, pkt), = FakeOFTable(compiled.messages).forward(tagged(80, tag_mac(CLASS_MP_CAPABLE, 0)))
+    assert port == ofp.OFPP_CONTROLLER
+    punt = [f for f in compiled.flows if "controller" in flow_text(f)]
+    assert len(punt) == 1 and "actions=meter:1,controller(max_len=65535)" in flow_text(punt[0])
+
+
+def test_seed_mode_hash_is_what_the_controller_predicts(raw_config):
+    from ovs_flows.compiler import hashed_dip
+
+    config = token_config(raw_config)
+    t1, t2 = table_for(config, 0), table_for(config, 1)
+    seen = set()
+    for sport in range(40000, 40100):
+        predicted = hashed_dip(config.vips[0], "10.0.1.1", VIP, sport, 80).id
+        assert dip_of(t1, tcp(80, sport=sport), config) == predicted
+        # the other MUX has other MACs and must still agree
+        assert dip_of(t2, {**tcp(80, sport=sport), "eth_dst": "02:00:00:01:00:02", "eth_src": "02:bb:00:00:00:07"},
+                      config) == predicted
+        seen.add(predicted)
+    assert seen == {1, 2, 3}
+
+
+def test_unknown_server_id_falls_back_to_the_hash(raw_config):
+    from mptcp_lb.mptcp_codec import CLASS_TIMESTAMP, tag_mac
+
+    config = token_config(raw_config, key_source="pool")
+    assert dip_of(table_for(config), tagged(80, tag_mac(CLASS_TIMESTAMP, 99)), config) in {1, 2, 3}
+
+
+def test_hybrid_keeps_announced_ports_and_adds_tokens(raw_config):
+    from mptcp_lb.mptcp_codec import CLASS_MP_JOIN, CLASS_TIMESTAMP, tag_mac
+
+    config = token_config(raw_config, mode="hybrid", key_source="pool")
+    table = table_for(config)
+    assert dip_of(table, tcp(8192), config) == 2
+    # a JOIN to DIP 2's announced port whose token is DIP 1's is still steered by port
+    assert dip_of(table, tagged(8192, tag_mac(CLASS_MP_JOIN, 0)), config) == 2
+    assert dip_of(table, tagged(80, tag_mac(CLASS_TIMESTAMP, 3)), config) == 3
+    assert not compile_mux(config, config.muxes[0]).meters  # pool mode punts nothing
+
+
+def test_drained_dip_leaves_the_seed_hash_but_keeps_its_tags(raw_config):
+    from mptcp_lb.mptcp_codec import CLASS_TIMESTAMP, tag_mac
+    from ovs_flows.compiler import hashed_dip
+
+    config = with_dip_state(token_config(raw_config), "web", 1, "draining")
+    table = table_for(config)
+    assert {dip_of(table, tcp(80, sport=s), config) for s in range(40000, 40200)} == {2, 3}
+    assert {hashed_dip(config.vips[0], "10.0.1.1", VIP, s, 80).id for s in range(40000, 40200)} == {2, 3}
+    assert dip_of(table, tagged(80, tag_mac(CLASS_TIMESTAMP, 1)), config) == 1
