@@ -1,14 +1,17 @@
 # Quick start: `make demo` and `make test`. Both bootstrap what a fresh Debian 12 machine lacks.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := openvswitch-switch mininet iproute2 ethtool iperf3 tcpdump procps
+APT_PACKAGES := openvswitch-switch mininet iproute2 ethtool iperf3 tcpdump procps clang llvm libbpf-dev
 OUT ?= out
 
-.PHONY: all bootstrap deps venv ovs demo test unit bench clean
+.PHONY: all bootstrap deps venv ovs bpf demo test unit bench clean
 
 all: test
 
-bootstrap: deps venv ovs
+bootstrap: deps venv ovs bpf
+
+bpf: deps
+	$(MAKE) -C bpf
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -42,3 +45,4 @@ bench: bootstrap
 
 clean:
 	rm -rf $(VENV) $(OUT) *.egg-info
+	$(MAKE) -C bpf clean

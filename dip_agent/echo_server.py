@@ -12,7 +12,7 @@ import socket
 import threading
 
 from mptcp_lb import echo_protocol
-from mptcp_lb.mptcp_sockopt import mptcp_socket, subflow_addrs
+from mptcp_lb.mptcp_sockopt import connection_token, mptcp_socket, subflow_addrs
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ class EchoServer:
         try:
             conn.settimeout(self.io_timeout)
             nbytes, digest = echo_protocol.read_request(conn, self.max_payload)
-            reply = echo_protocol.make_reply(self.dip_id, nbytes, digest, subflow_addrs(conn))
+            reply = echo_protocol.make_reply(self.dip_id, nbytes, digest, subflow_addrs(conn),
+                                             connection_token(conn))
             conn.sendall(echo_protocol.encode_reply(reply))
             log.debug("served %s:%d: %d bytes over %d subflows", peer[0], peer[1], nbytes,
                       len(reply["subflows"]))

@@ -13,7 +13,8 @@ def connection_entry(result: dict) -> dict:
     reply = result["reply"]
     subflows = [{"client": sf["remote"], "vip": sf["local"], "dip": reply["dip"]} for sf in reply["subflows"]]
     return {"subflows": subflows, "bytes_sent": result["bytes_sent"], "verified": bool(result["verified"]),
-            "client_subflows": result.get("client_subflows"), "client_host": result.get("client_host")}
+            "client_subflows": result.get("client_subflows"), "client_host": result.get("client_host"),
+            "token": reply.get("token")}
 
 
 def summarize(connections: list[dict], dip_ids: list[int]) -> dict:

@@ -43,8 +43,10 @@ def decode_header(data: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD) -> int:
     return length
 
 
-def make_reply(dip_id: int, nbytes: int, sha256: str, subflows: list[tuple[str, str]]) -> dict:
-    return {"dip": dip_id, "bytes": nbytes, "sha256": sha256,
+def make_reply(dip_id: int, nbytes: int, sha256: str, subflows: list[tuple[str, str]],
+               token: int | None = None) -> dict:
+    """What the DIP saw: its id, the bytes' hash, the subflows it terminated and the MPTCP token."""
+    return {"dip": dip_id, "bytes": nbytes, "sha256": sha256, "token": token,
             "subflows": [{"local": local, "remote": remote} for local, remote in subflows]}
 
 

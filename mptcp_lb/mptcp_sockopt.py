@@ -16,6 +16,7 @@ import struct
 
 IPPROTO_MPTCP = 262
 SOL_MPTCP = 284
+MPTCP_INFO = 1
 MPTCP_TCPINFO = 2
 MPTCP_SUBFLOW_ADDRS = 3
 TCP_ESTABLISHED = 1
@@ -109,6 +110,21 @@ def subflow_addrs(sock: socket.socket) -> list[tuple[str, str]]:
     return parse_subflow_addrs(raw, copied)[1]
 
 
+def connection_token(sock: socket.socket) -> int | None:
+    """The connection's local MPTCP token (``mptcpi_token``), None after fallback to TCP.
+
+    With token-based steering this is what proves a DIP adopted a key from its
+    own slice: the token is SHA-256(local key)[0:4].
+    """
+    try:
+        raw = sock.getsockopt(SOL_MPTCP, MPTCP_INFO, 96)
+    except OSError as e:
+        if e.errno == errno.EOPNOTSUPP:
+            return None
+        raise
+    return struct.unpack_from("=I", raw, 12)[0]  # struct mptcp_info: mptcpi_token after 4 u8 + 2 u32
+
+
 def established_subflow_count(sock: socket.socket) -> int:
     """Subflows whose TCP handshake has completed, the initial one included.
 
@@ -128,5 +144,5 @@ def established_subflow_count(sock: socket.socket) -> int:
 
 
 __all__ = ["IPPROTO_MPTCP", "SOL_MPTCP", "MPTCP_SUBFLOW_ADDRS", "MPTCP_TCPINFO", "MptcpUnavailable",
-           "mptcp_socket", "subflow_addrs", "parse_subflow_addrs",
+           "mptcp_socket", "subflow_addrs", "connection_token", "MPTCP_INFO", "parse_subflow_addrs",
            "established_subflow_count"]

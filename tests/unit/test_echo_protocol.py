@@ -29,11 +29,11 @@ def test_header_rejects_bad_input():
 
 def test_reply_roundtrip():
     reply = ep.make_reply(3, 5, "ab" * 32, [("10.0.0.100:80", "10.77.0.1:40000"),
-                                             ("10.0.0.100:4096", "10.77.1.1:40001")])
+                                             ("10.0.0.100:4096", "10.77.1.1:40001")], token=0xDEADBEEF)
     line = ep.encode_reply(reply)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert ep.decode_reply(line) == {
-        "dip": 3, "bytes": 5, "sha256": "ab" * 32,
+        "dip": 3, "bytes": 5, "sha256": "ab" * 32, "token": 0xDEADBEEF,
         "subflows": [{"local": "10.0.0.100:80", "remote": "10.77.0.1:40000"},
                      {"local": "10.0.0.100:4096", "remote": "10.77.1.1:40001"}]}
 
