@@ -1,0 +1,175 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Bounds-checked Ethernet / IPv4 / TCP parsing shared by the BPF programs,
+ * following docs/token-steering.md §2 "Parsing rules". Every helper checks
+ * each read against data_end and gives up (NULL or -1) rather than read past
+ * it, so the callers work on any byte sequence and pass the verifier.
+ */
+#ifndef MPTCP_LB_PARSE_H
+#define MPTCP_LB_PARSE_H
+
+#include <linux/types.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#define IPV4_MF_AND_OFFSET 0x3fff /* not in the uapi headers (IP_MF | IP_OFFSET) */
+
+#define TCP_OPTS_MAX 40 /* doff <= 15: at most 40 option bytes */
+#define TCPOPT_EOL 0
+#define TCPOPT_NOP 1
+#define TCPOPT_TIMESTAMP 8
+#define TCPOLEN_TIMESTAMP 10
+#define TCPOPT_MPTCP 30
+#define MPTCP_SUB_CAPABLE 0
+#define MPTCP_SUB_JOIN 1
+#define TCPOLEN_MPTCP_JOIN_SYN 12
+
+/* The IPv4 header (options included) after an untagged Ethernet header, or NULL. */
+static __always_inline struct iphdr *parse_ipv4(void *data, void *data_end)
+{
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+
+	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return NULL;
+	if (ip->version != 4 || ip->ihl < 5 || (void *)ip + ip->ihl * 4 > data_end)
+		return NULL;
+	return ip;
+}
+
+/* The TCP header of an unfragmented packet, with all doff*4 bytes in the frame, or NULL. */
+static __always_inline struct tcphdr *parse_tcp(struct iphdr *ip, void *data_end)
+{
+	struct tcphdr *tcp = (void *)ip + ip->ihl * 4;
+
+	if (ip->frag_off & bpf_htons(IPV4_MF_AND_OFFSET) || ip->protocol != IPPROTO_TCP)
+		return NULL;
+	if ((void *)(tcp + 1) > data_end || tcp->doff < 5 || (void *)tcp + tcp->doff * 4 > data_end)
+		return NULL;
+	return tcp;
+}
+
+/*
+ * What the options walk found. Offsets are from the start of the TCP header
+ * and 0 when the option is absent (an option never starts at 0).
+ */
+struct tcp_opts {
+	__u8 ts;            /* the first timestamp option (kind 8, length 10) */
+	__u8 mptcp;         /* the first MPTCP option (kind 30, length >= 3) */
+	__u8 mptcp_subtype; /* its subtype, the high nibble of byte +2 */
+	__u8 mptcp_len;
+	__u32 tsval;        /* host order, of the first timestamp option */
+	__u32 tsecr;
+	__u32 join_token;   /* host order, the receiver token when that MPTCP option is an MP_JOIN of length 12 */
+};
+
+/* Where the walk is, as offsets from the start of the frame. */
+struct tcp_opts_cursor {
+	__u32 tcp;  /* the TCP header */
+	__u32 pos;  /* the next option */
+	__u32 end;  /* the end of the option area */
+	struct tcp_opts o;
+};
+
+static __always_inline __u32 load_be32(const __u8 *p)
+{
+	return (__u32)p[0] << 24 | (__u32)p[1] << 16 | (__u32)p[2] << 8 | p[3];
+}
+
+/*
+ * Parse the option at c->pos. Returns 1 to go on, 0 when the walk is done and
+ * -1 when the layout is malformed (a length byte missing, < 2 or running past
+ * the option area, or a timestamp whose length is not 10), so nothing in it
+ * may be used. The data_end checks are implied by parse_tcp() and the length
+ * checks; they are there for the verifier.
+ */
+static __always_inline int tcp_opts_step(void *data, void *data_end, struct tcp_opts_cursor *c)
+{
+	__u32 pos = c->pos, end = c->end;
+	__u8 *p, kind, len;
+
+	if (pos >= end)
+		return 0;
+	/* Header offsets stay below 14 + 60 + 60; the mask only shows the verifier a bound. */
+	p = data + (pos & 0xff);
+	if ((void *)(p + 1) > data_end)
+		return -1;
+	kind = p[0];
+	if (kind == TCPOPT_EOL)
+		return 0;
+	if (kind == TCPOPT_NOP) {
+		c->pos = pos + 1;
+		return 1;
+	}
+	if (pos + 2 > end || (void *)(p + 2) > data_end)
+		return -1;
+	len = p[1];
+	if (len < 2 || pos + len > end)
+		return -1;
+	if (kind == TCPOPT_TIMESTAMP) {
+		if (len != TCPOLEN_TIMESTAMP || (void *)(p + TCPOLEN_TIMESTAMP) > data_end)
+			return -1;
+		if (!c->o.ts) {
+			c->o.ts = pos - c->tcp;
+			c->o.tsval = load_be32(p + 2);
+			c->o.tsecr = load_be32(p + 6);
+		}
+	} else if (kind == TCPOPT_MPTCP && len >= 3 && !c->o.mptcp) {
+		if ((void *)(p + 3) > data_end)
+			return -1;
+		c->o.mptcp = pos - c->tcp;
+		c->o.mptcp_subtype = p[2] >> 4;
+		c->o.mptcp_len = len;
+		if (c->o.mptcp_subtype == MPTCP_SUB_JOIN && len == TCPOLEN_MPTCP_JOIN_SYN) {
+			if ((void *)(p + 8) > data_end)
+				return -1;
+			c->o.join_token = load_be32(p + 4);
+		}
+	}
+	c->pos = pos + len;
+	return 1;
+}
+
+/*
+ * DEFINE_TCP_OPTS_WALK(name, ctx_type) defines, for one program type,
+ *
+ *   int name(ctx_type *ctx, struct iphdr *ip, struct tcphdr *tcp, struct tcp_opts *o)
+ *
+ * which walks the options of a header that parse_tcp() accepted into *o and
+ * returns 0, or -1 when the layout is malformed. Each step is a global
+ * function (name##_step), which the verifier checks once, on its own: an
+ * inlined loop made it explore over a million instructions, because every
+ * path through the iterations carries different exact offsets. A step
+ * consumes >= 1 byte, so TCP_OPTS_MAX steps cover the option area.
+ */
+#define DEFINE_TCP_OPTS_WALK(name, ctx_type)                                                    \
+	__attribute__((noinline)) int name##_step(ctx_type *ctx, struct tcp_opts_cursor *c)     \
+	{                                                                                       \
+		if (!c) /* the verifier lets any caller pass NULL to a global function */       \
+			return -1;                                                              \
+		return tcp_opts_step((void *)(long)ctx->data, (void *)(long)ctx->data_end, c);  \
+	}                                                                                       \
+                                                                                                \
+	static __always_inline int name(ctx_type *ctx, struct iphdr *ip, struct tcphdr *tcp,   \
+					struct tcp_opts *o)                                     \
+	{                                                                                       \
+		struct tcp_opts_cursor c = {};                                                  \
+		int i, ret = 0;                                                                 \
+                                                                                                \
+		c.tcp = ETH_HLEN + ip->ihl * 4;                                                 \
+		c.pos = c.tcp + sizeof(*tcp);                                                   \
+		c.end = c.tcp + tcp->doff * 4;                                                  \
+		for (i = 0; i < TCP_OPTS_MAX; i++) {                                            \
+			ret = name##_step(ctx, &c);                                             \
+			if (ret <= 0)                                                           \
+				break;                                                          \
+		}                                                                               \
+		*o = c.o;                                                                       \
+		return ret < 0 ? -1 : 0;                                                        \
+	}
+
+#endif /* MPTCP_LB_PARSE_H */

@@ -1,0 +1,295 @@
+"""The MUX classifier (bpf/mux_classifier.c) run in the kernel with BPF_PROG_TEST_RUN.
+
+Two layers, in the style of Katran's packet fixtures:
+
+* a fixture table of hand-made frames, each with the verdict docs/token-steering.md
+  §2 gives it, checked against both the BPF program and the Python reference;
+* a differential fuzz: random and malformed layouts through the BPF program and
+  through ``mptcp_codec.classify_frame``, which must agree on every frame.
+
+The fuzz seed and size come from MPTCP_LB_FUZZ_SEED / MPTCP_LB_FUZZ_COUNT.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import random
+import shutil
+import struct
+import time
+from collections import Counter
+
+import pytest
+from scapy.all import ARP, IP, TCP, UDP, Dot1Q, Ether, IPOption_RR, IPv6, Raw, raw
+
+from mptcp_lb import bpf, classifier
+from mptcp_lb.mptcp_codec import classify_frame, tag_mac
+
+FUZZ_SEED = int(os.environ.get("MPTCP_LB_FUZZ_SEED", "20240611"))
+FUZZ_COUNT = int(os.environ.get("MPTCP_LB_FUZZ_COUNT", "300000"))
+
+DST = "02:00:00:00:00:02"
+SRC = "02:00:00:00:00:01"
+
+
+def _platform_missing() -> str | None:
+    """What truly prevents running BPF here, or None."""
+    if os.geteuid() != 0:
+        return "needs root for BPF_PROG_TEST_RUN"
+    try:
+        ctypes.CDLL("libbpf.so.1")
+    except OSError:
+        return "libbpf.so.1 is not installed"
+    if shutil.which("clang") is None and not classifier.CLASSIFIER_OBJECT.exists():
+        return "clang is not installed and bpf/mux_classifier.o is not built"
+    return None
+
+
+@pytest.fixture(scope="module")
+def prog_fd():
+    missing = _platform_missing()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"BPF platform incomplete in CI: {missing}")
+        pytest.skip(missing)
+    with bpf.BpfObject(classifier.ensure_built()) as obj:
+        yield obj.prog_fd(classifier.PROGRAM)
+
+
+def run(prog_fd: int, frame: bytes) -> bytes:
+    result = bpf.test_run(prog_fd, frame)
+    assert result.retval == bpf.XDP_PASS, f"retval {result.retval} for {frame.hex()}"
+    return result.data_out
+
+
+def expected_frame(frame: bytes, verdict: tuple[int, int] | None) -> bytes:
+    """The input with only the destination MAC replaced by the tag, or unchanged."""
+    if verdict is None:
+        return frame
+    return bytes.fromhex(tag_mac(*verdict).replace(":", "")) + frame[6:]
+
+
+# --- fixtures -------------------------------------------------------------------
+
+def tcp_frame(opts: bytes = b"", flags: str = "A", doff: int | None = None, payload: bytes = b"",
+              ip: IP | None = None) -> bytes:
+    """An Ethernet/IPv4/TCP frame whose option area is exactly `opts` (no padding added).
+
+    The options are carried as bytes after the 20-byte header, so malformed
+    layouts and any data offset can be expressed.
+    """
+    if doff is None:
+        assert len(opts) % 4 == 0, "pad the options or give doff"
+        doff = 5 + len(opts) // 4
+    ip = ip if ip is not None else IP(src="10.0.0.1", dst="10.0.0.2")
+    tcp = TCP(sport=40000, dport=80, flags=flags, dataofs=doff)
+    return raw(Ether(dst=DST, src=SRC) / ip / tcp / Raw(opts + payload))
+
+
+def ts(tsval: int, tsecr: int, length: int = 10) -> bytes:
+    """A timestamp option; any other length cuts or zero-pads it to that many bytes."""
+    return (struct.pack("!BBII", 8, length, tsval, tsecr) + bytes(8))[:length]
+
+
+def mp_capable(length: int = 4, version: int = 1) -> bytes:
+    """MP_CAPABLE: length 4 in a v1 SYN, 12 with the sender's key."""
+    return bytes((30, length, version, 0x01)) + bytes(range(1, length - 3))
+
+
+def mp_join(token: int, length: int = 12) -> bytes:
+    """MP_JOIN as in a SYN (length 12): flags, address ID, receiver token, nonce."""
+    body = struct.pack("!BBII", 0x10, 0, token, 0x01020304)
+    return bytes((30, length)) + (body + bytes(32))[: length - 2]
+
+
+NOP, EOL = b"\x01", b"\x00"
+MSS = b"\x02\x04\x05\xb4"
+SACK_PERM = b"\x04\x02"
+WSCALE = b"\x03\x03\x07"
+TOKEN = 0xDEADBEEF
+TSECR = 0x12345ABC
+LINUX_SYN = MSS + SACK_PERM + ts(0x11111111, 0) + NOP + WSCALE  # 20 bytes, as Linux sends them
+
+FIXTURES = [
+    # Verdicts
+    ("syn mp_capable, linux layout", tcp_frame(LINUX_SYN + mp_capable(), "S"), (1, 0)),
+    ("syn mp_join, linux layout", tcp_frame(LINUX_SYN + mp_join(TOKEN), "S"), (2, TOKEN >> 8)),
+    ("syn mp_capable v0 with key", tcp_frame(mp_capable(12, version=0), "S"), (1, 0)),
+    ("syn with ece/cwr and mp_capable", tcp_frame(mp_capable(), "SEC"), (1, 0)),
+    ("ack with timestamp", tcp_frame(NOP + NOP + ts(7, TSECR), "A"), (3, TSECR & 0xFFF)),
+    ("data with timestamp and dss", tcp_frame(NOP + NOP + ts(7, 0xFFFFFFFF) + bytes((30, 8, 0x20, 1)) + bytes(4),
+                                              "PA", payload=b"hello"), (3, 0xFFF)),
+    ("fin/ack with timestamp", tcp_frame(NOP + NOP + ts(7, 0x1000), "FA"), (3, 0)),
+    ("timestamp after 30 nops", tcp_frame(NOP * 30 + ts(7, TSECR), "A"), (3, TSECR & 0xFFF)),
+    ("two timestamps: first counts", tcp_frame(ts(1, 0x111) + ts(2, 0x222) + NOP * 4, "A"), (3, 0x111)),
+    ("ip options", tcp_frame(NOP + NOP + ts(7, TSECR), "A",
+                             ip=IP(src="10.0.0.1", dst="10.0.0.2", options=[IPOption_RR(routers=["1.2.3.4"])])),
+     (3, TSECR & 0xFFF)),
+    ("df is not a fragment", tcp_frame(NOP + NOP + ts(7, TSECR), "A",
+                                       ip=IP(src="10.0.0.1", dst="10.0.0.2", flags="DF")), (3, TSECR & 0xFFF)),
+    ("ip total length is ignored", tcp_frame(NOP + NOP + ts(7, TSECR), "A",
+                                             ip=IP(src="10.0.0.1", dst="10.0.0.2", len=20)), (3, TSECR & 0xFFF)),
+    ("mptcp of length 2 is not counted", tcp_frame(bytes((30, 2)) + mp_capable() + NOP + NOP, "S"), (1, 0)),
+    ("two mptcp: mp_capable first", tcp_frame(mp_capable() + mp_join(TOKEN), "S"), (1, 0)),
+    ("two mptcp: mp_join first", tcp_frame(mp_join(TOKEN) + mp_capable(), "S"), (2, TOKEN >> 8)),
+    ("junk after eol is ignored", tcp_frame(ts(7, TSECR) + EOL + b"\x05\x00\x08\x01\x00", "A"), (3, TSECR & 0xFFF)),
+    # No verdict
+    ("syn/ack with mp_capable", tcp_frame(mp_capable(12) + NOP + NOP + ts(7, 9), "SA"), None),
+    ("syn without mptcp", tcp_frame(LINUX_SYN, "S"), None),
+    ("syn with timestamp is never class 3", tcp_frame(NOP + NOP + ts(7, TSECR), "S"), None),
+    ("ack with mp_capable, no timestamp", tcp_frame(mp_capable(20) + NOP * 4, "A"), None),
+    ("ack without options", tcp_frame(b"", "A"), None),
+    ("syn with other mptcp subtype first", tcp_frame(bytes((30, 4, 0x20, 0)) + mp_capable(), "S"), None),
+    ("syn mp_join of length 16", tcp_frame(mp_join(TOKEN, 16), "S"), None),
+    ("syn mp_join of length 10", tcp_frame(mp_join(TOKEN, 10) + NOP + NOP, "S"), None),
+    # §2.5 reads "first MPTCP option decides": a bad-length MP_JOIN is not skipped over.
+    ("syn bad mp_join then mp_capable", tcp_frame(mp_join(TOKEN, 16) + mp_capable(), "S"), None),
+    ("eol before mptcp", tcp_frame(MSS + EOL + NOP * 3 + mp_capable(), "S"), None),
+    ("timestamp of length 8", tcp_frame(NOP + NOP + ts(7, TSECR, 8) + NOP + NOP, "A"), None),
+    ("good then bad timestamp", tcp_frame(ts(7, TSECR) + NOP * 2 + ts(7, TSECR, 6) + NOP * 2, "A"), None),
+    ("bad timestamp in a syn with mp_capable", tcp_frame(mp_capable() + ts(7, 0, 12), "S"), None),
+    ("zero-length option", tcp_frame(b"\x05\x00" + NOP + NOP + ts(7, TSECR) + NOP + NOP, "A"), None),
+    ("one-length option", tcp_frame(b"\x05\x01" + NOP + NOP + ts(7, TSECR) + NOP + NOP, "A"), None),
+    ("option without its length byte", tcp_frame(ts(7, TSECR) + NOP * 5 + b"\x04", "A"), None),
+    ("option running past the header", tcp_frame(NOP + NOP + ts(7, TSECR)[:6], "A", doff=7, payload=ts(7, 0)[6:]),
+     None),
+    ("doff 4", tcp_frame(b"", "A", doff=4, payload=NOP + NOP + ts(7, TSECR)), None),
+    ("doff 0", tcp_frame(b"", "A", doff=0), None),
+    ("doff beyond the frame", tcp_frame(NOP + NOP + ts(7, TSECR), "A", doff=15), None),
+    ("mf fragment", tcp_frame(NOP + NOP + ts(7, TSECR), "A", ip=IP(src="10.0.0.1", dst="10.0.0.2", flags="MF")),
+     None),
+    ("non-first fragment", tcp_frame(NOP + NOP + ts(7, TSECR), "A", ip=IP(src="10.0.0.1", dst="10.0.0.2", frag=1)),
+     None),
+    ("udp", raw(Ether(dst=DST, src=SRC) / IP() / UDP() / Raw(NOP + NOP + ts(7, TSECR))), None),
+    ("arp", raw(Ether(dst=DST, src=SRC) / ARP()), None),
+    ("ipv6 tcp with timestamp", raw(Ether(dst=DST, src=SRC) / IPv6() / TCP(flags="A", options=[("Timestamp", (7, 9))])),
+     None),
+    ("vlan-tagged ipv4", raw(Ether(dst=DST, src=SRC) / Dot1Q(vlan=5) / IP() / TCP(flags="S", dataofs=6)
+                             / Raw(mp_capable())), None),
+]
+
+
+def _variants() -> list[tuple[str, bytes, tuple[int, int] | None]]:
+    """The fixtures plus frames cut short at interesting places and bad IP headers."""
+    base = tcp_frame(NOP + NOP + ts(7, TSECR), "A")  # tagged when whole
+    extra = [(f"truncated to {n} bytes", base[:n], None) for n in (14, 20, 33, 34, 53, 54, 60, 65)]
+    for name, first in (("ip version 6 in an ipv4 frame", 0x65), ("ihl 4", 0x44), ("ihl beyond the frame", 0x4F)):
+        extra.append((name, base[:14] + bytes((first,)) + base[15:], None))
+    return FIXTURES + extra
+
+
+CASES = _variants()
+
+
+@pytest.mark.parametrize(("frame", "verdict"), [pytest.param(f, v, id=n) for n, f, v in CASES])
+def test_fixture(prog_fd, frame, verdict):
+    assert classify_frame(frame) == verdict, "the Python reference disagrees with the fixture"
+    assert run(prog_fd, frame) == expected_frame(frame, verdict), frame.hex()
+
+
+def test_frames_shorter_than_ethernet_are_refused_by_the_kernel(prog_fd):
+    with pytest.raises(bpf.BpfError) as err:
+        bpf.test_run(prog_fd, bytes(13))
+    assert err.value.call == "bpf_prog_test_run_opts"
+
+
+def test_classify_bytes_uses_the_built_object(prog_fd):
+    frame = tcp_frame(LINUX_SYN + mp_join(TOKEN), "S")
+    assert classifier.classify_bytes(frame) == expected_frame(frame, (2, TOKEN >> 8))
+
+
+# --- differential fuzz -------------------------------------------------------------
+
+INTERESTING_KINDS = (0, 1, 2, 3, 4, 5, 8, 8, 8, 30, 30, 30, 253, 255)
+
+
+class FrameFuzzer:
+    """Random Ethernet/IPv4/TCP frames, mostly near-valid so that every rule gets exercised."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+
+    def option(self) -> bytes:
+        r = self.rng
+        pick = r.random()
+        if pick < 0.15:
+            return b"\x01" * r.randint(1, 3)
+        if pick < 0.18:
+            return b"\x00"
+        if pick < 0.35:  # timestamp, mostly well formed
+            length = 10 if r.random() < 0.85 else r.randint(0, 14)
+            return (bytes((8, length)) + r.randbytes(8))[: max(length, 2)]
+        if pick < 0.60:  # MPTCP: MP_CAPABLE, MP_JOIN or another subtype, various lengths
+            subtype = r.choice((0, 0, 1, 1, 2, r.randrange(16)))
+            length = r.choice((12, 12, 4, 3, 2, 16, 20, r.randint(0, 40)))
+            body = bytes((subtype << 4 | r.randrange(16),)) + r.randbytes(38)
+            return (bytes((30, length)) + body)[: max(length, 2)]
+        if pick < 0.85:  # a well formed option of another kind
+            length = r.randint(2, 10)
+            return bytes((r.choice((2, 3, 4, 5, 19, 34, 253)), length)) + r.randbytes(length - 2)
+        return r.randbytes(r.randint(1, 4))  # soup
+
+    def options(self) -> bytes:
+        r = self.rng
+        pick = r.random()
+        if pick < 0.25:  # a layout real stacks send, so that every verdict comes up often
+            return r.choice((LINUX_SYN + mp_capable(), LINUX_SYN + mp_join(r.getrandbits(32)), mp_capable(12),
+                             NOP + NOP + ts(r.getrandbits(32), r.getrandbits(32)), mp_join(r.getrandbits(32))))
+        if pick < 0.4:  # pure byte soup biased to interesting values
+            n = r.randint(0, 40)
+            return bytes(r.choice(INTERESTING_KINDS) if r.random() < 0.5 else r.randrange(256) for _ in range(n))
+        out = b""
+        for _ in range(r.randint(0, 6)):
+            out += self.option()
+        return out[:40]
+
+    def frame(self) -> bytes:
+        r = self.rng
+        opts = self.options()
+        if r.random() < 0.8:
+            opts += b"\x01" * (-len(opts) % 4)  # pad to a whole data offset most of the time
+        doff = 5 + len(opts) // 4 if r.random() < 0.85 else r.randrange(16)
+        flags = r.choice((0x02, 0x02, 0x12, 0x10, 0x18, 0x11, 0x04, 0xC2, r.randrange(256)))
+        tcp = struct.pack("!HHIIBBHHH", r.randrange(65536), 80, r.getrandbits(32), r.getrandbits(32),
+                          doff << 4 | r.randrange(16), flags, 65535, 0, 0) + opts + r.randbytes(r.choice((0, 0, 5)))
+
+        ihl = 5 if r.random() < 0.8 else r.randrange(16)
+        version = 4 if r.random() < 0.97 else r.randrange(16)
+        frag = r.choice((0, 0, 0, 0x4000, 0x2000, 0x0001, r.randrange(65536)))
+        proto = 6 if r.random() < 0.95 else r.choice((17, 1, r.randrange(256)))
+        ip = struct.pack("!BBHHHBBH4s4s", version << 4 | ihl, 0, r.randrange(65536), 1, frag, 64, proto, 0,
+                         b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02") + r.randbytes(max(ihl - 5, 0) * 4)
+        ethertype = 0x0800 if r.random() < 0.95 else r.choice((0x86DD, 0x8100, 0x0806, r.randrange(65536)))
+        frame = r.randbytes(12) + struct.pack("!H", ethertype) + ip + tcp
+
+        pick = r.random()
+        if pick < 0.15:  # cut anywhere, keeping the Ethernet header the kernel insists on
+            frame = frame[: r.randint(14, len(frame))]
+        elif pick < 0.25:  # flip a few bytes in the headers
+            buf = bytearray(frame)
+            for _ in range(r.randint(1, 3)):
+                buf[r.randrange(14, min(len(buf), 14 + 60 + 60))] = r.randrange(256)
+            frame = bytes(buf)
+        return frame
+
+
+def test_differential_fuzz_against_python_reference(prog_fd):
+    fuzzer = FrameFuzzer(random.Random(FUZZ_SEED))
+    verdicts: Counter = Counter()
+    mismatches = []
+    start = time.monotonic()
+    for _ in range(FUZZ_COUNT):
+        frame = fuzzer.frame()
+        verdict = classify_frame(frame)
+        verdicts[verdict[0] if verdict else None] += 1
+        out = run(prog_fd, frame)
+        if out != expected_frame(frame, verdict):
+            mismatches.append(f"{frame.hex()} python={verdict} bpf_dst={out[:6].hex()}")
+    elapsed = time.monotonic() - start
+    print(f"fuzz: {FUZZ_COUNT} frames, seed {FUZZ_SEED}, {elapsed:.1f}s, verdicts {dict(verdicts)}")
+    assert not mismatches, (f"{len(mismatches)} mismatches (seed {FUZZ_SEED}), first ones:\n"
+                            + "\n".join(mismatches[:20]))
+    # The generator must reach every verdict often enough for the agreement to mean something.
+    for cls in (None, 1, 2, 3):
+        assert verdicts[cls] > FUZZ_COUNT // 100, f"verdict {cls} seen only {verdicts[cls]} times"
