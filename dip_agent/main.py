@@ -72,15 +72,18 @@ def default_interface() -> str:
         return ipr.get_links(routes[0].get_attr("RTA_OIF"))[0].get_attr("IFLA_IFNAME")
 
 
-def token_setup(vip: Vip, dip: Dip):
+def token_setup(vip: Vip, dip: Dip, key_adoption: bool = True):
     """The DIP's BPF side of token steering: key adoption and timestamp stamping."""
     from .token_bpf import DipTokenSetup
 
+    mode = {"mux": "seed", "pool": "pool"}[vip.key_source] if key_adoption else "none"
     return DipTokenSetup(default_interface(), vip.address, vip.port, dip.id,
-                         mode=vip.key_source, slices=dip.slices, slice_bits=vip.slice_bits)
+                         mode=mode, slices=dip.slices, slice_bits=vip.slice_bits,
+                         syncookies=2 if key_adoption else None)
 
 
-def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: str | None = None) -> int:
+def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: str | None = None,
+        key_adoption: bool = True) -> int:
     """Run the agent until SIGTERM/SIGINT; return the process exit code."""
     try:
         vip, dip = find_dip(load_config(config_path), dip_id, vip_name)
@@ -88,7 +91,7 @@ def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: 
         print(e, file=sys.stderr)
         return EXIT_CONFIG
     setup = DipHostSetup(vip.address, dip.announce_port, c_flag=not vip.uses_tokens)
-    token = token_setup(vip, dip) if vip.uses_tokens else None
+    token = token_setup(vip, dip, key_adoption) if vip.uses_tokens else None
     server = EchoServer(dip.id, vip.port)
     stop = threading.Event()
     # Signals are caught from before apply() so a stop during setup still undoes it.

@@ -54,8 +54,11 @@ def run_connection(vip: str, port: int, payload_size: int, min_subflows: int, ti
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(("0.0.0.0", source_port))
             sock.connect((vip, port))
+            # The header goes first: the DIP's ACK of it (with a DSS option) is what makes a
+            # client's connection fully established, and only then does its path manager join.
+            sock.sendall(echo_protocol.encode_header(len(payload)))
             count = _wait_for_subflows(sock, min_subflows, deadline)
-            echo_protocol.send_request(sock, payload)
+            sock.sendall(payload)
             sock.shutdown(socket.SHUT_WR)
             reply = echo_protocol.read_reply(sock)
     except (OSError, echo_protocol.ProtocolError, MptcpUnavailable) as e:
