@@ -7,6 +7,10 @@
 2. Datapath (megaflow) count for the VIP on the datacenter topology after
    few vs many connections: it must not grow with connections.
 3. Flow compile time for 4096 DIPs vs 3 DIPs.
+4. Classifier cost per packet class (BPF_PROG_TEST_RUN, 1e6 repeats) against
+   an XDP program that only returns XDP_PASS, on the same frames.
+5. Controller: SYN(MPC) seeding rate (packet-in -> packet-out decisions per
+   second, in process) and key generation rate for a DIP's slices.
 
 Absolute numbers on this shared 2-core machine are noisy; the ratios are the point.
 """
@@ -164,18 +168,90 @@ def compile_time() -> dict:
     return out
 
 
+def classifier_cost(repeat: int) -> dict:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    from mptcp_lb import bpf
+    from mptcp_lb.classifier import BPF_DIR, PROGRAM, ensure_built
+
+    subprocess.run(["make", "-C", str(BPF_DIR), "-s", "xdp_pass.o"], check=True)
+    base = Ether(dst="02:00:00:01:00:01") / IP(src="10.0.1.1", dst=BENCH_VIP)
+    ts = ("Timestamp", (0x12345678, 0x0ABC0003))
+    frames = {
+        "syn_mp_capable": TCP(flags="S", options=[("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)),
+                                                  ("NOP", None), ("WScale", 7), (30, bytes([0x01, 0x81]))]),
+        "syn_mp_join": TCP(flags="S", options=[("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)),
+                                               ("NOP", None), ("WScale", 7), (30, bytes([0x10, 0x02]) + bytes(8))]),
+        "ack_timestamp": TCP(flags="A", options=[("NOP", None), ("NOP", None), ts]),
+        "data_dss_timestamp": TCP(flags="PA", options=[("NOP", None), ("NOP", None), ts,
+                                                       (30, bytes([0x20, 0x01]) + bytes(4))]) / (b"x" * 1400),
+        "no_options": TCP(flags="A"),
+    }
+    out = {}
+    with bpf.BpfObject(ensure_built()) as clf, bpf.BpfObject(BPF_DIR / "xdp_pass.o") as noop:
+        for name, tcp in frames.items():
+            frame = bytes(base / tcp)
+            cls_ns = bpf.test_run(clf.prog_fd(PROGRAM), frame, repeat=repeat).duration_ns
+            base_ns = bpf.test_run(noop.prog_fd("xdp_pass"), frame, repeat=repeat).duration_ns
+            out[name] = {"classifier_ns": cls_ns, "xdp_pass_ns": base_ns, "ratio": cls_ns / max(base_ns, 1)}
+    return {"repeat": repeat, "per_class": out}
+
+
+def controller_rates(seconds: float) -> dict:
+    from mptcp_lb.config import parse_config
+    from mptcp_lb.mptcp_codec import make_key
+    from ryu_app.core import LbCore
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    raw = bench_config()
+    raw["vips"][0].update(mode="token", key_source="mux", slice_bits=8)
+    raw["vips"][0]["dips"] = [{"id": i, "address": f"10.9.0.{10 + i}", "mac": f"02:00:00:09:01:{i:02x}"}
+                              for i in range(1, 4)]
+    config = parse_config(raw)
+    core = LbCore(config)
+    core.mux_connected(config.muxes[0].dpid)
+    syn = Ether(dst="0a:4d:01:00:00:00") / IP(src="10.9.0.1", dst=BENCH_VIP) / TCP(
+        dport=80, flags="S", options=[("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None),
+                                      ("WScale", 7), (30, bytes([0x01, 0x81]))])
+    frames = []
+    for sport in range(1024, 2048):  # built up front: scapy must not be what is measured
+        syn[TCP].sport = sport
+        frames.append(bytes(syn))
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        if not core.packet_in(config.muxes[0].dpid, frames[n % len(frames)]):
+            raise RuntimeError("a benchmark SYN was not seeded")
+        n += 1
+    punt_rate = n / (time.perf_counter() - start)
+    keys = {}
+    for label, slices in (("one_third_of_256_slices", config.vips[0].dips[0].slices), ("one_of_256_slices", {7})):
+        k, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            make_key(slices, 8)
+            k += 1
+        keys[label] = k / (time.perf_counter() - start)
+    return {"seed_syn_per_s": punt_rate, "keys_per_s": keys, "punt_meter_default_pps": config.controller.punt_rate}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default="out/bench.json")
     p.add_argument("--seconds", type=float, default=3.0, help="seconds per throughput run")
     p.add_argument("--rounds", type=int, default=3, help="alternating L2/LB rounds")
     p.add_argument("--conns", type=int, nargs=2, default=[10, 50], metavar=("FEW", "MANY"))
+    p.add_argument("--repeat", type=int, default=1_000_000, help="BPF_PROG_TEST_RUN repeats per packet class")
     args = p.parse_args(argv)
     from mininet.log import setLogLevel
 
     setLogLevel("warning")
     require_platform()
     report = {}
+    print("classifier cost ...", flush=True)
+    report["classifier"] = classifier_cost(args.repeat)
+    print("controller rates ...", flush=True)
+    report["controller"] = controller_rates(2.0)
     print("compile time ...", flush=True)
     report["compile"] = compile_time()
     print("datapath flows ...", flush=True)
@@ -189,6 +265,13 @@ def main(argv=None) -> int:
           f"{d['vip_datapath_flows'][0]} / {d['vip_datapath_flows'][1]} (growth ratio {d['growth_ratio']:.2f})")
     print(f"compile 4096 DIPs: {c['4096']['seconds']:.3f} s ({c['4096']['flows']} flows); "
           f"3 DIPs: {c['3']['seconds'] * 1e3:.2f} ms; per-DIP cost ratio {c['per_dip_ratio_4096_vs_3']:.2f}")
+    for name, row in report["classifier"]["per_class"].items():
+        print(f"classifier {name:>20}: {row['classifier_ns']:4d} ns/packet vs XDP_PASS {row['xdp_pass_ns']:3d} ns "
+              f"(ratio {row['ratio']:.1f})")
+    ctl = report["controller"]
+    print(f"controller: {ctl['seed_syn_per_s']:.0f} SYN(MPC)/s seeded (meter caps punts at "
+          f"{ctl['punt_meter_default_pps']}/s per MUX); keys/s: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in ctl["keys_per_s"].items()))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)

@@ -54,7 +54,7 @@ def dip_port_ranges(n_dips: int) -> list[tuple[int, int]]:
 
 
 def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080, mode: str = "port",
-                    key_source: str = "mux") -> dict:
+                    key_source: str = "mux", punt_rate: int = 100) -> dict:
     """The mptcp-lb config (as a YAML-ready dict) matching this topology."""
     vip = {"name": "web", "address": VIP, "port": SERVICE_PORT, "mode": mode}
     if mode != "port":
@@ -66,7 +66,8 @@ def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080, mode
             d["ports"] = f"{lo}-{hi}"
     return {
         "controller": {"openflow_host": "127.0.0.1", "openflow_port": of_port,
-                       "api_host": "127.0.0.1", "api_port": api_port, "audit_interval": 1.0},
+                       "api_host": "127.0.0.1", "api_port": api_port, "audit_interval": 1.0,
+                       "punt_rate": punt_rate},
         "muxes": [
             {"name": f"mux{i}", "dpid": 0x1000 + i, "address": f"{MUX_NETS[i - 1]}.1",
              "mac": mux_mac(i), "uplink_port": 1, "fabric_port": 2}

@@ -73,14 +73,16 @@ def require_platform() -> None:
 
 class Datacenter:
     def __init__(self, n_dips: int = 3, prefix: str = "", workdir: str | None = None,
-                 progress=lambda msg: log.info("%s", msg), mode: str = "port", key_source: str = "mux"):
+                 progress=lambda msg: log.info("%s", msg), mode: str = "port", key_source: str = "mux",
+                 punt_rate: int = 100, key_adoption: bool = True):
         self.n_dips = n_dips
         self.prefix = prefix
         self.progress = progress
         self.mode = mode
         self.workdir = workdir or tempfile.mkdtemp(prefix="mptcp-lb-")
         self.config = topology_config(n_dips, of_port=free_port(), api_port=free_port(), mode=mode,
-                                      key_source=key_source)
+                                      key_source=key_source, punt_rate=punt_rate)
+        self.key_adoption = key_adoption
         self.classified: list[str] = []  # interfaces with the XDP classifier attached
         self.config_path = os.path.join(self.workdir, "config.yaml")
         self.net = None
@@ -182,7 +184,8 @@ class Datacenter:
         logf = open(os.path.join(self.workdir, f"d{i}.log"), "w")
         self.agents[i] = self.dip_host(i).popen(
             [sys.executable, "-m", "mptcp_lb.cli", "dip-agent", "--config", self.config_path,
-             "--dip", str(i), "--ready-file", ready], stdout=logf, stderr=subprocess.STDOUT)
+             "--dip", str(i), "--ready-file", ready, *([] if self.key_adoption else ["--no-key-adoption"])],
+            stdout=logf, stderr=subprocess.STDOUT)
         logf.close()
 
     def wait_agent(self, i: int) -> None:
