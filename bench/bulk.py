@@ -1,50 +1,48 @@
-"""Bulk MPTCP transfer for throughput runs: ``serve PORT`` or ``send HOST PORT SECONDS``.
+"""Timed bulk upload to a DIP's echo service: ``python -m bench.bulk VIP PORT SECONDS``.
 
-The sender writes a fixed 1 MiB buffer for SECONDS, half-closes, and waits
-for the receiver's byte count, so the figure is goodput the receiver got.
-Prints one JSON object.
+Sends about SECONDS worth of data (sized from a short probe) through the
+echo protocol, so the DIP hashes every byte and the figure is goodput that
+the DIP verified. Prints one JSON object.
 """
 
+import hashlib
 import json
 import socket
 import sys
 import time
 
+from mptcp_lb import echo_protocol
 from mptcp_lb.mptcp_sockopt import mptcp_socket
 
-CHUNK = 1 << 20
+CHUNK = b"\x5a" * (1 << 20)
 
 
-def serve(port: int) -> None:
-    with mptcp_socket() as ls:
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.bind(("0.0.0.0", port))
-        ls.listen(8)
-        print(json.dumps({"listening": port}), flush=True)
-        while True:
-            conn, _ = ls.accept()
-            with conn:
-                total = 0
-                while data := conn.recv(CHUNK):
-                    total += len(data)
-                conn.sendall(str(total).encode())
-
-
-def send(host: str, port: int, seconds: float) -> None:
-    buf = b"\x5a" * CHUNK
+def upload(vip: str, port: int, n_chunks: int) -> tuple[float, int]:
+    """(seconds, bytes) for one verified upload of n_chunks MiB."""
+    total = n_chunks * len(CHUNK)
+    digest = hashlib.sha256()
     with mptcp_socket() as s:
-        s.connect((host, port))
+        s.connect((vip, port))
         start = time.monotonic()
-        while time.monotonic() - start < seconds:
-            s.sendall(buf)
+        s.sendall(echo_protocol.encode_header(total))
+        for _ in range(n_chunks):
+            s.sendall(CHUNK)
+            digest.update(CHUNK)
         s.shutdown(socket.SHUT_WR)
-        received = int(s.recv(64))
+        reply = echo_protocol.read_reply(s)
         elapsed = time.monotonic() - start
-    print(json.dumps({"bytes": received, "seconds": elapsed, "gbps": received * 8 / elapsed / 1e9}))
+    if reply["sha256"] != digest.hexdigest():
+        raise SystemExit("the DIP received different bytes")
+    return elapsed, total
+
+
+def main() -> None:
+    vip, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    probe_s, probe_b = upload(vip, port, 16)
+    n = max(16, int(seconds * probe_b / probe_s / len(CHUNK)))
+    elapsed, total = upload(vip, port, n)
+    print(json.dumps({"bytes": total, "seconds": elapsed, "gbps": total * 8 / elapsed / 1e9}))
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "serve":
-        serve(int(sys.argv[2]))
-    else:
-        send(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    main()

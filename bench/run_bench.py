@@ -23,7 +23,10 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+
+import yaml
 
 from mininet_topos.harness import Datacenter, require_platform
 
@@ -33,12 +36,18 @@ SERVER_MAC = "02:00:00:09:00:02"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def bench_config() -> dict:
+def bench_config(mode: str = "port") -> dict:
+    """One MUX, one VIP, one DIP (the server host), in the given steering mode."""
+    dip = {"id": 1, "address": SERVER_IP, "mac": SERVER_MAC}
+    vip = {"name": "bench", "address": BENCH_VIP, "port": 80, "mode": mode, "dips": [dip]}
+    if mode == "port":
+        dip["ports"] = "4096-8191"
+    else:
+        vip["key_source"] = "pool"
     return {
         "muxes": [{"name": "bmux", "dpid": 0x9001, "address": MUX_IP, "mac": "02:00:00:09:00:fe",
                    "uplink_port": 1, "fabric_port": 2}],
-        "vips": [{"name": "bench", "address": BENCH_VIP, "port": 80, "mode": "port",
-                  "dips": [{"id": 1, "address": SERVER_IP, "mac": SERVER_MAC, "ports": "4096-8191"}]}],
+        "vips": [vip],
     }
 
 
@@ -47,11 +56,12 @@ def ofctl(*args, stdin: str | None = None) -> str:
                           text=True, check=True).stdout
 
 
-def install_lb(bridge: str) -> None:
+def install_pipeline(bridge: str, mode: str) -> None:
+    """The compiled MUX pipeline for ``mode`` (port or token), as ``mptcp-lb flows`` prints it."""
     from mptcp_lb.config import parse_config
     from ovs_flows.compiler import compile_mux, flow_text, group_text
 
-    config = parse_config(bench_config())
+    config = parse_config(bench_config(mode))
     compiled = compile_mux(config, config.muxes[0])
     ofctl("del-flows", bridge)
     ofctl("del-groups", bridge)
@@ -67,11 +77,19 @@ def install_l2(bridge: str) -> None:
 
 
 def throughput(seconds: float, rounds: int) -> dict:
+    """Goodput client -> VIP through one bridge: plain L2 vs the port pipeline vs the token pipeline.
+
+    The server is the same in all three: a real DIP agent in token mode (key
+    pool, TSval stamping, SYN cookies), so only the MUX pipeline differs. In
+    L2 mode the client reaches the VIP through the server's own MAC.
+    """
     from mininet.net import Mininet
     from mininet.node import OVSSwitch
     from mininet.topo import Topo
 
     from mininet_topos.datacenter import no_tx_offload
+    from mininet_topos.harness import wait_for
+    from mptcp_lb import classifier
 
     tag = f"b{os.getpid() % 1000}"
 
@@ -82,35 +100,45 @@ def throughput(seconds: float, rounds: int) -> dict:
             self.addLink(self.addHost(f"{tag}h1", ip=f"{CLIENT_IP}/24"), sw, port2=1)
             self.addLink(self.addHost(f"{tag}h2", ip=f"{SERVER_IP}/24", mac=SERVER_MAC), sw, port2=2)
 
+    workdir = tempfile.mkdtemp(prefix="mptcp-lb-bench-")
+    config_path = os.path.join(workdir, "token.yaml")
+    with open(config_path, "w") as f:
+        yaml.safe_dump(bench_config("token"), f)
     net = Mininet(topo=Pair(), controller=None, autoSetMacs=False)
-    server = None
+    agent, uplink = None, f"{tag}s1-eth1"
     try:
         net.start()
         h1, h2 = net.get(f"{tag}h1"), net.get(f"{tag}h2")
         bridge = f"{tag}s1"
         for h in (h1, h2):
             no_tx_offload(h)
-        h1.cmd(f"ip route add {BENCH_VIP}/32 via {MUX_IP}")
-        h2.cmd(f"ip addr add {BENCH_VIP}/32 dev lo")
-        h2.cmd("sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2")
-        server = h2.popen([sys.executable, "-m", "bench.bulk", "serve", "80"], stdout=subprocess.PIPE, text=True,
-                          cwd=ROOT)
-        server.stdout.readline()
-        results: dict[str, list[float]] = {"l2": [], "lb": []}
+        h2.cmd(f"ip route add default via {MUX_IP}")
+        ready = os.path.join(workdir, "ready")
+        agent = h2.popen([sys.executable, "-m", "mptcp_lb.cli", "dip-agent", "--config", config_path, "--dip", "1",
+                          "--ready-file", ready], cwd=ROOT)
+        wait_for("the bench DIP agent", lambda: os.path.exists(ready), 20)
+        modes = {"l2": (install_l2, SERVER_IP), "port": (lambda b: install_pipeline(b, "port"), MUX_IP),
+                 "token": (lambda b: install_pipeline(b, "token"), MUX_IP)}
+        results: dict[str, list[float]] = {m: [] for m in modes}
         for _ in range(rounds):
-            for mode, install, target in (("l2", install_l2, SERVER_IP), ("lb", install_lb, BENCH_VIP)):
+            for mode, (install, next_hop) in modes.items():
                 install(bridge)
+                if mode == "token":
+                    classifier.attach(uplink)
+                h1.cmd(f"ip route replace {BENCH_VIP}/32 via {next_hop}")
                 h1.cmd("ip neigh flush all")
-                out = h1.cmd(f"{sys.executable} -m bench.bulk send {target} 80 {seconds}")
+                out = h1.cmd(f"{sys.executable} -m bench.bulk {BENCH_VIP} 80 {seconds}")
+                if mode == "token":
+                    classifier.detach(uplink)
                 results[mode].append(json.loads(out.strip().splitlines()[-1])["gbps"])
                 print(f"  throughput {mode}: {results[mode][-1]:.3f} Gbit/s", flush=True)
-        l2, lb = statistics.median(results["l2"]), statistics.median(results["lb"])
-        return {"l2_gbps": results["l2"], "lb_gbps": results["lb"], "l2_median_gbps": l2,
-                "lb_median_gbps": lb, "lb_over_l2": lb / l2}
+        med = {m: statistics.median(v) for m, v in results.items()}
+        return {"gbps": results, "median_gbps": med, "port_over_l2": med["port"] / med["l2"],
+                "token_over_l2": med["token"] / med["l2"], "token_over_port": med["token"] / med["port"]}
     finally:
-        if server is not None:
-            server.kill()
-            server.wait()
+        if agent is not None:
+            agent.terminate()
+            agent.wait()
         net.stop()
 
 
@@ -256,11 +284,13 @@ def main(argv=None) -> int:
     report["compile"] = compile_time()
     print("datapath flows ...", flush=True)
     report["datapath_flows"] = datapath_flows(*args.conns)
-    print("throughput (LB pipeline vs plain L2, same netdev bridge) ...", flush=True)
+    print("throughput (plain L2 vs port vs token pipeline, same netdev bridge and server) ...", flush=True)
     report["throughput"] = throughput(args.seconds, args.rounds)
     t, d, c = report["throughput"], report["datapath_flows"], report["compile"]
-    print(f"\nMPTCP goodput, LB pipeline / plain L2 forwarding: {t['lb_over_l2']:.2f} "
-          f"({t['lb_median_gbps']:.2f} vs {t['l2_median_gbps']:.2f} Gbit/s, medians of {args.rounds})")
+    m = t["median_gbps"]
+    print(f"\nMPTCP goodput (medians of {args.rounds}): port pipeline / plain L2 {t['port_over_l2']:.2f}, "
+          f"token pipeline / plain L2 {t['token_over_l2']:.2f}, token / port {t['token_over_port']:.2f} "
+          f"({m['port']:.2f}, {m['token']:.2f}, {m['l2']:.2f} Gbit/s)")
     print(f"VIP datapath flows after {d['connections'][0]} / {d['connections'][1]} connections: "
           f"{d['vip_datapath_flows'][0]} / {d['vip_datapath_flows'][1]} (growth ratio {d['growth_ratio']:.2f})")
     print(f"compile 4096 DIPs: {c['4096']['seconds']:.3f} s ({c['4096']['flows']} flows); "

@@ -60,6 +60,19 @@ def cmd_dip_agent(args) -> int:
                key_adoption=not args.no_key_adoption)
 
 
+def cmd_classifier(args) -> int:
+    from mptcp_lb import classifier
+
+    try:
+        (classifier.attach if args.action == "attach" else classifier.detach)(args.interface)
+    except OSError as e:
+        print(f"classifier {args.action} {args.interface}: {e}", file=sys.stderr)
+        return 1
+    print(f"classifier {'attached to' if args.action == 'attach' else 'detached from'} {args.interface} "
+          "(generic XDP)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from mininet_topos.demo import run_demo
 
@@ -96,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-key-adoption", action="store_true",
                    help="token modes: keep the kernel's own keys (a control for tests; joins then break)")
     s.set_defaults(func=cmd_dip_agent)
+
+    s = sub.add_parser("classifier", help="attach/detach the XDP MPTCP classifier on a MUX's uplink port")
+    s.add_argument("action", choices=["attach", "detach"])
+    s.add_argument("interface", help="the OVS-side interface facing the border router")
+    s.set_defaults(func=cmd_classifier)
 
     s = sub.add_parser("demo", help="build the default datacenter topology and run real MPTCP traffic")
     s.add_argument("--mode", default="port", choices=["port", "token", "hybrid"])
