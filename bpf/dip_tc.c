@@ -426,10 +426,53 @@ __attribute__((noinline)) int dip_walk_options(struct __sk_buff *skb, __u32 tcp_
 	return 0;
 }
 
-static __always_inline void egress(struct __sk_buff *skb)
+#define DIR_EGRESS 0  /* from VIP:port; also the scratch slot */
+#define DIR_INGRESS 1 /* to VIP:port */
+
+/*
+ * What both programs do first: the config, the segment and its flow key;
+ * then, for a segment of the VIP's service (from it on egress, to it on
+ * ingress) that has options, its header in scratch slot `dir` and the offsets
+ * of its options. NULL: leave the packet alone.
+ */
+static __always_inline struct scratch *begin(struct __sk_buff *skb, __u32 dir, struct dip_config **cfgp,
+					     struct seg *s, struct flow_key *fk, struct opt_offsets *o)
 {
 	__u32 zero = 0;
 	struct dip_config *cfg = bpf_map_lookup_elem(&dip_config, &zero);
+	struct scratch *sc;
+
+	if (!cfg || !cfg->vip || parse_seg(skb, s))
+		return NULL;
+	if (dir == DIR_INGRESS) {
+		fk->client_ip = s->saddr;
+		fk->vip = s->daddr;
+		fk->client_port = s->sport;
+		fk->vip_port = s->dport;
+	} else {
+		fk->client_ip = s->daddr;
+		fk->vip = s->saddr;
+		fk->client_port = s->dport;
+		fk->vip_port = s->sport;
+	}
+	if (fk->vip != cfg->vip || (cfg->port && fk->vip_port != cfg->port))
+		return NULL;
+	if (s->hdrlen <= sizeof(struct tcphdr)) /* no options */
+		return NULL;
+	sc = load_header(skb, s, dir);
+	if (!sc)
+		return NULL;
+	if (dip_walk_options(skb, s->tcp_off, s->hdrlen, o)) {
+		stat_inc(STAT_MALFORMED);
+		return NULL;
+	}
+	*cfgp = cfg;
+	return sc;
+}
+
+static __always_inline void egress(struct __sk_buff *skb)
+{
+	struct dip_config *cfg;
 	struct flow_state *st;
 	struct flow_key fk = {};
 	struct scratch *sc;
@@ -439,28 +482,14 @@ static __always_inline void egress(struct __sk_buff *skb)
 	int synack, have_key = 0;
 	__u32 mpc, ts, isn;
 
-	if (!cfg || !cfg->vip || parse_seg(skb, &s))
-		return;
-	if (s.saddr != cfg->vip || (cfg->port && s.sport != cfg->port))
-		return;
-	if (s.hdrlen <= sizeof(struct tcphdr)) /* no options */
-		return;
-	sc = load_header(skb, &s, 0);
+	sc = begin(skb, DIR_EGRESS, &cfg, &s, &fk, &o);
 	if (!sc)
 		return;
-	if (dip_walk_options(skb, s.tcp_off, s.hdrlen, &o)) {
-		stat_inc(STAT_MALFORMED);
-		return;
-	}
 	synack = (s.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK);
 	mpc = o.mptcp;
 	ts = o.ts;
 	if (!ts && !(synack && mpc))
 		return;
-	fk.client_ip = s.daddr;
-	fk.vip = s.saddr;
-	fk.client_port = s.dport;
-	fk.vip_port = s.sport;
 	st = flow_get(&fk);
 	if (!st)
 		return;
@@ -522,8 +551,7 @@ static __always_inline void egress(struct __sk_buff *skb)
 
 static __always_inline void ingress(struct __sk_buff *skb)
 {
-	__u32 zero = 0;
-	struct dip_config *cfg = bpf_map_lookup_elem(&dip_config, &zero);
+	struct dip_config *cfg;
 	struct flow_state *st;
 	struct flow_key fk = {};
 	struct scratch *sc;
@@ -532,23 +560,9 @@ static __always_inline void ingress(struct __sk_buff *skb)
 	__u32 tsecr, restored, sid;
 	__be32 wire;
 
-	if (!cfg || !cfg->vip || parse_seg(skb, &s))
-		return;
-	if (s.daddr != cfg->vip || (cfg->port && s.dport != cfg->port))
-		return;
-	if (s.hdrlen <= sizeof(struct tcphdr)) /* no options */
-		return;
-	sc = load_header(skb, &s, 1);
+	sc = begin(skb, DIR_INGRESS, &cfg, &s, &fk, &o);
 	if (!sc)
 		return;
-	if (dip_walk_options(skb, s.tcp_off, s.hdrlen, &o)) {
-		stat_inc(STAT_MALFORMED);
-		return;
-	}
-	fk.client_ip = s.saddr;
-	fk.vip = s.daddr;
-	fk.client_port = s.sport;
-	fk.vip_port = s.dport;
 
 	if ((s.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
 		/* A SYN echoes no timestamp (TSecr is 0): only the carrier matters. */

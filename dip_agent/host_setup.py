@@ -21,9 +21,11 @@ from pyroute2.netlink.generic import GenericNetlinkSocket
 
 from mptcp_lb.mptcp_sockopt import MptcpUnavailable
 
+from .sysctl import PROC_SYS, change_sysctl, read_sysctl, restore_sysctls, sysctl_name
+from .undo import Undo, rollback_on_failure
+
 log = logging.getLogger(__name__)
 
-PROC_SYS = "/proc/sys"
 MPTCP_ENABLED = "net/mptcp/enabled"
 MPTCP_GENL_FAMILY = "mptcp_pm"
 MPTCP_PM_ADDR_FLAG_SIGNAL = 1
@@ -42,29 +44,15 @@ SYSCTLS = {
 __all__ = ["DipHostSetup", "MptcpUnavailable", "SYSCTLS", "check_mptcp_available"]
 
 
-def _sysctl_name(path: str) -> str:
-    return path.replace("/", ".")
-
-
-def _read_sysctl(path: str) -> str:
-    with open(os.path.join(PROC_SYS, path), encoding="ascii") as f:
-        return f.read().strip()
-
-
-def _write_sysctl(path: str, value: str) -> None:
-    with open(os.path.join(PROC_SYS, path), "w", encoding="ascii") as f:
-        f.write(value)
-
-
 def check_mptcp_available() -> None:
     """Raise MptcpUnavailable naming what this namespace lacks for in-kernel MPTCP."""
     try:
-        enabled = _read_sysctl(MPTCP_ENABLED)
+        enabled = read_sysctl(MPTCP_ENABLED)
     except FileNotFoundError as e:
         raise MptcpUnavailable(f"{os.path.join(PROC_SYS, MPTCP_ENABLED)} does not exist: "
                                "the kernel is built without CONFIG_MPTCP") from e
     if enabled != "1":
-        raise MptcpUnavailable(f"{_sysctl_name(MPTCP_ENABLED)} is {enabled} in this network "
+        raise MptcpUnavailable(f"{sysctl_name(MPTCP_ENABLED)} is {enabled} in this network "
                                "namespace; it must be 1")
     genl = GenericNetlinkSocket()
     try:
@@ -127,20 +115,13 @@ class DipHostSetup:
     def apply(self) -> None:
         """Configure the namespace; on failure, roll back what was done and re-raise."""
         check_mptcp_available()
-        try:
+        with rollback_on_failure(self.undo, log, "DIP setup for VIP %s port %s", self.vip, self.announce_port):
             self._apply_address()
             self._apply_sysctls()
             with MPTCP() as pm:
                 self._apply_limits(pm)
                 if self.announce_port is not None:
                     self._apply_endpoint(pm)
-        except Exception:
-            log.error("DIP setup for VIP %s port %d failed; rolling back", self.vip, self.announce_port)
-            try:
-                self.undo()
-            except Exception:  # already logged step by step; the setup failure is the news
-                pass
-            raise
 
     def _apply_address(self) -> None:
         with IPRoute() as ipr:
@@ -154,11 +135,7 @@ class DipHostSetup:
 
     def _apply_sysctls(self) -> None:
         for path, value in self.sysctls.items():
-            old = _read_sysctl(path)
-            self._saved_sysctls.setdefault(path, old)
-            if old != value:
-                _write_sysctl(path, value)
-                log.info("sysctl %s: %s -> %s", _sysctl_name(path), old, value)
+            change_sysctl(path, value, self._saved_sysctls, log)
 
     def _apply_limits(self, pm: MPTCP) -> None:
         old = _limits(pm)
@@ -185,28 +162,16 @@ class DipHostSetup:
 
     def undo(self) -> None:
         """Restore everything apply() changed; keep going past failures, then raise the first."""
-        errors: list[Exception] = []
-
-        def attempt(what: str, fn, *args) -> None:
-            try:
-                fn(*args)
-            except Exception as e:  # one failed step must not leave the rest applied
-                log.error("undo: %s failed: %s", what, e)
-                errors.append(e)
-
-        if self._endpoint_id is not None or self._saved_limits is not None:
-            with MPTCP() as pm:
-                if self._endpoint_id is not None:
-                    attempt("deleting MPTCP endpoint", self._undo_endpoint, pm)
-                if self._saved_limits is not None:
-                    attempt("restoring MPTCP limits", self._undo_limits, pm)
-        for path, value in self._saved_sysctls.items():
-            attempt(f"restoring sysctl {_sysctl_name(path)}", _write_sysctl, path, value)
-        self._saved_sysctls = {}
-        if self._added_address:
-            attempt(f"deleting {self.vip}/32 from lo", self._undo_address)
-        if errors:
-            raise errors[0]
+        with Undo(log) as undo:
+            if self._endpoint_id is not None or self._saved_limits is not None:
+                with MPTCP() as pm:
+                    if self._endpoint_id is not None:
+                        undo.attempt("deleting MPTCP endpoint", self._undo_endpoint, pm)
+                    if self._saved_limits is not None:
+                        undo.attempt("restoring MPTCP limits", self._undo_limits, pm)
+            restore_sysctls(self._saved_sysctls, undo.attempt)
+            if self._added_address:
+                undo.attempt(f"deleting {self.vip}/32 from lo", self._undo_address)
 
     def _undo_endpoint(self, pm: MPTCP) -> None:
         endpoint_id, self._endpoint_id = self._endpoint_id, None

@@ -31,6 +31,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 from mptcp_lb.bpf import BpfMap, BpfObject
 from mptcp_lb.mptcp_codec import KEY_LEN, make_key
 
+from .sysctl import change_sysctl, restore_sysctls
+from .undo import Undo, rollback_on_failure
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +55,6 @@ STAT_NAMES = ("synack_key_set", "synack_no_key", "pool_empty", "carrier_stored",
               "tsecr_exact", "tsecr_restored", "tsecr_unmatched", "malformed", "no_state")
 
 SYNCOOKIES = "net/ipv4/tcp_syncookies"
-PROC_SYS = "/proc/sys"
 
 # tc: clsact's ingress / egress hooks, and where our filters sit in them.
 TC_INGRESS = "ffff:fff2"
@@ -256,16 +258,6 @@ class KeyPool:
 # ------------------------------------------------------------------ setup
 
 
-def _read_sysctl(path: str) -> str:
-    with open(os.path.join(PROC_SYS, path), encoding="ascii") as f:
-        return f.read().strip()
-
-
-def _write_sysctl(path: str, value: str) -> None:
-    with open(os.path.join(PROC_SYS, path), "w", encoding="ascii") as f:
-        f.write(value)
-
-
 class DipTokenSetup:
     """Token steering on this namespace's DIP: tc programs, maps, key pool and syncookies.
 
@@ -304,7 +296,7 @@ class DipTokenSetup:
         self.poll_interval = poll_interval
         self.obj: BpfObject | None = None
         self.pool: KeyPool | None = None
-        self._saved_syncookies: str | None = None
+        self._saved_sysctls: dict[str, str] = {}  # the values found before the first apply()
         self._attached: list[tuple[int, str]] = []  # (ifindex, parent) of each filter we added
         self._own_clsact: list[int] = []  # ifindexes where we created clsact
 
@@ -314,7 +306,8 @@ class DipTokenSetup:
         """Load, configure, fill, attach; on failure roll back what was done and re-raise."""
         if self.obj is not None:
             return
-        try:
+        with rollback_on_failure(self.undo, log, "token steering setup on %s for %s:%d",
+                                 ",".join(self.ifnames), self.vip, self.port):
             self.obj = BpfObject(build_object(self.object_path))
             self.obj.map("dip_config").update(_U32.pack(0), self._config)
             if self.mode == KEY_MODE_POOL:
@@ -325,27 +318,13 @@ class DipTokenSetup:
                 self.pool.start()
             self._apply_syncookies()
             self._attach()
-        except Exception:
-            log.error("token steering setup on %s for %s:%d failed; rolling back",
-                      ",".join(self.ifnames), self.vip, self.port)
-            try:
-                self.undo()
-            except Exception:  # logged step by step; the setup failure is the news
-                pass
-            raise
         log.info("token steering on %s: VIP %s port %d, server id %d, key mode %s",
                  ",".join(self.ifnames), self.vip, self.port, self.server_id,
                  {v: k for k, v in KEY_MODES.items()}[self.mode])
 
     def _apply_syncookies(self) -> None:
-        if self.syncookies is None:
-            return
-        old = _read_sysctl(SYNCOOKIES)
-        if self._saved_syncookies is None:
-            self._saved_syncookies = old
-        if old != str(self.syncookies):
-            _write_sysctl(SYNCOOKIES, str(self.syncookies))
-            log.info("sysctl net.ipv4.tcp_syncookies: %s -> %d", old, self.syncookies)
+        if self.syncookies is not None:
+            change_sysctl(SYNCOOKIES, str(self.syncookies), self._saved_sysctls, log)
 
     def _attach(self) -> None:
         with IPRoute() as ipr:
@@ -374,28 +353,16 @@ class DipTokenSetup:
 
     def undo(self) -> None:
         """Restore everything apply() changed; keep going past failures, then raise the first."""
-        errors: list[Exception] = []
-
-        def attempt(what: str, fn, *args) -> None:
-            try:
-                fn(*args)
-            except Exception as e:  # one failed step must not leave the rest applied
-                log.error("undo: %s failed: %s", what, e)
-                errors.append(e)
-
-        if self._attached or self._own_clsact:
-            attempt("detaching tc programs", self._detach)
-        if self.pool is not None:
-            attempt("stopping the key pool", self.pool.stop)
-            self.pool = None
-        if self._saved_syncookies is not None:
-            saved, self._saved_syncookies = self._saved_syncookies, None
-            attempt("restoring net.ipv4.tcp_syncookies", _write_sysctl, SYNCOOKIES, saved)
-        if self.obj is not None:
-            self.obj.close()
-            self.obj = None
-        if errors:
-            raise errors[0]
+        with Undo(log) as undo:
+            if self._attached or self._own_clsact:
+                undo.attempt("detaching tc programs", self._detach)
+            if self.pool is not None:
+                undo.attempt("stopping the key pool", self.pool.stop)
+                self.pool = None
+            restore_sysctls(self._saved_sysctls, undo.attempt)
+            if self.obj is not None:
+                self.obj.close()
+                self.obj = None
 
     def _detach(self) -> None:
         with IPRoute() as ipr:

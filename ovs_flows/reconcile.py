@@ -34,6 +34,26 @@ def _meter_mod(desired, command: int):
                               bands=desired.bands)
 
 
+def _same_meter(have, want) -> bool:
+    return meter_text(have) == meter_text(want)
+
+
+def _same_group(have, want) -> bool:
+    return have.type == want.type and buckets_text(have.buckets) == buckets_text(want.buckets)
+
+
+def _add_or_modify(have: dict, want: dict, same, mod, add: int, modify: int) -> list:
+    """``mod(w, add)`` for each id of ``want`` missing from ``have``, ``mod(w, modify)`` where not ``same``."""
+    msgs = []
+    for key, w in want.items():
+        h = have.get(key)
+        if h is None:
+            msgs.append(mod(w, add))
+        elif not same(h, w):
+            msgs.append(mod(w, modify))
+    return msgs
+
+
 def reconcile(desired: CompiledMux, flow_stats: list, group_descs: list, meter_configs: list = ()) -> list:
     """Messages that turn (flow_stats, group_descs, meter_configs) into ``desired``; [] if equal.
 
@@ -41,23 +61,12 @@ def reconcile(desired: CompiledMux, flow_stats: list, group_descs: list, meter_c
     point at them, and stale ones are deleted last (deleting a group also
     deletes the flows that use it).
     """
-    msgs: list = []
     have_meters = {m.meter_id: m for m in meter_configs}
     want_meters = {m.meter_id: m for m in desired.meters}
-    for mid, want in want_meters.items():
-        have = have_meters.get(mid)
-        if have is None:
-            msgs.append(_meter_mod(want, ofp.OFPMC_ADD))
-        elif meter_text(have) != meter_text(want):
-            msgs.append(_meter_mod(want, ofp.OFPMC_MODIFY))
     have_groups = {g.group_id: g for g in group_descs}
     want_groups = {g.group_id: g for g in desired.groups}
-    for gid, want in want_groups.items():
-        have = have_groups.get(gid)
-        if have is None:
-            msgs.append(_group_mod(want, ofp.OFPGC_ADD))
-        elif have.type != want.type or buckets_text(have.buckets) != buckets_text(want.buckets):
-            msgs.append(_group_mod(want, ofp.OFPGC_MODIFY))
+    msgs = (_add_or_modify(have_meters, want_meters, _same_meter, _meter_mod, ofp.OFPMC_ADD, ofp.OFPMC_MODIFY)
+            + _add_or_modify(have_groups, want_groups, _same_group, _group_mod, ofp.OFPGC_ADD, ofp.OFPGC_MODIFY))
     if msgs:
         msgs.append(parser.OFPBarrierRequest(datapath=None))
 

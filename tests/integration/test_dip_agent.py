@@ -19,17 +19,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from mininet_topos.harness import wait_for
+from tests.integration.netns import REPO, WAIT, Namespaces, in_ns, python_env
+
 VIP = "10.77.9.100"
 SERVICE_PORT = 80
 ANNOUNCE_PORT = 4096
 DIP_ID = 1
-WAIT = 15.0  # seconds for any polled condition
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
@@ -84,83 +84,10 @@ def run_agent(ns: str, config: Path, dip_id: int, ready: Path) -> subprocess.Pop
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env(), cwd=REPO)
 
 
-def sh(*cmd: str, check: bool = True) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc.stdout
-
-
-def in_ns(ns: str, *cmd: str, check: bool = True) -> str:
-    return sh("ip", "netns", "exec", ns, *cmd, check=check)
-
-
-def python_env() -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-
-
-def poll(condition, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-class Namespaces:
-    """A client and a server namespace joined by two veth pairs."""
-
-    def __init__(self) -> None:
-        tag = os.getpid()
-        self.server = f"mlbs{tag}"
-        self.client = f"mlbc{tag}"
-        self.veths = [(f"mlb{tag}c{i}", f"mlb{tag}s{i}") for i in range(2)]  # (client end, server end)
-
-    def create(self) -> None:
-        for ns in (self.server, self.client):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        for i, (c_if, s_if) in enumerate(self.veths):
-            sh("ip", "link", "add", c_if, "netns", self.client, "type", "veth", "peer", "name", s_if,
-               "netns", self.server)
-            sh("ip", "-n", self.client, "addr", "add", f"10.77.{i}.1/24", "dev", c_if)
-            sh("ip", "-n", self.server, "addr", "add", f"10.77.{i}.2/24", "dev", s_if)
-            sh("ip", "-n", self.client, "link", "set", c_if, "up")
-            sh("ip", "-n", self.server, "link", "set", s_if, "up")
-            sh("ip", "-n", self.client, "route", "add", f"{VIP}/32", "via", f"10.77.{i}.2", "dev", c_if,
-               "metric", str(100 * i))
-
-    def destroy(self) -> None:
-        """Tear down even after a failure: kill what runs inside, flush endpoints, delete all."""
-        existing = sh("ip", "netns", "list", check=False)
-        for ns in (self.server, self.client):
-            if ns not in existing.split():
-                continue
-            for pid in sh("ip", "netns", "pids", ns, check=False).split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            poll(lambda: not sh("ip", "netns", "pids", ns, check=False).split(), f"processes in {ns} to exit")
-            in_ns(ns, "ip", "mptcp", "endpoint", "flush", check=False)
-        for c_if, _ in self.veths:
-            sh("ip", "-n", self.client, "link", "del", c_if, check=False)
-        for ns in (self.server, self.client):
-            if ns in existing.split():
-                sh("ip", "netns", "del", ns, check=False)
-
-
 @pytest.fixture
 def netns():
-    spaces = Namespaces()
-    try:
-        spaces.create()
+    with Namespaces("mlb", "10.77", VIP) as spaces:
         yield spaces
-    finally:
-        spaces.destroy()
 
 
 def server_state(ns: str) -> dict:
@@ -251,7 +178,7 @@ def test_echo_traffic_uses_announced_port_and_verifies_every_byte(netns, tmp_pat
     ready = tmp_path / "ready"
     agent = run_agent(netns.server, config, DIP_ID, ready)
     try:
-        poll(lambda: ready.exists() or agent.poll() is not None, "the DIP agent to become ready")
+        wait_for("the DIP agent to become ready", lambda: ready.exists() or agent.poll() is not None, WAIT)
         assert agent.poll() is None, f"agent exited {agent.returncode}: {agent.stderr.read()}"
         assert ready.read_text() == "ready\n"
 

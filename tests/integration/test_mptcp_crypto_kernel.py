@@ -18,7 +18,6 @@ import select
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,11 +25,10 @@ from scapy.all import TCP, Ether
 
 from mptcp_lb.mptcp_codec import (MpCapable, classify_frame, key_to_idsn, key_to_token, parse_mptcp,
                                   parse_tcp_options, parse_timestamp)
+from tests.integration.netns import REPO, WAIT, Namespaces, python_env
 
-REPO = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("mptcp_key_probe.py")
-CLIENT_ADDR, SERVER_ADDR, PORT = "10.79.0.1", "10.79.0.2", 8080
-WAIT = 15.0  # seconds for any awaited event
+CLIENT_ADDR, SERVER_ADDR, PORT = "10.79.0.1", "10.79.0.2", 8080  # pair 0 of Namespaces("mlbk", "10.79")
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
@@ -38,47 +36,14 @@ pytestmark = [
 ]
 
 
-def sh(*cmd: str, check: bool = True) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc.stdout
-
-
 def probe_cmd(ns: str, *args: str) -> list[str]:
     return ["ip", "netns", "exec", ns, sys.executable, str(PROBE), *args]
 
 
-def python_env() -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-
-
-@dataclass(frozen=True)
-class Pair:
-    server: str
-    client: str
-    client_if: str
-
-
 @pytest.fixture
 def pair():
-    tag = os.getpid()
-    spaces = Pair(server=f"mlbks{tag}", client=f"mlbkc{tag}", client_if=f"mk{tag}c")
-    try:
-        for ns in (spaces.server, spaces.client):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "link", "add", spaces.client_if, "netns", spaces.client, "type", "veth",
-           "peer", "name", f"mk{tag}s", "netns", spaces.server)
-        for ns, ifname, addr in ((spaces.client, spaces.client_if, CLIENT_ADDR),
-                                 (spaces.server, f"mk{tag}s", SERVER_ADDR)):
-            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", ifname)
-            sh("ip", "-n", ns, "link", "set", ifname, "up")
+    with Namespaces("mlbk", "10.79", pairs=1) as spaces:
         yield spaces
-    finally:
-        # Our probes are gone by now (the test waits for or kills them), so the veth dies with its netns.
-        for ns in (spaces.server, spaces.client):
-            sh("ip", "netns", "del", ns, check=False)
 
 
 def read_line(proc: subprocess.Popen, timeout: float = WAIT) -> str:
@@ -94,14 +59,14 @@ def read_line(proc: subprocess.Popen, timeout: float = WAIT) -> str:
     raise AssertionError(f"no line from {proc.args}: {proc.communicate()[1]}")
 
 
-def handshake(spaces: Pair) -> tuple[dict, dict]:
+def handshake(spaces: Namespaces) -> tuple[dict, dict]:
     """Run one MPTCP connection: (server MPTCP_INFO, client {"info", "frames"})."""
     server = subprocess.Popen(probe_cmd(spaces.server, "server", SERVER_ADDR, str(PORT)),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=python_env(), cwd=REPO)
     try:
         assert read_line(server) == "listening"
-        client = subprocess.run(probe_cmd(spaces.client, "client", spaces.client_if, SERVER_ADDR, str(PORT)),
+        client = subprocess.run(probe_cmd(spaces.client, "client", spaces.veths[0][0], SERVER_ADDR, str(PORT)),
                                 capture_output=True, text=True, timeout=2 * WAIT, env=python_env(), cwd=REPO)
         assert client.returncode == 0, client.stderr
         out, err = server.communicate(timeout=WAIT)

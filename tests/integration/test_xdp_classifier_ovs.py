@@ -14,16 +14,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
-import time
 
 import pytest
 from scapy.all import IP, TCP, Ether, raw
 
+from mininet_topos.harness import wait_for
 from mptcp_lb import classifier
+from tests.integration.netns import WAIT, sh
 
-WAIT = 15.0
 ORIGINAL_DST = "02:00:00:77:00:02"
 SERVER_ID = 0xABC
 
@@ -37,24 +36,6 @@ import sys
 from scapy.all import Ether, sendp
 sendp([Ether(bytes.fromhex(h)) for h in sys.argv[2:]], iface=sys.argv[1], verbose=False)
 """
-
-
-def sh(*cmd: str, check: bool = True) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc.stdout
-
-
-def poll(condition, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def frame(flags: str, options: list) -> bytes:
@@ -109,9 +90,9 @@ def bridge_with_classifier():
         classifier.attach(outer)
         yield bridge, ns, outer, inner
     finally:
-        subprocess.run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", bridge], capture_output=True)
-        subprocess.run(["ip", "link", "del", outer], capture_output=True)  # also detaches the program
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        sh("ovs-vsctl", "--timeout=10", "--if-exists", "del-br", bridge, check=False)
+        sh("ip", "link", "del", outer, check=False)  # also detaches the program
+        sh("ip", "netns", "del", ns, check=False)
 
 
 def test_ovs_matches_the_tag_macs_the_classifier_writes(bridge_with_classifier):
@@ -124,8 +105,8 @@ def test_ovs_matches_the_tag_macs_the_classifier_writes(bridge_with_classifier):
 
     expected = {match: len(sent) for match, sent in FLOWS.items()}
     try:
-        poll(lambda: packet_counts(bridge) == expected, f"OpenFlow counters {expected} on {bridge}")
-    except AssertionError as timeout:
+        wait_for(f"OpenFlow counters {expected} on {bridge}", lambda: packet_counts(bridge) == expected, WAIT)
+    except TimeoutError as timeout:
         raise AssertionError(f"{timeout}; last seen {packet_counts(bridge)}") from None
 
     classifier.detach(outer)
