@@ -1,7 +1,8 @@
 # Quick start: `make demo` and `make test`. Both bootstrap what a fresh Debian 12 machine lacks.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := openvswitch-switch mininet iproute2 ethtool iperf3 tcpdump procps clang llvm libbpf-dev
+APT_PACKAGES := openvswitch-switch mininet iproute2 ethtool iperf3 tcpdump procps clang llvm libbpf-dev \
+	python3-venv
 OUT ?= out
 
 .PHONY: all bootstrap deps venv ovs bpf demo test unit bench clean

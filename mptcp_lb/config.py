@@ -19,6 +19,11 @@ MODES = ("port", "token", "hybrid")
 PORT_MODES = ("port", "hybrid")  # DIPs own port ranges and announce one port
 TOKEN_MODES = ("token", "hybrid")  # DIPs own token slices and stamp timestamps
 KEY_SOURCES = ("mux", "pool")  # who makes a connection's key: the controller, or the DIP's pool
+# How a MUX hashes packets that carry no steering information:
+#  dp_hash:   OVS select group; the datapath hashes, so megaflows do not grow per connection.
+#  multipath: a plain flow (installable without groups) whose choice the controller can
+#             predict exactly (ovs_flows/ovs_hash.py); megaflows then match the L4 ports.
+HASH_METHODS = ("dp_hash", "multipath")
 MAX_DIP_ID = 4095  # 12 bits: the server ID a DIP stamps into TCP timestamps
 MAX_SLICE_BITS = 12
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
@@ -67,6 +72,7 @@ class Vip:
     dips: tuple[Dip, ...]
     key_source: str = "mux"
     slice_bits: int = 8
+    hash: str = "dp_hash"
 
     @property
     def uses_ports(self) -> bool:
@@ -336,7 +342,7 @@ def assign_slices(dips: list[Dip], slice_bits: int) -> list[Dip]:
 
 
 def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
-    obj = ck.mapping(raw, path, {"name", "address", "port", "dips"}, {"mode", "key_source", "slice_bits"})
+    obj = ck.mapping(raw, path, {"name", "address", "port", "dips"}, {"mode", "key_source", "slice_bits", "hash"})
     if obj is None:
         return None
     name = ck.name(obj, "name", path)
@@ -356,6 +362,15 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
             return None
     slice_bits = ck.integer(obj, "slice_bits", path, 1, MAX_SLICE_BITS, 8)
     if slice_bits is None:
+        return None
+    seeded = mode in TOKEN_MODES and key_source == "mux"
+    hash_method = obj.get("hash", "multipath" if seeded else "dp_hash")
+    if hash_method not in HASH_METHODS:
+        ck.fail(f"{path}.hash", f"{hash_method!r} is not one of {', '.join(HASH_METHODS)}")
+        return None
+    if seeded and hash_method != "multipath":
+        ck.fail(f"{path}.hash", f"{hash_method!r}: key_source mux needs multipath, the hash the controller "
+                                "can predict when it picks a DIP for a SYN")
         return None
     raw_dips = obj.get("dips")
     dips: list[Dip] = []
@@ -380,7 +395,7 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
     if None in (name, address, port) or not dips:
         return None
     return Vip(name=name, address=address, port=port, mode=mode, dips=tuple(dips), key_source=key_source,
-               slice_bits=slice_bits)
+               slice_bits=slice_bits, hash=hash_method)
 
 
 def _parse_list(ck: _Checker, raw: dict, key: str, parse) -> list:

@@ -275,7 +275,7 @@ def _mac(n: int) -> str:
 
 
 def hashed_dip(vip: Vip, src: str, dst: str, sport: int, dport: int) -> Dip | None:
-    """The DIP the seed-mode multipath flow (``_hashed_flows``) picks for a 5-tuple.
+    """The DIP the multipath flow (``_hashed_flows``, ``hash: multipath``) picks for a 5-tuple.
 
     The controller seeds a SYN with a key for exactly this DIP, so a client
     that sends no timestamps (and so carries no server-ID tag) still reaches
@@ -291,7 +291,7 @@ def hashed_dip(vip: Vip, src: str, dst: str, sport: int, dport: int) -> Dip | No
 
 
 def _hashed_flows(out: CompiledMux, mux: Mux, vip: Vip) -> list:
-    """Actions of the service-port flow in seed mode, plus the reg0 -> DIP table they resubmit to."""
+    """Actions of the multipath service-port flow, plus the reg0 -> DIP table they resubmit to."""
     active = [d for d in vip.dips if d.state == "active"]
     if not active:
         return []
@@ -340,8 +340,8 @@ def compile_mux(config: Config, mux: Mux) -> CompiledMux:
     out.flows.append(arp_responder(mux.address, mux.mac))
     for group_id, vip in enumerate(config.vips, start=1):
         out.flows.append(arp_responder(vip.address, mux.mac))
-        if vip.uses_tokens and vip.key_source == "mux":
-            # Seed mode: the controller must predict the hash, so it is multipath, not dp_hash.
+        if vip.hash == "multipath":
+            # Always so in seed mode, where the controller must predict the hash.
             out.flows.append(flow_mod(PRIO_VIP, _service(vip), _hashed_flows(out, mux, vip)))
         else:
             group, bucket_dips = vip_group(mux, vip, group_id)

@@ -187,5 +187,13 @@ def test_printed_flows_install_as_is_on_a_netdev_bridge(tmp_path):
                                 text=True, check=True).stdout
         cookies = lambda text: sorted(re.findall(r"cookie=(0x[0-9a-f]+)", text))  # noqa: E731
         assert cookies(dumped) == cookies(printed) and len(cookies(printed)) == ofctl_flow_count(bridge) == 8
+        # With `hash: multipath` every rule is a flow: one pipe installs it all.
+        subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "del-flows", bridge], check=True)
+        subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "del-groups", bridge], check=True)
+        text = subprocess.run([*cli, "flows", "examples/port-standalone.yaml"], capture_output=True, text=True,
+                              check=True).stdout
+        subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "add-flows", bridge, "-"], input=text, text=True,
+                       check=True)
+        assert ofctl_flow_count(bridge) == len(text.splitlines()) == 11  # 8 + 3 hashed (table 1)
     finally:
         subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge])

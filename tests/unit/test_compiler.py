@@ -211,3 +211,20 @@ def test_drained_dip_leaves_the_seed_hash_but_keeps_its_tags(raw_config):
     assert {dip_of(table, tcp(80, sport=s), config) for s in range(40000, 40200)} == {2, 3}
     assert {hashed_dip(config.vips[0], "10.0.1.1", VIP, s, 80).id for s in range(40000, 40200)} == {2, 3}
     assert dip_of(table, tagged(80, tag_mac(CLASS_TIMESTAMP, 1)), config) == 1
+
+
+def test_port_mode_with_multipath_needs_no_group(raw_config):
+    from ovs_flows.compiler import hashed_dip
+
+    raw_config["vips"][0]["hash"] = "multipath"
+    config = parse_config(raw_config)
+    compiled = compile_mux(config, config.muxes[0])
+    assert compiled.groups == [] and compiled.meters == []
+    table = FakeOFTable(compiled.flows)  # no group or meter has to exist first
+    seen = set()
+    for sport in range(40000, 40060):
+        got = dip_of(table, tcp(80, sport=sport), config)
+        assert got == hashed_dip(config.vips[0], "10.0.1.1", VIP, sport, 80).id
+        seen.add(got)
+    assert seen == {1, 2, 3}
+    assert dip_of(table, tcp(12288), config) == 3

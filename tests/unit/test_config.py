@@ -179,3 +179,22 @@ def test_adding_a_dip_to_a_token_vip_needs_free_slices(raw_config):
         with_dip_added(config, "web", new)
     added = with_dip_added(config, "web", {**new, "slices": [3]})
     assert added.vips[0].dip(4).slices == frozenset({3})
+
+
+def test_hash_method(raw_config):
+    assert parse_config(raw_config).vips[0].hash == "dp_hash"
+    raw_config["vips"][0]["hash"] = "multipath"
+    assert parse_config(raw_config).vips[0].hash == "multipath"
+    raw_config["vips"][0]["hash"] = "random"
+    assert problems(raw_config) == ["vips[0].hash: 'random' is not one of dp_hash, multipath"]
+    raw = token_vip(raw_config)
+    raw["vips"][0]["hash"] = "dp_hash"
+    assert problems(raw) == ["vips[0].hash: 'dp_hash': key_source mux needs multipath, the hash the controller "
+                             "can predict when it picks a DIP for a SYN"]
+    del raw["vips"][0]["hash"]
+    assert parse_config(raw).vips[0].hash == "multipath"
+
+
+def test_standalone_example_is_valid():
+    config = load_config("examples/port-standalone.yaml")
+    assert config.vips[0].hash == "multipath" and config.vips[0].mode == "port"
