@@ -1,7 +1,7 @@
 # Quick start: `make demo` and `make test`. Both bootstrap what a fresh Debian 12 machine lacks.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := openvswitch-switch mininet iproute2 ethtool iperf3 tcpdump procps clang llvm libbpf-dev \
+APT_PACKAGES := openvswitch-switch mininet iproute2 ethtool tcpdump procps clang llvm libbpf-dev \
 	python3-venv
 OUT ?= out
 
@@ -21,7 +21,7 @@ deps:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml | deps
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

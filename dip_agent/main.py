@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -113,6 +114,8 @@ def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: 
                 log.info("wrote ready to %s", ready_file)
             stop.wait()
         finally:
+            if ready_file is not None and os.path.exists(ready_file):
+                os.unlink(ready_file)
             server.stop()
             try:
                 if token is not None:

@@ -480,7 +480,14 @@ def with_dip_state(config: Config, vip_name: str, dip_id: int, state: str) -> Co
     vip = config.vip(vip_name)
     vip.dip(dip_id)  # KeyError if absent
     dips = tuple(replace(d, state=state) if d.id == dip_id else d for d in vip.dips)
+    _require_active(vip, dips, f"cannot drain DIP {dip_id}")
     return config.with_vip(replace(vip, dips=dips))
+
+
+def _require_active(vip: Vip, dips: tuple[Dip, ...], what: str) -> None:
+    """A VIP with no active DIP would blackhole every new connection: refuse it."""
+    if not any(d.state == "active" for d in dips):
+        raise ConfigError([f"vips[{vip.name}].dips: {what}: no active DIP would be left"])
 
 
 def with_dip_removed(config: Config, vip_name: str, dip_id: int) -> Config:
@@ -490,6 +497,7 @@ def with_dip_removed(config: Config, vip_name: str, dip_id: int) -> Config:
     dips = tuple(d for d in vip.dips if d.id != dip_id)
     if not dips:
         raise ConfigError([f"vips[{vip.name}].dips: cannot remove the last DIP ({dip_id})"])
+    _require_active(vip, dips, f"cannot remove DIP {dip_id}")
     return config.with_vip(replace(vip, dips=dips))
 
 

@@ -12,9 +12,14 @@ from __future__ import annotations
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from ovs_flows.compiler import CompiledMux, buckets_text, flow_text, meter_text
+from ovs_flows.compiler import CompiledMux, buckets_text, flow_text, match_text, meter_text
 
 ALL_BITS = 0xFFFFFFFFFFFFFFFF
+
+
+def _slot(flow) -> tuple:
+    """What OVS keys a flow by: an ADD with the same slot replaces the flow there."""
+    return flow.table_id, flow.priority, match_text(flow.match)
 
 
 def _delete_strict(stats):
@@ -71,14 +76,19 @@ def reconcile(desired: CompiledMux, flow_stats: list, group_descs: list, meter_c
         msgs.append(parser.OFPBarrierRequest(datapath=None))
 
     want_flows = {flow_text(f): f for f in desired.flows}
-    have_texts = set()
+    have_texts, stale = set(), []
     for stats in flow_stats:
         text = flow_text(stats)  # flow-stats entries carry the same fields as flow_mods
         if text in want_flows and text not in have_texts:
             have_texts.add(text)
         else:
-            msgs.append(_delete_strict(stats))
-    msgs.extend(f for text, f in want_flows.items() if text not in have_texts)
+            stale.append(stats)
+    # Adds first: an ADD replaces a flow with the same match and priority in place, so a
+    # changed flow never leaves a gap in which its packets fall to the VIP drop rule.
+    adds = [f for text, f in want_flows.items() if text not in have_texts]
+    msgs.extend(adds)
+    replaced = {_slot(f) for f in adds}
+    msgs.extend(_delete_strict(s) for s in stale if _slot(s) not in replaced)
 
     stale_groups = sorted(set(have_groups) - set(want_groups))
     stale_meters = sorted(set(have_meters) - set(want_meters))

@@ -115,15 +115,23 @@ class ApiServer:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 10  # seconds a client may stall before its connection is dropped
+
             def _serve(self):
                 try:
-                    length = int(self.headers.get("Content-Length") or 0)
+                    raw_length = self.headers.get("Content-Length") or "0"
+                    if not raw_length.isdigit():
+                        raise ApiError(400, f"Content-Length {raw_length!r} is not a byte count")
+                    length = int(raw_length)
                     if length > MAX_BODY:
                         raise ApiError(413, f"body of {length} bytes exceeds {MAX_BODY}")
                     body = self.rfile.read(length) if length else b""
                     status, ctype, payload = api.route(self.command, self.path.split("?")[0], body)
                 except ApiError as e:
                     status, ctype, payload = api._json(e.status, {"error": str(e)})
+                except Exception:  # a bug must cost one request, not the API thread
+                    log.exception("api: %s %s failed", self.command, self.path)
+                    status, ctype, payload = api._json(500, {"error": "internal error (see controller log)"})
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(payload)))

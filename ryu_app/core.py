@@ -17,7 +17,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from mptcp_lb.config import Config, Mux
 from ovs_flows.compiler import COOKIE_TAG, CompiledMux, compile_all, to_dip
 from ovs_flows.reconcile import reconcile
-from ryu_app.seeding import SeedError, parse_syn, seed_syn
+from ryu_app.seeding import NoRoomForKey, SeedError, hash_choice, parse_syn, seed_syn
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,15 @@ class LbCore:
             if not vips:
                 raise SeedError(f"no seed-mode VIP at {five.dst}:{five.dport}")
             seeded = seed_syn(vips[0], frame)
+        except NoRoomForKey as e:
+            # Still connect the client (to the DIP the hash picks); without the key its
+            # later joins may miss, but dropping would fail every retry of this SYN.
+            dip = hash_choice(vips[0], five)
+            with self._lock:
+                st.punt_errors += 1
+            log.warning("MUX %s: SYN forwarded without a key: %s", st.mux.name, e)
+            return [parser.OFPPacketOut(datapath=None, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                                        actions=to_dip(st.mux, dip), data=frame)] if dip else []
         except SeedError as e:
             with self._lock:
                 st.punt_errors += 1

@@ -25,6 +25,10 @@ class SeedError(ValueError):
     """A punted packet that cannot be seeded; the message names the field."""
 
 
+class NoRoomForKey(SeedError):
+    """A valid SYN whose options leave no room for the carrier: forward it unseeded."""
+
+
 @dataclass(frozen=True)
 class FiveTuple:
     src: str
@@ -72,7 +76,7 @@ def append_tcp_option(frame: bytes, ip_off: int, tcp_off: int, option: bytes) ->
         raise SeedError(f"option of {len(option)} bytes would misalign the TCP header")
     doff = (frame[tcp_off + 12] >> 4) * 4
     if doff + len(option) > MAX_TCP_HEADER:
-        raise SeedError(f"TCP options: {doff - 20} bytes in use, no room for {len(option)} more")
+        raise NoRoomForKey(f"TCP options: {doff - 20} bytes in use, no room for {len(option)} more")
     total_len = struct.unpack_from("!H", frame, ip_off + 2)[0]
     ip_end = ip_off + total_len
     out = bytearray(frame[:tcp_off + doff] + option + frame[tcp_off + doff:ip_end])

@@ -14,8 +14,6 @@ so the test process never changes namespace.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,11 +29,6 @@ SERVICE_PORT = 80
 ANNOUNCE_PORT = 4096
 DIP_ID = 1
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-    pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2's ip"),
-    pytest.mark.skipif(not Path("/proc/sys/net/mptcp/enabled").exists(), reason="kernel without MPTCP"),
-]
 
 AGENT_SYSCTLS = {
     "net.ipv4.conf.all.arp_ignore": "1",

@@ -23,8 +23,6 @@ Two layers:
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import re
 import signal
 import socket
@@ -46,11 +44,6 @@ SERVER_ID = 0x5A5
 SLICE_BITS = 8
 SLICES = {5}
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for BPF and network namespaces"),
-    pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2's ip"),
-    pytest.mark.skipif(not Path("/proc/sys/net/mptcp/enabled").exists(), reason="kernel without MPTCP"),
-]
 
 # nstat counters that must not move: they are what a wrong TSval/TSecr (or checksum) would break.
 # Both sides: PAWS (a stamped TSval going backwards) and checksum errors. The server, whose TSecr

@@ -13,7 +13,6 @@ from those keys. Both ends run in subprocesses under ``ip netns exec``.
 from __future__ import annotations
 
 import json
-import os
 import select
 import subprocess
 import sys
@@ -30,10 +29,6 @@ from tests.integration.netns import REPO, WAIT, Namespaces, python_env
 PROBE = Path(__file__).with_name("mptcp_key_probe.py")
 CLIENT_ADDR, SERVER_ADDR, PORT = "10.79.0.1", "10.79.0.2", 8080  # pair 0 of Namespaces("mlbk", "10.79")
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-    pytest.mark.skipif(not Path("/proc/sys/net/mptcp/enabled").exists(), reason="kernel without MPTCP"),
-]
 
 
 def probe_cmd(ns: str, *args: str) -> list[str]:

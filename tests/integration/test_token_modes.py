@@ -103,11 +103,12 @@ def test_hybrid_serves_both_client_kinds_at_once():
 def test_without_key_adoption_joins_land_on_the_wrong_dip():
     """Control: the same topology with DIPs keeping their own random keys."""
     with build("token", "pool", key_adoption=False) as dc:
-        results = dc.run_traffic(conns=12, size=64 * 1024, client="c2", min_subflows=2, timeout=3)
+        results = dc.run_traffic(conns=24, size=64 * 1024, client="c2", min_subflows=2, timeout=3, parallel=8)
         connections = [connection_entry(r) for r in results]
         single = [c for c in connections if len(c["subflows"]) < 2]
-        # a random token lands in the right slice 1 time in 3; the other joins are refused
-        assert len(single) >= 4, connections
+        # A random token lands in the right slice 1 time in 3, so about 16 of 24 joins are refused;
+        # fewer than 8 happens with probability below 1e-4 (binomial, p=2/3).
+        assert len(single) >= 8, connections
 
 
 def test_punted_syns_are_capped_by_the_meter():
@@ -119,10 +120,13 @@ def test_punted_syns_are_capped_by_the_meter():
         sent = int(out.strip())
         assert sent >= 400, err
 
-        def settled():
+        last = []
+
+        def settled():  # two equal reads in a row: every packet-in has been counted
             m = dc.api("GET", "/muxes")
-            return m[0]["punts"] + m[0]["punt_errors"]
-        seen = wait_for("punt counters", settled, 10)
+            last.append(m[0]["punts"] + m[0]["punt_errors"])
+            return last[-1] if len(last) > 1 and last[-1] == last[-2] and last[-1] > 0 else None
+        seen = wait_for("punt counters to settle", settled, 15, interval=0.5)
         # 2 s at 20/s plus a burst of 20: far fewer than were sent
         assert seen <= 20 * 3 + 20, (seen, sent)
         assert seen >= 20, seen

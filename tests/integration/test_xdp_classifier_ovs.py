@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 
 import pytest
@@ -26,10 +25,6 @@ from tests.integration.netns import WAIT, sh
 ORIGINAL_DST = "02:00:00:77:00:02"
 SERVER_ID = 0xABC
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("clang") is None and not classifier.CLASSIFIER_OBJECT.exists(),
-    reason="clang is not installed and bpf/mux_classifier.o is not built",
-)
 
 SEND = """
 import sys

@@ -106,3 +106,18 @@ def test_api_binds_loopback_by_default(raw_config):
 def test_unknown_bridge_is_left_alone(api):
     _, core, _ = api
     assert core.mux_connected(0x9999) == []
+
+
+@pytest.mark.parametrize("length", ["-1", "abc", "1e3"])
+def test_bad_content_length_is_refused(api, length):
+    import socket
+
+    server, core, changes = api
+    with socket.create_connection(server.address, timeout=5) as s:
+        s.sendall(f"POST /vips/web/dips HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode())
+        reply = b""
+        while chunk := s.recv(4096):  # the server closes after its HTTP/1.0 reply
+            reply += chunk
+        reply = reply.decode()
+    assert reply.startswith("HTTP/1.0 400") and "is not a byte count" in reply
+    assert changes == []

@@ -198,3 +198,11 @@ def test_hash_method(raw_config):
 def test_standalone_example_is_valid():
     config = load_config("examples/port-standalone.yaml")
     assert config.vips[0].hash == "multipath" and config.vips[0].mode == "port"
+
+
+def test_a_vip_always_keeps_an_active_dip(raw_config):
+    config = with_dip_state(with_dip_state(parse_config(raw_config), "web", 1, "draining"), "web", 2, "draining")
+    with pytest.raises(ConfigError, match=r"cannot drain DIP 3: no active DIP would be left"):
+        with_dip_state(config, "web", 3, "draining")
+    with pytest.raises(ConfigError, match=r"cannot remove DIP 3: no active DIP would be left"):
+        with_dip_removed(config, "web", 3)

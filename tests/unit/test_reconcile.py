@@ -51,9 +51,9 @@ def test_stale_foreign_and_missing_flows(compiled):
     foreign.cookie = 0x1234
     have = as_stats([*compiled.flows[1:], foreign])
     msgs = reconcile(compiled, have, as_descs(compiled.groups))
-    assert kinds(msgs) == [("flow", "delete"), ("flow", "add")]
-    assert msgs[0].cookie == 0x1234 and msgs[0].cookie_mask == 2**64 - 1
-    assert msgs[1] is compiled.flows[0]
+    assert kinds(msgs) == [("flow", "add"), ("flow", "delete")]  # add first: no gap
+    assert msgs[1].cookie == 0x1234 and msgs[1].cookie_mask == 2**64 - 1
+    assert msgs[0] is compiled.flows[0]
 
 
 def test_flow_changed_by_hand_is_replaced(compiled):
@@ -61,8 +61,9 @@ def test_flow_changed_by_hand_is_replaced(compiled):
     hacked.cookie = compiled.flows[2].cookie  # same cookie, other actions
     have = as_stats([f if i != 2 else hacked for i, f in enumerate(compiled.flows)])
     msgs = reconcile(compiled, have, as_descs(compiled.groups))
-    assert kinds(msgs) == [("flow", "delete"), ("flow", "add")]
-    assert msgs[1] is compiled.flows[2]
+    # The ADD replaces the hand-edited flow in place; a cookie-strict delete would remove the fix.
+    assert kinds(msgs) == [("flow", "add")]
+    assert msgs[0] is compiled.flows[2]
 
 
 def test_duplicate_flow_is_removed(compiled):

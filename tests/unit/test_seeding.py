@@ -67,3 +67,23 @@ def test_keys_differ_per_connection(vip):
 def test_unseedable_packets_are_named(vip, frame, message):
     with pytest.raises(SeedError, match=message):
         seed_syn(vip, frame, first_dip)
+
+
+def test_syn_without_room_is_forwarded_unseeded(raw_config):
+    from ryu_app.core import LbCore
+
+    v = raw_config["vips"][0]
+    v.update(mode="token", slice_bits=4)
+    for d in v["dips"]:
+        d.pop("ports")
+    core = LbCore(parse_config(raw_config))
+    assert core.mux_connected(0x1001)
+    full = syn(options=[("MSS", 1460), ("Timestamp", (1, 0)), ("Timestamp", (1, 0)), ("NOP", None),
+                        ("NOP", None), (30, bytes([0x01, 0x81]) + bytes(8))])
+    (out,) = core.packet_in(0x1001, full)
+    assert out.data == full  # unchanged, no key
+    assert core.snapshot()["muxes"][0]["punt_errors"] == 1
+    assert core.packet_in(0x1001, syn(flags="SA")) == []  # not a SYN(MPC): dropped, counted
+    assert core.snapshot()["muxes"][0]["punt_errors"] == 2
+    (seeded,) = core.packet_in(0x1001, syn())
+    assert len(seeded.data) == len(syn()) + 12 and core.snapshot()["muxes"][0]["punts"] == 1
