@@ -71,7 +71,7 @@ class MptcpLbApp(app_manager.OSKenApp):
 
     def audit_all(self) -> None:
         for dpid, dp in list(self.datapaths.items()):
-            self.send(dp, self.core.mux_connected(dpid))
+            self.send(dp, self.core.audit(dpid))
 
     def _audit_loop(self):
         while True:
@@ -131,7 +131,7 @@ class MptcpLbApp(app_manager.OSKenApp):
     def _group_stats(self, ev):
         body = self._multipart_body(ev)
         if body is not None:
-            self.core.group_stats_reply(ev.msg.datapath.id, body)
+            self.send(ev.msg.datapath, self.core.group_stats_reply(ev.msg.datapath.id, body))
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
     @guarded

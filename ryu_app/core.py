@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -34,6 +35,11 @@ class MuxStatus:
     meter_configs: list = field(default_factory=list)
     # (vip, dip) -> [packets, bytes] from the last flow + group stats
     dip_counters: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    audit_started: float | None = None  # monotonic time of the audit in flight, if any
+    audit_due: bool = False  # another audit was asked for while one was in flight
+
+
+AUDIT_STALE = 10.0  # seconds after which an unanswered audit no longer blocks a new one
 
 
 def audit_requests() -> list:
@@ -67,15 +73,31 @@ class LbCore:
         log.info("config updated: %d VIPs, %d MUXes", len(config.vips), len(config.muxes))
 
     def mux_connected(self, dpid: int) -> list:
-        """A MUX connected (or is due an audit): ask what it holds."""
+        """A MUX (re)connected: forget any audit in flight and ask what it holds."""
         with self._lock:
             st = self.status.get(dpid)
             if st is None:
                 log.warning("bridge dpid=%#x is not a MUX in the config; leaving it alone", dpid)
                 return []
-            was_connected, st.connected = st.connected, True
-        if not was_connected:
-            log.info("MUX %s (dpid=%#x) connected", st.mux.name, dpid)
+            st.connected, st.audit_started, st.audit_due = True, None, False
+        log.info("MUX %s (dpid=%#x) connected", st.mux.name, dpid)
+        return self.audit(dpid)
+
+    def audit(self, dpid: int) -> list:
+        """Ask a MUX what it holds, unless an audit is already in flight.
+
+        Requests are coalesced: a burst of flow-removed events (an operator's
+        del-flows, or our own deletes) costs one more audit, not one each.
+        """
+        with self._lock:
+            st = self.status.get(dpid)
+            if st is None or not st.connected:
+                return []
+            now = time.monotonic()
+            if st.audit_started is not None and now - st.audit_started < AUDIT_STALE:
+                st.audit_due = True
+                return []
+            st.audit_started, st.audit_due = now, False
         return audit_requests()
 
     def mux_disconnected(self, dpid: int) -> None:
@@ -118,12 +140,13 @@ class LbCore:
                 log.warning("MUX %s differs from config: sending %d messages", st.mux.name, len(msgs))
         return msgs
 
-    def group_stats_reply(self, dpid: int, stats: list) -> None:
-        """Add select-group bucket counters to the per-DIP counters."""
+    def group_stats_reply(self, dpid: int, stats: list) -> list:
+        """Add select-group bucket counters; this reply ends an audit, so start a due one."""
         with self._lock:
             st = self.status.get(dpid)
             if st is None:
-                return
+                return []
+            due, st.audit_started = st.audit_due, None
             compiled = self.compiled[st.mux.name]
             for g in stats:
                 owner = compiled.group_dips.get(g.group_id)
@@ -134,12 +157,13 @@ class LbCore:
                     c = st.dip_counters.setdefault((vip, dip_id), [0, 0])
                     c[0] += bucket.packet_count
                     c[1] += bucket.byte_count
+        return self.audit(dpid) if due else []
 
     def flow_removed(self, dpid: int, msg) -> list:
         """Someone deleted one of our flows: audit that MUX now rather than later."""
-        if msg.cookie >> 48 != COOKIE_TAG or dpid not in self.status:
+        if msg.cookie >> 48 != COOKIE_TAG:
             return []
-        return audit_requests()
+        return self.audit(dpid)
 
     def packet_in(self, dpid: int, frame: bytes) -> list:
         """Seed a punted SYN(MPC): a packet-out of the SYN, carrying its key, to the chosen DIP.
