@@ -201,9 +201,7 @@ def classifier_cost(repeat: int) -> dict:
     from scapy.layers.l2 import Ether
 
     from mptcp_lb import bpf
-    from mptcp_lb.classifier import BPF_DIR, PROGRAM, ensure_built
-
-    subprocess.run(["make", "-C", str(BPF_DIR), "-s", "xdp_pass.o"], check=True)
+    from mptcp_lb.classifier import PROGRAM
     base = Ether(dst="02:00:00:01:00:01") / IP(src="10.0.1.1", dst=BENCH_VIP)
     ts = ("Timestamp", (0x12345678, 0x0ABC0003))
     frames = {
@@ -217,7 +215,8 @@ def classifier_cost(repeat: int) -> dict:
         "no_options": TCP(flags="A"),
     }
     out = {}
-    with bpf.BpfObject(ensure_built()) as clf, bpf.BpfObject(BPF_DIR / "xdp_pass.o") as noop:
+    with bpf.BpfObject(bpf.built_object("mux_classifier.o")) as clf, \
+            bpf.BpfObject(bpf.built_object("xdp_pass.o")) as noop:
         for name, tcp in frames.items():
             frame = bytes(base / tcp)
             cls_ns = bpf.test_run(clf.prog_fd(PROGRAM), frame, repeat=repeat).duration_ns

@@ -19,7 +19,6 @@ import ipaddress
 import logging
 import os
 import struct
-import subprocess
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from mptcp_lb.bpf import BpfMap, BpfObject
+from mptcp_lb.bpf import BPF_DIR, BpfMap, BpfObject, built_object
 from mptcp_lb.mptcp_codec import KEY_LEN, make_key
 
 from .sysctl import change_sysctl, restore_sysctls
@@ -36,10 +35,7 @@ from .undo import Undo, rollback_on_failure
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-BPF_DIR = REPO / "bpf"
 OBJECT_PATH = BPF_DIR / "dip_tc.o"
-SOURCE_PATH = BPF_DIR / "dip_tc.c"
 
 KEY_MODE_NONE = 0
 KEY_MODE_SEED = 1
@@ -71,7 +67,7 @@ _U32 = struct.Struct("=I")
 _MAX_VALID = 1 << 32
 
 __all__ = ["DipTokenSetup", "KeyPool", "FlowState", "KEY_MODES", "KEY_MODE_NONE", "KEY_MODE_SEED",
-           "KEY_MODE_POOL", "POOL_SIZE", "OBJECT_PATH", "STAT_NAMES", "build_object", "pack_config",
+           "KEY_MODE_POOL", "POOL_SIZE", "OBJECT_PATH", "STAT_NAMES", "dip_object", "pack_config",
            "pack_flow_key"]
 
 
@@ -138,24 +134,13 @@ class FlowState:
 # ------------------------------------------------------------------ build
 
 
-def _object_stale(obj: Path) -> bool:
-    if not obj.exists():
-        return True
-    sources = [SOURCE_PATH, BPF_DIR / "Makefile", *BPF_DIR.glob("*.h")]
-    newest = max((p.stat().st_mtime for p in sources if p.exists()), default=0.0)
-    return obj.stat().st_mtime < newest
-
-
-def build_object(obj: Path = OBJECT_PATH) -> Path:
-    """``bpf/dip_tc.o``, rebuilt with ``make -C bpf`` if it is missing or older than its sources."""
+def dip_object(obj: Path = OBJECT_PATH) -> Path:
+    """The DIP programs' object: ``bpf/dip_tc.o`` as ``make bpf`` built it, or a given path."""
     obj = Path(obj)
-    if obj == OBJECT_PATH and SOURCE_PATH.exists() and _object_stale(obj):
-        proc = subprocess.run(["make", "-C", str(BPF_DIR), obj.name], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"make -C {BPF_DIR} {obj.name} failed ({proc.returncode}):\n"
-                               f"{proc.stdout}{proc.stderr}")
+    if obj == OBJECT_PATH:
+        return built_object(obj.name)
     if not obj.exists():
-        raise FileNotFoundError(f"{obj} does not exist and cannot be built here")
+        raise FileNotFoundError(f"{obj} does not exist")
     return obj
 
 
@@ -308,7 +293,7 @@ class DipTokenSetup:
             return
         with rollback_on_failure(self.undo, log, "token steering setup on %s for %s:%d",
                                  ",".join(self.ifnames), self.vip, self.port):
-            self.obj = BpfObject(build_object(self.object_path))
+            self.obj = BpfObject(dip_object(self.object_path))
             self.obj.map("dip_config").update(_U32.pack(0), self._config)
             if self.mode == KEY_MODE_POOL:
                 self.pool = KeyPool(self.obj.map("dip_pool"), self.obj.map("dip_pool_state"),

@@ -224,3 +224,20 @@ def attach_xdp(ifindex: int, prog_fd: int, generic: bool = True) -> None:
 def detach_xdp(ifindex: int, generic: bool = True) -> None:
     """Detach the interface's XDP program of that mode (a veth has both, so the mode must match)."""
     _check("bpf_xdp_detach", _lib().bpf_xdp_detach(ifindex, _xdp_mode(generic), None))
+
+
+BPF_DIR = Path(__file__).resolve().parents[1] / "bpf"
+
+
+def built_object(name: str) -> Path:
+    """``bpf/<name>``, built by ``make bpf`` and newer than its sources; never built here.
+
+    Building at run time would mean running make as root inside the checkout,
+    and a concurrent build could hand the loader a half-written object.
+    """
+    obj = BPF_DIR / name
+    sources = [obj.with_suffix(".c"), BPF_DIR / "Makefile", *BPF_DIR.glob("*.h")]
+    newest = max((p.stat().st_mtime for p in sources if p.exists()), default=0.0)
+    if not obj.exists() or obj.stat().st_mtime < newest:
+        raise FileNotFoundError(f"{obj} is missing or older than its sources: run `make bpf`")
+    return obj

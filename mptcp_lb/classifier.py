@@ -8,26 +8,12 @@ OVS-side interface, where it runs before OVS's AF_PACKET socket.
 from __future__ import annotations
 
 import socket
-import subprocess
 from functools import cache
-from pathlib import Path
 
 from mptcp_lb import bpf
 
-BPF_DIR = Path(__file__).resolve().parents[1] / "bpf"
-CLASSIFIER_SOURCES = (BPF_DIR / "mux_classifier.c", BPF_DIR / "parse.h")
-CLASSIFIER_OBJECT = BPF_DIR / "mux_classifier.o"
+CLASSIFIER_OBJECT = bpf.BPF_DIR / "mux_classifier.o"
 PROGRAM = "mux_classifier"
-
-
-def ensure_built() -> Path:
-    """The object file, (re)built with `make -C bpf` when missing or older than its sources."""
-    if not CLASSIFIER_OBJECT.exists() or any(
-        src.stat().st_mtime > CLASSIFIER_OBJECT.stat().st_mtime for src in CLASSIFIER_SOURCES
-    ):
-        # Only our target: another program's half-written source must not block this one.
-        subprocess.run(["make", "-C", str(BPF_DIR), "-s", CLASSIFIER_OBJECT.name], check=True)
-    return CLASSIFIER_OBJECT
 
 
 def attach(ifname: str) -> None:
@@ -35,7 +21,7 @@ def attach(ifname: str) -> None:
 
     The kernel keeps the program loaded while it is attached, so the object is closed here.
     """
-    with bpf.BpfObject(ensure_built()) as obj:
+    with bpf.BpfObject(bpf.built_object(CLASSIFIER_OBJECT.name)) as obj:
         bpf.attach_xdp(socket.if_nametoindex(ifname), obj.prog_fd(PROGRAM), generic=True)
 
 
@@ -47,7 +33,7 @@ def detach(ifname: str) -> None:
 @cache
 def _loaded() -> tuple[bpf.BpfObject, int]:
     """One loaded copy for the process: loading runs the verifier, which costs milliseconds."""
-    obj = bpf.BpfObject(ensure_built())
+    obj = bpf.BpfObject(bpf.built_object(CLASSIFIER_OBJECT.name))
     return obj, obj.prog_fd(PROGRAM)
 
 

@@ -136,7 +136,7 @@ class Programs:
         from mptcp_lb.bpf import BpfObject
 
         self.tb = token_bpf
-        self.obj = BpfObject(token_bpf.build_object())
+        self.obj = BpfObject(token_bpf.dip_object())
         self.obj.map("dip_config").update(struct.pack("=I", 0), token_bpf.pack_config(VIP, PORT, server_id, mode))
         self.egress_fd = self.obj.prog_fd("dip_egress")
         self.ingress_fd = self.obj.prog_fd("dip_ingress")

@@ -53,7 +53,7 @@ def prog_fd():
         if os.environ.get("CI"):
             pytest.fail(f"BPF platform incomplete in CI: {missing}")
         pytest.skip(missing)
-    with bpf.BpfObject(classifier.ensure_built()) as obj:
+    with bpf.BpfObject(bpf.built_object(classifier.CLASSIFIER_OBJECT.name)) as obj:
         yield obj.prog_fd(classifier.PROGRAM)
 
 
