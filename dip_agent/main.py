@@ -15,6 +15,7 @@ import sys
 import threading
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from mptcp_lb.config import Config, ConfigError, Dip, Vip, load_config
 from mptcp_lb.mptcp_sockopt import MptcpUnavailable
@@ -67,32 +68,36 @@ def _stop_on_signals(stop: threading.Event):
 
 
 def default_interface() -> str:
-    """The interface of the default route: where VIP traffic arrives from the MUXes."""
-    with IPRoute() as ipr:
-        routes = ipr.route("get", dst="1.1.1.1")
-        return ipr.get_links(routes[0].get_attr("RTA_OIF"))[0].get_attr("IFLA_IFNAME")
+    """The interface of the default route: where VIP traffic usually arrives from the MUXes."""
+    try:
+        with IPRoute() as ipr:
+            routes = ipr.route("get", dst="1.1.1.1")
+            return ipr.get_links(routes[0].get_attr("RTA_OIF"))[0].get_attr("IFLA_IFNAME")
+    except (NetlinkError, IndexError) as e:
+        raise ConfigError([f"--interface: not given, and no default route to find the fabric interface by "
+                           f"({e})"]) from e
 
 
-def token_setup(vip: Vip, dip: Dip, key_adoption: bool = True):
+def token_setup(vip: Vip, dip: Dip, key_adoption: bool = True, interface: str | None = None):
     """The DIP's BPF side of token steering: key adoption and timestamp stamping."""
     from .token_bpf import DipTokenSetup
 
     mode = {"mux": "seed", "pool": "pool"}[vip.key_source] if key_adoption else "none"
-    return DipTokenSetup(default_interface(), vip.address, vip.port, dip.id,
+    return DipTokenSetup(interface or default_interface(), vip.address, vip.port, dip.id,
                          mode=mode, slices=dip.slices, slice_bits=vip.slice_bits,
                          syncookies=2 if key_adoption else None)
 
 
 def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: str | None = None,
-        key_adoption: bool = True) -> int:
+        key_adoption: bool = True, interface: str | None = None) -> int:
     """Run the agent until SIGTERM/SIGINT; return the process exit code."""
     try:
         vip, dip = find_dip(load_config(config_path), dip_id, vip_name)
+        token = token_setup(vip, dip, key_adoption, interface) if vip.uses_tokens else None
     except ConfigError as e:
         print(e, file=sys.stderr)
         return EXIT_CONFIG
     setup = DipHostSetup(vip.address, dip.announce_port, c_flag=not vip.uses_tokens)
-    token = token_setup(vip, dip, key_adoption) if vip.uses_tokens else None
     server = EchoServer(dip.id, vip.port)
     stop = threading.Event()
     # Signals are caught from before apply() so a stop during setup still undoes it.

@@ -325,9 +325,18 @@ class DipTokenSetup:
                     if e.code != 17:  # EEXIST: someone's clsact is there already; share it
                         raise
                 for parent, prog in ((TC_INGRESS, "dip_ingress"), (TC_EGRESS, "dip_egress")):
+                    args = dict(fd=self.obj.prog_fd(prog), name=prog, parent=parent, prio=FILTER_PRIO, classid=1,
+                                direct_action=True)
                     try:
-                        ipr.tc("add-filter", "bpf", ifindex, FILTER_HANDLE, fd=self.obj.prog_fd(prog),
-                               name=prog, parent=parent, prio=FILTER_PRIO, classid=1, direct_action=True)
+                        try:
+                            ipr.tc("add-filter", "bpf", ifindex, FILTER_HANDLE, **args)
+                        except NetlinkError as e:
+                            if e.code != 17:
+                                raise
+                            # EEXIST: our filter left behind by an agent that was killed: take its place.
+                            log.warning("replacing a %s filter left on %s (%s prio %d)", prog, name, parent,
+                                        FILTER_PRIO)
+                            ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, **args)
                     except NetlinkError as e:
                         raise RuntimeError(f"cannot attach {prog} on {name} ({parent} prio {FILTER_PRIO}): "
                                            f"{os.strerror(e.code)}") from e

@@ -57,7 +57,7 @@ def cmd_dip_agent(args) -> int:
     from dip_agent.main import run
 
     return run(args.config, args.dip, vip_name=args.vip, ready_file=args.ready_file,
-               key_adoption=not args.no_key_adoption)
+               key_adoption=not args.no_key_adoption, interface=args.interface)
 
 
 def cmd_classifier(args) -> int:
@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dip", required=True, type=int, help="DIP id from the config")
     s.add_argument("--vip", help="VIP name (default: the only VIP with this DIP)")
     s.add_argument("--ready-file", help="write 'ready' here once set up")
+    s.add_argument("--interface", help="token modes: the fabric interface VIP traffic arrives on "
+                                       "(default: the default route's)")
     s.add_argument("--no-key-adoption", action="store_true",
                    help="token modes: keep the kernel's own keys (a control for tests; joins then break)")
     s.set_defaults(func=cmd_dip_agent)

@@ -14,6 +14,7 @@ so the test process never changes namespace.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -240,3 +241,17 @@ def test_agent_exit_codes(netns, tmp_path):
     assert not ready.exists()
     in_ns(netns.server, "sysctl", "-q", "net.mptcp.enabled=1")
     assert server_state(netns.server) == before
+
+
+def test_token_agent_without_default_route_names_the_missing_interface():
+    ns = f"mlbr{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        code = ("from dip_agent.main import default_interface\n"
+                "from mptcp_lb.config import ConfigError\n"
+                "try:\n    default_interface()\nexcept ConfigError as e:\n    print(e.problems[0])\n")
+        out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True,
+                             text=True, check=True, cwd=REPO).stdout
+        assert out.startswith("--interface: not given, and no default route to find the fabric interface by")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])
