@@ -200,9 +200,10 @@ def flow_mod(priority: int, match, actions: list, meter_id: int | None = None, t
     return msg
 
 
-def arp_responder(address: str, mac: str):
-    """Answer ARP requests for ``address`` with ``mac``, entirely in the datapath."""
-    match = parser.OFPMatch(eth_type=ETH_ARP, arp_op=1, arp_tpa=address)
+def arp_responder(mux: Mux, address: str):
+    """Answer ARP requests from the router side for ``address`` with the MUX's MAC, in the datapath."""
+    mac = mux.mac
+    match = parser.OFPMatch(in_port=mux.uplink_port, eth_type=ETH_ARP, arp_op=1, arp_tpa=address)
     actions = [
         parser.NXActionRegMove(src_field="eth_src", dst_field="eth_dst", n_bits=48),
         parser.OFPActionSetField(eth_src=mac),
@@ -245,8 +246,10 @@ def punt_meter(rate: int):
                               bands=[parser.OFPMeterBandDrop(rate=rate, burst_size=rate)])
 
 
-def _service(vip: Vip, **extra):
-    return parser.OFPMatch(eth_type=ETH_IP, ip_proto=IPPROTO_TCP, ipv4_dst=vip.address, tcp_dst=vip.port, **extra)
+def _service(mux: Mux, vip: Vip, **extra):
+    """VIP:service-port traffic from the router side (the fabric never sends to a VIP)."""
+    return parser.OFPMatch(in_port=mux.uplink_port, eth_type=ETH_IP, ip_proto=IPPROTO_TCP, ipv4_dst=vip.address,
+                           tcp_dst=vip.port, **extra)
 
 
 def slice_tag_matches(slices, slice_bits: int) -> list[tuple[str, str]]:
@@ -312,23 +315,24 @@ def _port_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
     for dip in vip.dips:
         for value, mask in range_to_masks(dip.ports.start, dip.ports.end):
             tcp_dst = value if mask == 0xFFFF else (value, mask)
-            fm = flow_mod(PRIO_VIP, parser.OFPMatch(eth_type=ETH_IP, ip_proto=IPPROTO_TCP, ipv4_dst=vip.address,
-                                                    tcp_dst=tcp_dst), to_dip(mux, dip))
+            match = parser.OFPMatch(in_port=mux.uplink_port, eth_type=ETH_IP, ip_proto=IPPROTO_TCP,
+                                    ipv4_dst=vip.address, tcp_dst=tcp_dst)
+            fm = flow_mod(PRIO_VIP, match, to_dip(mux, dip))
             out.flows.append(fm)
             out.flow_dip[fm.cookie] = (vip.name, dip.id)
 
 
 def _token_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
     for dip in vip.dips:
-        tagged = [flow_mod(PRIO_TAG, _service(vip, eth_dst=tag_mac(CLASS_TIMESTAMP, dip.id)), to_dip(mux, dip))]
-        tagged += [flow_mod(PRIO_TAG, _service(vip, eth_dst=(mac, mask)), to_dip(mux, dip))
+        tagged = [flow_mod(PRIO_TAG, _service(mux, vip, eth_dst=tag_mac(CLASS_TIMESTAMP, dip.id)), to_dip(mux, dip))]
+        tagged += [flow_mod(PRIO_TAG, _service(mux, vip, eth_dst=(mac, mask)), to_dip(mux, dip))
                    for mac, mask in slice_tag_matches(dip.slices, vip.slice_bits)]
         for fm in tagged:
             out.flows.append(fm)
             out.flow_dip[fm.cookie] = (vip.name, dip.id)
     if vip.key_source == "mux":
         out.flows.append(flow_mod(
-            PRIO_PUNT, _service(vip, eth_dst=(tag_mac(CLASS_MP_CAPABLE, 0), TAG_CLASS_MASK)),
+            PRIO_PUNT, _service(mux, vip, eth_dst=(tag_mac(CLASS_MP_CAPABLE, 0), TAG_CLASS_MASK)),
             [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)], meter_id=PUNT_METER))
 
 
@@ -337,17 +341,17 @@ def compile_mux(config: Config, mux: Mux) -> CompiledMux:
     out = CompiledMux(mux=mux)
     if any(v.uses_tokens and v.key_source == "mux" for v in config.vips):
         out.meters.append(punt_meter(config.controller.punt_rate))
-    out.flows.append(arp_responder(mux.address, mux.mac))
+    out.flows.append(arp_responder(mux, mux.address))
     for group_id, vip in enumerate(config.vips, start=1):
-        out.flows.append(arp_responder(vip.address, mux.mac))
+        out.flows.append(arp_responder(mux, vip.address))
         if vip.hash == "multipath":
             # Always so in seed mode, where the controller must predict the hash.
-            out.flows.append(flow_mod(PRIO_VIP, _service(vip), _hashed_flows(out, mux, vip)))
+            out.flows.append(flow_mod(PRIO_VIP, _service(mux, vip), _hashed_flows(out, mux, vip)))
         else:
             group, bucket_dips = vip_group(mux, vip, group_id)
             out.groups.append(group)
             out.group_dips[group_id] = (vip.name, bucket_dips)
-            out.flows.append(flow_mod(PRIO_VIP, _service(vip), [parser.OFPActionGroup(group_id)]))
+            out.flows.append(flow_mod(PRIO_VIP, _service(mux, vip), [parser.OFPActionGroup(group_id)]))
         if vip.uses_ports:
             _port_flows(out, mux, vip)
         if vip.uses_tokens:

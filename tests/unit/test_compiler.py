@@ -115,7 +115,7 @@ def test_text_form(config):
     compiled = compile_mux(config, config.muxes[0])
     assert group_text(compiled.groups[0]).startswith("group_id=1,type=select,bucket=weight:1,actions=")
     texts = [flow_text(f) for f in compiled.flows]
-    assert any(",tcp,nw_dst=10.0.0.100,tp_dst=80,actions=group:1" in t for t in texts)
+    assert any(",tcp,in_port=1,nw_dst=10.0.0.100,tp_dst=80,actions=group:1" in t for t in texts)
     assert texts[-1].endswith("table=0,priority=0,send_flow_rem,actions=drop")
 
 
@@ -228,3 +228,13 @@ def test_port_mode_with_multipath_needs_no_group(raw_config):
         seen.add(got)
     assert seen == {1, 2, 3}
     assert dip_of(table, tcp(12288), config) == 3
+
+
+def test_only_the_router_side_reaches_vips_and_arp(config):
+    table = table_for(config)
+    assert table.forward({**tcp(80), "in_port": FABRIC}) == []
+    assert table.forward({**tcp(4096), "in_port": FABRIC}) == []
+    arp = {"in_port": FABRIC, "eth_src": "02:aa:00:00:00:09", "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0806,
+           "arp_op": 1, "arp_sha": "02:aa:00:00:00:09", "arp_spa": "10.2.0.9", "arp_tha": "00:00:00:00:00:00",
+           "arp_tpa": "10.1.1.1"}
+    assert table.forward(arp) == []
