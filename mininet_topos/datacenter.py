@@ -29,7 +29,6 @@ CLIENT_NETS = {  # one /24 per client path
 }
 MUX_NETS = ("10.1.1", "10.1.2")  # router <-> mux link nets; .1 is the MUX, .254 the router
 FABRIC_NET = "10.2.0"  # DIPs are .1..N, the router .254
-PORT_BLOCK_MIN = 1024  # DIP port ranges start above the well-known ports
 
 
 def dip_mac(i: int) -> str:

@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import ExitStack
 
 import yaml
 
@@ -88,7 +87,6 @@ class Datacenter:
         self.net = None
         self.controller = None
         self.agents: dict[int, subprocess.Popen] = {}
-        self._stack = ExitStack()
 
     # ------------------------------------------------------------ names
 

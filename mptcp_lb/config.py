@@ -115,9 +115,6 @@ class Config:
     muxes: tuple[Mux, ...]
     vips: tuple[Vip, ...]
 
-    def mux_by_dpid(self, dpid: int) -> Mux | None:
-        return next((m for m in self.muxes if m.dpid == dpid), None)
-
     def vip(self, name: str) -> Vip:
         for v in self.vips:
             if v.name == name or v.address == name:

@@ -18,7 +18,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from mptcp_lb.config import Config, Mux
 from ovs_flows.compiler import COOKIE_TAG, CompiledMux, compile_all, to_dip
 from ovs_flows.reconcile import reconcile
-from ryu_app.seeding import NoRoomForKey, SeedError, hash_choice, parse_syn, seed_syn
+from ryu_app.seeding import NoRoomForKey, SeedError, parse_syn, seed_syn
 
 log = logging.getLogger(__name__)
 
@@ -178,16 +178,17 @@ class LbCore:
         if st is None:
             return []
         try:
-            five, _, _ = parse_syn(frame)
+            parsed = parse_syn(frame)
+            five = parsed[0]
             vips = [v for v in config.vips if v.address == five.dst and v.port == five.dport
                     and v.uses_tokens and v.key_source == "mux"]
             if not vips:
                 raise SeedError(f"no seed-mode VIP at {five.dst}:{five.dport}")
-            seeded = seed_syn(vips[0], frame)
+            seeded = seed_syn(vips[0], frame, parsed=parsed)
         except NoRoomForKey as e:
             # Still connect the client (to the DIP the hash picks); without the key its
             # later joins may miss, but dropping would fail every retry of this SYN.
-            dip = hash_choice(vips[0], five)
+            dip = e.dip
             with self._lock:
                 st.punt_errors += 1
             log.warning("MUX %s: SYN forwarded without a key: %s", st.mux.name, e)

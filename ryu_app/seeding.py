@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from mptcp_lb.config import Dip, Vip
 from ovs_flows.compiler import hashed_dip
-from mptcp_lb.mptcp_codec import CLASS_MP_CAPABLE, build_key_carrier, classify_frame, key_to_token, make_key
+from mptcp_lb.mptcp_codec import (CLASS_MP_CAPABLE, KEY_CARRIER_LEN, build_key_carrier, classify_frame,
+                                  key_to_token, make_key)
 
 ETH_HLEN = 14
 MAX_TCP_HEADER = 60
@@ -26,7 +27,9 @@ class SeedError(ValueError):
 
 
 class NoRoomForKey(SeedError):
-    """A valid SYN whose options leave no room for the carrier: forward it unseeded."""
+    """A valid SYN whose options leave no room for the carrier: forward it unseeded to ``dip``."""
+
+    dip: Dip | None = None
 
 
 @dataclass(frozen=True)
@@ -70,13 +73,19 @@ def parse_syn(frame: bytes) -> tuple[FiveTuple, int, int]:
                      sport, dport), ETH_HLEN, tcp
 
 
+def check_room(frame: bytes, tcp_off: int, size: int) -> None:
+    """NoRoomForKey unless ``size`` more option bytes fit in the 60-byte TCP header."""
+    doff = (frame[tcp_off + 12] >> 4) * 4
+    if doff + size > MAX_TCP_HEADER:
+        raise NoRoomForKey(f"TCP options: {doff - 20} bytes in use, no room for {size} more")
+
+
 def append_tcp_option(frame: bytes, ip_off: int, tcp_off: int, option: bytes) -> bytes:
     """Insert ``option`` after the TCP options; fix data offset, IP length and both checksums."""
     if len(option) % 4:
         raise SeedError(f"option of {len(option)} bytes would misalign the TCP header")
+    check_room(frame, tcp_off, len(option))
     doff = (frame[tcp_off + 12] >> 4) * 4
-    if doff + len(option) > MAX_TCP_HEADER:
-        raise NoRoomForKey(f"TCP options: {doff - 20} bytes in use, no room for {len(option)} more")
     total_len = struct.unpack_from("!H", frame, ip_off + 2)[0]
     ip_end = ip_off + total_len
     out = bytearray(frame[:tcp_off + doff] + option + frame[tcp_off + doff:ip_end])
@@ -96,14 +105,23 @@ def hash_choice(vip: Vip, five: FiveTuple) -> Dip | None:
     return hashed_dip(vip, five.src, five.dst, five.sport, five.dport)
 
 
-def seed_syn(vip: Vip, frame: bytes, choose_dip=hash_choice) -> Seeded:
-    """Pick the DIP for a punted SYN(MPC) and hand it a key from its slices, inside the SYN."""
-    five, ip_off, tcp_off = parse_syn(frame)
+def seed_syn(vip: Vip, frame: bytes, choose_dip=hash_choice, parsed=None) -> Seeded:
+    """Pick the DIP for a punted SYN(MPC) and hand it a key from its slices, inside the SYN.
+
+    ``parsed`` is ``parse_syn(frame)`` if the caller already has it.
+    """
+    five, ip_off, tcp_off = parsed or parse_syn(frame)
     if five.dst != vip.address or five.dport != vip.port:
         raise SeedError(f"packet-in to {five.dst}:{five.dport} is not VIP {vip.name} ({vip.address}:{vip.port})")
     dip = choose_dip(vip, five)
     if dip is None:
         raise SeedError(f"VIP {vip.name} has no active DIP")
+    # Check the room before drawing a key: key generation is the expensive part.
+    try:
+        check_room(frame, tcp_off, KEY_CARRIER_LEN)
+    except NoRoomForKey as e:
+        e.dip = dip
+        raise
     key = make_key(dip.slices, vip.slice_bits)
     return Seeded(dip=dip, frame=append_tcp_option(frame, ip_off, tcp_off, build_key_carrier(key)),
                   token=key_to_token(key))
