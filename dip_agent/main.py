@@ -1,8 +1,10 @@
-"""The DIP agent process: set up this namespace as a DIP, serve the echo service, undo on exit.
+"""The DIP agent process: set up this namespace as a DIP, undo on exit.
 
 It runs inside the DIP's network namespace and stays in the foreground until
 SIGTERM or SIGINT, so whoever started it can stop it and trust that the
-namespace is left as it was found.
+namespace is left as it was found. It configures the host; the application
+serves. ``echo=True`` also serves the project's test echo service on the
+VIP's service port (the demo, tests and benchmarks use it).
 """
 
 from __future__ import annotations
@@ -79,17 +81,24 @@ def default_interface() -> str:
 
 
 def token_setup(vip: Vip, dip: Dip, key_adoption: bool = True, interface: str | None = None):
-    """The DIP's BPF side of token steering: key adoption and timestamp stamping."""
+    """The DIP's BPF side of token steering: key adoption and timestamp stamping.
+
+    In hybrid mode it stamps every port of the VIP, not just the service
+    port: joins to the DIP's announced port then echo its server ID too.
+    Otherwise their TSecr would give the MUX classifier's tag a new value
+    every millisecond, and OVS a new datapath flow (an upcall) each time.
+    """
     from .token_bpf import DipTokenSetup
 
     mode = {"mux": "seed", "pool": "pool"}[vip.key_source] if key_adoption else "none"
-    return DipTokenSetup(interface or default_interface(), vip.address, vip.port, dip.id,
+    port = 0 if vip.uses_ports else vip.port  # 0: every port of the VIP
+    return DipTokenSetup(interface or default_interface(), vip.address, port, dip.id,
                          mode=mode, slices=dip.slices, slice_bits=vip.slice_bits,
                          syncookies=2 if key_adoption else None)
 
 
 def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: str | None = None,
-        key_adoption: bool = True, interface: str | None = None) -> int:
+        key_adoption: bool = True, interface: str | None = None, echo: bool = False) -> int:
     """Run the agent until SIGTERM/SIGINT; return the process exit code."""
     try:
         vip, dip = find_dip(load_config(config_path), dip_id, vip_name)
@@ -98,7 +107,7 @@ def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: 
         print(e, file=sys.stderr)
         return EXIT_CONFIG
     setup = DipHostSetup(vip.address, dip.announce_port, c_flag=not vip.uses_tokens)
-    server = EchoServer(dip.id, vip.port)
+    server = EchoServer(dip.id, vip.port) if echo else None
     stop = threading.Event()
     # Signals are caught from before apply() so a stop during setup still undoes it.
     with _stop_on_signals(stop):
@@ -110,9 +119,11 @@ def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: 
         try:
             if token is not None:
                 token.apply()
-            log.info("DIP %d serving VIP %s (%s:%d, mode %s), announcing port %s", dip.id, vip.name,
-                     vip.address, vip.port, vip.mode, dip.announce_port)
-            server.start()
+            log.info("DIP %d set up for VIP %s (%s:%d, mode %s), announcing port %s%s", dip.id, vip.name,
+                     vip.address, vip.port, vip.mode, dip.announce_port,
+                     ", serving the echo service" if server else "")
+            if server is not None:
+                server.start()
             if ready_file is not None:
                 with open(ready_file, "w", encoding="ascii") as f:
                     f.write("ready\n")
@@ -121,7 +132,8 @@ def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: 
         finally:
             if ready_file is not None and os.path.exists(ready_file):
                 os.unlink(ready_file)
-            server.stop()
+            if server is not None:
+                server.stop()
             try:
                 if token is not None:
                     token.undo()

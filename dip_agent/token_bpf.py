@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
+from mptcp_lb import tc
 from mptcp_lb.bpf import BPF_DIR, BpfMap, BpfObject, built_object
 from mptcp_lb.mptcp_codec import KEY_LEN, make_key
 
@@ -51,12 +51,6 @@ STAT_NAMES = ("synack_key_set", "synack_no_key", "pool_empty", "carrier_stored",
               "tsecr_exact", "tsecr_restored", "tsecr_unmatched", "malformed", "no_state")
 
 SYNCOOKIES = "net/ipv4/tcp_syncookies"
-
-# tc: clsact's ingress / egress hooks, and where our filters sit in them.
-TC_INGRESS = "ffff:fff2"
-TC_EGRESS = "ffff:fff3"
-FILTER_PRIO = 1
-FILTER_HANDLE = 1
 
 # struct dip_config, flow_key, flow_state, pool_entry, pool_state (native byte order, as the C structs).
 _CONFIG_TAIL = struct.Struct("=HII")  # server_id, key_mode, reserved (after vip and port, both big-endian)
@@ -282,7 +276,7 @@ class DipTokenSetup:
         self.obj: BpfObject | None = None
         self.pool: KeyPool | None = None
         self._saved_sysctls: dict[str, str] = {}  # the values found before the first apply()
-        self._attached: list[tuple[int, str]] = []  # (ifindex, parent) of each filter we added
+        self._attached: list[tuple[int, str]] = []  # (ifindex, hook) of each filter we added
         self._own_clsact: list[int] = []  # ifindexes where we created clsact
 
     # -------------------------------------------------------------- apply
@@ -318,29 +312,11 @@ class DipTokenSetup:
                 if not found:
                     raise RuntimeError(f"interface {name} does not exist")
                 ifindex = found[0]
-                try:
-                    ipr.tc("add", "clsact", ifindex)
+                if tc.add_clsact(ipr, ifindex):
                     self._own_clsact.append(ifindex)
-                except NetlinkError as e:
-                    if e.code != 17:  # EEXIST: someone's clsact is there already; share it
-                        raise
-                for parent, prog in ((TC_INGRESS, "dip_ingress"), (TC_EGRESS, "dip_egress")):
-                    args = dict(fd=self.obj.prog_fd(prog), name=prog, parent=parent, prio=FILTER_PRIO, classid=1,
-                                direct_action=True)
-                    try:
-                        try:
-                            ipr.tc("add-filter", "bpf", ifindex, FILTER_HANDLE, **args)
-                        except NetlinkError as e:
-                            if e.code != 17:
-                                raise
-                            # EEXIST: our filter left behind by an agent that was killed: take its place.
-                            log.warning("replacing a %s filter left on %s (%s prio %d)", prog, name, parent,
-                                        FILTER_PRIO)
-                            ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, **args)
-                    except NetlinkError as e:
-                        raise RuntimeError(f"cannot attach {prog} on {name} ({parent} prio {FILTER_PRIO}): "
-                                           f"{os.strerror(e.code)}") from e
-                    self._attached.append((ifindex, parent))
+                for hook, prog in ((tc.INGRESS, "dip_ingress"), (tc.EGRESS, "dip_egress")):
+                    tc.attach(ipr, ifindex, name, hook, self.obj.prog_fd(prog), prog)
+                    self._attached.append((ifindex, hook))
                 log.info("attached dip_ingress and dip_egress on %s", name)
 
     # -------------------------------------------------------------- undo
@@ -361,21 +337,11 @@ class DipTokenSetup:
     def _detach(self) -> None:
         with IPRoute() as ipr:
             while self._attached:
-                ifindex, parent = self._attached.pop()
-                if ifindex in self._own_clsact:
-                    continue  # deleting our clsact below takes its filters with it
-                try:
-                    ipr.tc("del-filter", "bpf", ifindex, FILTER_HANDLE, parent=parent, prio=FILTER_PRIO)
-                except NetlinkError as e:
-                    if e.code not in (2, 19):  # ENOENT, ENODEV: already gone
-                        raise
+                ifindex, hook = self._attached.pop()
+                if ifindex not in self._own_clsact:  # deleting our clsact below takes its filters with it
+                    tc.detach(ipr, ifindex, hook)
             while self._own_clsact:
-                ifindex = self._own_clsact.pop()
-                try:
-                    ipr.tc("del", "clsact", ifindex)
-                except NetlinkError as e:
-                    if e.code not in (2, 19, 22):  # gone with its interface
-                        raise
+                tc.del_clsact(ipr, self._own_clsact.pop())
         log.info("detached token steering from %s", ",".join(self.ifnames))
 
     # -------------------------------------------------------------- maps

@@ -38,7 +38,8 @@ def run_demo(args) -> int:
     key_source = args.key_source if args.mode != "port" else None
     progress(f"mode={args.mode}{f' key-source={key_source}' if key_source else ''} dips={args.dips} "
              f"conns={args.conns} payload={args.size} bytes")
-    with Datacenter(n_dips=args.dips, progress=progress, mode=args.mode, key_source=key_source or "mux") as dc:
+    with Datacenter(n_dips=args.dips, progress=progress, mode=args.mode, key_source=key_source or "mux",
+                    port_type=args.port_type) as dc:
         before = dc.mux_flow_counts()
         dp_before = datapath_flow_count("tcp")
         progress(f"MUX flows before traffic: {before}")
@@ -57,6 +58,7 @@ def run_demo(args) -> int:
         "mode": args.mode,
         "key_source": key_source,
         "dips": args.dips,
+        "port_type": dc.port_type,
         "connections": connections,
         "mux_flows": {"before": before, "after": after},
         "datapath_tcp_flows": {"before": dp_before, "after": dp_after},

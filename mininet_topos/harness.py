@@ -73,8 +73,12 @@ def require_platform() -> None:
 class Datacenter:
     def __init__(self, n_dips: int = 3, prefix: str = "", workdir: str | None = None,
                  progress=lambda msg: log.info("%s", msg), mode: str = "port", key_source: str = "mux",
-                 punt_rate: int = 100, key_adoption: bool = True):
+                 punt_rate: int = 100, key_adoption: bool = True, port_type: str | None = None,
+                 echo: bool = True):
+        from mptcp_lb.datapath import resolve_port_type
+
         self.n_dips = n_dips
+        self.port_type = resolve_port_type(port_type)
         self.prefix = prefix
         self.progress = progress
         self.mode = mode
@@ -82,7 +86,8 @@ class Datacenter:
         self.config = topology_config(n_dips, of_port=free_port(), api_port=free_port(), mode=mode,
                                       key_source=key_source, punt_rate=punt_rate)
         self.key_adoption = key_adoption
-        self.classified: list[str] = []  # interfaces with the XDP classifier attached
+        self.echo = echo
+        self.classified: list[int] = []  # MUXes whose uplink has the classifier in front of OVS
         self.config_path = os.path.join(self.workdir, "config.yaml")
         self.net = None
         self.controller = None
@@ -98,7 +103,7 @@ class Datacenter:
         return self.host("c1")
 
     def mux_uplink(self, i: int) -> str:
-        """The MUX bridge's port towards the router: where the classifier sits."""
+        """The MUX's interface towards the router: where the classifier sits (``mptcp_lb.classifier``)."""
         return f"{self.prefix}mux{i}-eth1"
 
     @property
@@ -132,21 +137,25 @@ class Datacenter:
         with open(self.config_path, "w") as f:
             yaml.safe_dump(self.config, f, sort_keys=False)
         self.start_controller()
-        topo = DatacenterTopo(n_dips=self.n_dips, prefix=self.prefix)
+        from mptcp_lb.datapath import place_pmd
+
+        topo = DatacenterTopo(n_dips=self.n_dips, prefix=self.prefix, port_type=self.port_type,
+                              rps_cpus=place_pmd())
         ctl = self.config["controller"]
         self.net = Mininet(topo=topo, controller=None, autoSetMacs=False, build=False, waitConnected=False)
         self.net.addController(f"{self.prefix}ctl", controller=RemoteController,
                                ip="127.0.0.1", port=ctl["openflow_port"])
         self.net.build()
         self.net.start()
-        self.progress(f"topology up: 2 clients, router, 2 MUXes, fabric, {self.n_dips} DIPs")
+        self.progress(f"topology up: 2 clients, router, 2 MUXes, fabric, {self.n_dips} DIPs; "
+                      f"OVS ports: {self.port_type}")
         if self.mode != "port":
             from mptcp_lb import classifier
 
             for i in (1, 2):
-                classifier.attach(self.mux_uplink(i))
-                self.classified.append(self.mux_uplink(i))
-            self.progress("XDP MPTCP classifier attached to both MUX uplinks")
+                classifier.insert(self.mux_bridge(i), self.mux_uplink(i), self.port_type)
+                self.classified.append(i)
+            self.progress("MPTCP classifier in front of both MUX bridges (tc ingress of their uplinks)")
         wait_for("the controller to program both MUXes",
                  lambda: all(m["connected"] and m["flows"] > 0 and ofctl_flow_count(self.mux_bridge(i)) > 0
                              for i, m in enumerate(self.api("GET", "/muxes"), start=1)), 30)
@@ -182,7 +191,8 @@ class Datacenter:
         logf = open(os.path.join(self.workdir, f"d{i}.log"), "w")
         self.agents[i] = self.dip_host(i).popen(
             [sys.executable, "-m", "mptcp_lb.cli", "dip-agent", "--config", self.config_path,
-             "--dip", str(i), "--ready-file", ready, *([] if self.key_adoption else ["--no-key-adoption"])],
+             "--dip", str(i), "--ready-file", ready, *([] if self.key_adoption else ["--no-key-adoption"]),
+             *(["--echo"] if self.echo else [])],
             stdout=logf, stderr=subprocess.STDOUT)
         logf.close()
 
@@ -215,13 +225,13 @@ class Datacenter:
                 self.stop_agent(i)
             except Exception:  # keep cleaning
                 log.exception("stopping agent d%d", i)
-        for ifname in self.classified:
+        for i in self.classified:
             try:
                 from mptcp_lb import classifier
 
-                classifier.detach(ifname)
+                classifier.remove(self.mux_bridge(i), self.mux_uplink(i))
             except Exception:
-                log.exception("detaching the classifier from %s", ifname)
+                log.exception("removing the classifier from %s", self.mux_uplink(i))
         self.classified = []
         if self.net is not None:
             for i in range(1, self.n_dips + 1):

@@ -1,9 +1,11 @@
 """The one place the project talks to BPF: ctypes bindings to libbpf.so.1.
 
 No bcc and no shelling out: objects are opened and loaded with libbpf, maps are
-read and written through their fds, and programs are run on test packets with
-BPF_PROG_TEST_RUN. libbpf >= 1.0 reports errors as negative errno (integer
-calls) or NULL plus errno (pointer calls); both become BpfError.
+read and written through their fds (also the maps of a program some other
+process loaded and attached, found by the program's id), and programs are run
+on test packets with BPF_PROG_TEST_RUN. libbpf >= 1.0 reports errors as
+negative errno (integer calls) or NULL plus errno (pointer calls); both become
+BpfError.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-XDP_PASS = 2
-XDP_FLAGS_SKB_MODE = 1 << 1
-XDP_FLAGS_DRV_MODE = 1 << 2
+TC_ACT_OK = 0
+TC_ACT_SHOT = 2
+TC_ACT_REDIRECT = 7
 
 # Per-CPU maps return one 8-byte-aligned value per possible CPU on lookup.
 _PERCPU_MAP_TYPES = frozenset({5, 6, 10, 21})  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
 
-# Room in the output buffer for a program that grows the packet (bpf_xdp_adjust_tail/head).
+# Room in the output buffer for a program that grows the packet.
 _TEST_RUN_SLACK = 256
 
 
@@ -76,8 +78,9 @@ def _lib() -> ctypes.CDLL:
         "bpf_map_lookup_elem": (i, [i, vp, vp]),
         "bpf_map_delete_elem": (i, [i, vp]),
         "bpf_prog_test_run_opts": (i, [i, ctypes.POINTER(_TestRunOpts)]),
-        "bpf_xdp_attach": (i, [i, i, u32, vp]),
-        "bpf_xdp_detach": (i, [i, u32, vp]),
+        "bpf_prog_get_fd_by_id": (i, [u32]),
+        "bpf_map_get_fd_by_id": (i, [u32]),
+        "bpf_obj_get_info_by_fd": (i, [i, vp, ctypes.POINTER(u32)]),
         "libbpf_num_possible_cpus": (i, []),
     }
     for name, (restype, argtypes) in signatures.items():
@@ -100,21 +103,60 @@ def _check_ptr(call: str, ptr: int | None) -> int:
     return ptr
 
 
-class BpfMap:
-    """One map of a loaded BpfObject, read and written with raw bytes."""
+class _ProgInfo(ctypes.Structure):
+    """The head of struct bpf_prog_info (uapi linux/bpf.h), up to the map ids; the kernel fills what fits."""
 
-    def __init__(self, owner: BpfObject, ptr: int, name: str):
-        lib = _lib()
-        self._owner = owner  # the object owns the fd; keep it alive as long as the map
+    _fields_ = [
+        ("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32), ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * 16),
+    ]
+
+
+class _MapInfo(ctypes.Structure):
+    """The head of struct bpf_map_info (uapi linux/bpf.h)."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+def _info(fd: int, info: ctypes.Structure) -> None:
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check("bpf_obj_get_info_by_fd", _lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)))
+
+
+class BpfMap:
+    """One map, read and written with raw bytes: of a loaded BpfObject, or found by id (``program_maps``)."""
+
+    def __init__(self, fd: int, name: str, key_size: int, value_size: int, map_type: int,
+                 owner: object = None, owns_fd: bool = False):
+        self._owner = owner  # an object that owns the fd; keep it alive as long as the map
+        self._owns_fd = owns_fd
+        self.fd = fd
         self.name = name
-        self.fd = _check("bpf_map__fd", lib.bpf_map__fd(ptr))
-        self.key_size = lib.bpf_map__key_size(ptr)
-        self.value_size = lib.bpf_map__value_size(ptr)
-        self._lookup_size = self.value_size
-        if lib.bpf_map__type(ptr) in _PERCPU_MAP_TYPES:
-            self._lookup_size = (self.value_size + 7) // 8 * 8 * _check(
-                "libbpf_num_possible_cpus", lib.libbpf_num_possible_cpus()
-            )
+        self.key_size = key_size
+        self.value_size = value_size
+        self._lookup_size = value_size
+        if map_type in _PERCPU_MAP_TYPES:
+            self._lookup_size = (value_size + 7) // 8 * 8 * _check(
+                "libbpf_num_possible_cpus", _lib().libbpf_num_possible_cpus())
+
+    @classmethod
+    def _of_object(cls, owner: BpfObject, ptr: int, name: str) -> BpfMap:
+        lib = _lib()
+        return cls(_check("bpf_map__fd", lib.bpf_map__fd(ptr)), name, lib.bpf_map__key_size(ptr),
+                   lib.bpf_map__value_size(ptr), lib.bpf_map__type(ptr), owner=owner)
+
+    def close(self) -> None:
+        """Close the fd of a map found by id; a BpfObject's maps close with the object."""
+        if self._owns_fd and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def _key(self, key: bytes) -> bytes:
         # The kernel reads key_size bytes whatever we pass: a short buffer would be over-read.
@@ -169,7 +211,7 @@ class BpfObject:
     def map(self, name: str) -> BpfMap:
         lib = _lib()
         ptr = _check_ptr("bpf_object__find_map_by_name", lib.bpf_object__find_map_by_name(self._live(), name.encode()))
-        return BpfMap(self, ptr, name)
+        return BpfMap._of_object(self, ptr, name)
 
     def close(self) -> None:
         if self._obj:
@@ -195,7 +237,7 @@ class TestRun:
 
 
 def test_run(prog_fd: int, data: bytes, repeat: int = 1) -> TestRun:
-    """Run a program on one packet in the kernel (BPF_PROG_TEST_RUN). XDP needs >= 14 bytes."""
+    """Run a program on one packet in the kernel (BPF_PROG_TEST_RUN). tc programs need >= 14 bytes."""
     out = ctypes.create_string_buffer(len(data) + _TEST_RUN_SLACK)
     opts = _TestRunOpts(
         sz=ctypes.sizeof(_TestRunOpts),
@@ -212,18 +254,30 @@ def test_run(prog_fd: int, data: bytes, repeat: int = 1) -> TestRun:
 test_run.__test__ = False  # a library function, not a pytest test
 
 
-def _xdp_mode(generic: bool) -> int:
-    return XDP_FLAGS_SKB_MODE if generic else XDP_FLAGS_DRV_MODE
-
-
-def attach_xdp(ifindex: int, prog_fd: int, generic: bool = True) -> None:
-    """Attach (or replace) the interface's XDP program; generic (skb) mode works on any device."""
-    _check("bpf_xdp_attach", _lib().bpf_xdp_attach(ifindex, prog_fd, _xdp_mode(generic), None))
-
-
-def detach_xdp(ifindex: int, generic: bool = True) -> None:
-    """Detach the interface's XDP program of that mode (a veth has both, so the mode must match)."""
-    _check("bpf_xdp_detach", _lib().bpf_xdp_detach(ifindex, _xdp_mode(generic), None))
+def program_maps(prog_id: int) -> dict[str, BpfMap]:
+    """The maps of a loaded program, by name, found from its id (as tc reports it). Close them after use."""
+    lib = _lib()
+    prog_fd = _check("bpf_prog_get_fd_by_id", lib.bpf_prog_get_fd_by_id(prog_id))
+    try:
+        info = _ProgInfo()
+        _info(prog_fd, info)
+        ids = (ctypes.c_uint32 * info.nr_map_ids)()
+        info = _ProgInfo(nr_map_ids=len(ids), map_ids=ctypes.addressof(ids))
+        _info(prog_fd, info)
+    finally:
+        os.close(prog_fd)
+    maps = {}
+    for map_id in ids[: info.nr_map_ids]:
+        fd = _check("bpf_map_get_fd_by_id", lib.bpf_map_get_fd_by_id(map_id))
+        minfo = _MapInfo()
+        try:
+            _info(fd, minfo)
+        except BpfError:
+            os.close(fd)
+            raise
+        name = minfo.name.decode()
+        maps[name] = BpfMap(fd, name, minfo.key_size, minfo.value_size, minfo.type, owns_fd=True)
+    return maps
 
 
 BPF_DIR = Path(__file__).resolve().parents[1] / "bpf"

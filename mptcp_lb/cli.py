@@ -7,6 +7,7 @@ import logging
 import sys
 
 from mptcp_lb.config import ConfigError, load_config
+from mptcp_lb.datapath import PORT_TYPES
 
 EXIT_CONFIG = 2
 
@@ -57,19 +58,27 @@ def cmd_dip_agent(args) -> int:
     from dip_agent.main import run
 
     return run(args.config, args.dip, vip_name=args.vip, ready_file=args.ready_file,
-               key_adoption=not args.no_key_adoption, interface=args.interface)
+               key_adoption=not args.no_key_adoption, interface=args.interface, echo=args.echo)
 
 
 def cmd_classifier(args) -> int:
+    import json
+
     from mptcp_lb import classifier
 
     try:
-        (classifier.attach if args.action == "attach" else classifier.detach)(args.interface)
-    except OSError as e:
-        print(f"classifier {args.action} {args.interface}: {e}", file=sys.stderr)
+        if args.action == "attach":
+            tap = classifier.insert(args.bridge, args.uplink, args.port_type, args.ofport)
+            print(f"classifier on {tap.uplink}: tc ingress, frames to OpenFlow port {tap.ofport} of {tap.bridge} "
+                  f"through {tap.ovs_end} ({tap.port_type})")
+        elif args.action == "detach":
+            classifier.remove(args.bridge, args.uplink)
+            print(f"classifier removed from {args.uplink}: it is a port of {args.bridge} again")
+        else:
+            print(json.dumps(classifier.stats(args.uplink)))
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"classifier {args.action} {args.uplink}: {e}", file=sys.stderr)
         return 1
-    print(f"classifier {'attached to' if args.action == 'attach' else 'detached from'} {args.interface} "
-          "(generic XDP)")
     return 0
 
 
@@ -101,20 +110,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True)
     s.set_defaults(func=cmd_controller)
 
-    s = sub.add_parser("dip-agent", help="set up this host (or netns) as a DIP and serve until stopped")
+    s = sub.add_parser("dip-agent", help="set up this host (or netns) as a DIP until stopped")
     s.add_argument("--config", required=True)
     s.add_argument("--dip", required=True, type=int, help="DIP id from the config")
     s.add_argument("--vip", help="VIP name (default: the only VIP with this DIP)")
     s.add_argument("--ready-file", help="write 'ready' here once set up")
     s.add_argument("--interface", help="token modes: the fabric interface VIP traffic arrives on "
                                        "(default: the default route's)")
+    s.add_argument("--echo", action="store_true",
+                   help="also serve the test echo service on the VIP's service port (demo, tests, benchmarks); "
+                        "without it the agent only configures the host and your application serves")
     s.add_argument("--no-key-adoption", action="store_true",
                    help="token modes: keep the kernel's own keys (a control for tests; joins then break)")
     s.set_defaults(func=cmd_dip_agent)
 
-    s = sub.add_parser("classifier", help="attach/detach the XDP MPTCP classifier on a MUX's uplink port")
-    s.add_argument("action", choices=["attach", "detach"])
-    s.add_argument("interface", help="the OVS-side interface facing the border router")
+    s = sub.add_parser("classifier", help="put the MPTCP classifier between a MUX's uplink and its OVS bridge "
+                                          "(token and hybrid modes), take it away, or read its counters")
+    s.add_argument("action", choices=["attach", "detach", "stats"])
+    s.add_argument("uplink", help="the MUX's interface facing the border router")
+    s.add_argument("--bridge", help="attach/detach: the MUX's OVS bridge")
+    s.add_argument("--port-type", choices=PORT_TYPES,
+                   help="attach: OVS port type of the tap's end (default: afxdp where supported)")
+    s.add_argument("--ofport", type=int,
+                   help="attach: OpenFlow port number, when the uplink is not a port of the bridge yet")
     s.set_defaults(func=cmd_classifier)
 
     s = sub.add_parser("demo", help="build the default datacenter topology and run real MPTCP traffic")
@@ -122,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--key-source", default="mux", choices=["mux", "pool"],
                    help="token/hybrid: the controller makes keys (mux) or each DIP draws from its pool")
     s.add_argument("--dips", type=int, default=3)
+    s.add_argument("--port-type", choices=PORT_TYPES,
+                   help="OVS port type of every bridge port (default: afxdp where supported, else system)")
     s.add_argument("--conns", type=int, default=20)
     s.add_argument("--size", type=int, default=256 * 1024, help="payload bytes per connection")
     s.add_argument("--json", help="write the JSON report here")
@@ -131,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "classifier" and args.action != "stats" and not args.bridge:
+        parser.error(f"classifier {args.action} needs --bridge")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.func(args)

@@ -54,7 +54,7 @@ AGENT = """
 import logging, sys
 from dip_agent.main import run
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-sys.exit(run(sys.argv[1], int(sys.argv[2]), ready_file=sys.argv[3]))
+sys.exit(run(sys.argv[1], int(sys.argv[2]), ready_file=sys.argv[3], echo=True))
 """
 
 

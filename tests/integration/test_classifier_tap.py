@@ -1,0 +1,220 @@
+"""The classifier in front of a real OVS netdev bridge: tc ingress of an uplink, a tap into OVS.
+
+Topology (names carry this process id so parallel runs do not collide)::
+
+    netns ctNc: ctNc0 ==veth== ctNu (uplink) --tap--> OVS bridge ctbrN <-- ctNp ==veth== ctNs0 :netns ctNs
+
+The bridge forwards port 1 (the uplink, then the tap's OVS end) to port 2
+and back. Flows on tag MACs count what the classifier tagged; frames
+without a verdict reach the untagged flow. Real MPTCP traffic checks that
+both directions cross the tap, on afxdp and on AF_PACKET (system) ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from scapy.all import IP, TCP, Ether, raw
+
+from mininet_topos.harness import wait_for
+from mptcp_lb import classifier
+from tests.integration.netns import REPO, WAIT, in_ns, python_env, sh
+
+CLIENT_MAC, SERVER_MAC = "02:00:00:79:00:01", "02:00:00:79:00:02"
+CLIENT_IP, SERVER_IP = "10.79.0.1", "10.79.0.2"
+SERVER_ID = 0xABC
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+SEND = """
+import sys
+from scapy.all import Ether, sendp
+sendp([Ether(bytes.fromhex(h)) for h in sys.argv[2:]], iface=sys.argv[1], verbose=False)
+"""
+
+TO_SERVER = f"set_field:{SERVER_MAC}->eth_dst,output:2"
+# match -> what it counts
+FLOWS = {
+    "priority=100,in_port=1,dl_dst=0a:4d:01:00:00:00": "SYN + MP_CAPABLE",
+    f"priority=100,in_port=1,dl_dst=0a:4d:03:00:{SERVER_ID >> 8:02x}:{SERVER_ID & 0xff:02x}": "server ID",
+    "priority=90,in_port=1,dl_dst=0a:4d:03:00:00:00/ff:ff:ff:00:00:00": "other timestamps",
+    "priority=50,tcp,in_port=1": "no verdict",
+}
+
+
+def frame(flags: str, options: list) -> bytes:
+    return raw(Ether(src=CLIENT_MAC, dst=SERVER_MAC) / IP(src=CLIENT_IP, dst=SERVER_IP)
+               / TCP(sport=40000, dport=80, flags=flags, options=options))
+
+
+MP_CAPABLE_SYN = frame("S", [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None),
+                             ("WScale", 7), (30, b"\x01\x01")])
+TIMESTAMP_ACK = frame("A", [("NOP", None), ("NOP", None), ("Timestamp", (2, 0x7000 | SERVER_ID))])
+PLAIN_ACK = frame("A", [])
+
+
+def counts(bridge: str) -> dict[str, int]:
+    """n_packets of the flows in FLOWS, by what they count."""
+    out = sh("ovs-ofctl", "-O", "OpenFlow13", "--no-names", "dump-flows", bridge)
+    found = {}
+    for line in out.splitlines():
+        n = re.search(r"n_packets=(\d+)", line)
+        for match, what in FLOWS.items():
+            prio, rest = match.split(",", 1)
+            if n and f" {prio}," in f" {line}" and line.split("actions=")[0].rstrip(", ").endswith(rest):
+                found[what] = int(n.group(1))
+    return found
+
+
+def settled_counts(bridge: str) -> dict[str, int]:
+    """``counts`` once two reads a revalidation apart agree: OpenFlow counters lag the datapath's."""
+    last = []
+
+    def settled():
+        last.append(counts(bridge))
+        return len(last) > 1 and last[-1] == last[-2] and last[-1]
+    return wait_for(f"OpenFlow counters on {bridge} to settle", settled, WAIT, interval=0.6)
+
+
+def is_port(bridge: str, name: str) -> bool:
+    return name in sh("ovs-vsctl", "list-ports", bridge).split()
+
+
+class TapBed:
+    """Two namespaces around one OVS bridge whose port 1 is the client's uplink."""
+
+    def __init__(self, port_type: str):
+        tag = os.getpid() % 100000
+        self.port_type = port_type
+        self.client_ns, self.server_ns, self.bridge = f"ct{tag}c", f"ct{tag}s", f"ctbr{tag}"
+        self.uplink, self.server_port = f"ct{tag}u", f"ct{tag}p"
+        self.client_if, self.server_if = f"ct{tag}c0", f"ct{tag}s0"
+        self.echo = None
+
+    def create(self) -> None:
+        for ns, inner, outer, ip, mac in ((self.client_ns, self.client_if, self.uplink, CLIENT_IP, CLIENT_MAC),
+                                          (self.server_ns, self.server_if, self.server_port, SERVER_IP, SERVER_MAC)):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns)
+            sh("ip", "link", "set", outer, "up")
+            in_ns(ns, "ip", "link", "set", "lo", "up")
+            in_ns(ns, "ip", "link", "set", inner, "address", mac, "up")
+            in_ns(ns, "ip", "addr", "add", f"{ip}/24", "dev", inner)
+            in_ns(ns, "ethtool", "-K", inner, "tx", "off")
+        kind = [] if self.port_type == "system" else ["type=afxdp", "options:xdp-mode=best-effort"]
+        sh("ovs-vsctl", "--timeout=10", "add-br", self.bridge, "--", "set", "bridge", self.bridge,
+           "datapath_type=netdev", "protocols=OpenFlow13", "fail_mode=secure",
+           "--", "add-port", self.bridge, self.uplink, "--", "set", "Interface", self.uplink, "ofport_request=1", *kind,
+           "--", "add-port", self.bridge, self.server_port, "--", "set", "Interface", self.server_port,
+           "ofport_request=2", *kind)
+        flows = [f"{match},actions={TO_SERVER}" for match in FLOWS] + [
+            f"priority=40,in_port=1,actions={TO_SERVER}",  # ARP and the like, not counted
+            "priority=50,in_port=2,actions=output:1"]
+        for flow in flows:
+            sh("ovs-ofctl", "-O", "OpenFlow13", "add-flow", self.bridge, flow)
+
+    def start_echo(self) -> None:
+        self.echo = subprocess.Popen(["ip", "netns", "exec", self.server_ns, sys.executable,
+                                      os.path.join(HERE, "echo_service.py"), "1", "80"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=python_env(),
+                                     cwd=REPO)
+        assert self.echo.stdout.readline().strip() == "ready"
+
+    def traffic(self, conns: int = 4, size: int = 2 << 20) -> list[dict]:
+        out = in_ns(self.client_ns, "env", f"PYTHONPATH={REPO}", sys.executable, "-m", "mptcp_lb.traffic",
+                    "--vip", SERVER_IP, "--port", "80", "--conns", str(conns), "--size", str(size),
+                    "--min-subflows", "1", "--timeout", "30")
+        return json.loads(out)
+
+    def destroy(self) -> None:
+        if self.echo is not None and self.echo.poll() is None:
+            self.echo.stdin.close()
+            self.echo.wait(WAIT)
+        if os.path.exists(f"/sys/class/net/{self.uplink}"):
+            try:
+                classifier.remove(self.bridge, self.uplink)
+            except classifier.ClassifierError:
+                pass  # there was no tap
+        sh("ovs-vsctl", "--timeout=10", "--if-exists", "del-br", self.bridge, check=False)
+        for outer in (self.uplink, self.server_port):
+            sh("ip", "link", "del", outer, check=False)
+        for ns in (self.client_ns, self.server_ns):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+@pytest.fixture(params=["afxdp", "system"])
+def bed(request):
+    bed = TapBed(request.param)
+    try:
+        bed.create()
+        yield bed
+    finally:
+        bed.destroy()
+
+
+def test_ovs_matches_the_tags_the_classifier_writes(bed):
+    tap = classifier.insert(bed.bridge, bed.uplink, bed.port_type)
+    assert (tap.ofport, tap.port_type) == (1, bed.port_type)
+    assert not is_port(bed.bridge, bed.uplink) and is_port(bed.bridge, tap.ovs_end)
+    assert sh("ovs-vsctl", "get", "Interface", tap.ovs_end, "ofport").strip() == "1"
+    assert all(n == 0 for n in counts(bed.bridge).values())
+
+    sent = {"SYN + MP_CAPABLE": [MP_CAPABLE_SYN] * 3, "server ID": [TIMESTAMP_ACK] * 2, "no verdict": [PLAIN_ACK] * 4}
+    frames = [f for group in sent.values() for f in group]
+    in_ns(bed.client_ns, sys.executable, "-c", SEND, bed.client_if, *(f.hex() for f in frames))
+    expected = {what: len(sent.get(what, ())) for what in FLOWS.values()}
+    try:
+        wait_for(f"OpenFlow counters {expected}", lambda: counts(bed.bridge) == expected, WAIT)
+    except TimeoutError as timeout:
+        raise AssertionError(f"{timeout}; last seen {counts(bed.bridge)}") from None
+    stats = classifier.stats(bed.uplink)
+    assert stats["mp_capable"] == 3 and stats["timestamp"] == 2 and stats["to_ovs"] >= len(frames), stats
+
+
+def test_traffic_crosses_the_tap_both_ways_and_remove_puts_the_uplink_back(bed):
+    bed.start_echo()
+    tap = classifier.insert(bed.bridge, bed.uplink, bed.port_type)
+    results = bed.traffic()
+    assert all(r.get("verified") for r in results), results
+    stats = classifier.stats(bed.uplink)
+    # Every client segment but the SYN carries a timestamp, so all arrive tagged. A lost SYN
+    # (AF_PACKET ports drop under load) comes again, tagged again.
+    assert stats["mp_capable"] >= len(results) and stats["timestamp"] > 100, stats
+    assert stats["to_uplink"] > 100 and stats["unconfigured"] == 0, stats
+    seen = settled_counts(bed.bridge)
+    # OVS saw what the classifier tagged (less what a system port dropped), nothing untagged.
+    assert len(results) <= seen["SYN + MP_CAPABLE"] <= stats["mp_capable"], (seen, stats)
+    assert 100 < seen["server ID"] + seen["other timestamps"] <= stats["timestamp"], (seen, stats)
+    assert seen["no verdict"] == 0, seen
+
+    classifier.remove(bed.bridge, bed.uplink)
+    assert is_port(bed.bridge, bed.uplink) and not is_port(bed.bridge, tap.ovs_end)
+    assert sh("ovs-vsctl", "get", "Interface", bed.uplink, "ofport").strip() == "1"
+    assert not os.path.exists(f"/sys/class/net/{tap.near}")
+    assert "clsact" not in sh("tc", "qdisc", "show", "dev", bed.uplink)
+    results = bed.traffic(conns=2)
+    assert all(r.get("verified") for r in results), results
+    after = settled_counts(bed.bridge)
+    assert after["no verdict"] > 100, after  # the same traffic, untagged now
+    assert {k: v for k, v in after.items() if k != "no verdict"} == {k: v for k, v in seen.items() if k != "no verdict"}
+
+
+def test_insert_refuses_what_it_cannot_do_and_changes_nothing(bed):
+    with pytest.raises(classifier.ClassifierError, match=f"interface {bed.uplink}x does not exist"):
+        classifier.insert(bed.bridge, bed.uplink + "x", bed.port_type)
+    with pytest.raises(classifier.ClassifierError, match=f"is a port of bridge {bed.bridge}, not nobr"):
+        classifier.insert("nobr", bed.uplink, bed.port_type)
+    with pytest.raises(classifier.ClassifierError, match="has no classifier tap"):
+        classifier.remove(bed.bridge, bed.uplink)
+    tap = classifier.insert(bed.bridge, bed.uplink, bed.port_type)
+    with pytest.raises(classifier.ClassifierError, match=f"already has a classifier tap \\({tap.near}\\)"):
+        classifier.insert(bed.bridge, bed.uplink, bed.port_type)
+    assert is_port(bed.bridge, tap.ovs_end)  # the refused second insert left the first alone
+    classifier.remove(bed.bridge, bed.uplink)
+    with pytest.raises(classifier.ClassifierError, match=f"no classifier is attached to {bed.uplink}"):
+        classifier.stats(bed.uplink)
+    assert is_port(bed.bridge, bed.uplink)
