@@ -3,9 +3,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := openvswitch-switch mininet iproute2 ethtool tcpdump procps clang llvm libbpf-dev \
 	python3-venv
+# What `make bench` downloads with: stock nginx and curl, made MPTCP by mptcpd's mptcpize.
+BENCH_PACKAGES := nginx-light curl mptcpd
 OUT ?= out
 
-.PHONY: all bootstrap deps venv ovs bpf demo test unit bench clean
+.PHONY: all bootstrap deps bench-deps venv ovs bpf demo test unit bench clean
 
 all: test
 
@@ -14,10 +16,18 @@ bootstrap: deps venv ovs bpf
 bpf: deps
 	$(MAKE) -C bpf
 
-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Install the packages in $(1) that are missing (a fresh machine needs `apt-get update` once first).
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -q && \
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
+endef
+
+deps:
+	$(call apt_install,$(APT_PACKAGES))
+
+bench-deps: deps
+	$(call apt_install,$(BENCH_PACKAGES))
 
 venv: $(VENV)/.installed
 
@@ -40,7 +50,7 @@ test: bootstrap
 unit: venv
 	$(PY) -m pytest -ra tests/unit
 
-bench: bootstrap
+bench: bootstrap bench-deps
 	mkdir -p $(OUT)
 	$(PY) -m bench.run_bench --json $(OUT)/bench.json
 

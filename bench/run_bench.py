@@ -1,15 +1,21 @@
 """mptcp-lb benchmarks, measured side by side in one run (``make bench``).
 
-1. MPTCP goodput client -> server through one OVS netdev bridge, alternating
-   between the LB pipeline (compiled flows, VIP -> select group -> DIP, DSR
-   return) and plain L2 forwarding (``actions=NORMAL``) on the same bridge,
-   same hosts, same datapath. Reports medians and the LB/L2 ratio.
-2. Datapath (megaflow) count for the VIP on the datacenter topology after
+1. Long MPTCP downloads through the demo topology, the way a user would run
+   one (stock nginx on the DIPs, stock curl on a client, both under
+   mptcpize; every byte verified): port and token steering, on afxdp and on
+   AF_PACKET (system) OVS ports, each next to plain L2 forwarding over the
+   same fabric ports. Goodput, and retransmissions per MB on the senders
+   (the DIPs) and on the client, from their kernels' counters.
+2. Upload goodput client -> server through one OVS bridge, alternating
+   between plain L2 forwarding (``actions=NORMAL``), the port pipeline and
+   the token pipeline with the classifier tap in front of the bridge: here
+   every data packet crosses the classifier.
+3. Datapath (megaflow) count for the VIP on the datacenter topology after
    few vs many connections: it must not grow with connections.
-3. Flow compile time for 4096 DIPs vs 3 DIPs.
-4. Classifier cost per packet class (BPF_PROG_TEST_RUN, 1e6 repeats) against
-   an XDP program that only returns XDP_PASS, on the same frames.
-5. Controller: SYN(MPC) seeding rate (packet-in -> packet-out decisions per
+4. Flow compile time for 4096 DIPs vs 3 DIPs.
+5. Classifier cost per packet class (BPF_PROG_TEST_RUN, 1e6 repeats) against
+   the tap's bare redirect (``mux_to_uplink``), on the same frames.
+6. Controller: SYN(MPC) seeding rate (packet-in -> packet-out decisions per
    second, in process) and key generation rate for a DIP's slices.
 
 Absolute numbers on this shared 2-core machine are noisy; the ratios are the point.
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -28,7 +35,9 @@ import time
 
 import yaml
 
+from bench.download import compare
 from mininet_topos.harness import Datacenter, require_platform
+from mptcp_lb.datapath import PORT_TYPES
 
 BENCH_VIP = "10.9.0.100"
 CLIENT_IP, SERVER_IP, MUX_IP = "10.9.0.1", "10.9.0.2", "10.9.0.254"
@@ -80,23 +89,25 @@ def throughput(seconds: float, rounds: int) -> dict:
     """Goodput client -> VIP through one bridge: plain L2 vs the port pipeline vs the token pipeline.
 
     The server is the same in all three: a real DIP agent in token mode (key
-    pool, TSval stamping, SYN cookies), so only the MUX pipeline differs. In
-    L2 mode the client reaches the VIP through the server's own MAC.
+    pool, TSval stamping, SYN cookies), so only the MUX pipeline differs; the
+    token rounds put the classifier tap in front of the bridge. In L2 mode the
+    client reaches the VIP through the server's own MAC.
     """
     from mininet.net import Mininet
-    from mininet.node import OVSSwitch
     from mininet.topo import Topo
 
-    from mininet_topos.datacenter import no_tx_offload
+    from mininet_topos.datacenter import MuxSwitch, tune_interfaces
     from mininet_topos.harness import wait_for
     from mptcp_lb import classifier
+    from mptcp_lb.datapath import default_port_type, place_pmd
 
     tag = f"b{os.getpid() % 1000}"
+    port_type = default_port_type()
 
     class Pair(Topo):
         def build(self):
-            sw = self.addSwitch(f"{tag}s1", cls=OVSSwitch, datapath="user", failMode="secure",
-                                protocols="OpenFlow13", dpid="%016x" % 0x9001)
+            sw = self.addSwitch(f"{tag}s1", cls=MuxSwitch, datapath="user", failMode="secure",
+                                protocols="OpenFlow13", dpid="%016x" % 0x9001, port_type=port_type)
             self.addLink(self.addHost(f"{tag}h1", ip=f"{CLIENT_IP}/24"), sw, port2=1)
             self.addLink(self.addHost(f"{tag}h2", ip=f"{SERVER_IP}/24", mac=SERVER_MAC), sw, port2=2)
 
@@ -105,17 +116,17 @@ def throughput(seconds: float, rounds: int) -> dict:
     with open(config_path, "w") as f:
         yaml.safe_dump(bench_config("token"), f)
     net = Mininet(topo=Pair(), controller=None, autoSetMacs=False)
-    agent, uplink = None, f"{tag}s1-eth1"
+    agent, uplink, bridge = None, f"{tag}s1-eth1", f"{tag}s1"
     try:
+        rps_cpus = place_pmd()
         net.start()
         h1, h2 = net.get(f"{tag}h1"), net.get(f"{tag}h2")
-        bridge = f"{tag}s1"
         for h in (h1, h2):
-            no_tx_offload(h)
+            tune_interfaces(h, rps_cpus)
         h2.cmd(f"ip route add default via {MUX_IP}")
         ready = os.path.join(workdir, "ready")
         agent = h2.popen([sys.executable, "-m", "mptcp_lb.cli", "dip-agent", "--config", config_path, "--dip", "1",
-                          "--ready-file", ready], cwd=ROOT)
+                          "--ready-file", ready, "--echo"], cwd=ROOT)
         wait_for("the bench DIP agent", lambda: os.path.exists(ready), 20)
         modes = {"l2": (install_l2, SERVER_IP), "port": (lambda b: install_pipeline(b, "port"), MUX_IP),
                  "token": (lambda b: install_pipeline(b, "token"), MUX_IP)}
@@ -124,22 +135,69 @@ def throughput(seconds: float, rounds: int) -> dict:
             for mode, (install, next_hop) in modes.items():
                 install(bridge)
                 if mode == "token":
-                    classifier.attach(uplink)
+                    classifier.insert(bridge, uplink, port_type)
                 h1.cmd(f"ip route replace {BENCH_VIP}/32 via {next_hop}")
                 h1.cmd("ip neigh flush all")
                 out = h1.cmd(f"{sys.executable} -m bench.bulk {BENCH_VIP} 80 {seconds}")
                 if mode == "token":
-                    classifier.detach(uplink)
+                    classifier.remove(bridge, uplink)
                 results[mode].append(json.loads(out.strip().splitlines()[-1])["gbps"])
                 print(f"  throughput {mode}: {results[mode][-1]:.3f} Gbit/s", flush=True)
         med = {m: statistics.median(v) for m, v in results.items()}
-        return {"gbps": results, "median_gbps": med, "port_over_l2": med["port"] / med["l2"],
+        return {"port_type": port_type, "gbps": results, "median_gbps": med, "port_over_l2": med["port"] / med["l2"],
                 "token_over_l2": med["token"] / med["l2"], "token_over_port": med["token"] / med["port"]}
     finally:
         if agent is not None:
             agent.terminate()
             agent.wait()
+        if os.path.exists(f"/sys/class/net/{uplink}") and \
+                os.path.exists(f"/sys/class/net/{classifier.tap_names(socket.if_nametoindex(uplink))[0]}"):
+            classifier.remove(bridge, uplink)
         net.stop()
+
+
+def downloads(size: int, rounds: int, port_types: list[str]) -> dict:
+    """Port and token downloads through the demo topology on each port type, each next to plain L2.
+
+    Port mode uses c1 (follows ADD_ADDR: 3 subflows), token mode the stock
+    client c2 (joins the service port: 2 subflows); token mode runs the
+    classifier tap on both MUX uplinks and the DIPs' tc programs (pool keys,
+    TSval stamping, SYN cookies).
+    """
+    out: dict = {"bytes": size, "rounds": rounds, "runs": {}}
+    for port_type in port_types:
+        for mode, client in (("port", "c1"), ("token", "c2")):
+            print(f"  downloads: {mode} mode, {port_type} ports ...", flush=True)
+            with Datacenter(n_dips=3, prefix=f"b{os.getpid() % 1000}", progress=lambda m: None, mode=mode,
+                            key_source="pool", port_type=port_type, echo=False) as dc:
+                runs = compare(dc, client, size, rounds)
+            summary = {}
+            for path, results in runs.items():
+                mb = sum(r["bytes"] for r in results) / 1e6
+                summary[path] = {
+                    "gbps": [r["gbps"] for r in results],
+                    "median_gbps": statistics.median(r["gbps"] for r in results),
+                    "sender_retrans_per_mb": sum(r["sender_retrans_segs"] for r in results) / mb,
+                    "client_retrans_per_mb": sum(r["client_retrans_segs"] for r in results) / mb,
+                    "subflows_at_serving_dip": [1 + r["joins_at_serving_dip"] for r in results],
+                }
+                print(f"    {path}: {summary[path]['median_gbps']:.3f} Gbit/s "
+                      f"({', '.join(f'{g:.2f}' for g in summary[path]['gbps'])}), "
+                      f"{summary[path]['sender_retrans_per_mb']:.2f} retransmissions/MB", flush=True)
+            summary["lb_over_l2"] = summary["lb"]["median_gbps"] / summary["l2"]["median_gbps"]
+            out["runs"][f"{mode}/{port_type}"] = summary
+    runs = out["runs"]
+    for port_type in port_types:
+        port, token = runs[f"port/{port_type}"]["lb"], runs[f"token/{port_type}"]["lb"]
+        out[f"token_over_port/{port_type}"] = {
+            "goodput": token["median_gbps"] / port["median_gbps"],
+            "sender_retrans_per_mb": (token["sender_retrans_per_mb"], port["sender_retrans_per_mb"]),
+        }
+    if "afxdp" in port_types and "system" in port_types:
+        for mode in ("port", "token"):
+            out[f"afxdp_over_system/{mode}"] = (runs[f"{mode}/afxdp"]["lb"]["median_gbps"]
+                                               / runs[f"{mode}/system"]["lb"]["median_gbps"])
+    return out
 
 
 def datapath_flows(few: int, many: int) -> dict:
@@ -197,11 +255,11 @@ def compile_time() -> dict:
 
 
 def classifier_cost(repeat: int) -> dict:
+    """ns per frame of the classifier (parse, tag, redirect) vs the tap's bare redirect, same frames."""
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
 
-    from mptcp_lb import bpf
-    from mptcp_lb.classifier import PROGRAM
+    from mptcp_lb import bpf, classifier
     base = Ether(dst="02:00:00:01:00:01") / IP(src="10.0.1.1", dst=BENCH_VIP)
     ts = ("Timestamp", (0x12345678, 0x0ABC0003))
     frames = {
@@ -215,13 +273,13 @@ def classifier_cost(repeat: int) -> dict:
         "no_options": TCP(flags="A"),
     }
     out = {}
-    with bpf.BpfObject(bpf.built_object("mux_classifier.o")) as clf, \
-            bpf.BpfObject(bpf.built_object("xdp_pass.o")) as noop:
+    with classifier.load() as obj:
+        obj.configure(to_ovs=1, to_uplink=1)  # test runs never really redirect
         for name, tcp in frames.items():
             frame = bytes(base / tcp)
-            cls_ns = bpf.test_run(clf.prog_fd(PROGRAM), frame, repeat=repeat).duration_ns
-            base_ns = bpf.test_run(noop.prog_fd("xdp_pass"), frame, repeat=repeat).duration_ns
-            out[name] = {"classifier_ns": cls_ns, "xdp_pass_ns": base_ns, "ratio": cls_ns / max(base_ns, 1)}
+            cls_ns = bpf.test_run(obj.prog_fd(classifier.UPLINK_PROGRAM), frame, repeat=repeat).duration_ns
+            base_ns = bpf.test_run(obj.prog_fd(classifier.RETURN_PROGRAM), frame, repeat=repeat).duration_ns
+            out[name] = {"classifier_ns": cls_ns, "redirect_ns": base_ns, "ratio": cls_ns / max(base_ns, 1)}
     return {"repeat": repeat, "per_class": out}
 
 
@@ -262,11 +320,18 @@ def controller_rates(seconds: float) -> dict:
     return {"seed_syn_per_s": punt_rate, "keys_per_s": keys, "punt_meter_default_pps": config.controller.punt_rate}
 
 
+def _retrans_ratio(token: float, port: float) -> str:
+    return "both 0" if token == port == 0 else ("port 0" if port == 0 else f"{token / port:.2f}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default="out/bench.json")
-    p.add_argument("--seconds", type=float, default=3.0, help="seconds per throughput run")
-    p.add_argument("--rounds", type=int, default=3, help="alternating L2/LB rounds")
+    p.add_argument("--download-mb", type=int, default=128, help="MiB per download (a multiple of 1)")
+    p.add_argument("--download-rounds", type=int, default=3, help="LB/L2 download pairs per mode and port type")
+    p.add_argument("--port-types", nargs="+", default=["afxdp", "system"], choices=PORT_TYPES)
+    p.add_argument("--seconds", type=float, default=3.0, help="seconds per upload run")
+    p.add_argument("--rounds", type=int, default=3, help="alternating L2/port/token upload rounds")
     p.add_argument("--conns", type=int, nargs=2, default=[10, 50], metavar=("FEW", "MANY"))
     p.add_argument("--repeat", type=int, default=1_000_000, help="BPF_PROG_TEST_RUN repeats per packet class")
     args = p.parse_args(argv)
@@ -283,19 +348,37 @@ def main(argv=None) -> int:
     report["compile"] = compile_time()
     print("datapath flows ...", flush=True)
     report["datapath_flows"] = datapath_flows(*args.conns)
-    print("throughput (plain L2 vs port vs token pipeline, same netdev bridge and server) ...", flush=True)
+    print("downloads through the demo topology (stock nginx and curl under mptcpize) ...", flush=True)
+    report["downloads"] = downloads(args.download_mb << 20, args.download_rounds, args.port_types)
+    print("uploads through one bridge (plain L2 vs port vs token pipeline, same server) ...", flush=True)
     report["throughput"] = throughput(args.seconds, args.rounds)
+
+    dl = report["downloads"]
+    print(f"\nDownloads of {args.download_mb} MiB through the demo topology (medians of {args.download_rounds}; "
+          "retransmissions per MB on the DIPs, the senders):")
+    print(f"  {'mode/ports':<16}{'LB Gbit/s':>10}{'L2 Gbit/s':>10}{'LB/L2':>7}{'LB retx/MB':>12}{'L2 retx/MB':>12}")
+    for name, run in dl["runs"].items():
+        print(f"  {name:<16}{run['lb']['median_gbps']:>10.3f}{run['l2']['median_gbps']:>10.3f}{run['lb_over_l2']:>7.2f}"
+              f"{run['lb']['sender_retrans_per_mb']:>12.2f}{run['l2']['sender_retrans_per_mb']:>12.2f}")
+    for mode in ("port", "token"):
+        if f"afxdp_over_system/{mode}" in dl:
+            print(f"  {mode} download, afxdp / AF_PACKET ports: {dl[f'afxdp_over_system/{mode}']:.1f}x")
+    for port_type in args.port_types:
+        r = dl[f"token_over_port/{port_type}"]
+        print(f"  token / port on {port_type}: goodput {r['goodput']:.2f}, retransmissions/MB "
+              f"{_retrans_ratio(*r['sender_retrans_per_mb'])} ({r['sender_retrans_per_mb'][0]:.2f} vs "
+              f"{r['sender_retrans_per_mb'][1]:.2f})")
     t, d, c = report["throughput"], report["datapath_flows"], report["compile"]
     m = t["median_gbps"]
-    print(f"\nMPTCP goodput (medians of {args.rounds}): port pipeline / plain L2 {t['port_over_l2']:.2f}, "
-          f"token pipeline / plain L2 {t['token_over_l2']:.2f}, token / port {t['token_over_port']:.2f} "
-          f"({m['port']:.2f}, {m['token']:.2f}, {m['l2']:.2f} Gbit/s)")
+    print(f"\nUploads through one bridge ({t['port_type']} ports, medians of {args.rounds}): port pipeline / plain L2 "
+          f"{t['port_over_l2']:.2f}, token pipeline + classifier / plain L2 {t['token_over_l2']:.2f}, token / port "
+          f"{t['token_over_port']:.2f} ({m['port']:.2f}, {m['token']:.2f}, {m['l2']:.2f} Gbit/s)")
     print(f"VIP datapath flows after {d['connections'][0]} / {d['connections'][1]} connections: "
           f"{d['vip_datapath_flows'][0]} / {d['vip_datapath_flows'][1]} (growth ratio {d['growth_ratio']:.2f})")
     print(f"compile 4096 DIPs: {c['4096']['seconds']:.3f} s ({c['4096']['flows']} flows); "
           f"3 DIPs: {c['3']['seconds'] * 1e3:.2f} ms; per-DIP cost ratio {c['per_dip_ratio_4096_vs_3']:.2f}")
     for name, row in report["classifier"]["per_class"].items():
-        print(f"classifier {name:>20}: {row['classifier_ns']:4d} ns/packet vs XDP_PASS {row['xdp_pass_ns']:3d} ns "
+        print(f"classifier {name:>20}: {row['classifier_ns']:4d} ns/packet vs bare redirect {row['redirect_ns']:3d} ns "
               f"(ratio {row['ratio']:.1f})")
     ctl = report["controller"]
     print(f"controller: {ctl['seed_syn_per_s']:.0f} SYN(MPC)/s seeded (meter caps punts at "

@@ -1,0 +1,176 @@
+"""Long MPTCP downloads through the demo topology, the way a user would run one.
+
+Stock nginx serves a file on every DIP and stock curl fetches it through the
+VIP, both made MPTCP by ``mptcpize`` (Debian's mptcpd package: it preloads a
+library that turns their TCP sockets into MPTCP ones). The file is random,
+and the copy curl saved is compared with it byte for byte by SHA-256. The
+DIPs' own kernel counters say which DIP served the download and that every
+join found its token there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import time
+
+from mininet_topos.datacenter import FABRIC_NET, SERVICE_PORT, VIP
+from mininet_topos.harness import wait_for
+
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx-d{dip}.pid;
+error_log {workdir}/nginx-d{dip}.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    server {{
+        listen {port};
+        root {root};
+    }}
+}}
+"""
+
+# What says the download really was multipath, and steered: read on every DIP.
+DIP_COUNTERS = ("MPTcpExtMPCapableSYNRX", "MPTcpExtMPJoinSynRx", "MPTcpExtMPJoinAckRx",
+                "MPTcpExtMPJoinNoTokenFound", "TcpRetransSegs", "TcpOutSegs")
+CLIENT_COUNTERS = ("TcpRetransSegs", "TcpOutSegs", "TcpInSegs")
+
+
+def nstat(host) -> dict[str, int]:
+    """Absolute kernel counters in a Mininet host's namespace."""
+    out = host.cmd("nstat -az")
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)", out, re.M)}
+
+
+def delta(after: dict[str, int], before: dict[str, int], keys) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in keys}
+
+
+def require_stock_tools() -> None:
+    for tool in ("nginx", "curl", "mptcpize"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} not found: `make bench` installs nginx-light, curl and mptcpd")
+
+
+class StockWebServers:
+    """nginx under mptcpize on every DIP of a running ``Datacenter`` (started with ``echo=False``)."""
+
+    def __init__(self, dc, size: int, root: str | None = None):
+        self.dc = dc
+        self.size = size
+        self.root = root or os.path.join("/dev/shm", f"mptcp-lb-bench-{os.getpid()}")
+        self.path = os.path.join(self.root, "blob")
+        self.sha256 = ""
+        self.procs = []
+
+    def __enter__(self) -> StockWebServers:
+        require_stock_tools()
+        os.makedirs(self.root, exist_ok=True)
+        digest = hashlib.sha256()
+        with open(self.path, "wb") as f:
+            for _ in range(self.size // (1 << 20)):
+                chunk = os.urandom(1 << 20)
+                digest.update(chunk)
+                f.write(chunk)
+        self.sha256 = digest.hexdigest()
+        try:
+            for i in range(1, self.dc.n_dips + 1):
+                conf = os.path.join(self.dc.workdir, f"nginx-d{i}.conf")
+                with open(conf, "w") as f:
+                    f.write(NGINX_CONF.format(workdir=self.dc.workdir, dip=i, port=SERVICE_PORT, root=self.root))
+                self.procs.append(self.dc.dip_host(i).popen(["mptcpize", "run", "nginx", "-c", conf],
+                                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            for i in range(1, self.dc.n_dips + 1):
+                host = self.dc.dip_host(i)
+                wait_for(f"nginx on d{i}", lambda h=host: f":{SERVICE_PORT} " in h.cmd("ss -Mltn"), 15)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.procs = []
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def download(dc, client: str, servers: StockWebServers, timeout: float = 300) -> dict:
+    """One curl download of the served file through the VIP; goodput, verification and counters."""
+    host = dc.host(client)
+    dips = [dc.dip_host(i) for i in range(1, dc.n_dips + 1)]
+    saved = os.path.join(servers.root, f"got-{client}")
+    before = {"client": nstat(host), **{f"d{i}": nstat(d) for i, d in enumerate(dips, start=1)}}
+    started = time.monotonic()
+    out = host.cmd(f"timeout {timeout} mptcpize run curl -sS -o {saved} -w '%{{size_download}} %{{time_total}}' "
+                   f"http://{VIP}:{SERVICE_PORT}/blob")
+    wall = time.monotonic() - started
+    after = {"client": nstat(host), **{f"d{i}": nstat(d) for i, d in enumerate(dips, start=1)}}
+    try:
+        nbytes, seconds = out.strip().split()[-2:]
+        nbytes, seconds = int(nbytes), float(seconds)
+    except ValueError:
+        raise RuntimeError(f"curl from {client} failed: {out.strip()[-500:]}") from None
+    digest = hashlib.sha256()
+    with open(saved, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    os.unlink(saved)
+    per_dip = {name: delta(after[name], before[name], DIP_COUNTERS) for name in before if name != "client"}
+    serving = [name for name, c in per_dip.items() if c["MPTcpExtMPCapableSYNRX"]]
+    mb = nbytes / 1e6
+    dip_retrans = sum(c["TcpRetransSegs"] for c in per_dip.values())
+    client_counts = delta(after["client"], before["client"], CLIENT_COUNTERS)
+    return {
+        "bytes": nbytes, "seconds": seconds, "wall_seconds": wall, "gbps": nbytes * 8 / seconds / 1e9,
+        "verified": nbytes == servers.size and digest.hexdigest() == servers.sha256,
+        "serving_dips": serving,
+        "joins_at_serving_dip": sum(per_dip[n]["MPTcpExtMPJoinAckRx"] for n in serving),
+        "joins_elsewhere": sum(c["MPTcpExtMPJoinSynRx"] for n, c in per_dip.items() if n not in serving),
+        "join_token_not_found": sum(c["MPTcpExtMPJoinNoTokenFound"] for c in per_dip.values()),
+        "sender_retrans_segs": dip_retrans, "sender_retrans_per_mb": dip_retrans / mb,
+        "client_retrans_segs": client_counts["TcpRetransSegs"],
+        "client_retrans_per_mb": client_counts["TcpRetransSegs"] / mb,
+        "per_dip": per_dip,
+    }
+
+
+def route_vip_to(dc, dip: int | None) -> None:
+    """Send the VIP through the MUXes (None: the ECMP route) or straight over the fabric to one DIP.
+
+    The straight route is plain L2 forwarding on the same fabric bridge and
+    ports, with no MUX: the baseline the load-balanced download is set against.
+    """
+    if dip is None:
+        dc.router.set_vip_route()
+    else:
+        dc.router.cmd(f"ip route replace {VIP}/32 via {FABRIC_NET}.{dip} dev {dc.prefix}r0-eth4")
+
+
+def compare(dc, client: str, size: int, rounds: int) -> dict:
+    """Alternate load-balanced and plain-L2 downloads of ``size`` bytes; every one verified."""
+    runs: dict[str, list[dict]] = {"lb": [], "l2": []}
+    with StockWebServers(dc, size) as web:
+        for _ in range(rounds):
+            for path, dip in (("lb", None), ("l2", 1)):
+                route_vip_to(dc, dip)
+                result = download(dc, client, web)
+                if not result["verified"]:
+                    raise RuntimeError(f"{path} download from {client} arrived corrupted: {result}")
+                if result["join_token_not_found"] or result["joins_elsewhere"]:
+                    raise RuntimeError(f"{path} download from {client} had a join miss its DIP: {result}")
+                runs[path].append(result)
+        route_vip_to(dc, None)
+    return runs
