@@ -159,18 +159,11 @@ def route_vip_to(dc, dip: int | None) -> None:
         dc.router.cmd(f"ip route replace {VIP}/32 via {FABRIC_NET}.{dip} dev {dc.prefix}r0-eth4")
 
 
-def compare(dc, client: str, size: int, rounds: int) -> dict:
-    """Alternate load-balanced and plain-L2 downloads of ``size`` bytes; every one verified."""
-    runs: dict[str, list[dict]] = {"lb": [], "l2": []}
-    with StockWebServers(dc, size) as web:
-        for _ in range(rounds):
-            for path, dip in (("lb", None), ("l2", 1)):
-                route_vip_to(dc, dip)
-                result = download(dc, client, web)
-                if not result["verified"]:
-                    raise RuntimeError(f"{path} download from {client} arrived corrupted: {result}")
-                if result["join_token_not_found"] or result["joins_elsewhere"]:
-                    raise RuntimeError(f"{path} download from {client} had a join miss its DIP: {result}")
-                runs[path].append(result)
-        route_vip_to(dc, None)
-    return runs
+def checked_download(dc, client: str, servers: StockWebServers) -> dict:
+    """``download``, refusing a result that was not every byte, or whose joins missed their DIP."""
+    result = download(dc, client, servers)
+    if not result["verified"]:
+        raise RuntimeError(f"download from {client} arrived corrupted or short: {result}")
+    if result["join_token_not_found"] or result["joins_elsewhere"] or len(result["serving_dips"]) != 1:
+        raise RuntimeError(f"download from {client} was not steered to one DIP: {result}")
+    return result

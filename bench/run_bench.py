@@ -24,6 +24,7 @@ Absolute numbers on this shared 2-core machine are noisy; the ratios are the poi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -35,7 +36,7 @@ import time
 
 import yaml
 
-from bench.download import compare
+from bench.download import StockWebServers, checked_download, route_vip_to
 from mininet_topos.harness import Datacenter, require_platform
 from mptcp_lb.datapath import PORT_TYPES
 
@@ -162,30 +163,42 @@ def downloads(size: int, rounds: int, port_types: list[str]) -> dict:
     Port mode uses c1 (follows ADD_ADDR: 3 subflows), token mode the stock
     client c2 (joins the service port: 2 subflows); token mode runs the
     classifier tap on both MUX uplinks and the DIPs' tc programs (pool keys,
-    TSval stamping, SYN cookies).
+    TSval stamping, SYN cookies). Every topology is up at once and the rounds
+    go round-robin over them, so each comparison is made under the same load
+    from the rest of the machine.
     """
+    configs = [(mode, client, port_type) for port_type in port_types for mode, client in (("port", "c1"), ("token", "c2"))]
+    raw: dict[str, dict[str, list[dict]]] = {f"{m}/{pt}": {"lb": [], "l2": []} for m, _, pt in configs}
+    with contextlib.ExitStack() as stack:
+        beds = {}
+        for i, (mode, client, port_type) in enumerate(configs):
+            print(f"  {mode} mode on {port_type} ports: topology up", flush=True)
+            dc = stack.enter_context(Datacenter(n_dips=3, prefix=f"b{os.getpid() % 100}{i}", progress=lambda m: None,
+                                                mode=mode, key_source="pool", port_type=port_type, echo=False))
+            web = stack.enter_context(StockWebServers(dc, size, root=f"/dev/shm/mptcp-lb-bench-{os.getpid()}-{i}"))
+            beds[f"{mode}/{port_type}"] = (dc, client, web)
+        for n in range(rounds):
+            for name, (dc, client, web) in beds.items():
+                for path, dip in (("lb", None), ("l2", 1)):
+                    route_vip_to(dc, dip)
+                    raw[name][path].append(checked_download(dc, client, web))
+                route_vip_to(dc, None)
+                print(f"  round {n + 1}/{rounds} {name}: LB {raw[name]['lb'][-1]['gbps']:.2f}, "
+                      f"L2 {raw[name]['l2'][-1]['gbps']:.2f} Gbit/s", flush=True)
     out: dict = {"bytes": size, "rounds": rounds, "runs": {}}
-    for port_type in port_types:
-        for mode, client in (("port", "c1"), ("token", "c2")):
-            print(f"  downloads: {mode} mode, {port_type} ports ...", flush=True)
-            with Datacenter(n_dips=3, prefix=f"b{os.getpid() % 1000}", progress=lambda m: None, mode=mode,
-                            key_source="pool", port_type=port_type, echo=False) as dc:
-                runs = compare(dc, client, size, rounds)
-            summary = {}
-            for path, results in runs.items():
-                mb = sum(r["bytes"] for r in results) / 1e6
-                summary[path] = {
-                    "gbps": [r["gbps"] for r in results],
-                    "median_gbps": statistics.median(r["gbps"] for r in results),
-                    "sender_retrans_per_mb": sum(r["sender_retrans_segs"] for r in results) / mb,
-                    "client_retrans_per_mb": sum(r["client_retrans_segs"] for r in results) / mb,
-                    "subflows_at_serving_dip": [1 + r["joins_at_serving_dip"] for r in results],
-                }
-                print(f"    {path}: {summary[path]['median_gbps']:.3f} Gbit/s "
-                      f"({', '.join(f'{g:.2f}' for g in summary[path]['gbps'])}), "
-                      f"{summary[path]['sender_retrans_per_mb']:.2f} retransmissions/MB", flush=True)
-            summary["lb_over_l2"] = summary["lb"]["median_gbps"] / summary["l2"]["median_gbps"]
-            out["runs"][f"{mode}/{port_type}"] = summary
+    for name, paths in raw.items():
+        summary = {}
+        for path, results in paths.items():
+            mb = sum(r["bytes"] for r in results) / 1e6
+            summary[path] = {
+                "gbps": [r["gbps"] for r in results],
+                "median_gbps": statistics.median(r["gbps"] for r in results),
+                "sender_retrans_per_mb": sum(r["sender_retrans_segs"] for r in results) / mb,
+                "client_retrans_per_mb": sum(r["client_retrans_segs"] for r in results) / mb,
+                "subflows_at_serving_dip": [1 + r["joins_at_serving_dip"] for r in results],
+            }
+        summary["lb_over_l2"] = summary["lb"]["median_gbps"] / summary["l2"]["median_gbps"]
+        out["runs"][name] = summary
     runs = out["runs"]
     for port_type in port_types:
         port, token = runs[f"port/{port_type}"]["lb"], runs[f"token/{port_type}"]["lb"]
@@ -324,36 +337,7 @@ def _retrans_ratio(token: float, port: float) -> str:
     return "both 0" if token == port == 0 else ("port 0" if port == 0 else f"{token / port:.2f}")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--json", default="out/bench.json")
-    p.add_argument("--download-mb", type=int, default=128, help="MiB per download (a multiple of 1)")
-    p.add_argument("--download-rounds", type=int, default=3, help="LB/L2 download pairs per mode and port type")
-    p.add_argument("--port-types", nargs="+", default=["afxdp", "system"], choices=PORT_TYPES)
-    p.add_argument("--seconds", type=float, default=3.0, help="seconds per upload run")
-    p.add_argument("--rounds", type=int, default=3, help="alternating L2/port/token upload rounds")
-    p.add_argument("--conns", type=int, nargs=2, default=[10, 50], metavar=("FEW", "MANY"))
-    p.add_argument("--repeat", type=int, default=1_000_000, help="BPF_PROG_TEST_RUN repeats per packet class")
-    args = p.parse_args(argv)
-    from mininet.log import setLogLevel
-
-    setLogLevel("warning")
-    require_platform()
-    report = {}
-    print("classifier cost ...", flush=True)
-    report["classifier"] = classifier_cost(args.repeat)
-    print("controller rates ...", flush=True)
-    report["controller"] = controller_rates(2.0)
-    print("compile time ...", flush=True)
-    report["compile"] = compile_time()
-    print("datapath flows ...", flush=True)
-    report["datapath_flows"] = datapath_flows(*args.conns)
-    print("downloads through the demo topology (stock nginx and curl under mptcpize) ...", flush=True)
-    report["downloads"] = downloads(args.download_mb << 20, args.download_rounds, args.port_types)
-    print("uploads through one bridge (plain L2 vs port vs token pipeline, same server) ...", flush=True)
-    report["throughput"] = throughput(args.seconds, args.rounds)
-
-    dl = report["downloads"]
+def print_downloads(dl: dict, args) -> None:
     print(f"\nDownloads of {args.download_mb} MiB through the demo topology (medians of {args.download_rounds}; "
           "retransmissions per MB on the DIPs, the senders):")
     print(f"  {'mode/ports':<16}{'LB Gbit/s':>10}{'L2 Gbit/s':>10}{'LB/L2':>7}{'LB retx/MB':>12}{'L2 retx/MB':>12}")
@@ -368,27 +352,75 @@ def main(argv=None) -> int:
         print(f"  token / port on {port_type}: goodput {r['goodput']:.2f}, retransmissions/MB "
               f"{_retrans_ratio(*r['sender_retrans_per_mb'])} ({r['sender_retrans_per_mb'][0]:.2f} vs "
               f"{r['sender_retrans_per_mb'][1]:.2f})")
-    t, d, c = report["throughput"], report["datapath_flows"], report["compile"]
-    m = t["median_gbps"]
-    print(f"\nUploads through one bridge ({t['port_type']} ports, medians of {args.rounds}): port pipeline / plain L2 "
-          f"{t['port_over_l2']:.2f}, token pipeline + classifier / plain L2 {t['token_over_l2']:.2f}, token / port "
-          f"{t['token_over_port']:.2f} ({m['port']:.2f}, {m['token']:.2f}, {m['l2']:.2f} Gbit/s)")
-    print(f"VIP datapath flows after {d['connections'][0]} / {d['connections'][1]} connections: "
-          f"{d['vip_datapath_flows'][0]} / {d['vip_datapath_flows'][1]} (growth ratio {d['growth_ratio']:.2f})")
-    print(f"compile 4096 DIPs: {c['4096']['seconds']:.3f} s ({c['4096']['flows']} flows); "
-          f"3 DIPs: {c['3']['seconds'] * 1e3:.2f} ms; per-DIP cost ratio {c['per_dip_ratio_4096_vs_3']:.2f}")
-    for name, row in report["classifier"]["per_class"].items():
-        print(f"classifier {name:>20}: {row['classifier_ns']:4d} ns/packet vs bare redirect {row['redirect_ns']:3d} ns "
-              f"(ratio {row['ratio']:.1f})")
-    ctl = report["controller"]
-    print(f"controller: {ctl['seed_syn_per_s']:.0f} SYN(MPC)/s seeded (meter caps punts at "
-          f"{ctl['punt_meter_default_pps']}/s per MUX); keys/s: "
-          + ", ".join(f"{k} {v:.0f}" for k, v in ctl["keys_per_s"].items()))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", default="out/bench.json")
+    p.add_argument("--download-mb", type=int, default=128, help="MiB per download (a multiple of 1)")
+    p.add_argument("--download-rounds", type=int, default=5, help="LB/L2 download pairs per mode and port type")
+    p.add_argument("--port-types", nargs="+", default=["afxdp", "system"], choices=PORT_TYPES)
+    p.add_argument("--seconds", type=float, default=3.0, help="seconds per upload run")
+    p.add_argument("--rounds", type=int, default=3, help="alternating L2/port/token upload rounds")
+    p.add_argument("--conns", type=int, nargs=2, default=[10, 50], metavar=("FEW", "MANY"))
+    p.add_argument("--repeat", type=int, default=1_000_000, help="BPF_PROG_TEST_RUN repeats per packet class")
+    p.add_argument("--only", nargs="+", choices=["classifier", "controller", "compile", "datapath_flows", "downloads",
+                                                 "throughput"], help="run only these sections")
+    args = p.parse_args(argv)
+    from mininet.log import setLogLevel
+
+    setLogLevel("warning")
+    require_platform()
+    sections = {
+        "classifier": ("classifier cost", lambda: classifier_cost(args.repeat)),
+        "controller": ("controller rates", lambda: controller_rates(2.0)),
+        "compile": ("compile time", compile_time),
+        "datapath_flows": ("datapath flows", lambda: datapath_flows(*args.conns)),
+        "downloads": ("downloads through the demo topology (stock nginx and curl under mptcpize)",
+                      lambda: downloads(args.download_mb << 20, args.download_rounds, args.port_types)),
+        "throughput": ("uploads through one bridge (plain L2 vs port vs token pipeline, same server)",
+                       lambda: throughput(args.seconds, args.rounds)),
+    }
+    report = {}
+    for name in args.only or sections:
+        title, run = sections[name]
+        print(f"{title} ...", flush=True)
+        report[name] = run()
+    print_report(report, args)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
     print(f"written to {args.json}")
     return 0
+
+
+def print_report(report: dict, args) -> None:
+    """The figures, ratios first; sections that did not run are left out."""
+    if "downloads" in report:
+        print_downloads(report["downloads"], args)
+    if "throughput" in report:
+        t = report["throughput"]
+        m = t["median_gbps"]
+        print(f"\nUploads through one bridge ({t['port_type']} ports, medians of {args.rounds}): port pipeline / "
+              f"plain L2 {t['port_over_l2']:.2f}, token pipeline + classifier / plain L2 {t['token_over_l2']:.2f}, "
+              f"token / port {t['token_over_port']:.2f} ({m['port']:.2f}, {m['token']:.2f}, {m['l2']:.2f} Gbit/s)")
+    if "datapath_flows" in report:
+        d = report["datapath_flows"]
+        print(f"VIP datapath flows after {d['connections'][0]} / {d['connections'][1]} connections: "
+              f"{d['vip_datapath_flows'][0]} / {d['vip_datapath_flows'][1]} (growth ratio {d['growth_ratio']:.2f})")
+    if "compile" in report:
+        c = report["compile"]
+        print(f"compile 4096 DIPs: {c['4096']['seconds']:.3f} s ({c['4096']['flows']} flows); "
+              f"3 DIPs: {c['3']['seconds'] * 1e3:.2f} ms; per-DIP cost ratio {c['per_dip_ratio_4096_vs_3']:.2f}")
+    if "classifier" in report:
+        for name, row in report["classifier"]["per_class"].items():
+            print(f"classifier {name:>20}: {row['classifier_ns']:4d} ns/packet vs bare redirect "
+                  f"{row['redirect_ns']:3d} ns (ratio {row['ratio']:.1f})")
+    if "controller" in report:
+        ctl = report["controller"]
+        print(f"controller: {ctl['seed_syn_per_s']:.0f} SYN(MPC)/s seeded (meter caps punts at "
+              f"{ctl['punt_meter_default_pps']}/s per MUX); keys/s: "
+              + ", ".join(f"{k} {v:.0f}" for k, v in ctl["keys_per_s"].items()))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ Usable with Mininet's CLI (the third argument is the port type, optional):
 
 from __future__ import annotations
 
-from mininet.node import Host, OVSBridge, OVSSwitch
+from mininet.node import Host, OVSBridge, OVSSwitch, Switch
 from mininet.topo import Topo
 
 from mptcp_lb.datapath import parse_cpu_mask, port_options, resolve_port_type
@@ -81,23 +81,34 @@ def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080, mode
     }
 
 
+def _faces_a_switch(intf) -> bool:
+    link = intf.link
+    if link is None:
+        return False
+    peer = link.intf2 if link.intf1 is intf else link.intf1
+    return isinstance(peer.node, Switch)
+
+
 def tune_interfaces(host: Host, rps_cpus: int = 0) -> None:
     """Make the host's veths behave like NICs in front of the userspace datapath.
 
     - TX checksum offload off: OVS's netdev datapath never completes a
       partial checksum, so without this every TCP SYN is lost.
-    - GRO on, and receive processing on ``rps_cpus`` (RPS; 0 leaves it
-      where it is): a real host's NIC queue is processed by that host, but a
-      veth processes what OVS's PMD thread transmits inside that very thread,
-      so the PMD would end up running every receiver's TCP stack on its own
-      core. ``Datacenter`` passes the CPUs other than the PMD's
-      (``mptcp_lb.datapath.place_pmd``); ``make bench`` measured 1.7x the
-      download goodput with both, and no loss.
+    - Receive processing on ``rps_cpus`` (RPS; 0 leaves it where it is): a
+      real host's NIC queue is processed by that host, but a veth processes
+      what OVS's PMD thread transmits inside that very thread, so the PMD
+      would end up running every receiver's TCP stack on its own core.
+      ``Datacenter`` passes the CPUs other than the PMD's
+      (``mptcp_lb.datapath.place_pmd``).
+    - GRO on the interfaces that face an OVS port, so what the PMD sends in
+      a batch climbs the stack once. Not on host-to-host links: GRO gives a
+      veth a 256-frame ring that drops when its reader falls behind, where a
+      veth without it queues in the CPU's backlog.
     """
     for intf in host.intfList():
         if intf.name == "lo":
             continue
-        host.cmd("ethtool -K", intf.name, "tx off gro on")
+        host.cmd("ethtool -K", intf.name, "tx off", "gro", "on" if _faces_a_switch(intf) else "off")
         if not rps_cpus:
             continue
         # /sys shows the namespace that mounted it: mount this one's, in a private mount namespace.
