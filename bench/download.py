@@ -58,19 +58,16 @@ def require_stock_tools() -> None:
             raise RuntimeError(f"{tool} not found: `make bench` installs nginx-light, curl and mptcpd")
 
 
-class StockWebServers:
-    """nginx under mptcpize on every DIP of a running ``Datacenter`` (started with ``echo=False``)."""
+class Blob:
+    """A random file in tmpfs that every DIP's nginx serves, and its SHA-256; removed on exit."""
 
-    def __init__(self, dc, size: int, root: str | None = None):
-        self.dc = dc
+    def __init__(self, size: int, root: str | None = None):
         self.size = size
         self.root = root or os.path.join("/dev/shm", f"mptcp-lb-bench-{os.getpid()}")
         self.path = os.path.join(self.root, "blob")
         self.sha256 = ""
-        self.procs = []
 
-    def __enter__(self) -> StockWebServers:
-        require_stock_tools()
+    def __enter__(self) -> Blob:
         os.makedirs(self.root, exist_ok=True)
         digest = hashlib.sha256()
         with open(self.path, "wb") as f:
@@ -79,11 +76,27 @@ class StockWebServers:
                 digest.update(chunk)
                 f.write(chunk)
         self.sha256 = digest.hexdigest()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class StockWebServers:
+    """nginx under mptcpize on every DIP of a running ``Datacenter`` (started with ``echo=False``)."""
+
+    def __init__(self, dc, blob: Blob):
+        self.dc = dc
+        self.blob = blob
+        self.procs = []
+
+    def __enter__(self) -> StockWebServers:
+        require_stock_tools()
         try:
             for i in range(1, self.dc.n_dips + 1):
                 conf = os.path.join(self.dc.workdir, f"nginx-d{i}.conf")
                 with open(conf, "w") as f:
-                    f.write(NGINX_CONF.format(workdir=self.dc.workdir, dip=i, port=SERVICE_PORT, root=self.root))
+                    f.write(NGINX_CONF.format(workdir=self.dc.workdir, dip=i, port=SERVICE_PORT, root=self.blob.root))
                 self.procs.append(self.dc.dip_host(i).popen(["mptcpize", "run", "nginx", "-c", conf],
                                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             for i in range(1, self.dc.n_dips + 1):
@@ -104,14 +117,14 @@ class StockWebServers:
                     proc.kill()
                     proc.wait()
         self.procs = []
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
-def download(dc, client: str, servers: StockWebServers, timeout: float = 300) -> dict:
+def download(dc, client: str, servers: StockWebServers, timeout: float = 120) -> dict:
     """One curl download of the served file through the VIP; goodput, verification and counters."""
     host = dc.host(client)
     dips = [dc.dip_host(i) for i in range(1, dc.n_dips + 1)]
-    saved = os.path.join(servers.root, f"got-{client}")
+    blob = servers.blob
+    saved = os.path.join(blob.root, f"got-{client}")
     before = {"client": nstat(host), **{f"d{i}": nstat(d) for i, d in enumerate(dips, start=1)}}
     started = time.monotonic()
     out = host.cmd(f"timeout {timeout} mptcpize run curl -sS -o {saved} -w '%{{size_download}} %{{time_total}}' "
@@ -122,7 +135,8 @@ def download(dc, client: str, servers: StockWebServers, timeout: float = 300) ->
         nbytes, seconds = out.strip().split()[-2:]
         nbytes, seconds = int(nbytes), float(seconds)
     except ValueError:
-        raise RuntimeError(f"curl from {client} failed: {out.strip()[-500:]}") from None
+        sockets = "\n".join(f"{h.name}:\n{h.cmd('ss -tinmeM')[-3000:]}" for h in (host, *dips))
+        raise RuntimeError(f"curl from {client} failed after {wall:.0f}s: {out.strip()[-500:]!r}\n{sockets}") from None
     digest = hashlib.sha256()
     with open(saved, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -135,7 +149,7 @@ def download(dc, client: str, servers: StockWebServers, timeout: float = 300) ->
     client_counts = delta(after["client"], before["client"], CLIENT_COUNTERS)
     return {
         "bytes": nbytes, "seconds": seconds, "wall_seconds": wall, "gbps": nbytes * 8 / seconds / 1e9,
-        "verified": nbytes == servers.size and digest.hexdigest() == servers.sha256,
+        "verified": nbytes == blob.size and digest.hexdigest() == blob.sha256,
         "serving_dips": serving,
         "joins_at_serving_dip": sum(per_dip[n]["MPTcpExtMPJoinAckRx"] for n in serving),
         "joins_elsewhere": sum(c["MPTcpExtMPJoinSynRx"] for n, c in per_dip.items() if n not in serving),
@@ -157,6 +171,14 @@ def route_vip_to(dc, dip: int | None) -> None:
         dc.router.set_vip_route()
     else:
         dc.router.cmd(f"ip route replace {VIP}/32 via {FABRIC_NET}.{dip} dev {dc.prefix}r0-eth4")
+
+
+def warm_up(dc, client: str) -> None:
+    """Fetch the first 8 MiB once, unmeasured: ARP, datapath flows and nginx's worker are then in place."""
+    out = dc.host(client).cmd(f"timeout 60 mptcpize run curl -sS -r 0-8388607 -o /dev/null -w '%{{size_download}}' "
+                              f"http://{VIP}:{SERVICE_PORT}/blob")
+    if not out.strip().endswith("8388608"):
+        raise RuntimeError(f"warm-up download from {client} failed: {out.strip()[-500:]!r}")
 
 
 def checked_download(dc, client: str, servers: StockWebServers) -> dict:

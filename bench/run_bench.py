@@ -24,7 +24,6 @@ Absolute numbers on this shared 2-core machine are noisy; the ratios are the poi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import socket
@@ -36,7 +35,7 @@ import time
 
 import yaml
 
-from bench.download import StockWebServers, checked_download, route_vip_to
+from bench.download import Blob, StockWebServers, checked_download, route_vip_to, warm_up
 from mininet_topos.harness import Datacenter, require_platform
 from mptcp_lb.datapath import PORT_TYPES
 
@@ -163,26 +162,27 @@ def downloads(size: int, rounds: int, port_types: list[str]) -> dict:
     Port mode uses c1 (follows ADD_ADDR: 3 subflows), token mode the stock
     client c2 (joins the service port: 2 subflows); token mode runs the
     classifier tap on both MUX uplinks and the DIPs' tc programs (pool keys,
-    TSval stamping, SYN cookies). Every topology is up at once and the rounds
-    go round-robin over them, so each comparison is made under the same load
-    from the rest of the machine.
+    TSval stamping, SYN cookies). Each round builds every configuration's
+    topology in turn, alone (idle afxdp ports of a second topology would cost
+    the one PMD thread polling time), so the configurations share the
+    machine's ups and downs round by round.
     """
     configs = [(mode, client, port_type) for port_type in port_types for mode, client in (("port", "c1"), ("token", "c2"))]
     raw: dict[str, dict[str, list[dict]]] = {f"{m}/{pt}": {"lb": [], "l2": []} for m, _, pt in configs}
-    with contextlib.ExitStack() as stack:
-        beds = {}
-        for i, (mode, client, port_type) in enumerate(configs):
-            print(f"  {mode} mode on {port_type} ports: topology up", flush=True)
-            dc = stack.enter_context(Datacenter(n_dips=3, prefix=f"b{os.getpid() % 100}{i}", progress=lambda m: None,
-                                                mode=mode, key_source="pool", port_type=port_type, echo=False))
-            web = stack.enter_context(StockWebServers(dc, size, root=f"/dev/shm/mptcp-lb-bench-{os.getpid()}-{i}"))
-            beds[f"{mode}/{port_type}"] = (dc, client, web)
+    with Blob(size) as blob:
         for n in range(rounds):
-            for name, (dc, client, web) in beds.items():
-                for path, dip in (("lb", None), ("l2", 1)):
-                    route_vip_to(dc, dip)
-                    raw[name][path].append(checked_download(dc, client, web))
-                route_vip_to(dc, None)
+            for mode, client, port_type in configs:
+                name = f"{mode}/{port_type}"
+                with Datacenter(n_dips=3, prefix=f"b{os.getpid() % 1000}", progress=lambda m: None, mode=mode,
+                                key_source="pool", port_type=port_type, echo=False) as dc, \
+                        StockWebServers(dc, blob) as web:
+                    paths = (("lb", None), ("l2", 1))
+                    for path, dip in paths:
+                        route_vip_to(dc, dip)
+                        warm_up(dc, client)
+                    for path, dip in paths if n % 2 else reversed(paths):  # neither path always goes first
+                        route_vip_to(dc, dip)
+                        raw[name][path].append(checked_download(dc, client, web))
                 print(f"  round {n + 1}/{rounds} {name}: LB {raw[name]['lb'][-1]['gbps']:.2f}, "
                       f"L2 {raw[name]['l2'][-1]['gbps']:.2f} Gbit/s", flush=True)
     out: dict = {"bytes": size, "rounds": rounds, "runs": {}}

@@ -11,8 +11,9 @@ The pipeline is a single table:
   prio 100  anything else to a VIP                       -> drop
   prio 0    table miss                                   -> drop (never punted)
 
-The tags are written into the destination MAC by the XDP classifier
-(bpf/mux_classifier.c, docs/token-steering.md); every flow that hands a
+The tags are written into the destination MAC by the classifier at tc
+ingress of the MUX's uplink (bpf/mux_classifier.c, docs/token-steering.md),
+which hands every frame to the bridge through a tap; every flow that hands a
 packet to a DIP rewrites the MAC, so a tag never leaves the MUX.
 
 Every flow's cookie is derived from its own text, so the controller can tell a

@@ -102,7 +102,7 @@ def test_same_five_tuple_reaches_same_dip_through_either_mux(dc, ecmp):
         results = dc.run_traffic(conns=12, size=4096, min_subflows=3, parallel=4, source_port=45000)
         seen[mux] = [connection_entry(r) for r in results]
     for via1, via2 in zip(seen[1], seen[2]):
-        assert via1["verified"] and via2["verified"]
+        assert via1["verified"] and via2["verified"], (via1, via2)
         first1 = [sf for sf in via1["subflows"] if sf["vip"].endswith(f":{SERVICE_PORT}")]
         first2 = [sf for sf in via2["subflows"] if sf["vip"].endswith(f":{SERVICE_PORT}")]
         assert first1[0]["client"] == first2[0]["client"]  # the very same 5-tuple...

@@ -1,4 +1,4 @@
-"""Token-based and hybrid steering on the real thing: XDP classifier before OVS, os-ken
+"""Token-based and hybrid steering on the real thing: the tc classifier and its tap before OVS, os-ken
 seeding SYNs, DIPs adopting keys through SYN cookies and stamping timestamps.
 
 The client c2 is stock Linux: a ``subflow`` endpoint that joins VIP:80, the
