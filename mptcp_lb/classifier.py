@@ -195,9 +195,9 @@ def insert(bridge: str, uplink: str, port_type: str | None = None, ofport: int |
     """Put the classifier between ``uplink`` and OVS bridge ``bridge``; undo what was done if a step fails.
 
     The uplink is usually a port of the bridge already, and the tap's OVS end
-    takes its OpenFlow port number; otherwise ``ofport`` says which to use.
+    takes its OpenFlow port number and port type; otherwise ``ofport`` says
+    which number to use, and ``port_type`` defaults to the host's default.
     """
-    port_type = resolve_port_type(port_type)
     uplink_ifindex = _ifindex(uplink)
     near, ovs_end = tap_names(uplink_ifindex)
     if os.path.exists(f"/sys/class/net/{near}"):
@@ -209,6 +209,9 @@ def insert(bridge: str, uplink: str, port_type: str | None = None, ofport: int |
         ofport = _ofport(uplink) if current == bridge else None
         if ofport is None:
             raise ClassifierError(f"uplink {uplink} is not a port of bridge {bridge}: give its OpenFlow port")
+    if port_type is None and current == bridge:  # the tap's end takes the uplink's place, as the same kind of port
+        port_type = _vsctl("get", "Interface", uplink, "type").strip('"') or "system"
+    port_type = resolve_port_type(port_type)
     tap = Tap(bridge, uplink, near, ovs_end, ofport, port_type, uplink_was_port=current == bridge)
     with IPRoute() as ipr:
         mtu = ipr.get_links(uplink_ifindex)[0].get_attr("IFLA_MTU")
@@ -245,8 +248,10 @@ def remove(bridge: str, uplink: str, port_type: str | None = None) -> None:
             raise ClassifierError(f"uplink {uplink} has no classifier tap ({near})")
         alias = ipr.get_links(links[0])[0].get_attr("IFLA_IFALIAS") or ""
         ofport = _ofport(ovs_end)
-        if port_type is None:
-            port_type = _vsctl("get", "Interface", ovs_end, "type").strip('"') or "system"
+        if port_type is None:  # the uplink goes back as the kind of port its stand-in was
+            proc = subprocess.run(["ovs-vsctl", "--timeout=10", "get", "Interface", ovs_end, "type"],
+                                  capture_output=True, text=True)
+            port_type = proc.stdout.strip().strip('"') or "system"
         tap = Tap(bridge, uplink, near, ovs_end, ofport or 0, port_type)
         _remove(ipr, tap, uplink_ifindex, gro_was=alias.endswith("gro was on"))
     log.info("classifier removed from %s; it is OVS port %s of %s again", uplink, ofport, bridge)

@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("uplink", help="the MUX's interface facing the border router")
     s.add_argument("--bridge", help="attach/detach: the MUX's OVS bridge")
     s.add_argument("--port-type", choices=PORT_TYPES,
-                   help="attach: OVS port type of the tap's end (default: afxdp where supported)")
+                   help="attach: OVS port type of the tap's end (default: the uplink's, else afxdp where supported)")
     s.add_argument("--ofport", type=int,
                    help="attach: OpenFlow port number, when the uplink is not a port of the bridge yet")
     s.set_defaults(func=cmd_classifier)

@@ -157,8 +157,8 @@ def bed(request):
 
 
 def test_ovs_matches_the_tags_the_classifier_writes(bed):
-    tap = classifier.insert(bed.bridge, bed.uplink, bed.port_type)
-    assert (tap.ofport, tap.port_type) == (1, bed.port_type)
+    tap = classifier.insert(bed.bridge, bed.uplink)
+    assert (tap.ofport, tap.port_type) == (1, bed.port_type)  # the uplink's number and kind of port
     assert not is_port(bed.bridge, bed.uplink) and is_port(bed.bridge, tap.ovs_end)
     assert sh("ovs-vsctl", "get", "Interface", tap.ovs_end, "ofport").strip() == "1"
     assert all(n == 0 for n in counts(bed.bridge).values())
