@@ -1,10 +1,12 @@
 """Send SYN+MP_CAPABLE to VIP:PORT from random source ports: ``syn_flood.py VIP PORT COUNT SECONDS``.
 
-Run inside the client's namespace; prints how many SYNs went out. The
+Run inside the client's namespace; prints how many SYNs went out and how
+many seconds sending them took (scapy may need longer than asked). The
 kernel's RSTs for the SYN/ACKs that come back are harmless here.
 """
 
 import sys
+import time
 
 from scapy.all import IP, TCP, conf, send
 
@@ -17,8 +19,9 @@ def main() -> None:
     conf.verb = 0
     packets = [IP(dst=vip) / TCP(sport=20000 + i, dport=port, flags="S", seq=i, options=MPC_SYN)
                for i in range(count)]
+    started = time.monotonic()
     send(packets, inter=seconds / count)
-    print(count)
+    print(count, time.monotonic() - started)
 
 
 if __name__ == "__main__":

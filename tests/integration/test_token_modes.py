@@ -119,8 +119,8 @@ def test_punted_syns_are_capped_by_the_meter():
         flood = dc.host("c2").popen([sys.executable, os.path.join(HERE, "syn_flood.py"), VIP, str(SERVICE_PORT),
                                      "600", "2.0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out, err = flood.communicate(timeout=60)
-        sent = int(out.strip())
-        assert sent >= 400, err
+        sent, seconds = (float(x) for x in out.split())
+        assert sent / seconds >= 5 * 20, (out, err)  # a flood: five times what the meter lets through
 
         last = []
 
@@ -129,6 +129,7 @@ def test_punted_syns_are_capped_by_the_meter():
             last.append(m[0]["punts"] + m[0]["punt_errors"])
             return last[-1] if len(last) > 1 and last[-1] == last[-2] and last[-1] > 0 else None
         seen = wait_for("punt counters to settle", settled, 15, interval=0.5)
-        # 2 s at 20/s plus a burst of 20: far fewer than were sent
-        assert seen <= 20 * 3 + 20, (seen, sent)
-        assert seen >= 20, seen
+        # The meter's burst (20), then 20/s for as long as SYNs kept reaching it: as long as the flood
+        # really lasted (scapy takes longer than the 2 s asked for: 2.7-3.3 s here), and a quarter
+        # second more for the last SYNs to get through the datapath's queues.
+        assert 20 <= seen <= 20 + 20 * (seconds + 0.25), (seen, sent, seconds)
