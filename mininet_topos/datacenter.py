@@ -9,7 +9,8 @@
 All switches use the OVS userspace datapath (there is no OVS kernel module
 here), so every host interface has TX checksum offload turned off: without
 that, ping works but every TCP SYN is silently lost (``tune_interfaces``
-also gives them GRO and a NAPI thread, as a NIC would). Every OVS port is of one
+also moves their receive processing off the PMD thread's core, and gives those
+facing OVS GRO, as a NIC would). Every OVS port is of one
 ``port_type`` (``mptcp_lb.datapath``): ``afxdp`` by default where the kernel
 and OVS support it, ``system`` (AF_PACKET) as the fallback.
 

@@ -71,6 +71,22 @@ def require_platform() -> None:
 
 
 class Datacenter:
+    """The whole system on the datacenter topology: a public API for scripting scenarios.
+
+    Use it as a context manager; everything it started is torn down on exit,
+    even after a failure. The arguments:
+
+    - ``n_dips``, ``prefix`` (makes every name unique), ``workdir`` (config and logs);
+    - ``mode`` (``port``, ``token``, ``hybrid``), ``key_source`` (``mux``, ``pool``),
+      ``punt_rate``, ``key_adoption`` (False: a control where DIPs keep their own keys);
+    - ``port_type``: the OVS port type of every bridge port (``mptcp_lb.datapath``;
+      None: ``afxdp`` where supported, else ``system``). In the token modes the
+      classifier sits in front of both MUX bridges (``mptcp_lb.classifier``);
+    - ``echo``: the DIP agents also serve the echo service that ``run_traffic``
+      talks to (False leaves the VIP's port to your own server);
+    - ``progress``: called with a line of text at each step.
+    """
+
     def __init__(self, n_dips: int = 3, prefix: str = "", workdir: str | None = None,
                  progress=lambda msg: log.info("%s", msg), mode: str = "port", key_source: str = "mux",
                  punt_rate: int = 100, key_adoption: bool = True, port_type: str | None = None,
