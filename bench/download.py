@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 
 from mininet_topos.datacenter import FABRIC_NET, SERVICE_PORT, VIP
@@ -61,14 +62,17 @@ def require_stock_tools() -> None:
 class Blob:
     """A random file in tmpfs that every DIP's nginx serves, and its SHA-256; removed on exit."""
 
-    def __init__(self, size: int, root: str | None = None):
+    def __init__(self, size: int):
         self.size = size
-        self.root = root or os.path.join("/dev/shm", f"mptcp-lb-bench-{os.getpid()}")
-        self.path = os.path.join(self.root, "blob")
+        self.root = ""
+        self.path = ""
         self.sha256 = ""
 
     def __enter__(self) -> Blob:
-        os.makedirs(self.root, exist_ok=True)
+        # A fresh directory nobody else could have prepared; nginx's workers (nobody) may read it.
+        self.root = tempfile.mkdtemp(prefix="mptcp-lb-bench-", dir="/dev/shm")
+        os.chmod(self.root, 0o755)
+        self.path = os.path.join(self.root, "blob")
         digest = hashlib.sha256()
         with open(self.path, "wb") as f:
             for _ in range(self.size // (1 << 20)):

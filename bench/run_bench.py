@@ -99,7 +99,7 @@ def throughput(seconds: float, rounds: int) -> dict:
     from mininet_topos.datacenter import MuxSwitch, tune_interfaces
     from mininet_topos.harness import wait_for
     from mptcp_lb import classifier
-    from mptcp_lb.datapath import default_port_type, place_pmd
+    from mptcp_lb.datapath import PMD_PORT_TYPES, default_port_type, place_pmd, restore_other_config
 
     tag = f"b{os.getpid() % 1000}"
     port_type = default_port_type()
@@ -116,9 +116,11 @@ def throughput(seconds: float, rounds: int) -> dict:
     with open(config_path, "w") as f:
         yaml.safe_dump(bench_config("token"), f)
     net = Mininet(topo=Pair(), controller=None, autoSetMacs=False)
-    agent, uplink, bridge = None, f"{tag}s1-eth1", f"{tag}s1"
+    agent, uplink, bridge, changed = None, f"{tag}s1-eth1", f"{tag}s1", {}
     try:
-        rps_cpus = place_pmd()
+        rps_cpus = 0
+        if port_type in PMD_PORT_TYPES:
+            rps_cpus, changed = place_pmd()
         net.start()
         h1, h2 = net.get(f"{tag}h1"), net.get(f"{tag}h2")
         for h in (h1, h2):
@@ -150,10 +152,13 @@ def throughput(seconds: float, rounds: int) -> dict:
         if agent is not None:
             agent.terminate()
             agent.wait()
-        if os.path.exists(f"/sys/class/net/{uplink}") and \
-                os.path.exists(f"/sys/class/net/{classifier.tap_names(socket.if_nametoindex(uplink))[0]}"):
-            classifier.remove(bridge, uplink)
-        net.stop()
+        try:
+            if os.path.exists(f"/sys/class/net/{uplink}") and \
+                    os.path.exists(f"/sys/class/net/{classifier.tap_names(socket.if_nametoindex(uplink))[0]}"):
+                classifier.remove(bridge, uplink)
+        finally:
+            net.stop()
+            restore_other_config(changed)
 
 
 def downloads(size: int, rounds: int, port_types: list[str]) -> dict:

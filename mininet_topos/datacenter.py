@@ -115,9 +115,13 @@ def tune_interfaces(host: Host, rps_cpus: int = 0) -> None:
         # /sys shows the namespace that mounted it: mount this one's, in a private mount namespace.
         path = f"/sys/class/net/{intf.name}/queues/rx-0/rps_cpus"
         out = host.cmd(f"unshare -m sh -c 'umount -l /sys && mount -t sysfs sysfs /sys && "
-                       f"echo {rps_cpus:x} > {path} && cat {path}'")
-        if parse_cpu_mask(out.strip() or "x") != rps_cpus:
-            raise RuntimeError(f"{host.name}: cannot set RPS CPUs {rps_cpus:x} on {intf.name}: {out.strip()}")
+                       f"echo {rps_cpus:x} > {path} && cat {path}'").strip()
+        try:
+            ok = parse_cpu_mask(out.replace(",", "")) == rps_cpus  # sysfs groups the mask in 32-bit words
+        except ValueError:
+            ok = False
+        if not ok:
+            raise RuntimeError(f"{host.name}: cannot set RPS CPUs {rps_cpus:x} on {intf.name}: {out}")
 
 
 class Client(Host):

@@ -53,7 +53,7 @@ def ofctl_flow_count(bridge: str) -> int:
 def datapath_flow_count(match: str = "") -> int:
     """Flows in the shared netdev datapath, optionally only lines containing ``match``."""
     out = subprocess.run(["ovs-appctl", "dpctl/dump-flows", "netdev@ovs-netdev"],
-                         capture_output=True, text=True).stdout
+                         capture_output=True, text=True, check=True).stdout
     return sum(1 for line in out.splitlines() if match in line)
 
 
@@ -104,6 +104,7 @@ class Datacenter:
         self.key_adoption = key_adoption
         self.echo = echo
         self.classified: list[int] = []  # MUXes whose uplink has the classifier in front of OVS
+        self._ovs_config: dict[str, str | None] = {}  # OVS settings place_pmd() changed
         self.config_path = os.path.join(self.workdir, "config.yaml")
         self.net = None
         self.controller = None
@@ -153,10 +154,13 @@ class Datacenter:
         with open(self.config_path, "w") as f:
             yaml.safe_dump(self.config, f, sort_keys=False)
         self.start_controller()
-        from mptcp_lb.datapath import place_pmd
+        from mptcp_lb.datapath import PMD_PORT_TYPES, place_pmd
 
+        rps_cpus = 0
+        if self.port_type in PMD_PORT_TYPES:
+            rps_cpus, self._ovs_config = place_pmd()
         topo = DatacenterTopo(n_dips=self.n_dips, prefix=self.prefix, port_type=self.port_type,
-                              rps_cpus=place_pmd())
+                              rps_cpus=rps_cpus)
         ctl = self.config["controller"]
         self.net = Mininet(topo=topo, controller=None, autoSetMacs=False, build=False, waitConnected=False)
         self.net.addController(f"{self.prefix}ctl", controller=RemoteController,
@@ -263,6 +267,11 @@ class Datacenter:
             self.net = None
         for name in [f"{self.prefix}mux1", f"{self.prefix}mux2", f"{self.prefix}fab"]:
             subprocess.run(["ovs-vsctl", "--if-exists", "del-br", name], capture_output=True)
+        if self._ovs_config:
+            from mptcp_lb.datapath import restore_other_config
+
+            restore_other_config(self._ovs_config)
+            self._ovs_config = {}
         if self.controller is not None and self.controller.poll() is None:
             os.killpg(self.controller.pid, signal.SIGTERM)
             try:

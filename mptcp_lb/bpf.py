@@ -237,7 +237,11 @@ class TestRun:
 
 
 def test_run(prog_fd: int, data: bytes, repeat: int = 1) -> TestRun:
-    """Run a program on one packet in the kernel (BPF_PROG_TEST_RUN). tc programs need >= 14 bytes."""
+    """Run a program on one packet in the kernel (BPF_PROG_TEST_RUN).
+
+    For a tc program the kernel wants an Ethernet header and, when the
+    ethertype says IPv4 or IPv6, a whole IP header (EINVAL otherwise).
+    """
     out = ctypes.create_string_buffer(len(data) + _TEST_RUN_SLACK)
     opts = _TestRunOpts(
         sz=ctypes.sizeof(_TestRunOpts),
@@ -266,17 +270,22 @@ def program_maps(prog_id: int) -> dict[str, BpfMap]:
         _info(prog_fd, info)
     finally:
         os.close(prog_fd)
-    maps = {}
-    for map_id in ids[: info.nr_map_ids]:
-        fd = _check("bpf_map_get_fd_by_id", lib.bpf_map_get_fd_by_id(map_id))
-        minfo = _MapInfo()
-        try:
-            _info(fd, minfo)
-        except BpfError:
-            os.close(fd)
-            raise
-        name = minfo.name.decode()
-        maps[name] = BpfMap(fd, name, minfo.key_size, minfo.value_size, minfo.type, owns_fd=True)
+    maps: dict[str, BpfMap] = {}
+    try:
+        for map_id in ids[: info.nr_map_ids]:
+            fd = _check("bpf_map_get_fd_by_id", lib.bpf_map_get_fd_by_id(map_id))
+            minfo = _MapInfo()
+            try:
+                _info(fd, minfo)
+            except BpfError:
+                os.close(fd)
+                raise
+            name = minfo.name.decode()
+            maps[name] = BpfMap(fd, name, minfo.key_size, minfo.value_size, minfo.type, owns_fd=True)
+    except BaseException:
+        for m in maps.values():
+            m.close()
+        raise
     return maps
 
 

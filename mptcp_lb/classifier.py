@@ -27,7 +27,7 @@ import os
 import socket
 import struct
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 from pyroute2 import Ethtool, IPRoute
@@ -45,7 +45,7 @@ STAT_NAMES = ("to_ovs", "mp_capable", "mp_join", "timestamp", "to_uplink", "unco
 _PORTS = struct.Struct("=II")  # struct mux_ports: to_ovs, to_uplink
 _U32 = struct.Struct("=I")
 _GRO = "rx-gro"
-_ALIAS = "mptcp-lb classifier tap of {uplink}; uplink gro was {gro}"
+_ALIAS_PREFIX = "mptcp-lb classifier tap:"
 
 
 class ClassifierError(RuntimeError):
@@ -110,7 +110,8 @@ def _loaded() -> ClassifierObject:
 def classify_bytes(frame: bytes) -> bytes:
     """The frame as the classifier hands it to OVS, run once in the kernel (BPF_PROG_TEST_RUN).
 
-    The kernel refuses frames shorter than an Ethernet header (14 bytes) with EINVAL.
+    The kernel refuses (EINVAL) frames shorter than an Ethernet header, and
+    IPv4 or IPv6 frames shorter than their IP header.
     """
     run = bpf.test_run(_loaded().prog_fd(UPLINK_PROGRAM), frame)
     if run.retval != bpf.TC_ACT_REDIRECT:
@@ -159,15 +160,43 @@ def _swap_port(bridge: str, old: str | None, new: str | None, ofport: int, port_
 
 @dataclass(frozen=True)
 class Tap:
-    """A classifier tap in place: the uplink, the pair's two ends and the OVS port they stand for."""
+    """A classifier tap in place, and what ``remove`` needs to put things back as they were.
+
+    It is written into the near end's interface alias, so a later process
+    (the CLI's ``detach``) finds it there.
+    """
 
     bridge: str
     uplink: str
-    near: str
-    ovs_end: str
     ofport: int
     port_type: str
-    uplink_was_port: bool = True  # remove() makes the uplink the OVS port again
+    uplink_was_port: bool  # False: the uplink was no port of the bridge before, and stays none
+    gro_was: bool  # the uplink's GRO before the tap turned it off
+    own_clsact: bool = False  # the uplink's clsact qdisc is ours (created by insert), not shared
+
+    @property
+    def near(self) -> str:
+        return tap_names(_ifindex(self.uplink))[0]
+
+    @property
+    def ovs_end(self) -> str:
+        return tap_names(_ifindex(self.uplink))[1]
+
+    def alias(self) -> str:
+        return (f"{_ALIAS_PREFIX} uplink={self.uplink} bridge={self.bridge} ofport={self.ofport} "
+                f"type={self.port_type} was_port={int(self.uplink_was_port)} gro={int(self.gro_was)} "
+                f"clsact={int(self.own_clsact)}")
+
+    @classmethod
+    def from_alias(cls, alias: str) -> Tap:
+        if not alias.startswith(_ALIAS_PREFIX):
+            raise ClassifierError(f"interface alias {alias!r} is not a classifier tap's")
+        try:
+            f = dict(item.split("=", 1) for item in alias[len(_ALIAS_PREFIX):].split())
+            return cls(f["bridge"], f["uplink"], int(f["ofport"]), f["type"], f["was_port"] == "1", f["gro"] == "1",
+                       f["clsact"] == "1")
+        except (KeyError, ValueError):
+            raise ClassifierError(f"interface alias {alias!r} does not describe a classifier tap") from None
 
 
 def _ifindex(ifname: str) -> int:
@@ -182,6 +211,8 @@ def _set_gro(ifname: str, on: bool) -> bool:
     ethtool = Ethtool()
     try:
         features = ethtool.get_features(ifname)
+        if _GRO not in features.features:
+            raise ClassifierError(f"interface {ifname} reports no {_GRO} feature to turn off")
         was = features.features[_GRO].enable
         if was != on:
             features.features[_GRO].enable = on
@@ -212,13 +243,15 @@ def insert(bridge: str, uplink: str, port_type: str | None = None, ofport: int |
     if port_type is None and current == bridge:  # the tap's end takes the uplink's place, as the same kind of port
         port_type = _vsctl("get", "Interface", uplink, "type").strip('"') or "system"
     port_type = resolve_port_type(port_type)
-    tap = Tap(bridge, uplink, near, ovs_end, ofport, port_type, uplink_was_port=current == bridge)
+    tap = Tap(bridge, uplink, ofport, port_type, uplink_was_port=current == bridge,
+              gro_was=_set_gro(uplink, False))
+    done: list[str] = []  # the steps taken, for the rollback
     with IPRoute() as ipr:
-        mtu = ipr.get_links(uplink_ifindex)[0].get_attr("IFLA_MTU")
-        gro_was = _set_gro(uplink, False)
         try:
+            mtu = ipr.get_links(uplink_ifindex)[0].get_attr("IFLA_MTU")
             ipr.link("add", ifname=near, kind="veth", peer={"ifname": ovs_end, "mtu": mtu}, mtu=mtu,
-                     ifalias=_ALIAS.format(uplink=uplink, gro="on" if gro_was else "off"))
+                     ifalias=tap.alias())
+            done.append("tap")
             near_ifindex = ipr.link_lookup(ifname=near)[0]
             for name in (near, ovs_end):
                 ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
@@ -226,39 +259,50 @@ def insert(bridge: str, uplink: str, port_type: str | None = None, ofport: int |
                 obj.configure(to_ovs=near_ifindex, to_uplink=uplink_ifindex)
                 tc.add_clsact(ipr, near_ifindex)
                 tc.attach(ipr, near_ifindex, near, tc.INGRESS, obj.prog_fd(RETURN_PROGRAM), RETURN_PROGRAM)
+                done.append("port")
                 _swap_port(bridge, uplink if current else None, ovs_end, ofport, port_type)
-                tc.add_clsact(ipr, uplink_ifindex)
+                tap = replace(tap, own_clsact=tc.add_clsact(ipr, uplink_ifindex))
+                done.append("classifier")
+                ipr.link("set", index=near_ifindex, ifalias=tap.alias())
                 tc.attach(ipr, uplink_ifindex, uplink, tc.INGRESS, obj.prog_fd(UPLINK_PROGRAM), UPLINK_PROGRAM)
         except BaseException:
-            log.exception("inserting the classifier on %s failed; putting %s back", uplink, uplink)
-            _remove(ipr, tap, uplink_ifindex, gro_was)
+            log.exception("inserting the classifier on %s failed; putting things back", uplink)
+            try:
+                _undo(ipr, tap, uplink_ifindex, done)
+            except ClassifierError:
+                log.exception("putting %s back failed too", uplink)  # the first failure is the one raised
             raise
     log.info("classifier on %s: frames to OVS port %d of %s through %s (%s)", uplink, ofport, bridge, ovs_end,
              port_type)
     return tap
 
 
-def remove(bridge: str, uplink: str, port_type: str | None = None) -> None:
-    """Take the classifier and its tap away and make ``uplink`` the OVS port again, as it was."""
+def remove(bridge: str, uplink: str) -> Tap:
+    """Take the classifier and its tap away and put the uplink back as it was; return what was removed.
+
+    Nothing changes until the uplink is back in the bridge: if OVS refuses,
+    the tap stays in place and working, and a second try can finish.
+    """
     uplink_ifindex = _ifindex(uplink)
-    near, ovs_end = tap_names(uplink_ifindex)
+    near = tap_names(uplink_ifindex)[0]
     with IPRoute() as ipr:
         links = ipr.link_lookup(ifname=near)
         if not links:
             raise ClassifierError(f"uplink {uplink} has no classifier tap ({near})")
-        alias = ipr.get_links(links[0])[0].get_attr("IFLA_IFALIAS") or ""
-        ofport = _ofport(ovs_end)
-        if port_type is None:  # the uplink goes back as the kind of port its stand-in was
-            proc = subprocess.run(["ovs-vsctl", "--timeout=10", "get", "Interface", ovs_end, "type"],
-                                  capture_output=True, text=True)
-            port_type = proc.stdout.strip().strip('"') or "system"
-        tap = Tap(bridge, uplink, near, ovs_end, ofport or 0, port_type)
-        _remove(ipr, tap, uplink_ifindex, gro_was=alias.endswith("gro was on"))
-    log.info("classifier removed from %s; it is OVS port %s of %s again", uplink, ofport, bridge)
+        tap = Tap.from_alias(ipr.get_links(links[0])[0].get_attr("IFLA_IFALIAS") or "")
+        if tap.bridge != bridge:
+            raise ClassifierError(f"the classifier tap of {uplink} stands in for a port of bridge {tap.bridge}, "
+                                  f"not {bridge}")
+        _undo(ipr, tap, uplink_ifindex, ["tap", "port", "classifier"])
+    log.info("classifier removed from %s%s", uplink,
+             f"; it is OVS port {tap.ofport} of {bridge} again" if tap.uplink_was_port else "")
+    return tap
 
 
-def _remove(ipr: IPRoute, tap: Tap, uplink_ifindex: int, gro_was: bool) -> None:
-    """Every step of taking the tap away, each tried even when an earlier one fails."""
+def _undo(ipr: IPRoute, tap: Tap, uplink_ifindex: int, done: list[str]) -> None:
+    """Undo the steps ``insert`` took (named in ``done``), the port swap first: when OVS refuses it, stop there."""
+    if "port" in done:
+        _swap_port(tap.bridge, tap.ovs_end, tap.uplink if tap.uplink_was_port else None, tap.ofport, tap.port_type)
     errors = []
 
     def attempt(what, fn, *args, **kwargs):
@@ -268,14 +312,13 @@ def _remove(ipr: IPRoute, tap: Tap, uplink_ifindex: int, gro_was: bool) -> None:
             log.warning("%s: %s", what, e)
             errors.append(f"{what}: {e}")
 
-    attempt(f"detaching the classifier from {tap.uplink}", tc.del_clsact, ipr, uplink_ifindex)
-    attempt(f"putting {tap.uplink} back on {tap.bridge}" if tap.uplink_was_port else f"removing {tap.ovs_end}",
-            _swap_port, tap.bridge, tap.ovs_end, tap.uplink if tap.uplink_was_port and tap.ofport else None,
-            tap.ofport, tap.port_type)
+    if "classifier" in done:
+        attempt(f"detaching the classifier from {tap.uplink}",
+                tc.del_clsact if tap.own_clsact else lambda i, x: tc.detach(i, x, tc.INGRESS), ipr, uplink_ifindex)
     links = ipr.link_lookup(ifname=tap.near)
-    if links:
+    if "tap" in done and links:
         attempt(f"deleting {tap.near}", ipr.link, "del", index=links[0])
-    attempt(f"restoring GRO on {tap.uplink}", _set_gro, tap.uplink, gro_was)
+    attempt(f"restoring GRO on {tap.uplink}", _set_gro, tap.uplink, tap.gro_was)
     if errors:
         raise ClassifierError("; ".join(errors))
 
@@ -289,6 +332,8 @@ def stats(uplink: str) -> dict[str, int]:
         raise ClassifierError(f"no classifier is attached to {uplink}")
     maps = bpf.program_maps(prog_id)
     try:
+        if "mux_stats" not in maps:
+            raise ClassifierError(f"the program on {uplink}'s ingress is not the classifier (maps: {sorted(maps)})")
         return _read_stats(maps["mux_stats"])
     finally:
         for m in maps.values():

@@ -64,6 +64,8 @@ def cmd_dip_agent(args) -> int:
 def cmd_classifier(args) -> int:
     import json
 
+    from pyroute2.netlink.exceptions import NetlinkError
+
     from mptcp_lb import classifier
 
     try:
@@ -72,11 +74,12 @@ def cmd_classifier(args) -> int:
             print(f"classifier on {tap.uplink}: tc ingress, frames to OpenFlow port {tap.ofport} of {tap.bridge} "
                   f"through {tap.ovs_end} ({tap.port_type})")
         elif args.action == "detach":
-            classifier.remove(args.bridge, args.uplink)
-            print(f"classifier removed from {args.uplink}: it is a port of {args.bridge} again")
+            tap = classifier.remove(args.bridge, args.uplink)
+            print(f"classifier removed from {args.uplink}"
+                  + (f": it is OpenFlow port {tap.ofport} of {args.bridge} again" if tap.uplink_was_port else ""))
         else:
             print(json.dumps(classifier.stats(args.uplink)))
-    except (OSError, RuntimeError, ValueError) as e:
+    except (OSError, RuntimeError, ValueError, NetlinkError) as e:
         print(f"classifier {args.action} {args.uplink}: {e}", file=sys.stderr)
         return 1
     return 0

@@ -4,14 +4,24 @@ There is no OVS kernel module here, so every bridge is ``datapath_type=netdev``
 and OVS reads its ports itself, in one of two ways:
 
 - ``afxdp``: an AF_XDP socket fed by an XDP program OVS attaches to the
-  interface (native mode on a veth). A PMD thread polls it. About ten times
-  the goodput of ``system`` through the demo topology (``make bench``).
+  interface (native mode on a veth). A PMD thread polls it. Five to seven
+  times the download goodput of ``system`` through the demo topology, with
+  no retransmissions (``make bench``).
 - ``afxdp-nonpmd``: the same socket, polled by ovs-vswitchd's main thread.
 - ``system``: an AF_PACKET socket polled by the main thread. The fallback on
   kernels without AF_XDP sockets or an OVS built without them. Its socket
   buffer (``net.core.rmem_default``) is where packets are dropped under load.
 
 ``default_port_type()`` is ``afxdp`` where the kernel and OVS both support it.
+
+PMD threads busy-poll their core (``afxdp`` ports only). ``place_pmd()``
+gives OVS one PMD thread, on the last CPU, unless the operator already chose
+(``pmd-cpu-mask``), and lets it sleep up to ``PMD_MAXSLEEP_US`` when its
+queues are idle (``pmd-maxsleep``) so an idle datapath gives its core back.
+It returns the other CPUs (on a test bed whose hosts share the machine, their
+receive processing belongs there: ``mininet_topos.datacenter.tune_interfaces``)
+and what it changed, for ``restore_other_config``. A production MUX
+dedicates cores to PMDs instead, and leaves maxsleep at 0.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from functools import cache
 log = logging.getLogger(__name__)
 
 PORT_TYPES = ("afxdp", "afxdp-nonpmd", "system")
+PMD_PORT_TYPES = frozenset({"afxdp"})  # polled by PMD threads
 AF_XDP = 44  # not in Python's socket module
 
 
@@ -66,10 +77,10 @@ def ovs_iface_types() -> frozenset[str]:
 def default_port_type() -> str:
     """``afxdp`` when both the kernel and OVS support it, else ``system`` (with a warning saying why)."""
     if "afxdp" not in ovs_iface_types():
-        log.warning("OVS offers no afxdp ports here: using AF_PACKET (system) ports, about 10x slower")
+        log.warning("OVS offers no afxdp ports here: using AF_PACKET (system) ports, several times slower")
         return "system"
     if not kernel_has_af_xdp():
-        log.warning("this kernel has no AF_XDP sockets: using AF_PACKET (system) ports, about 10x slower")
+        log.warning("this kernel has no AF_XDP sockets: using AF_PACKET (system) ports, several times slower")
         return "system"
     return "afxdp"
 
@@ -105,20 +116,35 @@ def parse_cpu_mask(text: str) -> int:
         raise ValueError(f"CPU mask {text!r} is not hexadecimal") from None
 
 
-def place_pmd() -> int:
-    """Pin OVS's PMD thread to the last CPU unless the operator chose; return the mask of the other CPUs.
+def place_pmd() -> tuple[int, dict[str, str | None]]:
+    """Pin OVS's PMD thread to the last CPU unless the operator chose; return the other CPUs and what changed.
 
-    With one CPU there is nothing to spare: the PMD shares it, and the result is 0.
+    The second value maps each ``other_config`` key this set to its previous
+    value (None: it was unset), for ``restore_other_config``. With one CPU
+    there is nothing to spare: the PMD shares it, and the mask is 0.
     """
     cpus = sorted(os.sched_getaffinity(0))
     everything = sum(1 << c for c in cpus)
+    changed: dict[str, str | None] = {}
     chosen = _other_config("pmd-cpu-mask")
     if chosen is None:
         mask = 1 << cpus[-1]
         _set_other_config("pmd-cpu-mask", f"{mask:x}")
+        changed["pmd-cpu-mask"] = None
         log.info("OVS PMD thread pinned to CPU %d (other_config:pmd-cpu-mask=%x)", cpus[-1], mask)
     else:
         mask = parse_cpu_mask(chosen)
     if _other_config("pmd-maxsleep") is None:
         _set_other_config("pmd-maxsleep", str(PMD_MAXSLEEP_US))
-    return everything & ~mask
+        changed["pmd-maxsleep"] = None
+    return everything & ~mask, changed
+
+
+def restore_other_config(changed: dict[str, str | None]) -> None:
+    """Put back the ``other_config`` keys ``place_pmd`` set."""
+    for key, value in changed.items():
+        if value is None:
+            subprocess.run(["ovs-vsctl", "--timeout=5", "remove", "Open_vSwitch", ".", "other_config", key],
+                           capture_output=True)
+        else:
+            _set_other_config(key, value)

@@ -78,7 +78,7 @@ def _nested_u32(attr, attr_type: int) -> int | None:
     data, pos, end = attr.data, attr.offset + _NLA.size, attr.offset + attr.length
     while pos + _NLA.size <= end:
         length, kind = _NLA.unpack_from(data, pos)
-        if length < _NLA.size:
+        if length < _NLA.size or pos + length > end:
             return None
         if kind & 0x3FFF == attr_type and length >= _NLA.size + 4:
             return struct.unpack_from("=I", data, pos + _NLA.size)[0]
@@ -87,7 +87,7 @@ def _nested_u32(attr, attr_type: int) -> int | None:
 
 
 def attached_prog_id(ipr: IPRoute, ifindex: int, hook: str) -> int | None:
-    """The id of the BPF program our filter on the hook runs, or None."""
+    """The id of the BPF program our filter (FILTER_PRIO, FILTER_HANDLE) on the hook runs, or None."""
     try:
         filters = ipr.get_filters(ifindex, parent=int(hook.replace(":", ""), 16))
     except NetlinkError as e:
@@ -96,7 +96,8 @@ def attached_prog_id(ipr: IPRoute, ifindex: int, hook: str) -> int | None:
         raise
     for f in filters:
         options = f.get_attr("TCA_OPTIONS")
-        if f.get_attr("TCA_KIND") == "bpf" and options is not None:
+        ours = f["handle"] == FILTER_HANDLE and f["info"] >> 16 == FILTER_PRIO  # tcm_info: prio << 16 | protocol
+        if ours and f.get_attr("TCA_KIND") == "bpf" and options is not None:
             prog_id = _nested_u32(options, _TCA_BPF_ID)
             if prog_id is not None:
                 return prog_id

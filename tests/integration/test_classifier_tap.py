@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -71,13 +72,13 @@ def counts(bridge: str) -> dict[str, int]:
 
 
 def settled_counts(bridge: str) -> dict[str, int]:
-    """``counts`` once two reads a revalidation apart agree: OpenFlow counters lag the datapath's."""
+    """``counts`` once two reads over two revalidations (500 ms each) apart agree: OpenFlow counters lag the datapath's."""
     last = []
 
     def settled():
         last.append(counts(bridge))
         return len(last) > 1 and last[-1] == last[-2] and last[-1]
-    return wait_for(f"OpenFlow counters on {bridge} to settle", settled, WAIT, interval=0.6)
+    return wait_for(f"OpenFlow counters on {bridge} to settle", settled, WAIT, interval=1.1)
 
 
 def is_port(bridge: str, name: str) -> bool:
@@ -134,16 +135,16 @@ class TapBed:
         if self.echo is not None and self.echo.poll() is None:
             self.echo.stdin.close()
             self.echo.wait(WAIT)
-        if os.path.exists(f"/sys/class/net/{self.uplink}"):
-            try:
-                classifier.remove(self.bridge, self.uplink)
-            except classifier.ClassifierError:
-                pass  # there was no tap
-        sh("ovs-vsctl", "--timeout=10", "--if-exists", "del-br", self.bridge, check=False)
-        for outer in (self.uplink, self.server_port):
-            sh("ip", "link", "del", outer, check=False)
-        for ns in (self.client_ns, self.server_ns):
-            sh("ip", "netns", "del", ns, check=False)
+        try:
+            if os.path.exists(f"/sys/class/net/{self.uplink}") and \
+                    os.path.exists(f"/sys/class/net/{classifier.tap_names(socket.if_nametoindex(self.uplink))[0]}"):
+                classifier.remove(self.bridge, self.uplink)  # a tap a test left behind; its failure is reported
+        finally:
+            sh("ovs-vsctl", "--timeout=10", "--if-exists", "del-br", self.bridge, check=False)
+            for outer in (self.uplink, self.server_port):
+                sh("ip", "link", "del", outer, check=False)
+            for ns in (self.client_ns, self.server_ns):
+                sh("ip", "netns", "del", ns, check=False)
 
 
 @pytest.fixture(params=["afxdp", "system"])
@@ -218,3 +219,41 @@ def test_insert_refuses_what_it_cannot_do_and_changes_nothing(bed):
     with pytest.raises(classifier.ClassifierError, match=f"no classifier is attached to {bed.uplink}"):
         classifier.stats(bed.uplink)
     assert is_port(bed.bridge, bed.uplink)
+
+
+def uplink_state(bed) -> dict:
+    """What insert must leave as it found it when it fails."""
+    return {"ports": sorted(sh("ovs-vsctl", "list-ports", bed.bridge).split()),
+            "ofport": sh("ovs-vsctl", "get", "Interface", bed.uplink, "ofport").strip(),
+            "qdiscs": sh("tc", "qdisc", "show", "dev", bed.uplink),
+            "gro": sh("ethtool", "-k", bed.uplink).count("generic-receive-offload: on"),
+            "taps": sorted(n for n in os.listdir("/sys/class/net") if n.startswith("mlb"))}
+
+
+@pytest.mark.parametrize("failing", ["tc.attach", "ovs"])
+def test_a_failed_insert_puts_everything_back(bed, monkeypatch, failing):
+    sh("ethtool", "-K", bed.uplink, "gro", "on")  # so that restoring GRO is visible
+    before = uplink_state(bed)
+    if failing == "tc.attach":  # the last step: after the tap, the return program and the port swap
+        real = classifier.tc.attach
+
+        def attach(ipr, ifindex, ifname, hook, fd, name):
+            if name == classifier.UPLINK_PROGRAM:
+                raise RuntimeError("injected: cannot attach the uplink program")
+            return real(ipr, ifindex, ifname, hook, fd, name)
+        monkeypatch.setattr(classifier.tc, "attach", attach)
+        expected = "injected: cannot attach"
+    else:  # OVS refuses the port swap (the rollback's swap back goes through)
+        real, calls = classifier._swap_port, []
+
+        def swap(*args):
+            calls.append(args)
+            if len(calls) == 1:
+                raise classifier.ClassifierError("injected: ovs-vsctl refused")
+            return real(*args)
+        monkeypatch.setattr(classifier, "_swap_port", swap)
+        expected = "injected: ovs-vsctl refused"
+    with pytest.raises((RuntimeError, classifier.ClassifierError), match=expected):
+        classifier.insert(bed.bridge, bed.uplink)
+    monkeypatch.undo()
+    assert uplink_state(bed) == before

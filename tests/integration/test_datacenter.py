@@ -81,9 +81,9 @@ def test_every_subflow_of_every_connection_lands_on_one_dip(dc):
 
 
 def test_both_muxes_carry_traffic_and_metrics_count_it(dc):
-    results = dc.run_traffic(conns=8, size=64 * 1024)
-    served = {c["subflows"][0]["dip"] for c in map(connection_entry, results) if c["verified"]}
-    assert served, results
+    connections = [connection_entry(r) for r in dc.run_traffic(conns=8, size=64 * 1024)]
+    assert all(c["verified"] for c in connections), connections
+    served = {c["subflows"][0]["dip"] for c in connections}
 
     def counted():
         """Per MUX, per DIP packets, once both MUXes counted some and every DIP that served was counted.

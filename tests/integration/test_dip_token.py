@@ -142,17 +142,17 @@ class Programs:
         self.ingress_fd = self.obj.prog_fd("dip_ingress")
 
     def egress(self, data: bytes) -> bytes:
-        from mptcp_lb.bpf import test_run
+        from mptcp_lb.bpf import TC_ACT_OK, test_run
 
         result = test_run(self.egress_fd, data)
-        assert result.retval == 0  # TC_ACT_OK, always
+        assert result.retval == TC_ACT_OK  # always
         return result.data_out
 
     def ingress(self, data: bytes) -> bytes:
-        from mptcp_lb.bpf import test_run
+        from mptcp_lb.bpf import TC_ACT_OK, test_run
 
         result = test_run(self.ingress_fd, data)
-        assert result.retval == 0
+        assert result.retval == TC_ACT_OK
         return result.data_out
 
     def pool(self, slices=SLICES, slice_bits=SLICE_BITS):

@@ -26,7 +26,7 @@ def test_place_pmd_keeps_the_operators_mask_and_returns_the_other_cpus(monkeypat
     monkeypatch.setattr(datapath, "_other_config", settings.get)
     monkeypatch.setattr(datapath, "_set_other_config", settings.__setitem__)
     monkeypatch.setattr(datapath.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    assert datapath.place_pmd() == 0b1110
+    assert datapath.place_pmd() == (0b1110, {"pmd-maxsleep": None})
     assert settings == {"pmd-cpu-mask": "1", "pmd-maxsleep": str(datapath.PMD_MAXSLEEP_US)}
 
 
@@ -35,8 +35,22 @@ def test_place_pmd_takes_the_last_cpu_when_nobody_chose(monkeypatch):
     monkeypatch.setattr(datapath, "_other_config", settings.get)
     monkeypatch.setattr(datapath, "_set_other_config", settings.__setitem__)
     monkeypatch.setattr(datapath.os, "sched_getaffinity", lambda pid: {0, 1})
-    assert datapath.place_pmd() == 0b01
+    assert datapath.place_pmd() == (0b01, {"pmd-cpu-mask": None})
     assert settings == {"pmd-cpu-mask": "2", "pmd-maxsleep": "0"}  # an operator's maxsleep stays
     monkeypatch.setattr(datapath.os, "sched_getaffinity", lambda pid: {0})
     settings.clear()
-    assert datapath.place_pmd() == 0  # one CPU: the PMD shares it, nothing to spare
+    assert datapath.place_pmd()[0] == 0  # one CPU: the PMD shares it, nothing to spare
+
+
+def test_restore_other_config_undoes_what_place_pmd_set(monkeypatch):
+    settings = {"pmd-maxsleep": "7"}
+    calls = []
+    monkeypatch.setattr(datapath, "_other_config", settings.get)
+    monkeypatch.setattr(datapath, "_set_other_config", settings.__setitem__)
+    monkeypatch.setattr(datapath.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.setattr(datapath.os, "sched_getaffinity", lambda pid: {0, 1})
+    _, changed = datapath.place_pmd()
+    datapath.restore_other_config(changed)
+    assert calls == [["ovs-vsctl", "--timeout=5", "remove", "Open_vSwitch", ".", "other_config", "pmd-cpu-mask"]]
+    datapath.restore_other_config({"pmd-maxsleep": "3"})
+    assert settings["pmd-maxsleep"] == "3"
