@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -48,6 +49,12 @@ def ofctl_flow_count(bridge: str) -> int:
     out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge],
                          capture_output=True, text=True, check=True).stdout
     return sum(1 for line in out.splitlines() if "cookie=" in line)
+
+
+def datapath_port_numbers() -> dict[str, int]:
+    """OVS port name -> its port number in the shared netdev datapath (what ``in_port(N)`` in a datapath flow is)."""
+    out = subprocess.run(["ovs-appctl", "dpif/show"], capture_output=True, text=True, check=True).stdout
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^\s+(\S+) \d+/(\d+):", out, re.M)}
 
 
 def datapath_flow_count(match: str = "") -> int:
@@ -132,6 +139,14 @@ class Datacenter:
 
     def mux_bridge(self, i: int) -> str:
         return f"{self.prefix}mux{i}"
+
+    def mux_router_port(self, i: int) -> str:
+        """MUX i's OVS port towards the router: its uplink, or the uplink's classifier tap."""
+        if i in self.classified:
+            from mptcp_lb.classifier import tap_names
+
+            return tap_names(socket.if_nametoindex(self.mux_uplink(i)))[1]
+        return self.mux_uplink(i)
 
     # ------------------------------------------------------------ lifecycle
 
