@@ -3,11 +3,14 @@
 Run inside a namespace:
 
 - ``python mptcp_key_probe.py server ADDR PORT``: prints ``listening``, accepts
-  one connection, prints its MPTCP_INFO as JSON, then closes it.
+  one connection, waits for the client's one byte, prints its MPTCP_INFO as
+  JSON, then closes it.
 - ``python mptcp_key_probe.py client IFACE ADDR PORT``: captures IFACE with an
-  AF_PACKET socket opened before connecting, connects, waits for the server
-  to close, and prints its MPTCP_INFO and the captured handshake frames (hex)
-  as JSON.
+  AF_PACKET socket opened before connecting, connects, reads its MPTCP_INFO,
+  sends one byte, waits for the server to close, and prints that MPTCP_INFO and
+  the captured handshake frames (hex) as JSON. The byte orders the two: the
+  server's DATA_FIN (which moves the client's rcv_nxt) comes only after the
+  client read its sequence numbers, and the server's are read before it sends.
 
 MPTCP_INFO (include/uapi/linux/mptcp.h, struct mptcp_info): u32 mptcpi_token
 at offset 12, then u64 mptcpi_write_seq, mptcpi_snd_una, mptcpi_rcv_nxt.
@@ -44,6 +47,9 @@ def serve(addr: str, port: int) -> None:
         print("listening", flush=True)
         conn, _ = listener.accept()
         with conn:
+            conn.settimeout(TIMEOUT)
+            if conn.recv(1) != b"x":
+                raise SystemExit("the client's byte did not arrive")
             print(json.dumps(mptcp_info(conn)), flush=True)
 
 
@@ -68,6 +74,7 @@ def connect(iface: str, addr: str, port: int) -> None:
             sock.settimeout(TIMEOUT)
             sock.connect((addr, port))
             info = mptcp_info(sock)
+            sock.sendall(b"x")
             if sock.recv(1) != b"":
                 raise SystemExit("the server sent data; it should only close")
         frames, flags = [], []
