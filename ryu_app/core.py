@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from mptcp_lb.config import Config, Mux
+from mptcp_lb.config import Config, Dip, Mux
 from ovs_flows.compiler import COOKIE_TAG, CompiledMux, compile_all, to_dip
 from ovs_flows.reconcile import reconcile
 from ryu_app.seeding import NoRoomForKey, SeedError, parse_syn, seed_syn
@@ -52,6 +52,12 @@ def audit_requests() -> list:
                                    cookie=0, cookie_mask=0, match=parser.OFPMatch()),
         parser.OFPGroupStatsRequest(datapath=None, flags=0, group_id=ofp.OFPG_ALL),
     ]
+
+
+def _packet_out(mux: Mux, dip: Dip, frame: bytes):
+    """Send ``frame`` from the controller to ``dip``, as the MUX's own flows would."""
+    return parser.OFPPacketOut(datapath=None, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                               actions=to_dip(mux, dip), data=frame)
 
 
 class LbCore:
@@ -178,22 +184,19 @@ class LbCore:
         if st is None:
             return []
         try:
-            parsed = parse_syn(frame)
-            five = parsed[0]
+            five = parse_syn(frame)
             vips = [v for v in config.vips if v.address == five.dst and v.port == five.dport
                     and v.uses_tokens and v.key_source == "mux"]
             if not vips:
                 raise SeedError(f"no seed-mode VIP at {five.dst}:{five.dport}")
-            seeded = seed_syn(vips[0], frame, parsed=parsed)
+            seeded = seed_syn(vips[0], frame, five=five)
         except NoRoomForKey as e:
             # Still connect the client (to the DIP the hash picks); without the key its
             # later joins may miss, but dropping would fail every retry of this SYN.
-            dip = e.dip
             with self._lock:
                 st.punt_errors += 1
             log.warning("MUX %s: SYN forwarded without a key: %s", st.mux.name, e)
-            return [parser.OFPPacketOut(datapath=None, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
-                                        actions=to_dip(st.mux, dip), data=frame)] if dip else []
+            return [_packet_out(st.mux, e.dip, frame)]
         except SeedError as e:
             with self._lock:
                 st.punt_errors += 1
@@ -201,8 +204,7 @@ class LbCore:
             return []
         with self._lock:
             st.punts += 1
-        return [parser.OFPPacketOut(datapath=None, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
-                                    actions=to_dip(st.mux, seeded.dip), data=seeded.frame)]
+        return [_packet_out(st.mux, seeded.dip, seeded.frame)]
 
     def snapshot(self) -> dict:
         """A consistent copy of the state for the API and metrics."""
