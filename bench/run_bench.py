@@ -68,7 +68,8 @@ def ofctl(*args, stdin: str | None = None) -> str:
 def install_pipeline(bridge: str, mode: str) -> None:
     """The compiled MUX pipeline for ``mode`` (port or token), as ``mptcp-lb flows`` prints it."""
     from mptcp_lb.config import parse_config
-    from ovs_flows.compiler import compile_mux, flow_text, group_text
+    from ovs_flows.compiler import compile_mux
+    from ovs_flows.ofctl_text import flow_text, group_text
 
     config = parse_config(bench_config(mode))
     compiled = compile_mux(config, config.muxes[0])

@@ -28,7 +28,8 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_flows(args) -> int:
-    from ovs_flows.compiler import compile_mux, flow_text, group_text, meter_text
+    from ovs_flows.compiler import compile_mux
+    from ovs_flows.ofctl_text import flow_text, group_text, meter_text
 
     config = _load(args.config)
     muxes = [m for m in config.muxes if args.mux in (None, m.name)]

@@ -4,7 +4,8 @@ import pytest
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from mptcp_lb.config import parse_config, with_dip_state
-from ovs_flows.compiler import compile_mux, flow_text, group_text
+from ovs_flows.compiler import compile_mux
+from ovs_flows.ofctl_text import flow_text, group_text
 from tests.fakeoftable import FakeOFTable
 
 VIP = "10.0.0.100"
