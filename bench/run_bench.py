@@ -315,7 +315,7 @@ def controller_rates(seconds: float) -> dict:
                               for i in range(1, 4)]
     config = parse_config(raw)
     core = LbCore(config)
-    core.mux_connected(config.muxes[0].dpid)
+    core.mux_connected(config.muxes[0].dpid, time.monotonic())
     syn = Ether(dst="0a:4d:01:00:00:00") / IP(src="10.9.0.1", dst=BENCH_VIP) / TCP(
         dport=80, flags="S", options=[("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None),
                                       ("WScale", 7), (30, bytes([0x01, 0x81]))])

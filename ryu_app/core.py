@@ -2,14 +2,14 @@
 
 ``LbCore`` holds the validated config and what each MUX reported in its
 last audit. Every method returns OpenFlow messages (``datapath=None``) for
-the shim to send; the shim never decides anything.
+the shim to send; the shim never decides anything. Time is a parameter
+(``now``, monotonic seconds), as in FAUCET's Valve, so tests drive the clock.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -78,7 +78,7 @@ class LbCore:
                 self.status.setdefault(m.dpid, MuxStatus(m))
         log.info("config updated: %d VIPs, %d MUXes", len(config.vips), len(config.muxes))
 
-    def mux_connected(self, dpid: int) -> list:
+    def mux_connected(self, dpid: int, now: float) -> list:
         """A MUX (re)connected: forget any audit in flight and ask what it holds."""
         with self._lock:
             st = self.status.get(dpid)
@@ -87,9 +87,9 @@ class LbCore:
                 return []
             st.connected, st.audit_started, st.audit_due = True, None, False
         log.info("MUX %s (dpid=%#x) connected", st.mux.name, dpid)
-        return self.audit(dpid)
+        return self.audit(dpid, now)
 
-    def audit(self, dpid: int) -> list:
+    def audit(self, dpid: int, now: float) -> list:
         """Ask a MUX what it holds, unless an audit is already in flight.
 
         Requests are coalesced: a burst of flow-removed events (an operator's
@@ -99,7 +99,6 @@ class LbCore:
             st = self.status.get(dpid)
             if st is None or not st.connected:
                 return []
-            now = time.monotonic()
             if st.audit_started is not None and now - st.audit_started < AUDIT_STALE:
                 st.audit_due = True
                 return []
@@ -146,7 +145,7 @@ class LbCore:
                 log.warning("MUX %s differs from config: sending %d messages", st.mux.name, len(msgs))
         return msgs
 
-    def group_stats_reply(self, dpid: int, stats: list) -> list:
+    def group_stats_reply(self, dpid: int, stats: list, now: float) -> list:
         """Add select-group bucket counters; this reply ends an audit, so start a due one."""
         with self._lock:
             st = self.status.get(dpid)
@@ -163,13 +162,13 @@ class LbCore:
                     c = st.dip_counters.setdefault((vip, dip_id), [0, 0])
                     c[0] += bucket.packet_count
                     c[1] += bucket.byte_count
-        return self.audit(dpid) if due else []
+        return self.audit(dpid, now) if due else []
 
-    def flow_removed(self, dpid: int, msg) -> list:
+    def flow_removed(self, dpid: int, msg, now: float) -> list:
         """Someone deleted one of our flows: audit that MUX now rather than later."""
         if msg.cookie >> 48 != COOKIE_TAG:
             return []
-        return self.audit(dpid)
+        return self.audit(dpid, now)
 
     def packet_in(self, dpid: int, frame: bytes) -> list:
         """Seed a punted SYN(MPC): a packet-out of the SYN, carrying its key, to the chosen DIP.
