@@ -122,16 +122,3 @@ def test_bad_content_length_is_refused(api, length):
     assert reply.startswith("HTTP/1.0 400") and "is not a byte count" in reply
     assert changes == []
 
-
-def test_audits_are_coalesced(api):
-    from types import SimpleNamespace
-
-    _, core, _ = api
-    assert len(core.mux_connected(0x1001, now=0.0)) == 4  # meters, groups, flows, counters
-    assert core.audit(0x1001, now=0.1) == []  # one is in flight: this one is only noted as due
-    ours = SimpleNamespace(cookie=core.compiled["mux1"].flows[0].cookie)
-    assert core.flow_removed(0x1001, ours, now=0.2) == []
-    assert core.flow_removed(0x1001, SimpleNamespace(cookie=0x1234), now=0.2) == []  # not our flow
-    assert len(core.group_stats_reply(0x1001, [], now=0.3)) == 4  # the audit ended; the due one starts
-    assert core.group_stats_reply(0x1001, [], now=0.4) == []  # and nothing more was due
-    assert core.audit(0x9999, now=0.5) == []  # unknown bridge
