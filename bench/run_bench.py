@@ -310,7 +310,7 @@ def controller_rates(seconds: float) -> dict:
     from scapy.layers.l2 import Ether
 
     raw = bench_config()
-    raw["vips"][0].update(mode="token", key_source="mux", slice_bits=8)
+    raw["vips"][0].update(mode="token", key_source="seed", slice_bits=8)
     raw["vips"][0]["dips"] = [{"id": i, "address": f"10.9.0.{10 + i}", "mac": f"02:00:00:09:01:{i:02x}"}
                               for i in range(1, 4)]
     config = parse_config(raw)

@@ -5,7 +5,7 @@ The pipeline is a single table:
   prio 300  ARP request for the MUX's or a VIP's address -> ARP reply by flows
   prio 230  VIP:service-port, classifier tag "server ID"  -> that DIP        (token, hybrid)
   prio 230  VIP:service-port, tag "JOIN, token slice"     -> slice's owner   (token, hybrid)
-  prio 220  VIP:service-port, tag "SYN + MP_CAPABLE"      -> meter, punt     (key_source: mux)
+  prio 220  VIP:service-port, tag "SYN + MP_CAPABLE"      -> meter, punt     (key_source: seed)
   prio 200  tcp to VIP:service-port                      -> select group (5-tuple hash)
   prio 200  tcp to VIP, tp_dst in a DIP's range          -> that DIP        (port, hybrid)
   prio 100  anything else to a VIP                       -> drop
@@ -224,7 +224,7 @@ def _token_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
         for fm in tagged:
             out.flows.append(fm)
             out.flow_dip[fm.cookie] = (vip.name, dip.id)
-    if vip.key_source == "mux":
+    if vip.key_source == "seed":
         out.flows.append(flow_mod(
             PRIO_PUNT, _service(mux, vip, eth_dst=(tag_mac(CLASS_MP_CAPABLE, 0), TAG_CLASS_MASK)),
             [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)], meter_id=PUNT_METER))
@@ -233,7 +233,7 @@ def _token_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
 def compile_mux(config: Config, mux: Mux) -> CompiledMux:
     """All meters, groups and flows one MUX bridge should hold, in install order."""
     out = CompiledMux(mux=mux)
-    if any(v.uses_tokens and v.key_source == "mux" for v in config.vips):
+    if any(v.uses_tokens and v.key_source == "seed" for v in config.vips):
         out.meters.append(punt_meter(config.controller.punt_rate))
     out.flows.append(arp_responder(mux, mux.address))
     for group_id, vip in enumerate(config.vips, start=1):

@@ -185,7 +185,7 @@ class LbCore:
         try:
             five = parse_syn(frame)
             vips = [v for v in config.vips if v.address == five.dst and v.port == five.dport
-                    and v.uses_tokens and v.key_source == "mux"]
+                    and v.uses_tokens and v.key_source == "seed"]
             if not vips:
                 raise SeedError(f"no seed-mode VIP at {five.dst}:{five.dport}")
             seeded = seed_syn(vips[0], frame, five=five)
