@@ -84,7 +84,7 @@ def _same_match(a, b) -> bool:
     return sorted(a.match.items()) == sorted(b.match.items())
 
 
-class Counter:
+class Counts:
     """Packets and bytes, as every OpenFlow flow, group and bucket counts them."""
 
     def __init__(self):
@@ -96,13 +96,15 @@ class Counter:
 
 
 class FakeOFTable:
+    """One bridge's flow tables, groups and meters, starting from ``msgs`` applied in order."""
+
     def __init__(self, msgs: list):
         self.flows = []
         self.groups = {}
         self.meters = {}
         self.removed = []  # OFPFlowRemoved the bridge sent, for flows with OFPFF_SEND_FLOW_REM
-        self._flow_counts: dict[int, Counter] = {}  # id(flow) -> counter, while the flow is held
-        self._group_counts: dict[int, tuple[Counter, list[Counter]]] = {}  # group id -> (group, per bucket)
+        self._flow_counts: dict[int, Counts] = {}  # id(flow) -> counter, while the flow is held
+        self._group_counts: dict[int, tuple[Counts, list[Counts]]] = {}  # group id -> (group, per bucket)
         for msg in msgs:
             self.apply(msg)
 
@@ -129,8 +131,8 @@ class FakeOFTable:
         _check_add_or_modify(self.groups, msg.group_id, msg.command == ofp.OFPGC_ADD,
                              "OFPGMFC_GROUP_EXISTS", "OFPGMFC_UNKNOWN_GROUP")
         self.groups[msg.group_id] = msg
-        group = self._group_counts.get(msg.group_id, (Counter(), []))[0]
-        self._group_counts[msg.group_id] = (group, [Counter() for _ in msg.buckets])  # new buckets count anew
+        group = self._group_counts.get(msg.group_id, (Counts(), []))[0]
+        self._group_counts[msg.group_id] = (group, [Counts() for _ in msg.buckets])  # new buckets count anew
 
     def _meter_mod(self, msg) -> None:
         if msg.command == ofp.OFPMC_DELETE:
@@ -150,9 +152,9 @@ class FakeOFTable:
             # An ADD replaces the flow of the same table, priority and match, keeping its counters.
             old = [f for f in self.flows if (f.table_id, f.priority) == (msg.table_id, msg.priority)
                    and _same_match(f, msg)]
-            counts = self._flow_counts.pop(id(old[0]), Counter()) if old else Counter()
+            counts = self._flow_counts.pop(id(old[0]), Counts()) if old else Counts()
             if msg.flags & ofp.OFPFF_RESET_COUNTS:
-                counts = Counter()
+                counts = Counts()
             self.flows = [f for f in self.flows if f not in old]
             self.flows.append(msg)
             self._flow_counts[id(msg)] = counts

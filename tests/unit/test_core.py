@@ -96,13 +96,13 @@ def test_a_flow_deleted_by_hand_is_restored(config):
 
 def test_audits_are_coalesced(config):
     core = LbCore(config)
-    assert len(core.mux_connected(0x1001, now=0.0)) == 4  # meters, groups, flows, counters
-    assert core.audit(0x1001, now=0.1) == []  # one is in flight: this one is only noted as due
+    assert len(core.mux_connected(DPID, now=0.0)) == 4  # meters, groups, flows, counters
+    assert core.audit(DPID, now=0.1) == []  # one is in flight: this one is only noted as due
     ours = SimpleNamespace(cookie=core.compiled["mux1"].flows[0].cookie)
-    assert core.flow_removed(0x1001, ours, now=0.2) == []
-    assert core.flow_removed(0x1001, SimpleNamespace(cookie=0x1234), now=0.2) == []  # not our flow
-    assert len(core.group_stats_reply(0x1001, [], now=0.3)) == 4  # the audit ended; the due one starts
-    assert core.group_stats_reply(0x1001, [], now=0.4) == []  # and nothing more was due
+    assert core.flow_removed(DPID, ours, now=0.2) == []
+    assert core.flow_removed(DPID, SimpleNamespace(cookie=0x1234), now=0.2) == []  # not our flow
+    assert len(core.group_stats_reply(DPID, [], now=0.3)) == 4  # the audit ended; the due one starts
+    assert core.group_stats_reply(DPID, [], now=0.4) == []  # and nothing more was due
     assert core.audit(0x9999, now=0.5) == []  # unknown bridge
 
 
@@ -127,7 +127,7 @@ def test_an_unanswered_audit_stops_blocking_once_stale(config):
 
 
 def test_a_disconnected_mux_is_not_audited(config):
-    core, bridge = connected(config)
+    core, _ = connected(config)
     core.mux_disconnected(DPID)
     assert core.audit(DPID, now=10.0) == [] and not mux_status(core)["connected"]
 
