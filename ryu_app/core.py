@@ -55,7 +55,7 @@ def audit_requests() -> list:
 
 
 def _packet_out(mux: Mux, dip: Dip, frame: bytes):
-    """Send ``frame`` from the controller to ``dip``, as the MUX's own flows would."""
+    """A packet-out handing ``frame`` to ``dip`` over the fabric, as the MUX's own flows would."""
     return parser.OFPPacketOut(datapath=None, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
                                actions=to_dip(mux, dip), data=frame)
 
