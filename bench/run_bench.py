@@ -68,7 +68,8 @@ def ofctl(*args, stdin: str | None = None) -> str:
 def install_pipeline(bridge: str, mode: str) -> None:
     """The compiled MUX pipeline for ``mode`` (port or token), as ``mptcp-lb flows`` prints it."""
     from mptcp_lb.config import parse_config
-    from ovs_flows.compiler import compile_mux, flow_text, group_text
+    from ovs_flows.compiler import compile_mux
+    from ovs_flows.ofctl_text import flow_text, group_text
 
     config = parse_config(bench_config(mode))
     compiled = compile_mux(config, config.muxes[0])
@@ -309,12 +310,12 @@ def controller_rates(seconds: float) -> dict:
     from scapy.layers.l2 import Ether
 
     raw = bench_config()
-    raw["vips"][0].update(mode="token", key_source="mux", slice_bits=8)
+    raw["vips"][0].update(mode="token", key_source="seed", slice_bits=8)
     raw["vips"][0]["dips"] = [{"id": i, "address": f"10.9.0.{10 + i}", "mac": f"02:00:00:09:01:{i:02x}"}
                               for i in range(1, 4)]
     config = parse_config(raw)
     core = LbCore(config)
-    core.mux_connected(config.muxes[0].dpid)
+    core.mux_connected(config.muxes[0].dpid, time.monotonic())
     syn = Ether(dst="0a:4d:01:00:00:00") / IP(src="10.9.0.1", dst=BENCH_VIP) / TCP(
         dport=80, flags="S", options=[("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None),
                                       ("WScale", 7), (30, bytes([0x01, 0x81]))])

@@ -90,7 +90,7 @@ def token_setup(vip: Vip, dip: Dip, key_adoption: bool = True, interface: str | 
     """
     from .token_bpf import DipTokenSetup
 
-    mode = {"mux": "seed", "pool": "pool"}[vip.key_source] if key_adoption else "none"
+    mode = vip.key_source if key_adoption else "none"  # seed, pool: DipTokenSetup's names too
     port = 0 if vip.uses_ports else vip.port  # 0: every port of the VIP
     return DipTokenSetup(interface or default_interface(), vip.address, port, dip.id,
                          mode=mode, slices=dip.slices, slice_bits=vip.slice_bits,

@@ -59,7 +59,7 @@ def dip_port_ranges(n_dips: int) -> list[tuple[int, int]]:
 
 
 def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080, mode: str = "port",
-                    key_source: str = "mux", punt_rate: int = 100) -> dict:
+                    key_source: str = "seed", punt_rate: int = 100) -> dict:
     """The mptcp-lb config (as a YAML-ready dict) matching this topology."""
     vip = {"name": "web", "address": VIP, "port": SERVICE_PORT, "mode": mode}
     if mode != "port":

@@ -38,7 +38,7 @@ def run_demo(args) -> int:
     key_source = args.key_source if args.mode != "port" else None
     progress(f"mode={args.mode}{f' key-source={key_source}' if key_source else ''} dips={args.dips} "
              f"conns={args.conns} payload={args.size} bytes")
-    with Datacenter(n_dips=args.dips, progress=progress, mode=args.mode, key_source=key_source or "mux",
+    with Datacenter(n_dips=args.dips, progress=progress, mode=args.mode, key_source=key_source or "seed",
                     port_type=args.port_type) as dc:
         before = dc.mux_flow_counts()
         dp_before = datapath_flow_count("tcp")

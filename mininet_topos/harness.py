@@ -84,7 +84,7 @@ class Datacenter:
     even after a failure. The arguments:
 
     - ``n_dips``, ``prefix`` (makes every name unique), ``workdir`` (config and logs);
-    - ``mode`` (``port``, ``token``, ``hybrid``), ``key_source`` (``mux``, ``pool``),
+    - ``mode`` (``port``, ``token``, ``hybrid``), ``key_source`` (``seed``, ``pool``),
       ``punt_rate``, ``key_adoption`` (False: a control where DIPs keep their own keys);
     - ``port_type``: the OVS port type of every bridge port (``mptcp_lb.datapath``;
       None: ``afxdp`` where supported, else ``system``). In the token modes the
@@ -95,7 +95,7 @@ class Datacenter:
     """
 
     def __init__(self, n_dips: int = 3, prefix: str = "", workdir: str | None = None,
-                 progress=lambda msg: log.info("%s", msg), mode: str = "port", key_source: str = "mux",
+                 progress=lambda msg: log.info("%s", msg), mode: str = "port", key_source: str = "seed",
                  punt_rate: int = 100, key_adoption: bool = True, port_type: str | None = None,
                  echo: bool = True):
         from mptcp_lb.datapath import resolve_port_type

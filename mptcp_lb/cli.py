@@ -28,7 +28,8 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_flows(args) -> int:
-    from ovs_flows.compiler import compile_mux, flow_text, group_text, meter_text
+    from ovs_flows.compiler import compile_mux
+    from ovs_flows.ofctl_text import flow_text, group_text, meter_text
 
     config = _load(args.config)
     muxes = [m for m in config.muxes if args.mux in (None, m.name)]
@@ -140,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="build the default datacenter topology and run real MPTCP traffic")
     s.add_argument("--mode", default="port", choices=["port", "token", "hybrid"])
-    s.add_argument("--key-source", default="mux", choices=["mux", "pool"],
-                   help="token/hybrid: the controller makes keys (mux) or each DIP draws from its pool")
+    s.add_argument("--key-source", default="seed", choices=["seed", "pool"],
+                   help="token/hybrid: the controller makes keys (seed) or each DIP draws from its pool")
     s.add_argument("--dips", type=int, default=3)
     s.add_argument("--port-type", choices=PORT_TYPES,
                    help="OVS port type of every bridge port (default: afxdp where supported, else system)")

@@ -18,7 +18,8 @@ import yaml
 MODES = ("port", "token", "hybrid")
 PORT_MODES = ("port", "hybrid")  # DIPs own port ranges and announce one port
 TOKEN_MODES = ("token", "hybrid")  # DIPs own token slices and stamp timestamps
-KEY_SOURCES = ("mux", "pool")  # who makes a connection's key: the controller, or the DIP's pool
+KEY_SOURCES = ("seed", "pool")  # who makes a connection's key: the controller (seed mode), or the DIP's pool
+RENAMED_KEY_SOURCES = {"mux": "seed"}  # old value -> its name now, so an old config says what to write
 # How a MUX hashes packets that carry no steering information:
 #  dp_hash:   OVS select group; the datapath hashes, so megaflows do not grow per connection.
 #  multipath: a plain flow (installable without groups) whose choice the controller can
@@ -70,7 +71,7 @@ class Vip:
     port: int
     mode: str
     dips: tuple[Dip, ...]
-    key_source: str = "mux"
+    key_source: str = "seed"
     slice_bits: int = 8
     hash: str = "dp_hash"
 
@@ -349,7 +350,10 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
     if mode not in MODES:
         ck.fail(f"{path}.mode", f"{mode!r} is not one of {', '.join(MODES)}")
         return None
-    key_source = obj.get("key_source", "mux")
+    key_source = obj.get("key_source", "seed")
+    if key_source in RENAMED_KEY_SOURCES:
+        ck.fail(f"{path}.key_source", f"{key_source!r} was renamed {RENAMED_KEY_SOURCES[key_source]!r}")
+        return None
     if key_source not in KEY_SOURCES:
         ck.fail(f"{path}.key_source", f"{key_source!r} is not one of {', '.join(KEY_SOURCES)}")
         return None
@@ -360,13 +364,13 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
     slice_bits = ck.integer(obj, "slice_bits", path, 1, MAX_SLICE_BITS, 8)
     if slice_bits is None:
         return None
-    seeded = mode in TOKEN_MODES and key_source == "mux"
+    seeded = mode in TOKEN_MODES and key_source == "seed"
     hash_method = obj.get("hash", "multipath" if seeded else "dp_hash")
     if hash_method not in HASH_METHODS:
         ck.fail(f"{path}.hash", f"{hash_method!r} is not one of {', '.join(HASH_METHODS)}")
         return None
     if seeded and hash_method != "multipath":
-        ck.fail(f"{path}.hash", f"{hash_method!r}: key_source mux needs multipath, the hash the controller "
+        ck.fail(f"{path}.hash", f"{hash_method!r}: key_source seed needs multipath, the hash the controller "
                                 "can predict when it picks a DIP for a SYN")
         return None
     raw_dips = obj.get("dips")

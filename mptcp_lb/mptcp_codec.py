@@ -1,9 +1,10 @@
-"""MPTCP keys, tokens and TCP options: the one place that knows their bytes.
+"""MPTCP keys, tokens, TCP options and frames: the one place that knows their bytes.
 
 Everything here is pure (no I/O) and follows docs/token-steering.md, which
 fixes the contracts between the MUX classifier, the controller and the DIP.
 ``classify_frame`` is the reference the BPF classifier is fuzzed against, so
-it follows that page byte for byte and never raises.
+it follows that page byte for byte and never raises. The frame editing at the
+end is what the controller does to a punted SYN in seed mode.
 """
 
 from __future__ import annotations
@@ -45,12 +46,17 @@ _ETH_HLEN = 14
 _ETH_P_IP = 0x0800
 _IPPROTO_TCP = 6
 _TCP_HLEN = 20
+MAX_TCP_HLEN = 60  # data offset is 4 bits of 32-bit words
 _TCP_SYN = 0x02
 _TCP_ACK = 0x10
 
 
 class OptionError(ValueError):
     """A TCP option (or option area) whose layout is malformed; the message says where."""
+
+
+class NoOptionRoom(OptionError):
+    """A TCP header too full for one more option; the message says how full."""
 
 
 # --- crypto -------------------------------------------------------------------
@@ -341,6 +347,93 @@ def tag_mac(cls: int, value: int) -> str:
     return ":".join(f"{b:02x}" for b in TAG_PREFIX + bytes((cls,)) + value.to_bytes(3, "big"))
 
 
+# --- frame editing ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FiveTuple:
+    """A TCP connection's addresses, as the MUX hashes them."""
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    proto: int = _IPPROTO_TCP
+
+
+def _internet_checksum(data: bytes) -> int:
+    """RFC 1071: the ones' complement of the ones' complement sum of 16-bit words."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _ipv4_text(raw: bytes) -> str:
+    return ".".join(str(b) for b in raw)
+
+
+def _tcp_offset(frame: bytes) -> int:
+    """Where the TCP header of an Ethernet/IPv4/TCP frame starts; ValueError naming what is wrong if not one."""
+    if len(frame) < _ETH_HLEN + 20 or struct.unpack_from("!H", frame, 12)[0] != _ETH_P_IP:
+        raise ValueError("not an Ethernet/IPv4 frame")
+    if frame[_ETH_HLEN] >> 4 != 4 or frame[_ETH_HLEN] & 0x0F < 5 or frame[23] != _IPPROTO_TCP:
+        raise ValueError("not an IPv4 TCP packet with a valid header length")
+    tcp = _ETH_HLEN + (frame[_ETH_HLEN] & 0x0F) * 4
+    ip_end = _ETH_HLEN + struct.unpack_from("!H", frame, _ETH_HLEN + 2)[0]
+    if tcp + _TCP_HLEN > ip_end or ip_end > len(frame):
+        raise ValueError(f"IP total length {ip_end - _ETH_HLEN} does not hold a TCP header in {len(frame)} bytes")
+    if not _TCP_HLEN <= (frame[tcp + 12] >> 4) * 4 <= ip_end - tcp:
+        raise ValueError(f"TCP data offset {frame[tcp + 12] >> 4} runs outside the IP packet")
+    return tcp
+
+
+def parse_mpc_syn(frame: bytes) -> FiveTuple | None:
+    """The 5-tuple of a SYN carrying MP_CAPABLE (by ``classify_frame``'s rules), else None.
+
+    ValueError if the classifier's rules pass but the IP total length does not
+    fit the frame: such a SYN could not be edited.
+    """
+    verdict = classify_frame(frame)
+    if verdict is None or verdict[0] != CLASS_MP_CAPABLE:
+        return None
+    tcp = _tcp_offset(frame)
+    sport, dport = struct.unpack_from("!HH", frame, tcp)
+    return FiveTuple(_ipv4_text(frame[_ETH_HLEN + 12:_ETH_HLEN + 16]), _ipv4_text(frame[_ETH_HLEN + 16:_ETH_HLEN + 20]),
+                     sport, dport)
+
+
+def check_option_room(frame: bytes, size: int) -> None:
+    """NoOptionRoom unless ``size`` more option bytes fit in the frame's TCP header."""
+    doff = (frame[_tcp_offset(frame) + 12] >> 4) * 4
+    if doff + size > MAX_TCP_HLEN:
+        raise NoOptionRoom(f"TCP options: {doff - _TCP_HLEN} bytes in use, no room for {size} more")
+
+
+def append_tcp_option(frame: bytes, option: bytes) -> bytes:
+    """The frame with ``option`` after its TCP options; data offset, IP length and both checksums fixed.
+
+    Bytes past the IP packet (Ethernet padding) are dropped: they would
+    otherwise land inside the longer packet.
+    """
+    if len(option) % 4:
+        raise OptionError(f"option of {len(option)} bytes would misalign the TCP header")
+    check_option_room(frame, len(option))
+    ip, tcp = _ETH_HLEN, _tcp_offset(frame)
+    doff = (frame[tcp + 12] >> 4) * 4
+    total_len = struct.unpack_from("!H", frame, ip + 2)[0]
+    out = bytearray(frame[:tcp + doff] + option + frame[tcp + doff:ip + total_len])
+    out[tcp + 12] = ((doff + len(option)) // 4) << 4 | (out[tcp + 12] & 0x0F)
+    struct.pack_into("!H", out, ip + 2, total_len + len(option))
+    struct.pack_into("!H", out, ip + 10, 0)
+    struct.pack_into("!H", out, ip + 10, _internet_checksum(bytes(out[ip:tcp])))
+    struct.pack_into("!H", out, tcp + 16, 0)
+    segment = bytes(out[tcp:])
+    pseudo = bytes(out[ip + 12:ip + 20]) + struct.pack("!BBH", 0, _IPPROTO_TCP, len(segment))
+    struct.pack_into("!H", out, tcp + 16, _internet_checksum(pseudo + segment))
+    return bytes(out)
+
+
 __all__ = [
     "KEY_LEN", "MAX_SLICE_BITS", "TCPOPT_EOL", "TCPOPT_NOP", "TCPOPT_TIMESTAMP", "TCPOPT_MPTCP",
     "TCPOPT_EXPERIMENTAL", "MPTCP_SUB_CAPABLE", "MPTCP_SUB_JOIN", "MPC_FLAG_HMAC_SHA256",
@@ -349,4 +442,5 @@ __all__ = [
     "MpCapable", "MpJoinSyn", "Timestamp", "parse_tcp_options", "parse_mptcp",
     "build_mp_capable", "build_mp_join_syn", "build_timestamp", "parse_timestamp",
     "build_key_carrier", "parse_key_carrier", "classify_frame", "tag_mac",
+    "MAX_TCP_HLEN", "NoOptionRoom", "FiveTuple", "parse_mpc_syn", "check_option_room", "append_tcp_option",
 ]

@@ -5,7 +5,7 @@ The pipeline is a single table:
   prio 300  ARP request for the MUX's or a VIP's address -> ARP reply by flows
   prio 230  VIP:service-port, classifier tag "server ID"  -> that DIP        (token, hybrid)
   prio 230  VIP:service-port, tag "JOIN, token slice"     -> slice's owner   (token, hybrid)
-  prio 220  VIP:service-port, tag "SYN + MP_CAPABLE"      -> meter, punt     (key_source: mux)
+  prio 220  VIP:service-port, tag "SYN + MP_CAPABLE"      -> meter, punt     (key_source: seed)
   prio 200  tcp to VIP:service-port                      -> select group (5-tuple hash)
   prio 200  tcp to VIP, tp_dst in a DIP's range          -> that DIP        (port, hybrid)
   prio 100  anything else to a VIP                       -> drop
@@ -16,10 +16,10 @@ ingress of the MUX's uplink (bpf/mux_classifier.c, docs/token-steering.md),
 which hands every frame to the bridge through a tap; every flow that hands a
 packet to a DIP rewrites the MAC, so a tag never leaves the MUX.
 
-Every flow's cookie is derived from its own text, so the controller can tell a
-correct flow from a stale one by cookie alone, and flows installed with
-``ovs-ofctl`` from ``mptcp-lb flows`` are recognised as correct by the
-controller without churn.
+Every flow's cookie is derived from its own ovs-ofctl text (ovs_flows/ofctl_text.py),
+so the controller can tell a correct flow from a stale one by cookie alone, and
+flows installed with ``ovs-ofctl`` from ``mptcp-lb flows`` are recognised as
+correct by the controller without churn.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from mptcp_lb.config import Config, Dip, Mux, Vip
 from mptcp_lb.mptcp_codec import CLASS_MP_CAPABLE, CLASS_MP_JOIN, CLASS_TIMESTAMP, tag_mac
+from ovs_flows.ofctl_text import flow_text
 from ovs_flows.ovs_hash import pick_backend
 from ovs_flows.port_ranges import range_to_masks
 
@@ -70,114 +71,6 @@ class CompiledMux:
     def messages(self) -> list:
         """Meters and groups first: OVS rejects a flow whose meter or group does not exist yet."""
         return [*self.meters, *self.groups, *self.flows]
-
-
-# ---------------------------------------------------------------- text form
-
-
-def _field_text(name: str, value) -> str:
-    if isinstance(value, tuple):
-        v, m = value
-        if isinstance(v, int):
-            return f"{name}={v:#x}/{m:#x}"
-        return f"{name}={v}/{m}"
-    return f"{name}={value}"
-
-
-_OFCTL_FIELD = {"ipv4_dst": "nw_dst", "ipv4_src": "nw_src", "tcp_dst": "tp_dst", "tcp_src": "tp_src"}
-
-
-def match_text(match) -> str:
-    """A match in ovs-ofctl syntax (only the fields this compiler emits)."""
-    fields = dict(match.items())
-    out = []
-    eth_type = fields.pop("eth_type", None)
-    ip_proto = fields.pop("ip_proto", None)
-    if eth_type == ETH_ARP:
-        out.append("arp")
-    elif eth_type == ETH_IP and ip_proto == IPPROTO_TCP:
-        out.append("tcp")
-    elif eth_type == ETH_IP:
-        out.append("ip")
-        if ip_proto is not None:
-            out.append(f"nw_proto={ip_proto}")
-    elif eth_type is not None:
-        out.append(f"dl_type={eth_type:#06x}")
-    for name in sorted(fields):
-        out.append(_field_text(_OFCTL_FIELD.get(name, name), fields[name]))
-    return ",".join(out)
-
-
-_NXM_NAME = {
-    "eth_src": "NXM_OF_ETH_SRC[]", "eth_dst": "NXM_OF_ETH_DST[]",
-    "arp_sha": "NXM_NX_ARP_SHA[]", "arp_tha": "NXM_NX_ARP_THA[]",
-    "arp_spa": "NXM_OF_ARP_SPA[]", "arp_tpa": "NXM_OF_ARP_TPA[]",
-}
-
-
-def action_text(action) -> str:
-    if isinstance(action, parser.OFPActionOutput):
-        if action.port == ofp.OFPP_CONTROLLER:
-            return f"controller(max_len={action.max_len})"
-        return "in_port" if action.port == ofp.OFPP_IN_PORT else f"output:{action.port}"
-    if isinstance(action, parser.OFPActionGroup):
-        return f"group:{action.group_id}"
-    if isinstance(action, parser.OFPActionSetField):
-        return f"set_field:{action.value}->{action.key}"
-    if isinstance(action, parser.NXActionMultipath):
-        return f"multipath(symmetric_l4,{action.basis},hrw,{action.max_link + 1},{action.arg},NXM_NX_REG0[0..15])"
-    if isinstance(action, parser.NXActionResubmitTable):
-        return f"resubmit(,{action.table_id})"
-    if isinstance(action, parser.NXActionRegMove):
-        # os-ken names fields parsed back from the switch with an "_nxm" suffix
-        src, dst = (f.removesuffix("_nxm") for f in (action.src_field, action.dst_field))
-        return f"move:{_NXM_NAME[src]}->{_NXM_NAME[dst]}"
-    raise ValueError(f"no text form for action {action!r}")
-
-
-def actions_text(actions) -> str:
-    return ",".join(action_text(a) for a in actions) if actions else "drop"
-
-
-def _flow_actions(flow_mod) -> list:
-    for inst in flow_mod.instructions:
-        if isinstance(inst, parser.OFPInstructionActions):
-            return list(inst.actions)
-    return []
-
-
-def _flow_meter(flow_mod) -> str:
-    meters = [i.meter_id for i in flow_mod.instructions if isinstance(i, parser.OFPInstructionMeter)]
-    return f"meter:{meters[0]}," if meters else ""
-
-
-def flow_text(flow_mod, with_cookie: bool = True) -> str:
-    """A flow in ``ovs-ofctl -O OpenFlow13 add-flows`` syntax."""
-    head = f"cookie={flow_mod.cookie:#x}," if with_cookie else ""
-    flags = "send_flow_rem," if flow_mod.flags & ofp.OFPFF_SEND_FLOW_REM else ""
-    m = match_text(flow_mod.match)
-    return (f"{head}table={flow_mod.table_id},priority={flow_mod.priority},{flags}"
-            f"{m + ',' if m else ''}actions={_flow_meter(flow_mod)}{actions_text(_flow_actions(flow_mod))}")
-
-
-def buckets_text(buckets) -> str:
-    return ",".join(f"bucket=weight:{b.weight},actions={actions_text(b.actions)}" for b in buckets)
-
-
-def meter_text(meter_mod) -> str:
-    """A meter in ``ovs-ofctl -O OpenFlow13 add-meter`` syntax (packet-rate drop bands only)."""
-    flags = [name for bit, name in ((ofp.OFPMF_KBPS, "kbps"), (ofp.OFPMF_PKTPS, "pktps"),
-                                    (ofp.OFPMF_BURST, "burst"), (ofp.OFPMF_STATS, "stats"))
-             if meter_mod.flags & bit]
-    bands = ",".join(f"band=type=drop,rate={b.rate},burst_size={b.burst_size}" for b in meter_mod.bands)
-    return ",".join([f"meter={meter_mod.meter_id}", *flags, bands])
-
-
-def group_text(group_mod) -> str:
-    """A group in ``ovs-ofctl -O OpenFlow13 add-groups`` syntax."""
-    kind = {ofp.OFPGT_SELECT: "select", ofp.OFPGT_ALL: "all", ofp.OFPGT_INDIRECT: "indirect"}[group_mod.type]
-    text = f"group_id={group_mod.group_id},type={kind}"
-    return f"{text},{buckets_text(group_mod.buckets)}" if group_mod.buckets else text
 
 
 # ---------------------------------------------------------------- builders
@@ -331,7 +224,7 @@ def _token_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
         for fm in tagged:
             out.flows.append(fm)
             out.flow_dip[fm.cookie] = (vip.name, dip.id)
-    if vip.key_source == "mux":
+    if vip.key_source == "seed":
         out.flows.append(flow_mod(
             PRIO_PUNT, _service(mux, vip, eth_dst=(tag_mac(CLASS_MP_CAPABLE, 0), TAG_CLASS_MASK)),
             [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)], meter_id=PUNT_METER))
@@ -340,7 +233,7 @@ def _token_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
 def compile_mux(config: Config, mux: Mux) -> CompiledMux:
     """All meters, groups and flows one MUX bridge should hold, in install order."""
     out = CompiledMux(mux=mux)
-    if any(v.uses_tokens and v.key_source == "mux" for v in config.vips):
+    if any(v.uses_tokens and v.key_source == "seed" for v in config.vips):
         out.meters.append(punt_meter(config.controller.punt_rate))
     out.flows.append(arp_responder(mux, mux.address))
     for group_id, vip in enumerate(config.vips, start=1):

@@ -12,7 +12,8 @@ from __future__ import annotations
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from ovs_flows.compiler import CompiledMux, buckets_text, flow_text, match_text, meter_text
+from ovs_flows.compiler import CompiledMux
+from ovs_flows.ofctl_text import buckets_text, flow_text, match_text, meter_text
 
 ALL_BITS = 0xFFFFFFFFFFFFFFFF
 

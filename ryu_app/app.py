@@ -2,7 +2,8 @@
 
 Load it as ryu-manager would, by module name (``ryu_app.app``); it reads the
 config path from the ``MPTCP_LB_CONFIG`` environment variable. Each handler
-passes the event to the core and sends back whatever messages it returns.
+passes the event (and the time, which the core never reads itself) to the
+core and sends back whatever messages it returns.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -71,7 +73,7 @@ class MptcpLbApp(app_manager.OSKenApp):
 
     def audit_all(self) -> None:
         for dpid, dp in list(self.datapaths.items()):
-            self.send(dp, self.core.audit(dpid))
+            self.send(dp, self.core.audit(dpid, time.monotonic()))
 
     def _audit_loop(self):
         while True:
@@ -87,7 +89,7 @@ class MptcpLbApp(app_manager.OSKenApp):
         if dp.id is None:
             return
         if ev.state == MAIN_DISPATCHER:
-            msgs = self.core.mux_connected(dp.id)
+            msgs = self.core.mux_connected(dp.id, time.monotonic())
             if msgs:
                 self.datapaths[dp.id] = dp
                 self.send(dp, msgs)
@@ -131,12 +133,12 @@ class MptcpLbApp(app_manager.OSKenApp):
     def _group_stats(self, ev):
         body = self._multipart_body(ev)
         if body is not None:
-            self.send(ev.msg.datapath, self.core.group_stats_reply(ev.msg.datapath.id, body))
+            self.send(ev.msg.datapath, self.core.group_stats_reply(ev.msg.datapath.id, body, time.monotonic()))
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
     @guarded
     def _flow_removed(self, ev):
-        self.send(ev.msg.datapath, self.core.flow_removed(ev.msg.datapath.id, ev.msg))
+        self.send(ev.msg.datapath, self.core.flow_removed(ev.msg.datapath.id, ev.msg, time.monotonic()))
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     @guarded

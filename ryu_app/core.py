@@ -2,20 +2,20 @@
 
 ``LbCore`` holds the validated config and what each MUX reported in its
 last audit. Every method returns OpenFlow messages (``datapath=None``) for
-the shim to send; the shim never decides anything.
+the shim to send; the shim never decides anything. Time is a parameter
+(``now``, monotonic seconds), as in FAUCET's Valve, so tests drive the clock.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from mptcp_lb.config import Config, Mux
+from mptcp_lb.config import Config, Dip, Mux
 from ovs_flows.compiler import COOKIE_TAG, CompiledMux, compile_all, to_dip
 from ovs_flows.reconcile import reconcile
 from ryu_app.seeding import NoRoomForKey, SeedError, parse_syn, seed_syn
@@ -54,6 +54,12 @@ def audit_requests() -> list:
     ]
 
 
+def _packet_out(mux: Mux, dip: Dip, frame: bytes):
+    """A packet-out handing ``frame`` to ``dip`` over the fabric, as the MUX's own flows would."""
+    return parser.OFPPacketOut(datapath=None, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                               actions=to_dip(mux, dip), data=frame)
+
+
 class LbCore:
     """The controller's brain: config in, OpenFlow messages out. Thread-safe."""
 
@@ -72,7 +78,7 @@ class LbCore:
                 self.status.setdefault(m.dpid, MuxStatus(m))
         log.info("config updated: %d VIPs, %d MUXes", len(config.vips), len(config.muxes))
 
-    def mux_connected(self, dpid: int) -> list:
+    def mux_connected(self, dpid: int, now: float) -> list:
         """A MUX (re)connected: forget any audit in flight and ask what it holds."""
         with self._lock:
             st = self.status.get(dpid)
@@ -81,9 +87,9 @@ class LbCore:
                 return []
             st.connected, st.audit_started, st.audit_due = True, None, False
         log.info("MUX %s (dpid=%#x) connected", st.mux.name, dpid)
-        return self.audit(dpid)
+        return self.audit(dpid, now)
 
-    def audit(self, dpid: int) -> list:
+    def audit(self, dpid: int, now: float) -> list:
         """Ask a MUX what it holds, unless an audit is already in flight.
 
         Requests are coalesced: a burst of flow-removed events (an operator's
@@ -93,7 +99,6 @@ class LbCore:
             st = self.status.get(dpid)
             if st is None or not st.connected:
                 return []
-            now = time.monotonic()
             if st.audit_started is not None and now - st.audit_started < AUDIT_STALE:
                 st.audit_due = True
                 return []
@@ -140,7 +145,7 @@ class LbCore:
                 log.warning("MUX %s differs from config: sending %d messages", st.mux.name, len(msgs))
         return msgs
 
-    def group_stats_reply(self, dpid: int, stats: list) -> list:
+    def group_stats_reply(self, dpid: int, stats: list, now: float) -> list:
         """Add select-group bucket counters; this reply ends an audit, so start a due one."""
         with self._lock:
             st = self.status.get(dpid)
@@ -157,13 +162,13 @@ class LbCore:
                     c = st.dip_counters.setdefault((vip, dip_id), [0, 0])
                     c[0] += bucket.packet_count
                     c[1] += bucket.byte_count
-        return self.audit(dpid) if due else []
+        return self.audit(dpid, now) if due else []
 
-    def flow_removed(self, dpid: int, msg) -> list:
+    def flow_removed(self, dpid: int, msg, now: float) -> list:
         """Someone deleted one of our flows: audit that MUX now rather than later."""
         if msg.cookie >> 48 != COOKIE_TAG:
             return []
-        return self.audit(dpid)
+        return self.audit(dpid, now)
 
     def packet_in(self, dpid: int, frame: bytes) -> list:
         """Seed a punted SYN(MPC): a packet-out of the SYN, carrying its key, to the chosen DIP.
@@ -178,22 +183,19 @@ class LbCore:
         if st is None:
             return []
         try:
-            parsed = parse_syn(frame)
-            five = parsed[0]
+            five = parse_syn(frame)
             vips = [v for v in config.vips if v.address == five.dst and v.port == five.dport
-                    and v.uses_tokens and v.key_source == "mux"]
+                    and v.uses_tokens and v.key_source == "seed"]
             if not vips:
                 raise SeedError(f"no seed-mode VIP at {five.dst}:{five.dport}")
-            seeded = seed_syn(vips[0], frame, parsed=parsed)
+            seeded = seed_syn(vips[0], frame, five=five)
         except NoRoomForKey as e:
             # Still connect the client (to the DIP the hash picks); without the key its
             # later joins may miss, but dropping would fail every retry of this SYN.
-            dip = e.dip
             with self._lock:
                 st.punt_errors += 1
             log.warning("MUX %s: SYN forwarded without a key: %s", st.mux.name, e)
-            return [parser.OFPPacketOut(datapath=None, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
-                                        actions=to_dip(st.mux, dip), data=frame)] if dip else []
+            return [_packet_out(st.mux, e.dip, frame)]
         except SeedError as e:
             with self._lock:
                 st.punt_errors += 1
@@ -201,8 +203,7 @@ class LbCore:
             return []
         with self._lock:
             st.punts += 1
-        return [parser.OFPPacketOut(datapath=None, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
-                                    actions=to_dip(st.mux, seeded.dip), data=seeded.frame)]
+        return [_packet_out(st.mux, seeded.dip, seeded.frame)]
 
     def snapshot(self) -> dict:
         """A consistent copy of the state for the API and metrics."""

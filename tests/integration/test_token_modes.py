@@ -59,7 +59,7 @@ def check_token_steering(dc, results, dips=range(1, N_DIPS + 1)):
     return summary
 
 
-@pytest.mark.parametrize("key_source", ["mux", "pool"])
+@pytest.mark.parametrize("key_source", ["seed", "pool"])
 def test_stock_clients_joining_the_service_port_stay_on_one_dip(key_source):
     with build("token", key_source) as dc:
         hosts = [dc.host("c2"), *(dc.dip_host(i) for i in range(1, N_DIPS + 1))]
@@ -74,7 +74,7 @@ def test_stock_clients_joining_the_service_port_stay_on_one_dip(key_source):
             assert not any(grown.values()), (h.name, {k: v for k, v in grown.items() if v})
         muxes = dc.api("GET", "/muxes")
         punts = sum(m["punts"] for m in muxes)
-        if key_source == "mux":
+        if key_source == "seed":
             assert punts >= 21 and all(m["punt_errors"] == 0 for m in muxes)  # every SYN(MPC) was seeded
         else:
             assert punts == 0  # pool mode: no packet reaches the controller
@@ -114,7 +114,7 @@ def test_without_key_adoption_joins_land_on_the_wrong_dip():
 
 
 def test_punted_syns_are_capped_by_the_meter():
-    with build("token", "mux", punt_rate=20) as dc:
+    with build("token", "seed", punt_rate=20) as dc:
         dc.router.set_vip_route(only_mux=1)
         flood = dc.host("c2").popen([sys.executable, os.path.join(HERE, "syn_flood.py"), VIP, str(SERVICE_PORT),
                                      "600", "2.0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

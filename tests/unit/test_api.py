@@ -81,13 +81,13 @@ def test_metrics_report_per_dip_counters_and_connected_muxes(api):
     for s in stats:
         if s.cookie in compiled.flow_dip:
             s.packet_count, s.byte_count = 10, 1000
-    assert core.mux_connected(0x1001)
+    assert core.mux_connected(0x1001, now=0.0)
     core.group_desc_reply(0x1001, as_descs(compiled.groups))
     assert core.flow_stats_reply(0x1001, stats) == []
     buckets = [parser.OFPBucketCounter(packet_count=5, byte_count=500)] * 3
     core.group_stats_reply(0x1001, [parser.OFPGroupStats(length=0, group_id=1, ref_count=1, packet_count=15,
                                                           byte_count=1500, duration_sec=1, duration_nsec=0,
-                                                          bucket_stats=buckets)])
+                                                          bucket_stats=buckets)], now=0.1)
     status, body = call(server, "GET", "/metrics")
     text = body.decode()
     assert status == 200
@@ -105,7 +105,7 @@ def test_api_binds_loopback_by_default(raw_config):
 
 def test_unknown_bridge_is_left_alone(api):
     _, core, _ = api
-    assert core.mux_connected(0x9999) == []
+    assert core.mux_connected(0x9999, now=0.0) == []
 
 
 @pytest.mark.parametrize("length", ["-1", "abc", "1e3"])
@@ -122,16 +122,3 @@ def test_bad_content_length_is_refused(api, length):
     assert reply.startswith("HTTP/1.0 400") and "is not a byte count" in reply
     assert changes == []
 
-
-def test_audits_are_coalesced(api):
-    from types import SimpleNamespace
-
-    _, core, _ = api
-    assert len(core.mux_connected(0x1001)) == 4  # meters, groups, flows, counters
-    assert core.audit(0x1001) == []  # one is in flight: this one is only noted as due
-    ours = SimpleNamespace(cookie=core.compiled["mux1"].flows[0].cookie)
-    assert core.flow_removed(0x1001, ours) == []
-    assert core.flow_removed(0x1001, SimpleNamespace(cookie=0x1234)) == []  # not our flow
-    assert len(core.group_stats_reply(0x1001, [])) == 4  # the audit ended; the due one starts
-    assert core.group_stats_reply(0x1001, []) == []  # and nothing more was due
-    assert core.audit(0x9999) == []  # unknown bridge

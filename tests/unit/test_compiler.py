@@ -4,7 +4,8 @@ import pytest
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from mptcp_lb.config import parse_config, with_dip_state
-from ovs_flows.compiler import compile_mux, flow_text, group_text
+from ovs_flows.compiler import compile_mux
+from ovs_flows.ofctl_text import flow_text, group_text
 from tests.fakeoftable import FakeOFTable
 
 VIP = "10.0.0.100"
@@ -129,7 +130,7 @@ def test_4095_dips_compile(raw_config):
     assert len(compiled.flow_dip) >= 4095  # compile time is measured in bench/, not asserted here
 
 
-def token_config(raw_config, mode="token", key_source="mux", slice_bits=4):
+def token_config(raw_config, mode="token", key_source="seed", slice_bits=4):
     vip = raw_config["vips"][0]
     vip.update(mode=mode, key_source=key_source, slice_bits=slice_bits)
     if mode == "token":
@@ -142,7 +143,7 @@ def tagged(dst_port, mac, **kw):
     return {**tcp(dst_port, **kw), "eth_dst": mac}
 
 
-@pytest.mark.parametrize("key_source", ["mux", "pool"])
+@pytest.mark.parametrize("key_source", ["seed", "pool"])
 def test_server_id_and_join_slice_tags_steer(raw_config, key_source):
     from mptcp_lb.mptcp_codec import CLASS_MP_JOIN, CLASS_TIMESTAMP, tag_mac
 

@@ -161,7 +161,16 @@ def test_mode_specific_keys(raw_config):
     assert problems(raw) == ["vips[0].dips[0].ports: '4096-8191': mode token announces no ports (remove ports)"]
     raw["vips"][0]["dips"][0].pop("ports")
     raw["vips"][0]["key_source"] = "dice"
-    assert problems(raw) == ["vips[0].key_source: 'dice' is not one of mux, pool"]
+    assert problems(raw) == ["vips[0].key_source: 'dice' is not one of seed, pool"]
+
+
+def test_seed_is_the_default_key_source_and_its_old_name_says_so(raw_config):
+    raw = token_vip(raw_config)
+    assert parse_config(raw).vips[0].key_source == "seed"
+    raw["vips"][0]["key_source"] = "seed"
+    assert parse_config(raw).vips[0].key_source == "seed"
+    raw["vips"][0]["key_source"] = "mux"
+    assert problems(raw) == ["vips[0].key_source: 'mux' was renamed 'seed'"]
 
 
 def test_hybrid_needs_ports_and_takes_slices(raw_config):
@@ -189,7 +198,7 @@ def test_hash_method(raw_config):
     assert problems(raw_config) == ["vips[0].hash: 'random' is not one of dp_hash, multipath"]
     raw = token_vip(raw_config)
     raw["vips"][0]["hash"] = "dp_hash"
-    assert problems(raw) == ["vips[0].hash: 'dp_hash': key_source mux needs multipath, the hash the controller "
+    assert problems(raw) == ["vips[0].hash: 'dp_hash': key_source seed needs multipath, the hash the controller "
                              "can predict when it picks a DIP for a SYN"]
     del raw["vips"][0]["hash"]
     assert parse_config(raw).vips[0].hash == "multipath"

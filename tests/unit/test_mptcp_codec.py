@@ -1,4 +1,4 @@
-"""mptcp_codec: crypto known answers, slices, option round trips and the reference classifier.
+"""mptcp_codec: crypto known answers, slices, option round trips, the reference classifier and frame editing.
 
 Frames are built with scapy; option areas that scapy will not build (malformed
 ones) are written as raw bytes after a 20-byte TCP header whose data offset
@@ -14,10 +14,11 @@ import pytest
 from scapy.all import ICMP, IP, TCP, UDP, Dot1Q, Ether, IPOption_NOP, Raw
 
 from mptcp_lb import mptcp_codec as mc
-from mptcp_lb.mptcp_codec import (MpCapable, MpJoinSyn, OptionError, Timestamp, build_key_carrier,
-                                  build_mp_capable, build_mp_join_syn, build_timestamp, classify_frame,
-                                  key_to_idsn, key_to_token, make_key, parse_key_carrier, parse_mptcp,
-                                  parse_tcp_options, parse_timestamp, slice_of, tag_mac)
+from mptcp_lb.mptcp_codec import (FiveTuple, MpCapable, MpJoinSyn, NoOptionRoom, OptionError, Timestamp,
+                                  append_tcp_option, build_key_carrier, build_mp_capable, build_mp_join_syn,
+                                  build_timestamp, check_option_room, classify_frame, key_to_idsn, key_to_token,
+                                  make_key, parse_key_carrier, parse_mpc_syn, parse_mptcp, parse_tcp_options,
+                                  parse_timestamp, slice_of, tag_mac)
 
 KEY = bytes.fromhex("0123456789abcdef")
 KEY2 = bytes.fromhex("fedcba9876543210")
@@ -511,3 +512,80 @@ def test_tag_mac_is_locally_administered_unicast():
 def test_tag_mac_refuses_bad_fields(cls, value, match):
     with pytest.raises(ValueError, match=match):
         tag_mac(cls, value)
+
+
+# --- frame editing -----------------------------------------------------------------
+
+def checksums_recomputed(pkt: bytes) -> tuple[int, int]:
+    """The IP and TCP checksums scapy computes for ``pkt`` when told to compute them itself."""
+    parsed = Ether(pkt)
+    del parsed[IP].chksum, parsed[TCP].chksum
+    again = Ether(bytes(parsed))
+    return again[IP].chksum, again[TCP].chksum
+
+
+def test_parse_mpc_syn_gives_the_five_tuple():
+    pkt = bytes(Ether() / IP(src="10.0.3.1", dst="10.0.0.100") / TCP(sport=40000, dport=80, options=LINUX_SYN_OPTS))
+    assert parse_mpc_syn(pkt) == FiveTuple("10.0.3.1", "10.0.0.100", 40000, 80, 6)
+    with_ip_options = frame("S", [MPC], ip={"src": "1.2.3.4", "options": [IPOption_NOP()] * 4})
+    assert parse_mpc_syn(with_ip_options).src == "1.2.3.4"
+
+
+@pytest.mark.parametrize("pkt", [frame("S", [JOIN]), frame("SA", [MPC]), frame("A", TS_ACK), frame("S"),
+                                 bytes(Ether() / IP() / UDP()), b""])
+def test_parse_mpc_syn_of_anything_else_is_none(pkt):
+    assert parse_mpc_syn(pkt) is None
+
+
+def test_parse_mpc_syn_refuses_an_ip_length_past_the_frame():
+    pkt = bytearray(frame("S", [MPC]))
+    struct.pack_into("!H", pkt, 16, len(pkt))  # 14 bytes more than the frame holds
+    assert classify_frame(bytes(pkt)) == (1, 0)  # the classifier does not read the IP length
+    with pytest.raises(ValueError, match="IP total length"):
+        parse_mpc_syn(bytes(pkt))
+
+
+@pytest.mark.parametrize("ip", [{}, {"options": [IPOption_NOP()] * 8}])
+def test_appended_option_follows_the_options_with_every_length_and_checksum_fixed(ip):
+    before = frame("S", LINUX_SYN_OPTS, ip=ip, payload=b"tfo-data")
+    after = append_tcp_option(before, build_key_carrier(KEY))
+    old, new = Ether(before), Ether(after)
+    opts = bytes(new[TCP])[20:new[TCP].dataofs * 4]
+    assert opts == bytes(old[TCP])[20:old[TCP].dataofs * 4] + build_key_carrier(KEY)
+    assert new[TCP].dataofs == old[TCP].dataofs + 3 and new[IP].len == old[IP].len + 12
+    assert bytes(new[TCP].payload) == b"tfo-data"
+    assert checksums_recomputed(after) == (new[IP].chksum, new[TCP].chksum)
+    assert (new[IP].chksum, new[TCP].chksum) != (old[IP].chksum, old[TCP].chksum)
+
+
+def test_ethernet_padding_is_not_carried_into_the_longer_packet():
+    padded = frame("S", [MPC]) + bytes(16)
+    assert append_tcp_option(padded, build_key_carrier(KEY)) == append_tcp_option(frame("S", [MPC]),
+                                                                                 build_key_carrier(KEY))
+
+
+def test_option_room_ends_at_a_60_byte_header():
+    nops = [("NOP", None)] * 24  # 4 bytes of MP_CAPABLE + 24 = 28 bytes in use: 12 still fit
+    full = append_tcp_option(frame("S", [MPC, *nops]), build_key_carrier(KEY))
+    assert Ether(full)[TCP].dataofs == 15
+    check_option_room(frame("S", [MPC, *nops]), 12)
+    with pytest.raises(NoOptionRoom, match="40 bytes in use, no room for 4 more"):
+        check_option_room(full, 4)
+    with pytest.raises(NoOptionRoom, match="no room for 12 more"):
+        append_tcp_option(full, build_key_carrier(KEY))
+
+
+def test_a_misaligned_option_is_refused():
+    with pytest.raises(OptionError, match="6 bytes would misalign"):
+        append_tcp_option(frame("S", [MPC]), bytes((mc.TCPOPT_EXPERIMENTAL, 6)) + bytes(4))
+
+
+@pytest.mark.parametrize("pkt, match", [
+    (bytes(Ether() / IP() / UDP()), "not an IPv4 TCP"),
+    (bytes(Ether(type=0x86DD) / Raw(bytes(60))), "not an Ethernet/IPv4"),
+    (frame("S")[:30], "not an Ethernet/IPv4"),
+    (raw_frame(b"", doff=4), "data offset 4"),
+])
+def test_editing_needs_an_ipv4_tcp_frame(pkt, match):
+    with pytest.raises(ValueError, match=match):
+        append_tcp_option(pkt, build_key_carrier(KEY))

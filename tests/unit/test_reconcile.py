@@ -5,7 +5,7 @@ import pytest
 from mptcp_lb.config import parse_config, with_dip_state
 from ovs_flows.compiler import compile_mux, flow_mod
 from ovs_flows.reconcile import reconcile
-from tests.fakeoftable import FakeOFTable
+from tests.fakeoftable import FakeOFTable, flow_stats_entry
 
 
 @pytest.fixture
@@ -16,9 +16,7 @@ def compiled(raw_config):
 
 def as_stats(flow_mods):
     """What a switch reports back for flows it holds."""
-    return [parser.OFPFlowStats(table_id=f.table_id, duration_sec=1, duration_nsec=0, priority=f.priority,
-                                idle_timeout=0, hard_timeout=0, flags=f.flags, cookie=f.cookie, packet_count=0,
-                                byte_count=0, match=f.match, instructions=f.instructions) for f in flow_mods]
+    return [flow_stats_entry(f) for f in flow_mods]
 
 
 def as_descs(group_mods):

@@ -77,7 +77,7 @@ def test_syn_without_room_is_forwarded_unseeded(raw_config):
     for d in v["dips"]:
         d.pop("ports")
     core = LbCore(parse_config(raw_config))
-    assert core.mux_connected(0x1001)
+    assert core.mux_connected(0x1001, now=0.0)
     full = syn(options=[("MSS", 1460), ("Timestamp", (1, 0)), ("Timestamp", (1, 0)), ("NOP", None),
                         ("NOP", None), (30, bytes([0x01, 0x81]) + bytes(8))])
     (out,) = core.packet_in(0x1001, full)
