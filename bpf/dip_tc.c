@@ -44,9 +44,6 @@
 #define POOL_SIZE 1024 /* a power of two; dip_agent/token_bpf.py must agree */
 #define FLOWS_MAX 65536
 
-#define TCPOPT_EXP 253
-#define TCPOLEN_KEY_CARRIER 12
-#define KEY_CARRIER_EXID 0x4d4c
 #define TCPOLEN_MPC_SYNACK 12
 
 #define KEY_MODE_NONE 0
@@ -354,77 +351,8 @@ static __always_inline int pool_take(__u8 *key)
 	return 0;
 }
 
-/* Offsets, from the start of the TCP header, of the options that matter; 0 when absent. */
-struct opt_offsets {
-	__u32 ts;      /* first timestamp (kind 8, length 10) */
-	__u32 mptcp;   /* first MPTCP option (kind 30, length >= 3) */
-	__u32 carrier; /* first key carrier (kind 253, length 12, ExID 0x4d4c) */
-};
-
-/*
- * Walk the TCP options of the packet (docs/token-steering.md §2.4): EOL
- * stops, NOP advances one byte, anything else needs a length byte >= 2 inside
- * the area, and a timestamp must have length 10. Returns -1 on a malformed
- * layout, whose options must not be used.
- *
- * Verifier budget: inlined, or indexing a buffer with `off`, every concrete
- * option layout became a state of its own (off turns "precise" through the
- * bounds checks) and the programs blew the 1M-instruction limit. So this is a
- * global function, verified once, and it reads bytes with bpf_skb_load_bytes,
- * whose offset argument needs no precise bounds, so states with different
- * offsets prune against each other.
- */
-__attribute__((noinline)) int dip_walk_options(struct __sk_buff *skb, __u32 tcp_off, __u32 hdrlen,
-					       struct opt_offsets *o)
-{
-	__u32 off = sizeof(struct tcphdr);
-	__u8 b[4];
-	int i;
-
-	if (!skb || !o)
-		return -1;
-	o->ts = 0;
-	o->mptcp = 0;
-	o->carrier = 0;
-	if (hdrlen > 60)
-		return -1;
-	for (i = 0; i < TCP_OPTS_MAX; i++) {
-		__u8 kind, len;
-
-		if (off >= hdrlen)
-			return 0;
-		if (bpf_skb_load_bytes(skb, tcp_off + off, b, 1))
-			return -1;
-		kind = b[0];
-		if (kind == TCPOPT_EOL)
-			return 0;
-		if (kind == TCPOPT_NOP) {
-			off++;
-			continue;
-		}
-		if (off + 2 > hdrlen || bpf_skb_load_bytes(skb, tcp_off + off, b, 2))
-			return -1;
-		len = b[1];
-		if (len < 2 || off + len > hdrlen)
-			return -1;
-		if (kind == TCPOPT_TIMESTAMP) {
-			if (len != TCPOLEN_TIMESTAMP)
-				return -1;
-			if (!o->ts)
-				o->ts = off;
-		} else if (kind == TCPOPT_MPTCP && len >= 3) {
-			if (!o->mptcp)
-				o->mptcp = off;
-		} else if (kind == TCPOPT_EXP && len == TCPOLEN_KEY_CARRIER && !o->carrier) {
-			if (bpf_skb_load_bytes(skb, tcp_off + off, b, 4))
-				return -1;
-			if (((__u32)b[2] << 8 | b[3]) == KEY_CARRIER_EXID)
-				o->carrier = off;
-		}
-		off += len;
-	}
-	return 0;
-}
+/* The options walk of parse.h, the classifier's too (docs/token-steering.md §2.4). */
+DEFINE_TCP_OPTS_WALK(dip_opts_walk, struct __sk_buff)
 
 #define DIR_EGRESS 0  /* from VIP:port; also the scratch slot */
 #define DIR_INGRESS 1 /* to VIP:port */
@@ -436,7 +364,7 @@ __attribute__((noinline)) int dip_walk_options(struct __sk_buff *skb, __u32 tcp_
  * of its options. NULL: leave the packet alone.
  */
 static __always_inline struct scratch *begin(struct __sk_buff *skb, __u32 dir, struct dip_config **cfgp,
-					     struct seg *s, struct flow_key *fk, struct opt_offsets *o)
+					     struct seg *s, struct flow_key *fk, struct tcp_opts *o)
 {
 	__u32 zero = 0;
 	struct dip_config *cfg = bpf_map_lookup_elem(&dip_config, &zero);
@@ -462,7 +390,7 @@ static __always_inline struct scratch *begin(struct __sk_buff *skb, __u32 dir, s
 	sc = load_header(skb, s, dir);
 	if (!sc)
 		return NULL;
-	if (dip_walk_options(skb, s->tcp_off, s->hdrlen, o)) {
+	if (dip_opts_walk(skb, s->tcp_off, s->hdrlen, o)) {
 		stat_inc(STAT_MALFORMED);
 		return NULL;
 	}
@@ -476,7 +404,7 @@ static __always_inline void egress(struct __sk_buff *skb)
 	struct flow_state *st;
 	struct flow_key fk = {};
 	struct scratch *sc;
-	struct opt_offsets o = {};
+	struct tcp_opts o = {};
 	struct seg s = {};
 	__u8 key[KEY_LEN];
 	int synack, have_key = 0;
@@ -555,7 +483,7 @@ static __always_inline void ingress(struct __sk_buff *skb)
 	struct flow_state *st;
 	struct flow_key fk = {};
 	struct scratch *sc;
-	struct opt_offsets o = {};
+	struct tcp_opts o = {};
 	struct seg s = {};
 	__u32 tsecr, restored, sid;
 	__be32 wire;

@@ -120,7 +120,7 @@ static __always_inline void classify(struct __sk_buff *skb)
 	/* A SYN/ACK never earns a verdict, so its options need no walk. */
 	if (!tcp || (tcp->syn && tcp->ack))
 		return;
-	if (mux_opts_walk(skb, ip, tcp, &opts))
+	if (mux_opts_walk(skb, ETH_HLEN + ip->ihl * 4, tcp->doff * 4, &opts))
 		return;
 
 	if (tcp->syn) {

@@ -27,6 +27,9 @@
 #define MPTCP_SUB_CAPABLE 0
 #define MPTCP_SUB_JOIN 1
 #define TCPOLEN_MPTCP_JOIN_SYN 12
+#define TCPOPT_EXP 253
+#define TCPOLEN_KEY_CARRIER 12
+#define KEY_CARRIER_EXID 0x4d4c
 
 /* The IPv4 header (options included) after an untagged Ethernet header, or NULL. */
 static __always_inline struct iphdr *parse_ipv4(void *data, void *data_end)
@@ -62,6 +65,7 @@ struct tcp_opts {
 	__u8 mptcp;         /* the first MPTCP option (kind 30, length >= 3) */
 	__u8 mptcp_subtype; /* its subtype, the high nibble of byte +2 */
 	__u8 mptcp_len;
+	__u8 carrier;       /* the first key carrier (kind 253, length 12, ExID 0x4d4c) */
 	__u32 tsval;        /* host order, of the first timestamp option */
 	__u32 tsecr;
 	__u32 join_token;   /* host order, the receiver token when that MPTCP option is an MP_JOIN of length 12 */
@@ -129,6 +133,12 @@ static __always_inline int tcp_opts_step(void *data, void *data_end, struct tcp_
 				return -1;
 			c->o.join_token = load_be32(p + 4);
 		}
+	} else if (kind == TCPOPT_EXP && len == TCPOLEN_KEY_CARRIER && !c->o.carrier) {
+		if ((void *)(p + 4) > data_end)
+			return -1;
+		/* Kind 253 is shared by every RFC 6994 experiment: another ExID is someone else's. */
+		if (((__u32)p[2] << 8 | p[3]) == KEY_CARRIER_EXID)
+			c->o.carrier = pos - c->tcp;
 	}
 	c->pos = pos + len;
 	return 1;
@@ -137,14 +147,22 @@ static __always_inline int tcp_opts_step(void *data, void *data_end, struct tcp_
 /*
  * DEFINE_TCP_OPTS_WALK(name, ctx_type) defines, for one program type,
  *
- *   int name(ctx_type *ctx, struct iphdr *ip, struct tcphdr *tcp, struct tcp_opts *o)
+ *   int name(ctx_type *ctx, __u32 tcp_off, __u32 tcp_len, struct tcp_opts *o)
  *
- * which walks the options of a header that parse_tcp() accepted into *o and
- * returns 0, or -1 when the layout is malformed. Each step is a global
- * function (name##_step), which the verifier checks once, on its own: an
- * inlined loop made it explore over a million instructions, because every
- * path through the iterations carries different exact offsets. A step
- * consumes >= 1 byte, so TCP_OPTS_MAX steps cover the option area.
+ * which walks the options of the TCP header at frame offset tcp_off, tcp_len
+ * (doff * 4) bytes long, that parse_tcp() accepted, into *o, and returns 0,
+ * or -1 when the layout is malformed. Both programs walk with it: the MUX
+ * classifier and the DIP's (whose headers parse_tcp() has put in the linear
+ * data too).
+ *
+ * Each step is a global function (name##_step), which the verifier checks
+ * once, on its own. Inlined, or indexing a buffer with the offset, the walk
+ * made it explore over a million instructions: every concrete option layout
+ * became a state of its own, because the bounds checks make the offsets
+ * "precise". The caller sees each step's results as unknown values, so its
+ * states with different layouts prune against each other (and it must bound
+ * an offset before using it). A step consumes >= 1 byte, so TCP_OPTS_MAX
+ * steps cover the option area.
  */
 #define DEFINE_TCP_OPTS_WALK(name, ctx_type)                                                    \
 	__attribute__((noinline)) int name##_step(ctx_type *ctx, struct tcp_opts_cursor *c)     \
@@ -154,15 +172,15 @@ static __always_inline int tcp_opts_step(void *data, void *data_end, struct tcp_
 		return tcp_opts_step((void *)(long)ctx->data, (void *)(long)ctx->data_end, c);  \
 	}                                                                                       \
                                                                                                 \
-	static __always_inline int name(ctx_type *ctx, struct iphdr *ip, struct tcphdr *tcp,   \
+	static __always_inline int name(ctx_type *ctx, __u32 tcp_off, __u32 tcp_len,          \
 					struct tcp_opts *o)                                     \
 	{                                                                                       \
 		struct tcp_opts_cursor c = {};                                                  \
 		int i, ret = 0;                                                                 \
                                                                                                 \
-		c.tcp = ETH_HLEN + ip->ihl * 4;                                                 \
-		c.pos = c.tcp + sizeof(*tcp);                                                   \
-		c.end = c.tcp + tcp->doff * 4;                                                  \
+		c.tcp = tcp_off;                                                                \
+		c.pos = tcp_off + sizeof(struct tcphdr);                                        \
+		c.end = tcp_off + tcp_len;                                                      \
 		for (i = 0; i < TCP_OPTS_MAX; i++) {                                            \
 			ret = name##_step(ctx, &c);                                             \
 			if (ret <= 0)                                                           \
