@@ -8,6 +8,7 @@
 #ifndef MPTCP_LB_PARSE_H
 #define MPTCP_LB_PARSE_H
 
+#include <linux/bpf.h>
 #include <linux/types.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -15,21 +16,42 @@
 #include <linux/tcp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
+#include "mptcp_lb.h"
 
 #define IPV4_MF_AND_OFFSET 0x3fff /* not in the uapi headers (IP_MF | IP_OFFSET) */
+#define IPV4_HLEN_MAX 60          /* ihl <= 15 */
+#define TCP_HLEN_MAX 60           /* doff <= 15 */
+#define TCP_OPTS_MAX (TCP_HLEN_MAX - sizeof(struct tcphdr))
+/* Ethernet + the longest IPv4 header + the longest TCP header: all a verdict or a rewrite reads. */
+#define MAX_HEADERS (ETH_HLEN + IPV4_HLEN_MAX + TCP_HLEN_MAX)
+/* Masks a frame offset below MAX_HEADERS into itself: a bound the verifier can see, nothing more. */
+#define HEADER_OFF_MASK 0xff
+_Static_assert(MAX_HEADERS <= HEADER_OFF_MASK + 1, "HEADER_OFF_MASK must cover every header offset");
 
-#define TCP_OPTS_MAX 40 /* doff <= 15: at most 40 option bytes */
-#define TCPOPT_EOL 0
-#define TCPOPT_NOP 1
-#define TCPOPT_TIMESTAMP 8
-#define TCPOLEN_TIMESTAMP 10
-#define TCPOPT_MPTCP 30
-#define MPTCP_SUB_CAPABLE 0
-#define MPTCP_SUB_JOIN 1
-#define TCPOLEN_MPTCP_JOIN_SYN 12
-#define TCPOPT_EXP 253
-#define TCPOLEN_KEY_CARRIER 12
-#define KEY_CARRIER_EXID 0x4d4c
+/* The TCP header's flags byte (CWR..FIN) and two of its bits. */
+#define TCP_FLAGS_OFF 13
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
+/* Where fields sit in an option, from its kind byte. */
+#define TS_TSVAL_OFF 2
+#define TS_TSECR_OFF 6
+#define MPTCP_SUBTYPE_OFF 2     /* the subtype is its high nibble */
+#define MPTCP_JOIN_TOKEN_OFF 4  /* the receiver's token, in a SYN's MP_JOIN */
+#define MPC_KEY_OFF 4           /* the sender's key, in MP_CAPABLE */
+#define TCPOLEN_MPC_SYNACK 12   /* MP_CAPABLE with the sender's key only, as in a SYN/ACK */
+#define KEY_CARRIER_EXID_OFF 2
+#define KEY_CARRIER_KEY_OFF 4
+
+/*
+ * Make the headers linear when part of them sits in paged data (a NIC's GRO,
+ * for one): pull MAX_HEADERS bytes, or the whole packet if it is shorter.
+ * This invalidates every packet pointer; 0 or a negative errno.
+ */
+static __always_inline long pull_headers(struct __sk_buff *skb)
+{
+	return bpf_skb_pull_data(skb, skb->len < MAX_HEADERS ? skb->len : MAX_HEADERS);
+}
 
 /* The IPv4 header (options included) after an untagged Ethernet header, or NULL. */
 static __always_inline struct iphdr *parse_ipv4(void *data, void *data_end)
@@ -79,6 +101,11 @@ struct tcp_opts_cursor {
 	struct tcp_opts o;
 };
 
+static __always_inline __u16 load_be16(const __u8 *p)
+{
+	return (__u16)p[0] << 8 | p[1];
+}
+
 static __always_inline __u32 load_be32(const __u8 *p)
 {
 	return (__u32)p[0] << 24 | (__u32)p[1] << 16 | (__u32)p[2] << 8 | p[3];
@@ -98,8 +125,7 @@ static __always_inline int tcp_opts_step(void *data, void *data_end, struct tcp_
 
 	if (pos >= end)
 		return 0;
-	/* Header offsets stay below 14 + 60 + 60; the mask only shows the verifier a bound. */
-	p = data + (pos & 0xff);
+	p = data + (pos & HEADER_OFF_MASK);
 	if ((void *)(p + 1) > data_end)
 		return -1;
 	kind = p[0];
@@ -119,25 +145,25 @@ static __always_inline int tcp_opts_step(void *data, void *data_end, struct tcp_
 			return -1;
 		if (!c->o.ts) {
 			c->o.ts = pos - c->tcp;
-			c->o.tsval = load_be32(p + 2);
-			c->o.tsecr = load_be32(p + 6);
+			c->o.tsval = load_be32(p + TS_TSVAL_OFF);
+			c->o.tsecr = load_be32(p + TS_TSECR_OFF);
 		}
 	} else if (kind == TCPOPT_MPTCP && len >= 3 && !c->o.mptcp) {
-		if ((void *)(p + 3) > data_end)
+		if ((void *)(p + MPTCP_SUBTYPE_OFF + 1) > data_end)
 			return -1;
 		c->o.mptcp = pos - c->tcp;
-		c->o.mptcp_subtype = p[2] >> 4;
+		c->o.mptcp_subtype = p[MPTCP_SUBTYPE_OFF] >> 4;
 		c->o.mptcp_len = len;
 		if (c->o.mptcp_subtype == MPTCP_SUB_JOIN && len == TCPOLEN_MPTCP_JOIN_SYN) {
-			if ((void *)(p + 8) > data_end)
+			if ((void *)(p + MPTCP_JOIN_TOKEN_OFF + 4) > data_end)
 				return -1;
-			c->o.join_token = load_be32(p + 4);
+			c->o.join_token = load_be32(p + MPTCP_JOIN_TOKEN_OFF);
 		}
-	} else if (kind == TCPOPT_EXP && len == TCPOLEN_KEY_CARRIER && !c->o.carrier) {
-		if ((void *)(p + 4) > data_end)
+	} else if (kind == TCPOPT_EXPERIMENTAL && len == TCPOLEN_KEY_CARRIER && !c->o.carrier) {
+		if ((void *)(p + KEY_CARRIER_EXID_OFF + 2) > data_end)
 			return -1;
 		/* Kind 253 is shared by every RFC 6994 experiment: another ExID is someone else's. */
-		if (((__u32)p[2] << 8 | p[3]) == KEY_CARRIER_EXID)
+		if (load_be16(p + KEY_CARRIER_EXID_OFF) == KEY_CARRIER_EXID)
 			c->o.carrier = pos - c->tcp;
 	}
 	c->pos = pos + len;
