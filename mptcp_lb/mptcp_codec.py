@@ -39,7 +39,8 @@ TAG_PREFIX = bytes((0x0A, 0x4D))  # locally administered unicast, then "M"
 CLASS_MP_CAPABLE = 1
 CLASS_MP_JOIN = 2
 CLASS_TIMESTAMP = 3
-SERVER_ID_MASK = 0xFFF  # the low TSval bits a DIP stamps its server ID into
+SERVER_ID_BITS = 12  # the low TSval bits a DIP stamps its server ID into
+SERVER_ID_MASK = (1 << SERVER_ID_BITS) - 1
 
 _ETH_HLEN = 14
 _ETH_P_IP = 0x0800
@@ -345,7 +346,7 @@ __all__ = [
     "KEY_LEN", "MAX_SLICE_BITS", "TCPOPT_EOL", "TCPOPT_NOP", "TCPOPT_TIMESTAMP", "TCPOPT_MPTCP",
     "TCPOPT_EXPERIMENTAL", "MPTCP_SUB_CAPABLE", "MPTCP_SUB_JOIN", "MPC_FLAG_HMAC_SHA256",
     "KEY_CARRIER_EXID", "TAG_PREFIX", "CLASS_MP_CAPABLE", "CLASS_MP_JOIN", "CLASS_TIMESTAMP",
-    "SERVER_ID_MASK", "OptionError", "key_to_token", "key_to_idsn", "slice_of", "make_key",
+    "SERVER_ID_BITS", "SERVER_ID_MASK", "OptionError", "key_to_token", "key_to_idsn", "slice_of", "make_key",
     "MpCapable", "MpJoinSyn", "Timestamp", "parse_tcp_options", "parse_mptcp",
     "build_mp_capable", "build_mp_join_syn", "build_timestamp", "parse_timestamp",
     "build_key_carrier", "parse_key_carrier", "classify_frame", "tag_mac",

@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 
-from dip_agent.token_bpf import DipTokenSetup
+from dip_agent.token_setup import DipTokenSetup
 from mptcp_lb import echo_protocol
 from mptcp_lb.mptcp_codec import key_to_token
 from mptcp_lb.mptcp_sockopt import (MPTCP_TCPINFO, SOL_MPTCP, _TCP_INFO_SIZE, _subflow_entries, mptcp_socket,

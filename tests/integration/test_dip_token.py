@@ -1,4 +1,4 @@
-"""Token steering on the DIP (bpf/dip_tc.c, dip_agent/token_bpf.py) on a stock kernel, in namespaces.
+"""Token steering on the DIP (bpf/dip_tc.c, dip_agent/token_setup.py) on a stock kernel, in namespaces.
 
 Real namespaces, as a stock Linux client sees the DIP::
 

@@ -1,17 +1,21 @@
 """The DIP's tc programs (bpf/dip_tc.c) run on crafted frames with BPF_PROG_TEST_RUN, no interface.
 
 Key rewrite, checksum (at every option alignment), TSval stamping, TSecr
-restoration, the key carrier, malformed input, and the key pool never
-reusing a key. tests/integration/test_dip_token.py runs the same programs
-under a real client in network namespaces.
+restoration, the key carrier, malformed input, the key pool never reusing a
+key, and DipTokenSetup.load() getting the programs ready without touching an
+interface. tests/integration/test_dip_token.py runs the same programs under
+a real client in network namespaces.
 """
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 
+from dip_agent.dip_abi import STAT_NAMES, U32, FlowState, pack_config, pack_flow_key, pack_seeded_flow_state
+from dip_agent.key_pool import KeyPool
+from dip_agent.sysctl import read_sysctl
+from dip_agent.token_setup import SYNCOOKIES, DipTokenSetup, dip_object
+from mptcp_lb.bpf import TC_ACT_OK, BpfObject, read_counters, test_run
 from mptcp_lb.mptcp_codec import build_key_carrier, key_to_token, make_key, slice_of
 from tests.packets import checksums_ok, mp_capable, tcp_frame, tcp_options, timestamp, tsval_tsecr
 
@@ -26,43 +30,30 @@ class Programs:
     """dip_tc.o loaded and configured, run on frames with BPF_PROG_TEST_RUN (no interface)."""
 
     def __init__(self, mode: str, server_id: int = SERVER_ID):
-        from dip_agent import token_bpf
-        from mptcp_lb.bpf import BpfObject
-
-        self.tb = token_bpf
-        self.obj = BpfObject(token_bpf.dip_object())
-        self.obj.map("dip_config").update(struct.pack("=I", 0), token_bpf.pack_config(VIP, PORT, server_id, mode))
+        self.obj = BpfObject(dip_object())
+        self.obj.map("dip_config").update(U32.pack(0), pack_config(VIP, PORT, server_id, mode))
         self.egress_fd = self.obj.prog_fd("dip_egress")
         self.ingress_fd = self.obj.prog_fd("dip_ingress")
 
     def egress(self, data: bytes) -> bytes:
-        from mptcp_lb.bpf import TC_ACT_OK, test_run
-
         result = test_run(self.egress_fd, data)
         assert result.retval == TC_ACT_OK  # always
         return result.data_out
 
     def ingress(self, data: bytes) -> bytes:
-        from mptcp_lb.bpf import TC_ACT_OK, test_run
-
         result = test_run(self.ingress_fd, data)
         assert result.retval == TC_ACT_OK
         return result.data_out
 
-    def pool(self, slices=SLICES, slice_bits=SLICE_BITS):
-        return self.tb.KeyPool(self.obj.map("dip_pool"), self.obj.map("dip_pool_state"), slices, slice_bits)
+    def pool(self, slices=SLICES, slice_bits=SLICE_BITS) -> KeyPool:
+        return KeyPool(self.obj.map("dip_pool"), self.obj.map("dip_pool_state"), slices, slice_bits)
 
-    def flow(self, client_port: int, client_ip: str = CLIENT):
-        raw = self.obj.map("dip_flows").lookup(self.tb.pack_flow_key(client_ip, client_port, VIP, PORT))
-        return None if raw is None else self.tb.FlowState.unpack(raw)
+    def flow(self, client_port: int, client_ip: str = CLIENT) -> FlowState | None:
+        raw = self.obj.map("dip_flows").lookup(pack_flow_key(client_ip, client_port, VIP, PORT))
+        return None if raw is None else FlowState.unpack(raw)
 
     def stats(self) -> dict:
-        result = {}
-        stats_map = self.obj.map("dip_stats")
-        for i, name in enumerate(self.tb.STAT_NAMES):
-            raw = stats_map.lookup(struct.pack("=I", i))
-            result[name] = sum(struct.unpack(f"={len(raw) // 8}Q", raw))
-        return result
+        return read_counters(self.obj.map("dip_stats"), STAT_NAMES)
 
     def close(self) -> None:
         self.obj.close()
@@ -154,7 +145,7 @@ def test_pool_empty_leaves_the_key_alone(programs):
 
 def test_key_pool_never_hands_out_a_key_twice(programs):
     progs = programs("pool")
-    pool = progs.tb.KeyPool(progs.obj.map("dip_pool"), progs.obj.map("dip_pool_state"), {3}, 4)
+    pool = progs.pool({3}, 4)
     pool.fill()
     handed = []
 
@@ -215,8 +206,7 @@ def test_seeded_key_from_userspace_serves_any_isn(programs):
     progs = programs("seed")
     key = make_key(SLICES, SLICE_BITS)
     flows = progs.obj.map("dip_flows")
-    flows.update(progs.tb.pack_flow_key(CLIENT, 40013, VIP, PORT),
-                 struct.pack("=8sIIIIBBB5xQ", key, 0, 0, 0, 0, 2, 0, 0, 0))
+    flows.update(pack_flow_key(CLIENT, 40013, VIP, PORT), pack_seeded_flow_state(key))
     out = progs.egress(synack(40013, mpc_synack(b"\x00" * 8), isn=424242))
     assert tcp_options(out)[30][4:12] == key
     assert progs.flow(40013).key_isn == 424242
@@ -294,3 +284,43 @@ def test_untouched_traffic(programs):
     for data in cases:
         assert progs.ingress(data) == data
     assert progs.stats()["synack_key_set"] == 0
+
+
+# --------------------------------------------------------------- DipTokenSetup.load(): no interface touched
+
+
+@pytest.fixture
+def loaded_setup(bpf_platform):
+    """Make a DipTokenSetup and load() it (never attach()); undo() it after the test."""
+    made: list[DipTokenSetup] = []
+
+    def load(mode: str, **kw) -> DipTokenSetup:
+        setup = DipTokenSetup("mlb-no-such-if", VIP, PORT, SERVER_ID, mode, **kw)
+        made.append(setup)
+        setup.load()
+        return setup
+
+    yield load
+    for setup in made:
+        setup.undo()
+        assert setup.obj is None and setup.pool is None
+
+
+def test_load_fills_the_pool_and_writes_the_config_without_an_interface(loaded_setup):
+    cookies = read_sysctl(SYNCOOKIES)
+    setup = loaded_setup("pool", slices=SLICES, slice_bits=SLICE_BITS)  # the interface does not even exist
+    out = test_run(setup.obj.prog_fd("dip_egress"), synack(40040, timestamp(0x1000, 1) + mpc_synack(bytes(8))))
+    key = tcp_options(out.data_out)[30][4:12]
+    assert slice_of(key_to_token(key), SLICE_BITS) in SLICES  # a pool key
+    assert tsval_tsecr(out.data_out)[0] == SERVER_ID | 0x1000  # the configured server ID
+    assert setup.flow(CLIENT, 40040).key == key and setup.stats()["synack_key_set"] == 1
+    assert read_sysctl(SYNCOOKIES) == cookies  # left to attach()
+
+
+def test_a_key_seeded_into_a_loaded_setup_goes_into_the_next_synack(loaded_setup):
+    setup = loaded_setup("seed")
+    key = make_key(SLICES, SLICE_BITS)
+    setup.seed_key(CLIENT, 40041, key)
+    out = test_run(setup.obj.prog_fd("dip_egress"), synack(40041, mpc_synack(bytes(8)), isn=77))
+    assert tcp_options(out.data_out)[30][4:12] == key
+    assert setup.flow(CLIENT, 40041).key_isn == 77
