@@ -35,132 +35,12 @@
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
+#include "mptcp_lb.h"
 #include "parse.h"
+#include "dip_structs.h"
+#include "dip_maps.h"
 
 #define V3 __attribute__((target("cpu=v3")))
-
-#define KEY_LEN 8
-#define SERVER_ID_MASK 0xfffu
-#define POOL_SIZE 1024 /* a power of two; dip_agent/token_bpf.py must agree */
-#define FLOWS_MAX 65536
-
-#define TCPOPT_EXP 253
-#define TCPOLEN_KEY_CARRIER 12
-#define KEY_CARRIER_EXID 0x4d4c
-#define TCPOLEN_MPC_SYNACK 12
-
-#define KEY_MODE_NONE 0
-#define KEY_MODE_SEED 1
-#define KEY_MODE_POOL 2
-
-#define TCP_FLAG_SYN 0x02
-#define TCP_FLAG_ACK 0x10
-
-/* Configuration, written by the agent before attaching. */
-struct dip_config {
-	__be32 vip;       /* network order */
-	__be16 port;      /* network order; 0 matches every port of the VIP */
-	__u16 server_id;  /* stamped into TSval's low 12 bits */
-	__u32 key_mode;   /* KEY_MODE_* */
-	__u32 reserved;
-};
-
-/* A flow as the DIP sees it; addresses and ports in network order. */
-struct flow_key {
-	__be32 client_ip;
-	__be32 vip;
-	__be16 client_port;
-	__be16 vip_port;
-};
-
-#define KEY_NONE 0
-#define KEY_FOR_ISN 1 /* key_isn names the SYN the key belongs to */
-#define KEY_ANY_ISN 2 /* seeded from userspace: good for the next SYN/ACK, whatever its ISN */
-
-#define MAX_VALID (1ULL << 32)
-
-struct flow_state {
-	__u8 key[KEY_LEN];     /* the key chosen for this flow's SYN/ACK */
-	__u32 key_isn;         /* client ISN of the SYN the key belongs to (host order) */
-	__u32 conn_isn;        /* client ISN of the connection the TS state describes */
-	__u32 synack_tsval;    /* original TSval of the last SYN/ACK (host order) */
-	__u32 synack_stamped;  /* ... and as stamped on the wire */
-	__u8 has_key;          /* KEY_* */
-	__u8 has_conn;         /* conn_isn, synack_* are set */
-	__u8 ack_pending;      /* the third ACK (echoing synack_stamped) is still to come */
-	__u8 reserved[5];
-	__u64 max_tsval;       /* MAX_VALID | largest original TSval sent (serial order) */
-};
-
-struct pool_entry {
-	__u8 key[KEY_LEN];
-	__u64 seq; /* 1 + the pool index this key is for (0: never filled); other indices find the pool empty */
-};
-
-struct pool_state {
-	__u64 next; /* the next pool index to hand out; only ever incremented, here */
-};
-
-struct scratch {
-	__u8 cur[64]; /* the TCP header, being edited */
-	__u8 old[64]; /* the TCP header as it arrived */
-};
-
-enum dip_stat {
-	STAT_SYNACK_KEY_SET,   /* SYN/ACK key replaced */
-	STAT_SYNACK_NO_KEY,    /* seed mode: no key for the flow, SYN/ACK left alone */
-	STAT_POOL_EMPTY,       /* pool mode: the slot was not refilled yet */
-	STAT_CARRIER_STORED,   /* seed mode: carrier key kept for a flow */
-	STAT_TS_STAMPED,       /* egress segments stamped */
-	STAT_TSECR_EXACT,      /* third ACKs restored exactly */
-	STAT_TSECR_RESTORED,   /* other segments restored */
-	STAT_TSECR_UNMATCHED,  /* TSecr not ours or beyond the flow's state: left alone */
-	STAT_MALFORMED,        /* options malformed: packet left alone */
-	STAT_NO_STATE,         /* ingress TSecr for a flow without state */
-	STAT_MAX,
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct dip_config);
-} dip_config SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, FLOWS_MAX);
-	__type(key, struct flow_key);
-	__type(value, struct flow_state);
-} dip_flows SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, POOL_SIZE);
-	__type(key, __u32);
-	__type(value, struct pool_entry);
-} dip_pool SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct pool_state);
-} dip_pool_state SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2); /* 0: egress, 1: ingress (never nested on one CPU) */
-	__type(key, __u32);
-	__type(value, struct scratch);
-} dip_scratch SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} dip_stats SEC(".maps");
 
 static __always_inline void stat_inc(__u32 which)
 {
@@ -171,28 +51,28 @@ static __always_inline void stat_inc(__u32 which)
 }
 
 /*
- * An index into a 64-byte scratch buffer. The mask is done in asm: clang
- * drops a C mask it can prove redundant, and the verifier, which tracks the
- * bound through spills less well, then rejects the access.
+ * An index into a scratch buffer. The mask is done in asm: clang drops a C
+ * mask it can prove redundant, and the verifier, which tracks the bound
+ * through spills less well, then rejects the access.
  */
-static __always_inline __u64 idx63(__u64 x)
+static __always_inline __u64 scratch_idx(__u64 x)
 {
-	asm volatile("%0 &= 63" : "+r"(x));
+	asm volatile("%0 &= %1" : "+r"(x) : "i"(SCRATCH_LEN - 1));
 	return x;
 }
 
 static __always_inline __u32 rd32(const __u8 *b, __u32 off)
 {
-	return (__u32)b[idx63(off)] << 24 | (__u32)b[idx63(off + 1)] << 16 |
-	       (__u32)b[idx63(off + 2)] << 8 | (__u32)b[idx63(off + 3)];
+	return (__u32)b[scratch_idx(off)] << 24 | (__u32)b[scratch_idx(off + 1)] << 16 |
+	       (__u32)b[scratch_idx(off + 2)] << 8 | (__u32)b[scratch_idx(off + 3)];
 }
 
 static __always_inline void wr32(__u8 *b, __u32 off, __u32 v)
 {
-	b[idx63(off)] = v >> 24;
-	b[idx63(off + 1)] = v >> 16;
-	b[idx63(off + 2)] = v >> 8;
-	b[idx63(off + 3)] = v;
+	b[scratch_idx(off)] = v >> 24;
+	b[scratch_idx(off + 1)] = v >> 16;
+	b[scratch_idx(off + 2)] = v >> 8;
+	b[scratch_idx(off + 3)] = v;
 }
 
 /* (a after b) in TCP timestamp serial order. */
@@ -200,19 +80,6 @@ static __always_inline int ts_after(__u32 a, __u32 b)
 {
 	return (__s32)(a - b) > 0;
 }
-
-/*
- * The packet's TCP header, validated by parse.h (Ethernet, IPv4 unfragmented,
- * whole doff*4 header in the linear data), with what the programs need.
- */
-struct seg {
-	__be32 saddr, daddr;
-	__be16 sport, dport;
-	__u32 seq, ack_seq; /* host order */
-	__u8 flags;
-	__u32 tcp_off;      /* from the start of the frame */
-	__u32 hdrlen;       /* doff * 4 */
-};
 
 static __always_inline int parse_seg(struct __sk_buff *skb, struct seg *s)
 {
@@ -235,7 +102,7 @@ static __always_inline int parse_seg(struct __sk_buff *skb, struct seg *s)
 		 */
 		if (ip->protocol != IPPROTO_TCP || ip->frag_off & bpf_htons(IPV4_MF_AND_OFFSET))
 			return -1;
-		if (bpf_skb_pull_data(skb, skb->len < 134 ? skb->len : 134))
+		if (pull_headers(skb))
 			return -1;
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
@@ -252,8 +119,8 @@ static __always_inline int parse_seg(struct __sk_buff *skb, struct seg *s)
 	s->dport = tcp->dest;
 	s->seq = bpf_ntohl(tcp->seq);
 	s->ack_seq = bpf_ntohl(tcp->ack_seq);
-	s->flags = ((__u8 *)tcp)[13];
-	s->tcp_off = sizeof(struct ethhdr) + ip->ihl * 4;
+	s->flags = ((__u8 *)tcp)[TCP_FLAGS_OFF];
+	s->tcp_off = ETH_HLEN + ip->ihl * 4;
 	s->hdrlen = tcp->doff * 4;
 	return 0;
 }
@@ -262,12 +129,16 @@ static __always_inline int parse_seg(struct __sk_buff *skb, struct seg *s)
 static __always_inline struct scratch *load_header(struct __sk_buff *skb, struct seg *s, __u32 slot)
 {
 	struct scratch *sc = bpf_map_lookup_elem(&dip_scratch, &slot);
-	__u32 len = s->hdrlen;
+	/*
+	 * 64 bits wide: a __u32 gets zero-extended into a copy that the bounds
+	 * checks below then test, and the verifier sees no bound on len itself.
+	 */
+	__u64 len = s->hdrlen;
 
 	if (!sc)
 		return NULL;
 	__builtin_memset(sc->cur, 0, sizeof(sc->cur));
-	if (len < sizeof(struct tcphdr) || len > 60)
+	if (len < sizeof(struct tcphdr) || len > TCP_HLEN_MAX)
 		return NULL;
 	if (bpf_skb_load_bytes(skb, s->tcp_off, sc->cur, len))
 		return NULL;
@@ -286,8 +157,9 @@ static __always_inline int commit(struct __sk_buff *skb, struct seg *s, struct s
 {
 	__s64 diff;
 
-	if (len == 4) {
-		if (bpf_skb_store_bytes(skb, s->tcp_off + off, bytes, 4, 0))
+	/* Each length a constant, so the verifier knows how much of `bytes` is read. */
+	if (len == sizeof(__be32)) {
+		if (bpf_skb_store_bytes(skb, s->tcp_off + off, bytes, sizeof(__be32), 0))
 			return -1;
 	} else if (len == KEY_LEN) {
 		if (bpf_skb_store_bytes(skb, s->tcp_off + off, bytes, KEY_LEN, 0))
@@ -321,7 +193,7 @@ static __always_inline void max_raise(struct flow_state *st, __u32 v)
 	__u64 want = MAX_VALID | v;
 	int i;
 
-	for (i = 0; i < 8; i++) {
+	for (i = 0; i < MAX_TSVAL_CAS_TRIES; i++) {
 		__u64 old = *(volatile __u64 *)&st->max_tsval;
 
 		if ((old & MAX_VALID) && !ts_after(v, (__u32)old))
@@ -354,97 +226,25 @@ static __always_inline int pool_take(__u8 *key)
 	return 0;
 }
 
-/* Offsets, from the start of the TCP header, of the options that matter; 0 when absent. */
-struct opt_offsets {
-	__u32 ts;      /* first timestamp (kind 8, length 10) */
-	__u32 mptcp;   /* first MPTCP option (kind 30, length >= 3) */
-	__u32 carrier; /* first key carrier (kind 253, length 12, ExID 0x4d4c) */
-};
-
-/*
- * Walk the TCP options of the packet (docs/token-steering.md §2.4): EOL
- * stops, NOP advances one byte, anything else needs a length byte >= 2 inside
- * the area, and a timestamp must have length 10. Returns -1 on a malformed
- * layout, whose options must not be used.
- *
- * Verifier budget: inlined, or indexing a buffer with `off`, every concrete
- * option layout became a state of its own (off turns "precise" through the
- * bounds checks) and the programs blew the 1M-instruction limit. So this is a
- * global function, verified once, and it reads bytes with bpf_skb_load_bytes,
- * whose offset argument needs no precise bounds, so states with different
- * offsets prune against each other.
- */
-__attribute__((noinline)) int dip_walk_options(struct __sk_buff *skb, __u32 tcp_off, __u32 hdrlen,
-					       struct opt_offsets *o)
-{
-	__u32 off = sizeof(struct tcphdr);
-	__u8 b[4];
-	int i;
-
-	if (!skb || !o)
-		return -1;
-	o->ts = 0;
-	o->mptcp = 0;
-	o->carrier = 0;
-	if (hdrlen > 60)
-		return -1;
-	for (i = 0; i < TCP_OPTS_MAX; i++) {
-		__u8 kind, len;
-
-		if (off >= hdrlen)
-			return 0;
-		if (bpf_skb_load_bytes(skb, tcp_off + off, b, 1))
-			return -1;
-		kind = b[0];
-		if (kind == TCPOPT_EOL)
-			return 0;
-		if (kind == TCPOPT_NOP) {
-			off++;
-			continue;
-		}
-		if (off + 2 > hdrlen || bpf_skb_load_bytes(skb, tcp_off + off, b, 2))
-			return -1;
-		len = b[1];
-		if (len < 2 || off + len > hdrlen)
-			return -1;
-		if (kind == TCPOPT_TIMESTAMP) {
-			if (len != TCPOLEN_TIMESTAMP)
-				return -1;
-			if (!o->ts)
-				o->ts = off;
-		} else if (kind == TCPOPT_MPTCP && len >= 3) {
-			if (!o->mptcp)
-				o->mptcp = off;
-		} else if (kind == TCPOPT_EXP && len == TCPOLEN_KEY_CARRIER && !o->carrier) {
-			if (bpf_skb_load_bytes(skb, tcp_off + off, b, 4))
-				return -1;
-			if (((__u32)b[2] << 8 | b[3]) == KEY_CARRIER_EXID)
-				o->carrier = off;
-		}
-		off += len;
-	}
-	return 0;
-}
-
-#define DIR_EGRESS 0  /* from VIP:port; also the scratch slot */
-#define DIR_INGRESS 1 /* to VIP:port */
+/* The options walk of parse.h, the classifier's too (docs/token-steering.md §2.4). */
+DEFINE_TCP_OPTS_WALK(dip_opts_walk, struct __sk_buff)
 
 /*
  * What both programs do first: the config, the segment and its flow key;
  * then, for a segment of the VIP's service (from it on egress, to it on
- * ingress) that has options, its header in scratch slot `dir` and the offsets
- * of its options. NULL: leave the packet alone.
+ * ingress) that has options, its header in scratch slot pkt->dir and the
+ * offsets of its options. Nonzero: leave the packet alone.
  */
-static __always_inline struct scratch *begin(struct __sk_buff *skb, __u32 dir, struct dip_config **cfgp,
-					     struct seg *s, struct flow_key *fk, struct opt_offsets *o)
+static __always_inline int begin(struct __sk_buff *skb, struct dip_packet *pkt)
 {
+	struct seg *s = &pkt->seg;
+	struct flow_key *fk = &pkt->flow;
 	__u32 zero = 0;
-	struct dip_config *cfg = bpf_map_lookup_elem(&dip_config, &zero);
-	struct scratch *sc;
 
-	if (!cfg || !cfg->vip || parse_seg(skb, s))
-		return NULL;
-	if (dir == DIR_INGRESS) {
+	pkt->cfg = bpf_map_lookup_elem(&dip_config, &zero);
+	if (!pkt->cfg || !pkt->cfg->vip || parse_seg(skb, s))
+		return -1;
+	if (pkt->dir == DIR_INGRESS) {
 		fk->client_ip = s->saddr;
 		fk->vip = s->daddr;
 		fk->client_port = s->sport;
@@ -455,45 +255,43 @@ static __always_inline struct scratch *begin(struct __sk_buff *skb, __u32 dir, s
 		fk->client_port = s->dport;
 		fk->vip_port = s->sport;
 	}
-	if (fk->vip != cfg->vip || (cfg->port && fk->vip_port != cfg->port))
-		return NULL;
+	if (fk->vip != pkt->cfg->vip || (pkt->cfg->port && fk->vip_port != pkt->cfg->port))
+		return -1;
 	if (s->hdrlen <= sizeof(struct tcphdr)) /* no options */
-		return NULL;
-	sc = load_header(skb, s, dir);
-	if (!sc)
-		return NULL;
-	if (dip_walk_options(skb, s->tcp_off, s->hdrlen, o)) {
+		return -1;
+	pkt->sc = load_header(skb, s, pkt->dir);
+	if (!pkt->sc)
+		return -1;
+	if (dip_opts_walk(skb, s->tcp_off, s->hdrlen, &pkt->opts)) {
 		stat_inc(STAT_MALFORMED);
-		return NULL;
+		return -1;
 	}
-	*cfgp = cfg;
-	return sc;
+	return 0;
 }
 
 static __always_inline void egress(struct __sk_buff *skb)
 {
+	struct dip_packet pkt = {.dir = DIR_EGRESS};
 	struct dip_config *cfg;
 	struct flow_state *st;
-	struct flow_key fk = {};
 	struct scratch *sc;
-	struct opt_offsets o = {};
-	struct seg s = {};
 	__u8 key[KEY_LEN];
 	int synack, have_key = 0;
 	__u32 mpc, ts, isn;
 
-	sc = begin(skb, DIR_EGRESS, &cfg, &s, &fk, &o);
-	if (!sc)
+	if (begin(skb, &pkt))
 		return;
-	synack = (s.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK);
-	mpc = o.mptcp;
-	ts = o.ts;
+	cfg = pkt.cfg;
+	sc = pkt.sc;
+	synack = (pkt.seg.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK);
+	mpc = pkt.opts.mptcp;
+	ts = pkt.opts.ts;
 	if (!ts && !(synack && mpc))
 		return;
-	st = flow_get(&fk);
+	st = flow_get(&pkt.flow);
 	if (!st)
 		return;
-	isn = s.ack_seq - 1;
+	isn = pkt.seg.ack_seq - 1;
 
 	if (synack) {
 		if (!st->has_conn || st->conn_isn != isn) { /* a new connection on this 4-tuple */
@@ -503,8 +301,9 @@ static __always_inline void egress(struct __sk_buff *skb)
 			st->max_tsval = 0;
 		}
 		/* MP_CAPABLE (subtype 0) with the sender's key: length 12 in a SYN/ACK. */
-		if (mpc && mpc <= 60 - TCPOLEN_MPC_SYNACK && cfg->key_mode != KEY_MODE_NONE &&
-		    sc->cur[idx63(mpc + 1)] == TCPOLEN_MPC_SYNACK && (sc->cur[idx63(mpc + 2)] >> 4) == MPTCP_SUB_CAPABLE) {
+		if (mpc && mpc <= TCP_HLEN_MAX - TCPOLEN_MPC_SYNACK && cfg->key_mode != KEY_MODE_NONE &&
+		    sc->cur[scratch_idx(mpc + 1)] == TCPOLEN_MPC_SYNACK &&
+		    (sc->cur[scratch_idx(mpc + MPTCP_SUBTYPE_OFF)] >> 4) == MPTCP_SUB_CAPABLE) {
 			if ((st->has_key == KEY_FOR_ISN && st->key_isn == isn) || st->has_key == KEY_ANY_ISN) {
 				__builtin_memcpy(key, st->key, KEY_LEN);
 				have_key = 1;
@@ -522,15 +321,15 @@ static __always_inline void egress(struct __sk_buff *skb)
 				st->key_isn = isn;
 				st->has_key = KEY_FOR_ISN;
 				for (int i = 0; i < KEY_LEN; i++)
-					sc->cur[idx63(mpc + 4 + i)] = key[i];
-				if (commit(skb, &s, sc, mpc + 4, key, KEY_LEN) == 0)
+					sc->cur[scratch_idx(mpc + MPC_KEY_OFF + i)] = key[i];
+				if (commit(skb, &pkt.seg, sc, mpc + MPC_KEY_OFF, key, KEY_LEN) == 0)
 					stat_inc(STAT_SYNACK_KEY_SET);
 			}
 		}
 	}
 
-	if (ts && ts <= 60 - TCPOLEN_TIMESTAMP) {
-		__u32 orig = rd32(sc->cur, ts + 2);
+	if (ts && ts <= TCP_HLEN_MAX - TCPOLEN_TIMESTAMP) {
+		__u32 orig = rd32(sc->cur, ts + TS_TSVAL_OFF);
 		__u32 stamped = (orig & ~SERVER_ID_MASK) | (cfg->server_id & SERVER_ID_MASK);
 		__be32 wire = bpf_htonl(stamped);
 
@@ -541,8 +340,8 @@ static __always_inline void egress(struct __sk_buff *skb)
 		}
 		max_raise(st, orig);
 		if (stamped != orig) {
-			wr32(sc->cur, ts + 2, stamped);
-			if (commit(skb, &s, sc, ts + 2, &wire, 4))
+			wr32(sc->cur, ts + TS_TSVAL_OFF, stamped);
+			if (commit(skb, &pkt.seg, sc, ts + TS_TSVAL_OFF, &wire, sizeof(wire)))
 				return;
 		}
 		stat_inc(STAT_TS_STAMPED);
@@ -551,42 +350,43 @@ static __always_inline void egress(struct __sk_buff *skb)
 
 static __always_inline void ingress(struct __sk_buff *skb)
 {
+	struct dip_packet pkt = {.dir = DIR_INGRESS};
 	struct dip_config *cfg;
 	struct flow_state *st;
-	struct flow_key fk = {};
 	struct scratch *sc;
-	struct opt_offsets o = {};
-	struct seg s = {};
-	__u32 tsecr, restored, sid;
+	__u32 carrier, ts, tsecr, restored, sid;
 	__be32 wire;
 
-	sc = begin(skb, DIR_INGRESS, &cfg, &s, &fk, &o);
-	if (!sc)
+	if (begin(skb, &pkt))
 		return;
+	cfg = pkt.cfg;
+	sc = pkt.sc;
+	carrier = pkt.opts.carrier;
+	ts = pkt.opts.ts;
 
-	if ((s.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+	if ((pkt.seg.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
 		/* A SYN echoes no timestamp (TSecr is 0): only the carrier matters. */
-		if (cfg->key_mode != KEY_MODE_SEED || !o.carrier || o.carrier > 60 - TCPOLEN_KEY_CARRIER)
+		if (cfg->key_mode != KEY_MODE_SEED || !carrier || carrier > TCP_HLEN_MAX - TCPOLEN_KEY_CARRIER)
 			return;
-		st = flow_get(&fk);
+		st = flow_get(&pkt.flow);
 		if (!st)
 			return;
 		for (int j = 0; j < KEY_LEN; j++)
-			st->key[j] = sc->cur[idx63(o.carrier + 4 + j)];
-		st->key_isn = s.seq;
+			st->key[j] = sc->cur[scratch_idx(carrier + KEY_CARRIER_KEY_OFF + j)];
+		st->key_isn = pkt.seg.seq;
 		st->has_key = KEY_FOR_ISN;
 		stat_inc(STAT_CARRIER_STORED);
 		return;
 	}
 
-	if (!o.ts || o.ts > 60 - TCPOLEN_TIMESTAMP)
+	if (!ts || ts > TCP_HLEN_MAX - TCPOLEN_TIMESTAMP)
 		return;
-	st = bpf_map_lookup_elem(&dip_flows, &fk);
+	st = bpf_map_lookup_elem(&dip_flows, &pkt.flow);
 	if (!st) {
 		stat_inc(STAT_NO_STATE);
 		return;
 	}
-	tsecr = rd32(sc->cur, o.ts + 6);
+	tsecr = rd32(sc->cur, ts + TS_TSECR_OFF);
 	if (!tsecr)
 		return;
 	sid = cfg->server_id & SERVER_ID_MASK;
@@ -601,10 +401,10 @@ static __always_inline void ingress(struct __sk_buff *skb)
 
 		/*
 		 * The echoed value was stamped from some original O in
-		 * [tsecr & ~0xfff, hi], and O <= max. min(hi, max) is then >= O
-		 * and <= what was sent. If the echo is not ours, or its window
-		 * lies beyond everything recorded (state lost or reused), the
-		 * original cannot be bounded: leave it.
+		 * [tsecr & ~SERVER_ID_MASK, hi], and O <= max. min(hi, max) is
+		 * then >= O and <= what was sent. If the echo is not ours, or its
+		 * window lies beyond everything recorded (state lost or reused),
+		 * the original cannot be bounded: leave it.
 		 */
 		if ((tsecr & SERVER_ID_MASK) != sid || !(m & MAX_VALID) ||
 		    ts_after(tsecr & ~SERVER_ID_MASK, max)) {
@@ -616,9 +416,9 @@ static __always_inline void ingress(struct __sk_buff *skb)
 	}
 	if (restored == tsecr)
 		return;
-	wr32(sc->cur, o.ts + 6, restored);
+	wr32(sc->cur, ts + TS_TSECR_OFF, restored);
 	wire = bpf_htonl(restored);
-	commit(skb, &s, sc, o.ts + 6, &wire, 4);
+	commit(skb, &pkt.seg, sc, ts + TS_TSECR_OFF, &wire, sizeof(wire));
 }
 
 V3 SEC("tc") int dip_egress(struct __sk_buff *skb)

@@ -23,45 +23,9 @@
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
+#include "mptcp_lb.h"
+#include "mux_maps.h"
 #include "parse.h"
-
-#define TAG_CLASS_MP_CAPABLE 1
-#define TAG_CLASS_MP_JOIN 2
-#define TAG_CLASS_TIMESTAMP 3
-#define SERVER_ID_MASK 0xfff
-/* Ethernet + the longest IPv4 header + the longest TCP header: all a verdict reads. */
-#define MAX_HEADERS (ETH_HLEN + 60 + 60)
-
-/* Where frames go; ifindexes in the MUX host's namespace, written by mptcp_lb/classifier.py. */
-struct mux_ports {
-	__u32 to_ovs;    /* the near end of the pair whose far end is the OVS port */
-	__u32 to_uplink; /* the uplink */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct mux_ports);
-} mux_ports SEC(".maps");
-
-/* Frame counters; mptcp_lb/classifier.py reads them in this order (STAT_NAMES). */
-enum mux_stat {
-	STAT_TO_OVS,        /* frames from the uplink redirected to OVS */
-	STAT_MP_CAPABLE,    /* ... of which tagged SYN + MP_CAPABLE */
-	STAT_MP_JOIN,       /* ... tagged SYN + MP_JOIN */
-	STAT_TIMESTAMP,     /* ... tagged with a timestamp's server ID */
-	STAT_TO_UPLINK,     /* frames from OVS redirected out of the uplink */
-	STAT_UNCONFIGURED,  /* frames dropped because mux_ports is not filled */
-	STAT_MAX,
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} mux_stats SEC(".maps");
 
 static __always_inline void count(__u32 stat)
 {
@@ -80,17 +44,17 @@ static __always_inline struct mux_ports *ports(void)
 
 DEFINE_TCP_OPTS_WALK(mux_opts_walk, struct __sk_buff)
 
-/* Overwrite the Ethernet destination with 0a:4d:CLASS:VALUE (24-bit big-endian). */
+/* Overwrite the Ethernet destination with the tag MAC 0a:4d:CLASS:VALUE. */
 static __always_inline void write_tag(struct __sk_buff *skb, __u8 class, __u32 value)
 {
 	__u8 *mac = (void *)(long)skb->data;
 
 	if ((void *)(mac + ETH_ALEN) > (void *)(long)skb->data_end)
 		return;
-	mac[0] = 0x0a;
-	mac[1] = 0x4d;
+	mac[0] = TAG_PREFIX >> 8;
+	mac[1] = TAG_PREFIX & 0xff;
 	mac[2] = class;
-	mac[3] = value >> 16;
+	mac[3] = value >> 16; /* TAG_VALUE_BITS, big-endian */
 	mac[4] = value >> 8;
 	mac[5] = value;
 	count(class == TAG_CLASS_MP_CAPABLE ? STAT_MP_CAPABLE :
@@ -105,11 +69,10 @@ static __always_inline void classify(struct __sk_buff *skb)
 	struct iphdr *ip;
 	void *data, *data_end;
 
-	/* The headers may sit partly in paged data (a NIC's GRO, for one): make them linear. */
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 	if (data + MAX_HEADERS > data_end && skb->len > data_end - data)
-		bpf_skb_pull_data(skb, skb->len < MAX_HEADERS ? skb->len : MAX_HEADERS);
+		pull_headers(skb);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 
@@ -120,7 +83,7 @@ static __always_inline void classify(struct __sk_buff *skb)
 	/* A SYN/ACK never earns a verdict, so its options need no walk. */
 	if (!tcp || (tcp->syn && tcp->ack))
 		return;
-	if (mux_opts_walk(skb, ip, tcp, &opts))
+	if (mux_opts_walk(skb, ETH_HLEN + ip->ihl * 4, tcp->doff * 4, &opts))
 		return;
 
 	if (tcp->syn) {
@@ -129,8 +92,8 @@ static __always_inline void classify(struct __sk_buff *skb)
 		if (opts.mptcp_subtype == MPTCP_SUB_CAPABLE)
 			write_tag(skb, TAG_CLASS_MP_CAPABLE, 0);
 		else if (opts.mptcp_subtype == MPTCP_SUB_JOIN && opts.mptcp_len == TCPOLEN_MPTCP_JOIN_SYN)
-			/* The top 24 bits of the receiver token. */
-			write_tag(skb, TAG_CLASS_MP_JOIN, opts.join_token >> 8);
+			/* The top bits of the receiver token. */
+			write_tag(skb, TAG_CLASS_MP_JOIN, opts.join_token >> (32 - TAG_VALUE_BITS));
 	} else if (opts.ts) {
 		write_tag(skb, TAG_CLASS_TIMESTAMP, opts.tsecr & SERVER_ID_MASK);
 	}

@@ -8,6 +8,7 @@
 #ifndef MPTCP_LB_PARSE_H
 #define MPTCP_LB_PARSE_H
 
+#include <linux/bpf.h>
 #include <linux/types.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -15,18 +16,42 @@
 #include <linux/tcp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
+#include "mptcp_lb.h"
 
 #define IPV4_MF_AND_OFFSET 0x3fff /* not in the uapi headers (IP_MF | IP_OFFSET) */
+#define IPV4_HLEN_MAX 60          /* ihl <= 15 */
+#define TCP_HLEN_MAX 60           /* doff <= 15 */
+#define TCP_OPTS_MAX (TCP_HLEN_MAX - sizeof(struct tcphdr))
+/* Ethernet + the longest IPv4 header + the longest TCP header: all a verdict or a rewrite reads. */
+#define MAX_HEADERS (ETH_HLEN + IPV4_HLEN_MAX + TCP_HLEN_MAX)
+/* Masks a frame offset below MAX_HEADERS into itself: a bound the verifier can see, nothing more. */
+#define HEADER_OFF_MASK 0xff
+_Static_assert(MAX_HEADERS <= HEADER_OFF_MASK + 1, "HEADER_OFF_MASK must cover every header offset");
 
-#define TCP_OPTS_MAX 40 /* doff <= 15: at most 40 option bytes */
-#define TCPOPT_EOL 0
-#define TCPOPT_NOP 1
-#define TCPOPT_TIMESTAMP 8
-#define TCPOLEN_TIMESTAMP 10
-#define TCPOPT_MPTCP 30
-#define MPTCP_SUB_CAPABLE 0
-#define MPTCP_SUB_JOIN 1
-#define TCPOLEN_MPTCP_JOIN_SYN 12
+/* The TCP header's flags byte (CWR..FIN) and two of its bits. */
+#define TCP_FLAGS_OFF 13
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
+/* Where fields sit in an option, from its kind byte. */
+#define TS_TSVAL_OFF 2
+#define TS_TSECR_OFF 6
+#define MPTCP_SUBTYPE_OFF 2     /* the subtype is its high nibble */
+#define MPTCP_JOIN_TOKEN_OFF 4  /* the receiver's token, in a SYN's MP_JOIN */
+#define MPC_KEY_OFF 4           /* the sender's key, in MP_CAPABLE */
+#define TCPOLEN_MPC_SYNACK 12   /* MP_CAPABLE with the sender's key only, as in a SYN/ACK */
+#define KEY_CARRIER_EXID_OFF 2
+#define KEY_CARRIER_KEY_OFF 4
+
+/*
+ * Make the headers linear when part of them sits in paged data (a NIC's GRO,
+ * for one): pull MAX_HEADERS bytes, or the whole packet if it is shorter.
+ * This invalidates every packet pointer; 0 or a negative errno.
+ */
+static __always_inline long pull_headers(struct __sk_buff *skb)
+{
+	return bpf_skb_pull_data(skb, skb->len < MAX_HEADERS ? skb->len : MAX_HEADERS);
+}
 
 /* The IPv4 header (options included) after an untagged Ethernet header, or NULL. */
 static __always_inline struct iphdr *parse_ipv4(void *data, void *data_end)
@@ -62,6 +87,7 @@ struct tcp_opts {
 	__u8 mptcp;         /* the first MPTCP option (kind 30, length >= 3) */
 	__u8 mptcp_subtype; /* its subtype, the high nibble of byte +2 */
 	__u8 mptcp_len;
+	__u8 carrier;       /* the first key carrier (kind 253, length 12, ExID 0x4d4c) */
 	__u32 tsval;        /* host order, of the first timestamp option */
 	__u32 tsecr;
 	__u32 join_token;   /* host order, the receiver token when that MPTCP option is an MP_JOIN of length 12 */
@@ -74,6 +100,11 @@ struct tcp_opts_cursor {
 	__u32 end;  /* the end of the option area */
 	struct tcp_opts o;
 };
+
+static __always_inline __u16 load_be16(const __u8 *p)
+{
+	return (__u16)p[0] << 8 | p[1];
+}
 
 static __always_inline __u32 load_be32(const __u8 *p)
 {
@@ -94,8 +125,7 @@ static __always_inline int tcp_opts_step(void *data, void *data_end, struct tcp_
 
 	if (pos >= end)
 		return 0;
-	/* Header offsets stay below 14 + 60 + 60; the mask only shows the verifier a bound. */
-	p = data + (pos & 0xff);
+	p = data + (pos & HEADER_OFF_MASK);
 	if ((void *)(p + 1) > data_end)
 		return -1;
 	kind = p[0];
@@ -115,20 +145,26 @@ static __always_inline int tcp_opts_step(void *data, void *data_end, struct tcp_
 			return -1;
 		if (!c->o.ts) {
 			c->o.ts = pos - c->tcp;
-			c->o.tsval = load_be32(p + 2);
-			c->o.tsecr = load_be32(p + 6);
+			c->o.tsval = load_be32(p + TS_TSVAL_OFF);
+			c->o.tsecr = load_be32(p + TS_TSECR_OFF);
 		}
 	} else if (kind == TCPOPT_MPTCP && len >= 3 && !c->o.mptcp) {
-		if ((void *)(p + 3) > data_end)
+		if ((void *)(p + MPTCP_SUBTYPE_OFF + 1) > data_end)
 			return -1;
 		c->o.mptcp = pos - c->tcp;
-		c->o.mptcp_subtype = p[2] >> 4;
+		c->o.mptcp_subtype = p[MPTCP_SUBTYPE_OFF] >> 4;
 		c->o.mptcp_len = len;
 		if (c->o.mptcp_subtype == MPTCP_SUB_JOIN && len == TCPOLEN_MPTCP_JOIN_SYN) {
-			if ((void *)(p + 8) > data_end)
+			if ((void *)(p + MPTCP_JOIN_TOKEN_OFF + 4) > data_end)
 				return -1;
-			c->o.join_token = load_be32(p + 4);
+			c->o.join_token = load_be32(p + MPTCP_JOIN_TOKEN_OFF);
 		}
+	} else if (kind == TCPOPT_EXPERIMENTAL && len == TCPOLEN_KEY_CARRIER && !c->o.carrier) {
+		if ((void *)(p + KEY_CARRIER_EXID_OFF + 2) > data_end)
+			return -1;
+		/* Kind 253 is shared by every RFC 6994 experiment: another ExID is someone else's. */
+		if (load_be16(p + KEY_CARRIER_EXID_OFF) == KEY_CARRIER_EXID)
+			c->o.carrier = pos - c->tcp;
 	}
 	c->pos = pos + len;
 	return 1;
@@ -137,14 +173,22 @@ static __always_inline int tcp_opts_step(void *data, void *data_end, struct tcp_
 /*
  * DEFINE_TCP_OPTS_WALK(name, ctx_type) defines, for one program type,
  *
- *   int name(ctx_type *ctx, struct iphdr *ip, struct tcphdr *tcp, struct tcp_opts *o)
+ *   int name(ctx_type *ctx, __u32 tcp_off, __u32 tcp_len, struct tcp_opts *o)
  *
- * which walks the options of a header that parse_tcp() accepted into *o and
- * returns 0, or -1 when the layout is malformed. Each step is a global
- * function (name##_step), which the verifier checks once, on its own: an
- * inlined loop made it explore over a million instructions, because every
- * path through the iterations carries different exact offsets. A step
- * consumes >= 1 byte, so TCP_OPTS_MAX steps cover the option area.
+ * which walks the options of the TCP header at frame offset tcp_off, tcp_len
+ * (doff * 4) bytes long, that parse_tcp() accepted, into *o, and returns 0,
+ * or -1 when the layout is malformed. Both programs walk with it: the MUX
+ * classifier and the DIP's (whose headers parse_tcp() has put in the linear
+ * data too).
+ *
+ * Each step is a global function (name##_step), which the verifier checks
+ * once, on its own. Inlined, or indexing a buffer with the offset, the walk
+ * made it explore over a million instructions: every concrete option layout
+ * became a state of its own, because the bounds checks make the offsets
+ * "precise". The caller sees each step's results as unknown values, so its
+ * states with different layouts prune against each other (and it must bound
+ * an offset before using it). A step consumes >= 1 byte, so TCP_OPTS_MAX
+ * steps cover the option area.
  */
 #define DEFINE_TCP_OPTS_WALK(name, ctx_type)                                                    \
 	__attribute__((noinline)) int name##_step(ctx_type *ctx, struct tcp_opts_cursor *c)     \
@@ -154,15 +198,15 @@ static __always_inline int tcp_opts_step(void *data, void *data_end, struct tcp_
 		return tcp_opts_step((void *)(long)ctx->data, (void *)(long)ctx->data_end, c);  \
 	}                                                                                       \
                                                                                                 \
-	static __always_inline int name(ctx_type *ctx, struct iphdr *ip, struct tcphdr *tcp,   \
+	static __always_inline int name(ctx_type *ctx, __u32 tcp_off, __u32 tcp_len,          \
 					struct tcp_opts *o)                                     \
 	{                                                                                       \
 		struct tcp_opts_cursor c = {};                                                  \
 		int i, ret = 0;                                                                 \
                                                                                                 \
-		c.tcp = ETH_HLEN + ip->ihl * 4;                                                 \
-		c.pos = c.tcp + sizeof(*tcp);                                                   \
-		c.end = c.tcp + tcp->doff * 4;                                                  \
+		c.tcp = tcp_off;                                                                \
+		c.pos = tcp_off + sizeof(struct tcphdr);                                        \
+		c.end = tcp_off + tcp_len;                                                      \
 		for (i = 0; i < TCP_OPTS_MAX; i++) {                                            \
 			ret = name##_step(ctx, &c);                                             \
 			if (ret <= 0)                                                           \

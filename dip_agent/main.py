@@ -88,7 +88,7 @@ def token_setup(vip: Vip, dip: Dip, key_adoption: bool = True, interface: str | 
     Otherwise their TSecr would give the MUX classifier's tag a new value
     every millisecond, and OVS a new datapath flow (an upcall) each time.
     """
-    from .token_bpf import DipTokenSetup
+    from .token_setup import DipTokenSetup
 
     mode = vip.key_source if key_adoption else "none"  # seed, pool: DipTokenSetup's names too
     port = 0 if vip.uses_ports else vip.port  # 0: every port of the VIP

@@ -13,6 +13,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -180,6 +182,47 @@ class BpfMap:
 
     def delete(self, key: bytes) -> None:
         _check("bpf_map_delete_elem", _lib().bpf_map_delete_elem(self.fd, self._key(key)))
+
+
+_U64 = struct.Struct("=Q")
+
+
+def read_counters(stats_map: BpfMap, names: Sequence[str]) -> dict[str, int]:
+    """A per-CPU array of __u64 counters, each summed over CPUs, by name (``names[i]`` is key ``i``)."""
+    out = {}
+    for i, name in enumerate(names):
+        raw = stats_map.lookup(struct.pack("=I", i)) or b""
+        out[name] = sum(v for (v,) in _U64.iter_unpack(raw))
+    return out
+
+
+class StructLayout:
+    """A C struct of a map value as ``struct.Struct`` (native order, no implicit padding), members named.
+
+    ``members`` are (C member name, struct format) pairs in order, padding
+    included (``"5x"`` for ``__u8 reserved[5]``); the names let a test check
+    each offset against the object's BTF.
+    """
+
+    def __init__(self, c_name: str, members: Sequence[tuple[str, str]]):
+        self.c_name = c_name
+        self.members = tuple(members)
+        self._struct = struct.Struct("=" + "".join(fmt for _, fmt in self.members))
+        self.size = self._struct.size
+
+    def offsets(self) -> dict[str, int]:
+        """Each member's offset in bytes."""
+        out, before = {}, "="
+        for name, fmt in self.members:
+            out[name] = struct.calcsize(before)
+            before += fmt
+        return out
+
+    def pack(self, *values) -> bytes:
+        return self._struct.pack(*values)
+
+    def unpack(self, raw: bytes) -> tuple:
+        return self._struct.unpack_from(raw)
 
 
 class BpfObject:

@@ -40,9 +40,10 @@ log = logging.getLogger(__name__)
 CLASSIFIER_OBJECT = bpf.BPF_DIR / "mux_classifier.o"
 UPLINK_PROGRAM = "mux_uplink_ingress"
 RETURN_PROGRAM = "mux_to_uplink"
-# enum mux_stat in bpf/mux_classifier.c, in order.
+# The ABI of bpf/mux_maps.h; tests/unit/test_bpf_abi.py checks it against the header and the object's BTF.
+# enum mux_stat, in order: the keys of mux_stats.
 STAT_NAMES = ("to_ovs", "mp_capable", "mp_join", "timestamp", "to_uplink", "unconfigured")
-_PORTS = struct.Struct("=II")  # struct mux_ports: to_ovs, to_uplink
+MUX_PORTS = bpf.StructLayout("mux_ports", [("to_ovs", "I"), ("to_uplink", "I")])
 _U32 = struct.Struct("=I")
 _GRO = "rx-gro"
 _ALIAS_PREFIX = "mptcp-lb classifier tap:"
@@ -71,10 +72,10 @@ class ClassifierObject:
 
     def configure(self, to_ovs: int, to_uplink: int) -> None:
         """Where the programs redirect frames: ifindexes of the tap's near end and of the uplink."""
-        self.obj.map("mux_ports").update(_U32.pack(0), _PORTS.pack(to_ovs, to_uplink))
+        self.obj.map("mux_ports").update(_U32.pack(0), MUX_PORTS.pack(to_ovs, to_uplink))
 
     def stats(self) -> dict[str, int]:
-        return _read_stats(self.obj.map("mux_stats"))
+        return bpf.read_counters(self.obj.map("mux_stats"), STAT_NAMES)
 
     def close(self) -> None:
         """Unload what is not attached; attached programs stay, with their maps."""
@@ -89,14 +90,6 @@ class ClassifierObject:
 
 def load() -> ClassifierObject:
     return ClassifierObject()
-
-
-def _read_stats(stats_map: bpf.BpfMap) -> dict[str, int]:
-    out = {}
-    for i, name in enumerate(STAT_NAMES):
-        raw = stats_map.lookup(_U32.pack(i)) or b""
-        out[name] = sum(struct.unpack(f"={len(raw) // 8}Q", raw))
-    return out
 
 
 @cache
@@ -334,7 +327,7 @@ def stats(uplink: str) -> dict[str, int]:
     try:
         if "mux_stats" not in maps:
             raise ClassifierError(f"the program on {uplink}'s ingress is not the classifier (maps: {sorted(maps)})")
-        return _read_stats(maps["mux_stats"])
+        return bpf.read_counters(maps["mux_stats"], STAT_NAMES)
     finally:
         for m in maps.values():
             m.close()

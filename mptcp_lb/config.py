@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from mptcp_lb.mptcp_codec import MAX_SLICE_BITS, SERVER_ID_MASK
+
 MODES = ("port", "token", "hybrid")
 PORT_MODES = ("port", "hybrid")  # DIPs own port ranges and announce one port
 TOKEN_MODES = ("token", "hybrid")  # DIPs own token slices and stamp timestamps
@@ -25,8 +27,7 @@ RENAMED_KEY_SOURCES = {"mux": "seed"}  # old value -> its name now, so an old co
 #  multipath: a plain flow (installable without groups) whose choice the controller can
 #             predict exactly (ovs_flows/ovs_hash.py); megaflows then match the L4 ports.
 HASH_METHODS = ("dp_hash", "multipath")
-MAX_DIP_ID = 4095  # 12 bits: the server ID a DIP stamps into TCP timestamps
-MAX_SLICE_BITS = 12
+MAX_DIP_ID = SERVER_ID_MASK  # the server ID a DIP stamps into TCP timestamps
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
 

@@ -36,11 +36,14 @@ _MP_JOIN_LENS = (MP_JOIN_SYN_LEN, 16, 24)  # SYN, SYN/ACK, third ACK
 KEY_CARRIER_EXID = 0x4D4C  # "ML"
 KEY_CARRIER_LEN = 4 + KEY_LEN
 
+# The tag MAC: TAG_PREFIX, the class, then a TAG_VALUE_BITS value (bpf/mptcp_lb.h).
 TAG_PREFIX = bytes((0x0A, 0x4D))  # locally administered unicast, then "M"
 CLASS_MP_CAPABLE = 1
 CLASS_MP_JOIN = 2
 CLASS_TIMESTAMP = 3
-SERVER_ID_MASK = 0xFFF  # the low TSval bits a DIP stamps its server ID into
+TAG_VALUE_BITS = 24
+SERVER_ID_BITS = 12  # the low TSval bits a DIP stamps its server ID into
+SERVER_ID_MASK = (1 << SERVER_ID_BITS) - 1
 
 _ETH_HLEN = 14
 _ETH_P_IP = 0x0800
@@ -332,19 +335,27 @@ def classify_frame(frame: bytes) -> tuple[int, int] | None:
         if subtype == MPTCP_SUB_CAPABLE:
             return CLASS_MP_CAPABLE, 0
         if subtype == MPTCP_SUB_JOIN and length == MP_JOIN_SYN_LEN:
-            return CLASS_MP_JOIN, int.from_bytes(frame[off + 4:off + 8], "big") >> 8
+            return CLASS_MP_JOIN, int.from_bytes(frame[off + 4:off + 8], "big") >> (32 - TAG_VALUE_BITS)
         return None
     if timestamp is not None:
         return CLASS_TIMESTAMP, int.from_bytes(frame[timestamp + 6:timestamp + 10], "big") & SERVER_ID_MASK
     return None
 
 
+def _mac_text(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
 def tag_mac(cls: int, value: int) -> str:
     """The destination MAC the classifier writes for a verdict: 0a:4d:class:value(24 bits)."""
     if cls not in (CLASS_MP_CAPABLE, CLASS_MP_JOIN, CLASS_TIMESTAMP):
         raise ValueError(f"cls must be 1, 2 or 3, got {cls!r}")
-    _check_uint(value, 24, "value")
-    return ":".join(f"{b:02x}" for b in TAG_PREFIX + bytes((cls,)) + value.to_bytes(3, "big"))
+    _check_uint(value, TAG_VALUE_BITS, "value")
+    return _mac_text(TAG_PREFIX + bytes((cls,)) + value.to_bytes(TAG_VALUE_BITS // 8, "big"))
+
+
+# The mask of a tag MAC's prefix and class: matches every tag of one class.
+TAG_CLASS_MASK = _mac_text(b"\xff" * (len(TAG_PREFIX) + 1) + bytes(TAG_VALUE_BITS // 8))
 
 
 # --- frame editing ------------------------------------------------------------
@@ -437,8 +448,9 @@ def append_tcp_option(frame: bytes, option: bytes) -> bytes:
 __all__ = [
     "KEY_LEN", "MAX_SLICE_BITS", "TCPOPT_EOL", "TCPOPT_NOP", "TCPOPT_TIMESTAMP", "TCPOPT_MPTCP",
     "TCPOPT_EXPERIMENTAL", "MPTCP_SUB_CAPABLE", "MPTCP_SUB_JOIN", "MPC_FLAG_HMAC_SHA256",
-    "KEY_CARRIER_EXID", "TAG_PREFIX", "CLASS_MP_CAPABLE", "CLASS_MP_JOIN", "CLASS_TIMESTAMP",
-    "SERVER_ID_MASK", "OptionError", "key_to_token", "key_to_idsn", "slice_of", "make_key",
+    "KEY_CARRIER_EXID", "KEY_CARRIER_LEN", "TAG_PREFIX", "CLASS_MP_CAPABLE", "CLASS_MP_JOIN",
+    "CLASS_TIMESTAMP", "TAG_VALUE_BITS", "TAG_CLASS_MASK",
+    "SERVER_ID_BITS", "SERVER_ID_MASK", "OptionError", "key_to_token", "key_to_idsn", "slice_of", "make_key",
     "MpCapable", "MpJoinSyn", "Timestamp", "parse_tcp_options", "parse_mptcp",
     "build_mp_capable", "build_mp_join_syn", "build_timestamp", "parse_timestamp",
     "build_key_carrier", "parse_key_carrier", "classify_frame", "tag_mac",

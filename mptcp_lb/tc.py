@@ -1,7 +1,7 @@
 """tc clsact hooks for BPF programs (direct action), through pyroute2 netlink.
 
 The one place that adds and removes the project's tc filters: the DIP's
-token programs (dip_agent/token_bpf.py) and the MUX classifier
+token programs (dip_agent/token_setup.py) and the MUX classifier
 (mptcp_lb/classifier.py) both go through it. Each hook holds at most one
 filter of ours, at a fixed priority and handle, so a filter left behind by a
 killed process is found and replaced rather than stacked.

@@ -32,7 +32,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from mptcp_lb.config import Config, Dip, Mux, Vip
-from mptcp_lb.mptcp_codec import CLASS_MP_CAPABLE, CLASS_MP_JOIN, CLASS_TIMESTAMP, tag_mac
+from mptcp_lb.mptcp_codec import CLASS_MP_CAPABLE, CLASS_MP_JOIN, CLASS_TIMESTAMP, TAG_CLASS_MASK, tag_mac
 from ovs_flows.ofctl_text import flow_text
 from ovs_flows.ovs_hash import pick_backend
 from ovs_flows.port_ranges import range_to_masks
@@ -51,7 +51,6 @@ ETH_ARP = 0x0806
 ETH_IP = 0x0800
 IPPROTO_TCP = 6
 PUNT_METER = 1
-TAG_CLASS_MASK = "ff:ff:ff:00:00:00"
 
 
 @dataclass

@@ -4,6 +4,8 @@ import subprocess
 
 import pytest
 
+from tests.platform import require_platform
+
 
 def platform_missing() -> str | None:
     """What truly prevents integration tests here, or None. CI has all of it."""
@@ -21,8 +23,4 @@ def platform_missing() -> str | None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _require_platform():
-    missing = platform_missing()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"integration platform incomplete in CI: {missing}")
-        pytest.skip(missing)
+    require_platform(platform_missing(), "integration")

@@ -20,22 +20,15 @@ import subprocess
 import sys
 
 import pytest
-from scapy.all import IP, TCP, Ether, raw
-
 from mininet_topos.harness import wait_for
 from mptcp_lb import classifier
 from tests.integration.netns import REPO, WAIT, in_ns, python_env, sh
+from tests.packets import LINUX_SYN_OPTIONS, MPC_SYN, tcp_frame
 
 CLIENT_MAC, SERVER_MAC = "02:00:00:79:00:01", "02:00:00:79:00:02"
 CLIENT_IP, SERVER_IP = "10.79.0.1", "10.79.0.2"
 SERVER_ID = 0xABC
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-SEND = """
-import sys
-from scapy.all import Ether, sendp
-sendp([Ether(bytes.fromhex(h)) for h in sys.argv[2:]], iface=sys.argv[1], verbose=False)
-"""
 
 TO_SERVER = f"set_field:{SERVER_MAC}->eth_dst,output:2"
 # match -> what it counts
@@ -48,12 +41,10 @@ FLOWS = {
 
 
 def frame(flags: str, options: list) -> bytes:
-    return raw(Ether(src=CLIENT_MAC, dst=SERVER_MAC) / IP(src=CLIENT_IP, dst=SERVER_IP)
-               / TCP(sport=40000, dport=80, flags=flags, options=options))
+    return tcp_frame(flags, options, src=CLIENT_IP, dst=SERVER_IP, eth_src=CLIENT_MAC, eth_dst=SERVER_MAC)
 
 
-MP_CAPABLE_SYN = frame("S", [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None),
-                             ("WScale", 7), (30, b"\x01\x01")])
+MP_CAPABLE_SYN = frame("S", LINUX_SYN_OPTIONS + [MPC_SYN])
 TIMESTAMP_ACK = frame("A", [("NOP", None), ("NOP", None), ("Timestamp", (2, 0x7000 | SERVER_ID))])
 PLAIN_ACK = frame("A", [])
 
@@ -166,7 +157,8 @@ def test_ovs_matches_the_tags_the_classifier_writes(bed):
 
     sent = {"SYN + MP_CAPABLE": [MP_CAPABLE_SYN] * 3, "server ID": [TIMESTAMP_ACK] * 2, "no verdict": [PLAIN_ACK] * 4}
     frames = [f for group in sent.values() for f in group]
-    in_ns(bed.client_ns, sys.executable, "-c", SEND, bed.client_if, *(f.hex() for f in frames))
+    in_ns(bed.client_ns, sys.executable, os.path.join(HERE, "send_frames.py"), bed.client_if,
+          *(f.hex() for f in frames))
     expected = {what: len(sent.get(what, ())) for what in FLOWS.values()}
     try:
         wait_for(f"OpenFlow counters {expected}", lambda: counts(bed.bridge) == expected, WAIT)

@@ -1,23 +1,21 @@
-"""Token steering on the DIP (bpf/dip_tc.c, dip_agent/token_bpf.py) on a stock kernel.
+"""Token steering on the DIP (bpf/dip_tc.c, dip_agent/token_setup.py) on a stock kernel, in namespaces.
 
-Two layers:
+Real namespaces, as a stock Linux client sees the DIP::
 
-* The tc programs run on crafted frames with BPF_PROG_TEST_RUN: key rewrite,
-  checksum (at every option alignment), TSval stamping, TSecr restoration,
-  the key carrier, malformed input, and the key pool never reusing a key.
-* Real namespaces, as a stock Linux client sees the DIP::
+    client ns                          server ns (the DIP)
+    10.78.0.1/24  <-- veth 0 -->  10.78.0.2/24   VIP/32 on lo, tc on both veths,
+    10.78.1.1/24  <-- veth 1 -->  10.78.1.2/24   net.ipv4.tcp_syncookies=2
 
-      client ns                          server ns (the DIP)
-      10.78.0.1/24  <-- veth 0 -->  10.78.0.2/24   VIP/32 on lo, tc on both veths,
-      10.78.1.1/24  <-- veth 1 -->  10.78.1.2/24   net.ipv4.tcp_syncookies=2
+The client's second address is a plain `subflow` endpoint, so the kernel
+joins VIP:80 (the DIP leaves the C flag off). Every claim is checked from
+the server: the token of each accepted connection (MPTCP_INFO), its
+subflows (MPTCP_SUBFLOW_ADDRS) and the options its subflows negotiated
+(MPTCP_TCPINFO), plus the SHA-256 of every byte. The client side checks
+the stamped TSvals in a capture, and nstat in both namespaces shows no
+PAWS drop, spurious-RTO undo, DSACK undo or retransmission.
 
-  The client's second address is a plain `subflow` endpoint, so the kernel
-  joins VIP:80 (the DIP leaves the C flag off). Every claim is checked from
-  the server: the token of each accepted connection (MPTCP_INFO), its
-  subflows (MPTCP_SUBFLOW_ADDRS) and the options its subflows negotiated
-  (MPTCP_TCPINFO), plus the SHA-256 of every byte. The client side checks
-  the stamped TSvals in a capture, and nstat in both namespaces shows no
-  PAWS drop, spurious-RTO undo, DSACK undo or retransmission.
+The programs themselves, on crafted frames, are tests/unit/test_dip_programs.py.
+The scripts run inside the namespaces sit next to this file.
 """
 
 from __future__ import annotations
@@ -25,8 +23,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -43,6 +39,7 @@ PORT = 80
 SERVER_ID = 0x5A5
 SLICE_BITS = 8
 SLICES = {5}
+HERE = Path(__file__).resolve().parent
 
 
 # nstat counters that must not move: they are what a wrong TSval/TSecr (or checksum) would break.
@@ -52,345 +49,6 @@ MUST_STAY_ZERO_BOTH = ("TcpExtPAWSEstab", "TcpExtPAWSActive", "TcpInCsumErrors")
 MUST_STAY_ZERO_SERVER = ("TcpExtTCPSpuriousRTOs", "TcpExtTCPDSACKUndo", "TcpExtTCPLossUndo")
 
 TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
-
-
-# ============================================================== frames
-
-
-def _csum16(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def tcp_checksum_ok(frame: bytes) -> bool:
-    """Whether the TCP checksum of an Ethernet/IPv4 frame is right (ones' complement sum 0xffff)."""
-    ihl = (frame[14] & 0x0F) * 4
-    total_len = struct.unpack_from("!H", frame, 16)[0]
-    segment = frame[14 + ihl:14 + total_len]
-    pseudo = frame[26:34] + struct.pack("!BBH", 0, 6, len(segment))
-    return _csum16(pseudo + segment) == 0xFFFF
-
-
-def frame(src: str, dst: str, sport: int, dport: int, flags: str, options: bytes,
-          seq: int = 5000, ack: int = 1001, payload: bytes = b"") -> bytes:
-    """An Ethernet/IPv4/TCP frame with exactly these option bytes (EOL-padded) and right checksums."""
-    options += b"\x00" * (-len(options) % 4)
-    flag_bits = sum({"F": 1, "S": 2, "R": 4, "P": 8, "A": 16}[f] for f in flags)
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, (5 + len(options) // 4) << 4, flag_bits,
-                      65535, 0, 0) + options + payload
-    addrs = socket.inet_aton(src) + socket.inet_aton(dst)
-    csum = 0xFFFF - _csum16(addrs + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
-    tcp = tcp[:16] + struct.pack("!H", csum) + tcp[18:]
-    ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0) + addrs
-    ip = ip[:10] + struct.pack("!H", 0xFFFF - _csum16(ip)) + ip[12:]
-    return bytes.fromhex("020000000002" "020000000001" "0800") + ip + tcp
-
-
-def ts_opt(tsval: int, tsecr: int) -> bytes:
-    return struct.pack("!BBII", 8, 10, tsval, tsecr)
-
-
-def mpc_synack(key: bytes) -> bytes:
-    return bytes((30, 12, 0x01, 0x81)) + key  # MP_CAPABLE v1, flags A|H, sender key
-
-
-def mpc_syn() -> bytes:
-    return bytes((30, 4, 0x01, 0x81))
-
-
-def tcp_options(frame_bytes: bytes) -> dict:
-    """kind -> option bytes (first of each), from a frame."""
-    ihl = (frame_bytes[14] & 0x0F) * 4
-    tcp = frame_bytes[14 + ihl:]
-    doff = (tcp[12] >> 4) * 4
-    found, off = {}, 20
-    while off < doff:
-        kind = tcp[off]
-        if kind == 0:
-            break
-        if kind == 1:
-            off += 1
-            continue
-        length = tcp[off + 1]
-        found.setdefault(kind, tcp[off:off + length])
-        off += length
-    return found
-
-
-def tsval_tsecr(frame_bytes: bytes) -> tuple[int, int]:
-    return struct.unpack_from("!II", tcp_options(frame_bytes)[8], 2)
-
-
-# ============================================================== programs on test frames
-
-
-class Programs:
-    """dip_tc.o loaded and configured, run on frames with BPF_PROG_TEST_RUN (no interface)."""
-
-    def __init__(self, mode: str, server_id: int = SERVER_ID):
-        from dip_agent import token_bpf
-        from mptcp_lb.bpf import BpfObject
-
-        self.tb = token_bpf
-        self.obj = BpfObject(token_bpf.dip_object())
-        self.obj.map("dip_config").update(struct.pack("=I", 0), token_bpf.pack_config(VIP, PORT, server_id, mode))
-        self.egress_fd = self.obj.prog_fd("dip_egress")
-        self.ingress_fd = self.obj.prog_fd("dip_ingress")
-
-    def egress(self, data: bytes) -> bytes:
-        from mptcp_lb.bpf import TC_ACT_OK, test_run
-
-        result = test_run(self.egress_fd, data)
-        assert result.retval == TC_ACT_OK  # always
-        return result.data_out
-
-    def ingress(self, data: bytes) -> bytes:
-        from mptcp_lb.bpf import TC_ACT_OK, test_run
-
-        result = test_run(self.ingress_fd, data)
-        assert result.retval == TC_ACT_OK
-        return result.data_out
-
-    def pool(self, slices=SLICES, slice_bits=SLICE_BITS):
-        return self.tb.KeyPool(self.obj.map("dip_pool"), self.obj.map("dip_pool_state"), slices, slice_bits)
-
-    def flow(self, client_port: int, client_ip: str = CLIENT):
-        raw = self.obj.map("dip_flows").lookup(self.tb.pack_flow_key(client_ip, client_port, VIP, PORT))
-        return None if raw is None else self.tb.FlowState.unpack(raw)
-
-    def stats(self) -> dict:
-        result = {}
-        stats_map = self.obj.map("dip_stats")
-        for i, name in enumerate(self.tb.STAT_NAMES):
-            raw = stats_map.lookup(struct.pack("=I", i))
-            result[name] = sum(struct.unpack(f"={len(raw) // 8}Q", raw))
-        return result
-
-    def close(self) -> None:
-        self.obj.close()
-
-
-@pytest.fixture
-def programs():
-    loaded: list[Programs] = []
-
-    def load(mode: str, **kw) -> Programs:
-        p = Programs(mode, **kw)
-        loaded.append(p)
-        return p
-
-    yield load
-    for p in loaded:
-        p.close()
-
-
-def synack(cport: int, options: bytes, isn: int = 1000) -> bytes:
-    return frame(VIP, CLIENT, PORT, cport, "SA", options, seq=777, ack=isn + 1)
-
-
-def server_segment(cport: int, tsval: int, tsecr: int = 1) -> bytes:
-    return frame(VIP, CLIENT, PORT, cport, "A", ts_opt(tsval, tsecr), payload=b"x" * 7)
-
-
-def client_ack(cport: int, tsecr: int, tsval: int = 99) -> bytes:
-    return frame(CLIENT, VIP, cport, PORT, "A", b"\x01\x01" + ts_opt(tsval, tsecr))
-
-
-@pytest.mark.parametrize("pad", range(4))
-def test_pool_key_replaced_and_tsval_stamped_at_every_alignment(programs, pad):
-    progs = programs("pool")
-    progs.pool().fill()
-    original_key = bytes(range(1, 9))
-    tsval = 0x12345678
-    out = progs.egress(synack(40000, b"\x01" * pad + ts_opt(tsval, 4242) + b"\x01" * (3 - pad)
-                              + b"\x01" * pad + mpc_synack(original_key)))
-    assert tcp_checksum_ok(out)
-    key = tcp_options(out)[30][4:12]
-    assert key != original_key
-    assert slice_of(key_to_token(key), SLICE_BITS) in SLICES
-    assert tsval_tsecr(out) == ((tsval & ~0xFFF) | SERVER_ID, 4242)
-    st = progs.flow(40000)
-    assert st.key == key and st.has_key == 1 and st.key_isn == 1000
-    assert (st.synack_tsval, st.synack_stamped, st.ack_pending) == (tsval, (tsval & ~0xFFF) | SERVER_ID, True)
-    assert st.max_tsval == tsval
-    assert "key=" not in repr(st).replace("has_key=", "") and key.hex() not in repr(st)  # keys are never printed
-    assert progs.stats()["synack_key_set"] == 1
-
-
-def test_retransmitted_synack_keeps_its_key_and_a_new_connection_gets_a_new_one(programs):
-    progs = programs("pool")
-    progs.pool().fill()
-    opts = ts_opt(0x1000, 1) + mpc_synack(b"\x00" * 8)
-    first = tcp_options(progs.egress(synack(40001, opts, isn=1000)))[30][4:12]
-    again = tcp_options(progs.egress(synack(40001, opts, isn=1000)))[30][4:12]
-    other = tcp_options(progs.egress(synack(40001, opts, isn=9999)))[30][4:12]
-    assert first == again
-    assert other != first
-
-
-def test_no_key_rewrite_in_mode_none_but_tsval_stamped(programs):
-    progs = programs("none")
-    key = bytes(range(8))
-    out = progs.egress(synack(40002, ts_opt(0xABCDE123, 0) + mpc_synack(key)))
-    assert tcp_checksum_ok(out)
-    assert tcp_options(out)[30][4:12] == key
-    assert tsval_tsecr(out)[0] == 0xABCDE5A5
-
-
-def test_pool_empty_leaves_the_key_alone(programs):
-    progs = programs("pool")  # never filled
-    key = bytes(range(8))
-    out = progs.egress(synack(40003, mpc_synack(key) + ts_opt(7, 0)))
-    assert tcp_options(out)[30][4:12] == key
-    assert progs.stats()["pool_empty"] == 1
-
-
-def test_key_pool_never_hands_out_a_key_twice(programs):
-    progs = programs("pool")
-    pool = progs.tb.KeyPool(progs.obj.map("dip_pool"), progs.obj.map("dip_pool_state"), {3}, 4)
-    pool.fill()
-    handed = []
-
-    def take(n: int, first_port: int) -> None:
-        for i in range(n):
-            out = progs.egress(synack(first_port + i, mpc_synack(b"\x00" * 8)))
-            key = tcp_options(out)[30][4:12]
-            if key != b"\x00" * 8:
-                handed.append(key)
-
-    # Steady state: polled often enough, the pool never runs dry across several wraps.
-    for round_ in range(12):
-        take(250, 1024 + round_ * 250)
-        pool.poll_once()
-    assert progs.stats()["pool_empty"] == 0
-    assert len(handed) == 3000
-    # Starved: more SYN/ACKs than slots between polls. The overflow finds the pool empty.
-    pool.poll_once()
-    pool.poll_once()
-    take(pool.size + 300, 20000)
-    assert progs.stats()["pool_empty"] == 300
-    pool.poll_once()
-    pool.poll_once()
-    take(100, 40000)
-    assert progs.stats()["pool_empty"] == 300
-    assert len(handed) == 3000 + pool.size + 100
-    assert len(set(handed)) == len(handed), "a pool key was handed out twice"
-    assert all(slice_of(key_to_token(k), 4) == 3 for k in handed)
-
-
-def test_carrier_in_syn_seeds_the_synack_key(programs):
-    progs = programs("seed")
-    key = make_key(SLICES, SLICE_BITS)
-    syn = frame(CLIENT, VIP, 40010, PORT, "S", mpc_syn() + ts_opt(5, 0) + b"\x01" + build_key_carrier(key),
-                seq=123456, ack=0)
-    assert progs.ingress(syn) == syn  # read, never changed
-    st = progs.flow(40010)
-    assert (st.key, st.key_isn, st.has_key) == (key, 123456, 1)
-    out = progs.egress(synack(40010, ts_opt(0x4000, 5) + mpc_synack(b"\x00" * 8), isn=123456))
-    assert tcp_checksum_ok(out)
-    assert tcp_options(out)[30][4:12] == key
-    # A SYN/ACK for another SYN (another ISN) must not get that key.
-    stale = progs.egress(synack(40010, mpc_synack(b"\x00" * 8), isn=5))
-    assert tcp_options(stale)[30][4:12] == b"\x00" * 8
-    assert progs.stats()["synack_no_key"] == 1
-
-
-def test_carrier_ignored_outside_seed_mode_and_other_exids(programs):
-    progs = programs("seed")
-    other = bytes((253, 12, 0x12, 0x34)) + b"\xee" * 8
-    progs.ingress(frame(CLIENT, VIP, 40011, PORT, "S", mpc_syn() + other, seq=1, ack=0))
-    assert progs.flow(40011) is None
-    pool_progs = programs("pool")
-    pool_progs.ingress(frame(CLIENT, VIP, 40012, PORT, "S", build_key_carrier(b"\x01" * 8), seq=1, ack=0))
-    assert pool_progs.flow(40012) is None
-
-
-def test_seeded_key_from_userspace_serves_any_isn(programs):
-    progs = programs("seed")
-    key = make_key(SLICES, SLICE_BITS)
-    flows = progs.obj.map("dip_flows")
-    flows.update(progs.tb.pack_flow_key(CLIENT, 40013, VIP, PORT),
-                 struct.pack("=8sIIIIBBB5xQ", key, 0, 0, 0, 0, 2, 0, 0, 0))
-    out = progs.egress(synack(40013, mpc_synack(b"\x00" * 8), isn=424242))
-    assert tcp_options(out)[30][4:12] == key
-    assert progs.flow(40013).key_isn == 424242
-
-
-def test_tsecr_restoration(programs):
-    progs = programs("none")
-    cport = 40020
-    syn_ack_ts = 0x10000A3B  # low 6 bits: the cookie's options
-    stamped = lambda v: (v & ~0xFFF) | SERVER_ID  # noqa: E731
-    progs.egress(synack(cport, ts_opt(syn_ack_ts, 9)))
-
-    def echo(tsecr: int) -> int:
-        out = progs.ingress(client_ack(cport, tsecr))
-        assert tcp_checksum_ok(out)
-        return tsval_tsecr(out)[1]
-
-    # Third ACK: exactly the SYN/ACK's original, cookie bits and all.
-    assert echo(stamped(syn_ack_ts)) == syn_ack_ts
-    assert not progs.flow(cport).ack_pending
-    # Another echo of the same window: min(TSecr | 0xfff, largest sent) = the SYN/ACK's value.
-    assert echo(stamped(syn_ack_ts)) == syn_ack_ts
-    # Later segments, one in a new 4096-tick window, two in the same one.
-    t2 = syn_ack_ts + 5000
-    t3 = t2 + 10
-    progs.egress(server_segment(cport, t2))
-    assert echo(stamped(t2)) == t2  # the largest sent so far
-    progs.egress(server_segment(cport, t3))
-    assert echo(stamped(t2)) == t3  # same stamped value: t3 is >= the real echo and was sent
-    assert t2 <= echo(stamped(t3)) <= t3
-    # An echo of the old window: the top of that window, never below the original.
-    assert echo(stamped(syn_ack_ts)) == syn_ack_ts | 0xFFF
-    # Not ours (other server id), beyond anything sent, or zero: left alone.
-    assert echo((t3 & ~0xFFF) | 0x123) == (t3 & ~0xFFF) | 0x123
-    assert echo(stamped(t3 + 0x10000)) == stamped(t3 + 0x10000)
-    assert echo(0) == 0
-    stats = progs.stats()
-    assert stats["tsecr_exact"] == 1 and stats["tsecr_unmatched"] == 2
-
-
-def test_tsecr_restoration_across_u32_wrap(programs):
-    progs = programs("none")
-    cport = 40021
-    start = 0xFFFFF800
-    progs.egress(synack(cport, ts_opt(start, 9)))
-    progs.ingress(client_ack(cport, (start & ~0xFFF) | SERVER_ID))
-    progs.egress(server_segment(cport, 0x00000123))  # wrapped: later in serial order
-    out = progs.ingress(client_ack(cport, SERVER_ID))  # echo of stamped 0x123 -> 0x5a5
-    assert tsval_tsecr(out)[1] == 0x123
-    out = progs.ingress(client_ack(cport, (start & ~0xFFF) | SERVER_ID))
-    assert tsval_tsecr(out)[1] == 0xFFFFFFFF  # the old window's top, still <= the largest sent
-
-
-def test_untouched_traffic(programs):
-    progs = programs("pool")
-    progs.pool().fill()
-    cases = [
-        # other VIP, other port
-        frame("10.0.0.1", CLIENT, PORT, 40030, "SA", ts_opt(1, 2) + mpc_synack(b"\x00" * 8)),
-        frame(VIP, CLIENT, 8080, 40030, "SA", ts_opt(1, 2) + mpc_synack(b"\x00" * 8)),
-        # malformed: length 1, length past the end, timestamp of length 8
-        synack(40031, mpc_synack(b"\x00" * 8) + bytes((5, 1))),
-        synack(40032, mpc_synack(b"\x00" * 8) + bytes((5, 40))),
-        synack(40033, mpc_synack(b"\x00" * 8) + bytes((8, 8)) + b"\x00" * 6),
-        # MP_CAPABLE of another length (third ACK form) is no SYN/ACK key
-        synack(40034, bytes((30, 20, 0x01, 0x81)) + b"\x00" * 16),
-        # no options at all
-        synack(40035, b""),
-    ]
-    for data in cases:
-        assert progs.egress(data) == data
-    truncated = synack(40036, ts_opt(1, 2) + mpc_synack(b"\x00" * 8))[:-6]
-    assert progs.egress(truncated) == truncated
-    for data in cases:
-        assert progs.ingress(data) == data
-    assert progs.stats()["synack_key_set"] == 0
 
 
 # ============================================================== namespaces
@@ -430,125 +88,12 @@ def netns():
         yield spaces
 
 
-# Runs in the server namespace: DipTokenSetup, plus an MPTCP echo server that
-# records, per accepted connection, what the server kernel says about it.
-SERVER_DRIVER = r"""
-import json, logging, socket, struct, sys, threading, time, traceback
-from dip_agent.token_bpf import DipTokenSetup
-from mptcp_lb import echo_protocol
-from mptcp_lb.mptcp_codec import key_to_token
-from mptcp_lb.mptcp_sockopt import (MPTCP_TCPINFO, SOL_MPTCP, _TCP_INFO_SIZE, _subflow_entries,
-                                    mptcp_socket, subflow_addrs)
-
-MPTCP_INFO = 1
-cfg = json.loads(sys.argv[1])
-logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-setup = DipTokenSetup(cfg["ifnames"], cfg["vip"], cfg["port"], cfg["server_id"], cfg["mode"],
-                      cfg.get("slices"), cfg.get("slice_bits"), syncookies=cfg["syncookies"])
-records, lock, stop = [], threading.Lock(), threading.Event()
-
-def tcpinfo(conn):
-    raw, copied = _subflow_entries(conn, MPTCP_TCPINFO, _TCP_INFO_SIZE)
-    size_user = struct.unpack_from("=4I", raw)[3]
-    return [{"state": raw[o], "options": raw[o + 5], "snd_wscale": raw[o + 6] & 15,
-             "rcv_wscale": raw[o + 6] >> 4} for o in range(16, copied - size_user + 1, size_user)]
-
-def serve(conn, peer):
-    rec = {"peer": f"{peer[0]}:{peer[1]}"}
-    try:
-        conn.settimeout(30)
-        nbytes, digest = echo_protocol.read_request(conn)
-        deadline = time.monotonic() + 3
-        subflows = subflow_addrs(conn)
-        while len(subflows) < cfg["min_subflows"] and time.monotonic() < deadline:
-            time.sleep(0.01)
-            subflows = subflow_addrs(conn)
-        try:
-            rec["token"] = struct.unpack_from("=I", conn.getsockopt(SOL_MPTCP, MPTCP_INFO, 96), 12)[0]
-        except OSError as e:
-            rec["token"] = None
-        rec.update(bytes=nbytes, subflows=subflows, tcpinfo=tcpinfo(conn))
-        conn.sendall(echo_protocol.encode_reply(
-            echo_protocol.make_reply(cfg["server_id"], nbytes, digest, subflows)))
-    except Exception as e:
-        rec["error"] = repr(e)
-    finally:
-        conn.close()
-        with lock:
-            records.append(rec)
-
-def accept_loop(listener):
-    while not stop.is_set():
-        try:
-            conn, peer = listener.accept()
-        except socket.timeout:
-            continue
-        threading.Thread(target=serve, args=(conn, peer), daemon=True).start()
-
-listener = mptcp_socket()
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listener.bind(("0.0.0.0", cfg["port"]))
-listener.listen(128)
-listener.settimeout(0.1)
-acceptor = threading.Thread(target=accept_loop, args=(listener,), daemon=True)
-
-for line in sys.stdin:
-    req = json.loads(line)
-    try:
-        cmd, out = req["cmd"], None
-        if cmd == "apply":
-            setup.apply()
-            acceptor.start()
-        elif cmd == "seed":
-            setup.seed_key(req["client_ip"], req["client_port"], bytes.fromhex(req["key"]))
-        elif cmd == "flow":
-            st = setup.flow(req["client_ip"], req["client_port"])
-            out = None if st is None else {"key_token": key_to_token(st.key), "key_isn": st.key_isn,
-                                           "has_key": st.has_key, "ack_pending": st.ack_pending,
-                                           "max_tsval": st.max_tsval}
-        elif cmd == "stats":
-            out = setup.stats()
-            if setup.pool is not None:
-                out["pool_next"] = setup.pool.next_index()
-                out["pool_refilled"] = setup.pool.refilled
-        elif cmd == "conns":
-            with lock:
-                out = list(records)
-        elif cmd == "undo":
-            stop.set()
-            if acceptor.is_alive():
-                acceptor.join()
-            listener.close()
-            setup.undo()
-        print(json.dumps({"ok": True, "result": out}), flush=True)
-    except Exception:
-        print(json.dumps({"ok": False, "error": traceback.format_exc()}), flush=True)
-"""
-
-# Runs in the client namespace: a SYN with MP_CAPABLE, timestamps and the key carrier.
-CARRIER_PROBE = r"""
-import json, struct, sys
-from scapy.all import IP, TCP, conf, sr1
-conf.verb = 0
-vip, (port, sport, seq), carrier = sys.argv[1], map(int, sys.argv[2:5]), bytes.fromhex(sys.argv[5])
-opts = bytes((2, 4, 5, 180)) + bytes((1, 3, 3, 7)) + bytes((4, 2, 30, 4, 1, 0x81)) \
-    + bytes((1, 1)) + struct.pack("!BBII", 8, 10, 12345, 0) + bytes((1, 1)) + carrier  # 40 bytes
-syn = IP(dst=vip) / TCP(sport=sport, dport=port, flags="S", seq=seq, options=[], dataofs=5 + len(opts) // 4) / opts
-reply = sr1(IP(bytes(syn)), timeout=5)
-if reply is None or TCP not in reply:
-    print(json.dumps(None))
-else:
-    print(json.dumps({"flags": str(reply[TCP].flags), "ack": reply[TCP].ack,
-                      "options": [[k, v.hex() if isinstance(v, bytes) else v] for k, v in reply[TCP].options]}))
-"""
-
-
 class ServerDriver:
     """DipTokenSetup and the recording echo server, in a subprocess inside the server namespace."""
 
     def __init__(self, ns: str, **cfg):
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", SERVER_DRIVER, json.dumps(cfg)],
+            ["ip", "netns", "exec", ns, sys.executable, str(HERE / "dip_server_driver.py"), json.dumps(cfg)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=python_env(), cwd=REPO)
         self._stderr: list[str] = []
@@ -619,49 +164,9 @@ def nstat_delta(before: dict, after: dict) -> dict[str, int]:
     return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
 
 
-# Runs in the client namespace. Like mptcp_lb.traffic, but it sends the request header
-# before waiting for the join: a stock client opens joins only once the connection is
-# fully established, which takes a DSS from the server, and this DIP (no ADD_ADDR to
-# announce) says nothing until it has something to acknowledge.
-CLIENT_SCRIPT = r"""
-import hashlib, json, os, socket, sys, time
-from concurrent.futures import ThreadPoolExecutor
-from mptcp_lb import echo_protocol
-from mptcp_lb.mptcp_sockopt import established_subflow_count, mptcp_socket
-
-vip, port, conns, size, min_subflows, source_port = sys.argv[1], *map(int, sys.argv[2:7])
-
-def one(i):
-    payload = os.urandom(size)
-    try:
-        with mptcp_socket() as sock:
-            sock.settimeout(10)
-            if source_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(("0.0.0.0", source_port + i))
-            sock.connect((vip, port))
-            sock.sendall(echo_protocol.encode_header(size))
-            deadline = time.monotonic() + 5
-            count = established_subflow_count(sock)
-            while count < min_subflows and time.monotonic() < deadline:
-                time.sleep(0.005)
-                count = established_subflow_count(sock)
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-            reply = echo_protocol.read_reply(sock)
-    except Exception as e:
-        return {"error": repr(e)}
-    return {"verified": reply["sha256"] == hashlib.sha256(payload).hexdigest() and reply["bytes"] == size,
-            "reply": reply, "client_subflows": count}
-
-with ThreadPoolExecutor(4) as pool:
-    print(json.dumps(list(pool.map(one, range(conns)))))
-"""
-
-
 def run_traffic(ns: str, conns: int, size: int, source_port: int = 0, min_subflows: int = 2) -> list[dict]:
-    cmd = ["ip", "netns", "exec", ns, sys.executable, "-c", CLIENT_SCRIPT, VIP, str(PORT), str(conns), str(size),
-           str(min_subflows), str(source_port)]
+    cmd = ["ip", "netns", "exec", ns, sys.executable, str(HERE / "echo_client.py"), VIP, str(PORT), str(conns),
+           str(size), str(min_subflows), str(source_port)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=python_env(), cwd=REPO, timeout=120)
     try:
         return json.loads(proc.stdout)
@@ -812,8 +317,8 @@ def test_seed_mode_userspace_key_and_carrier_syn(netns, tmp_path):
         carrier_key = make_key(SLICES, SLICE_BITS)
         sport, seq = 41500, 0x1234567
         probe = subprocess.run(
-            ["ip", "netns", "exec", netns.client, sys.executable, "-c", CARRIER_PROBE, VIP, str(PORT), str(sport),
-             str(seq), build_key_carrier(carrier_key).hex()],
+            ["ip", "netns", "exec", netns.client, sys.executable, str(HERE / "carrier_probe.py"), VIP, str(PORT),
+             str(sport), str(seq), build_key_carrier(carrier_key).hex()],
             capture_output=True, text=True, env=python_env(), cwd=REPO)
         assert probe.returncode == 0, probe.stderr
         reply = json.loads(probe.stdout)

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from scapy.all import TCP, Ether
 
-from mptcp_lb.mptcp_codec import (MpCapable, classify_frame, key_to_idsn, key_to_token, parse_mptcp,
-                                  parse_tcp_options, parse_timestamp)
+from mptcp_lb.mptcp_codec import MpCapable, classify_frame, key_to_idsn, key_to_token, parse_mptcp, parse_timestamp
 from tests.integration.netns import REPO, WAIT, Namespaces, python_env
+from tests.packets import tcp_options
 
 PROBE = Path(__file__).with_name("mptcp_key_probe.py")
 CLIENT_ADDR, SERVER_ADDR, PORT = "10.79.0.1", "10.79.0.2", 8080  # pair 0 of Namespaces("mlbk", "10.79")
@@ -73,15 +73,6 @@ def handshake(spaces: Namespaces) -> tuple[dict, dict]:
             server.communicate()
 
 
-def options(frame: bytes) -> dict[int, bytes]:
-    """The first option of each kind in a frame's TCP header."""
-    tcp = Ether(frame)[TCP]
-    found = {}
-    for kind, opt in parse_tcp_options(bytes(tcp)[20:tcp.dataofs * 4]):
-        found.setdefault(kind, opt)
-    return found
-
-
 def test_kernel_tokens_and_idsns_match_the_keys_on_the_wire(pair):
     server_info, client = handshake(pair)
     frames = [bytes.fromhex(f) for f in client["frames"]]
@@ -91,11 +82,11 @@ def test_kernel_tokens_and_idsns_match_the_keys_on_the_wire(pair):
     third_ack = frames[-1]
     assert str(flags[-1]) == "A"
 
-    assert parse_mptcp(options(syn)[30]) == MpCapable(version=1, flags=0x01, sender_key=None, receiver_key=None)
-    server_mpc = parse_mptcp(options(syn_ack)[30])
+    assert parse_mptcp(tcp_options(syn)[30]) == MpCapable(version=1, flags=0x01, sender_key=None, receiver_key=None)
+    server_mpc = parse_mptcp(tcp_options(syn_ack)[30])
     assert server_mpc.version == 1 and server_mpc.receiver_key is None
     server_key = server_mpc.sender_key
-    ack_mpc = parse_mptcp(options(third_ack)[30])
+    ack_mpc = parse_mptcp(tcp_options(third_ack)[30])
     assert ack_mpc.receiver_key == server_key  # the client echoes the server's key
     client_key = ack_mpc.sender_key
 
@@ -110,5 +101,5 @@ def test_kernel_tokens_and_idsns_match_the_keys_on_the_wire(pair):
     # The reference classifier on real kernel segments.
     assert classify_frame(syn) == (1, 0)
     assert classify_frame(syn_ack) is None
-    tsecr = parse_timestamp(options(third_ack)[8]).tsecr
+    tsecr = parse_timestamp(tcp_options(third_ack)[8]).tsecr
     assert classify_frame(third_ack) == (3, tsecr & 0xFFF)

@@ -12,48 +12,26 @@ The fuzz seed and size come from MPTCP_LB_FUZZ_SEED / MPTCP_LB_FUZZ_COUNT.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import random
-import shutil
 import struct
 import time
 from collections import Counter
 
 import pytest
-from scapy.all import ARP, IP, TCP, UDP, Dot1Q, Ether, IPOption_RR, IPv6, Raw, raw
+from scapy.all import ARP, IP, TCP, UDP, Dot1Q, IPOption_RR, IPv6, Raw
 
 from mptcp_lb import bpf, classifier
 from mptcp_lb.mptcp_codec import classify_frame, tag_mac
+from tests.packets import (EOL, MSS, NOP, SACK_PERM, WSCALE, ether_frame, mp_capable, mp_join, tcp_frame,
+                           timestamp)
 
 FUZZ_SEED = int(os.environ.get("MPTCP_LB_FUZZ_SEED", "20240611"))
 FUZZ_COUNT = int(os.environ.get("MPTCP_LB_FUZZ_COUNT", "300000"))
 
-DST = "02:00:00:00:00:02"
-SRC = "02:00:00:00:00:01"
-
-
-def _platform_missing() -> str | None:
-    """What truly prevents running BPF here, or None."""
-    if os.geteuid() != 0:
-        return "needs root for BPF_PROG_TEST_RUN"
-    try:
-        ctypes.CDLL("libbpf.so.1")
-    except OSError:
-        return "libbpf.so.1 is not installed"
-    if shutil.which("clang") is None and not classifier.CLASSIFIER_OBJECT.exists():
-        return "clang is not installed and bpf/mux_classifier.o is not built"
-    return None
-
-
 @pytest.fixture(scope="module")
-def loaded():
-    missing = _platform_missing()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"BPF platform incomplete in CI: {missing}")
-        pytest.skip(missing)
+def loaded(bpf_platform):
     with classifier.load() as obj:
         yield obj
 
@@ -80,107 +58,69 @@ def expected_frame(frame: bytes, verdict: tuple[int, int] | None) -> bytes:
 
 # --- fixtures -------------------------------------------------------------------
 
-def tcp_frame(opts: bytes = b"", flags: str = "A", doff: int | None = None, payload: bytes = b"",
-              ip: IP | None = None) -> bytes:
-    """An Ethernet/IPv4/TCP frame whose option area is exactly `opts` (no padding added).
-
-    The options are carried as bytes after the 20-byte header, so malformed
-    layouts and any data offset can be expressed.
-    """
-    if doff is None:
-        assert len(opts) % 4 == 0, "pad the options or give doff"
-        doff = 5 + len(opts) // 4
-    ip = ip if ip is not None else IP(src="10.0.0.1", dst="10.0.0.2")
-    tcp = TCP(sport=40000, dport=80, flags=flags, dataofs=doff)
-    return raw(Ether(dst=DST, src=SRC) / ip / tcp / Raw(opts + payload))
-
-
-def ts(tsval: int, tsecr: int, length: int = 10) -> bytes:
-    """A timestamp option; any other length cuts or zero-pads it to that many bytes."""
-    return (struct.pack("!BBII", 8, length, tsval, tsecr) + bytes(8))[:length]
-
-
-def mp_capable(length: int = 4, version: int = 1) -> bytes:
-    """MP_CAPABLE: length 4 in a v1 SYN, 12 with the sender's key."""
-    return bytes((30, length, version, 0x01)) + bytes(range(1, length - 3))
-
-
-def mp_join(token: int, length: int = 12) -> bytes:
-    """MP_JOIN as in a SYN (length 12): flags, address ID, receiver token, nonce."""
-    body = struct.pack("!BBII", 0x10, 0, token, 0x01020304)
-    return bytes((30, length)) + (body + bytes(32))[: length - 2]
-
-
-NOP, EOL = b"\x01", b"\x00"
-MSS = b"\x02\x04\x05\xb4"
-SACK_PERM = b"\x04\x02"
-WSCALE = b"\x03\x03\x07"
 TOKEN = 0xDEADBEEF
 TSECR = 0x12345ABC
-LINUX_SYN = MSS + SACK_PERM + ts(0x11111111, 0) + NOP + WSCALE  # 20 bytes, as Linux sends them
+LINUX_SYN = MSS + SACK_PERM + timestamp(0x11111111, 0) + NOP + WSCALE  # 20 bytes, as Linux sends them
+
+TS_OPTS = NOP + NOP + timestamp(7, TSECR)  # a timestamp as Linux lays it out
 
 FIXTURES = [
     # Verdicts
-    ("syn mp_capable, linux layout", tcp_frame(LINUX_SYN + mp_capable(), "S"), (1, 0)),
-    ("syn mp_join, linux layout", tcp_frame(LINUX_SYN + mp_join(TOKEN), "S"), (2, TOKEN >> 8)),
-    ("syn mp_capable v0 with key", tcp_frame(mp_capable(12, version=0), "S"), (1, 0)),
-    ("syn with ece/cwr and mp_capable", tcp_frame(mp_capable(), "SEC"), (1, 0)),
-    ("ack with timestamp", tcp_frame(NOP + NOP + ts(7, TSECR), "A"), (3, TSECR & 0xFFF)),
-    ("data with timestamp and dss", tcp_frame(NOP + NOP + ts(7, 0xFFFFFFFF) + bytes((30, 8, 0x20, 1)) + bytes(4),
-                                              "PA", payload=b"hello"), (3, 0xFFF)),
-    ("fin/ack with timestamp", tcp_frame(NOP + NOP + ts(7, 0x1000), "FA"), (3, 0)),
-    ("timestamp after 30 nops", tcp_frame(NOP * 30 + ts(7, TSECR), "A"), (3, TSECR & 0xFFF)),
-    ("two timestamps: first counts", tcp_frame(ts(1, 0x111) + ts(2, 0x222) + NOP * 4, "A"), (3, 0x111)),
-    ("ip options", tcp_frame(NOP + NOP + ts(7, TSECR), "A",
-                             ip=IP(src="10.0.0.1", dst="10.0.0.2", options=[IPOption_RR(routers=["1.2.3.4"])])),
+    ("syn mp_capable, linux layout", tcp_frame("S", LINUX_SYN + mp_capable()), (1, 0)),
+    ("syn mp_join, linux layout", tcp_frame("S", LINUX_SYN + mp_join(TOKEN)), (2, TOKEN >> 8)),
+    ("syn mp_capable v0 with key", tcp_frame("S", mp_capable(12, version=0)), (1, 0)),
+    ("syn with ece/cwr and mp_capable", tcp_frame("SEC", mp_capable()), (1, 0)),
+    ("ack with timestamp", tcp_frame("A", TS_OPTS), (3, TSECR & 0xFFF)),
+    ("data with timestamp and dss", tcp_frame("PA", NOP + NOP + timestamp(7, 0xFFFFFFFF) + bytes((30, 8, 0x20, 1))
+                                              + bytes(4), payload=b"hello"), (3, 0xFFF)),
+    ("fin/ack with timestamp", tcp_frame("FA", NOP + NOP + timestamp(7, 0x1000)), (3, 0)),
+    ("timestamp after 30 nops", tcp_frame("A", NOP * 30 + timestamp(7, TSECR)), (3, TSECR & 0xFFF)),
+    ("two timestamps: first counts", tcp_frame("A", timestamp(1, 0x111) + timestamp(2, 0x222) + NOP * 4),
+     (3, 0x111)),
+    ("ip options", tcp_frame("A", TS_OPTS, ip={"options": [IPOption_RR(routers=["1.2.3.4"])]}), (3, TSECR & 0xFFF)),
+    ("df is not a fragment", tcp_frame("A", TS_OPTS, ip={"flags": "DF"}), (3, TSECR & 0xFFF)),
+    ("ip total length is ignored", tcp_frame("A", TS_OPTS, ip={"len": 20}), (3, TSECR & 0xFFF)),
+    ("mptcp of length 2 is not counted", tcp_frame("S", bytes((30, 2)) + mp_capable() + NOP + NOP), (1, 0)),
+    ("two mptcp: mp_capable first", tcp_frame("S", mp_capable() + mp_join(TOKEN)), (1, 0)),
+    ("two mptcp: mp_join first", tcp_frame("S", mp_join(TOKEN) + mp_capable()), (2, TOKEN >> 8)),
+    ("junk after eol is ignored", tcp_frame("A", timestamp(7, TSECR) + EOL + b"\x05\x00\x08\x01\x00"),
      (3, TSECR & 0xFFF)),
-    ("df is not a fragment", tcp_frame(NOP + NOP + ts(7, TSECR), "A",
-                                       ip=IP(src="10.0.0.1", dst="10.0.0.2", flags="DF")), (3, TSECR & 0xFFF)),
-    ("ip total length is ignored", tcp_frame(NOP + NOP + ts(7, TSECR), "A",
-                                             ip=IP(src="10.0.0.1", dst="10.0.0.2", len=20)), (3, TSECR & 0xFFF)),
-    ("mptcp of length 2 is not counted", tcp_frame(bytes((30, 2)) + mp_capable() + NOP + NOP, "S"), (1, 0)),
-    ("two mptcp: mp_capable first", tcp_frame(mp_capable() + mp_join(TOKEN), "S"), (1, 0)),
-    ("two mptcp: mp_join first", tcp_frame(mp_join(TOKEN) + mp_capable(), "S"), (2, TOKEN >> 8)),
-    ("junk after eol is ignored", tcp_frame(ts(7, TSECR) + EOL + b"\x05\x00\x08\x01\x00", "A"), (3, TSECR & 0xFFF)),
     # No verdict
-    ("syn/ack with mp_capable", tcp_frame(mp_capable(12) + NOP + NOP + ts(7, 9), "SA"), None),
-    ("syn without mptcp", tcp_frame(LINUX_SYN, "S"), None),
-    ("syn with timestamp is never class 3", tcp_frame(NOP + NOP + ts(7, TSECR), "S"), None),
-    ("ack with mp_capable, no timestamp", tcp_frame(mp_capable(20) + NOP * 4, "A"), None),
-    ("ack without options", tcp_frame(b"", "A"), None),
-    ("syn with other mptcp subtype first", tcp_frame(bytes((30, 4, 0x20, 0)) + mp_capable(), "S"), None),
-    ("syn mp_join of length 16", tcp_frame(mp_join(TOKEN, 16), "S"), None),
-    ("syn mp_join of length 10", tcp_frame(mp_join(TOKEN, 10) + NOP + NOP, "S"), None),
+    ("syn/ack with mp_capable", tcp_frame("SA", mp_capable(12) + NOP + NOP + timestamp(7, 9)), None),
+    ("syn without mptcp", tcp_frame("S", LINUX_SYN), None),
+    ("syn with timestamp is never class 3", tcp_frame("S", TS_OPTS), None),
+    ("ack with mp_capable, no timestamp", tcp_frame("A", mp_capable(20) + NOP * 4), None),
+    ("ack without options", tcp_frame("A", b""), None),
+    ("syn with other mptcp subtype first", tcp_frame("S", bytes((30, 4, 0x20, 0)) + mp_capable()), None),
+    ("syn mp_join of length 16", tcp_frame("S", mp_join(TOKEN, 16)), None),
+    ("syn mp_join of length 10", tcp_frame("S", mp_join(TOKEN, 10) + NOP + NOP), None),
     # §2.5 reads "first MPTCP option decides": a bad-length MP_JOIN is not skipped over.
-    ("syn bad mp_join then mp_capable", tcp_frame(mp_join(TOKEN, 16) + mp_capable(), "S"), None),
-    ("eol before mptcp", tcp_frame(MSS + EOL + NOP * 3 + mp_capable(), "S"), None),
-    ("timestamp of length 8", tcp_frame(NOP + NOP + ts(7, TSECR, 8) + NOP + NOP, "A"), None),
-    ("good then bad timestamp", tcp_frame(ts(7, TSECR) + NOP * 2 + ts(7, TSECR, 6) + NOP * 2, "A"), None),
-    ("bad timestamp in a syn with mp_capable", tcp_frame(mp_capable() + ts(7, 0, 12), "S"), None),
-    ("zero-length option", tcp_frame(b"\x05\x00" + NOP + NOP + ts(7, TSECR) + NOP + NOP, "A"), None),
-    ("one-length option", tcp_frame(b"\x05\x01" + NOP + NOP + ts(7, TSECR) + NOP + NOP, "A"), None),
-    ("option without its length byte", tcp_frame(ts(7, TSECR) + NOP * 5 + b"\x04", "A"), None),
-    ("option running past the header", tcp_frame(NOP + NOP + ts(7, TSECR)[:6], "A", doff=7, payload=ts(7, 0)[6:]),
+    ("syn bad mp_join then mp_capable", tcp_frame("S", mp_join(TOKEN, 16) + mp_capable()), None),
+    ("eol before mptcp", tcp_frame("S", MSS + EOL + NOP * 3 + mp_capable()), None),
+    ("timestamp of length 8", tcp_frame("A", NOP + NOP + timestamp(7, TSECR, 8) + NOP + NOP), None),
+    ("good then bad timestamp", tcp_frame("A", timestamp(7, TSECR) + NOP * 2 + timestamp(7, TSECR, 6) + NOP * 2),
      None),
-    ("doff 4", tcp_frame(b"", "A", doff=4, payload=NOP + NOP + ts(7, TSECR)), None),
-    ("doff 0", tcp_frame(b"", "A", doff=0), None),
-    ("doff beyond the frame", tcp_frame(NOP + NOP + ts(7, TSECR), "A", doff=15), None),
-    ("mf fragment", tcp_frame(NOP + NOP + ts(7, TSECR), "A", ip=IP(src="10.0.0.1", dst="10.0.0.2", flags="MF")),
-     None),
-    ("non-first fragment", tcp_frame(NOP + NOP + ts(7, TSECR), "A", ip=IP(src="10.0.0.1", dst="10.0.0.2", frag=1)),
-     None),
-    ("udp", raw(Ether(dst=DST, src=SRC) / IP() / UDP() / Raw(NOP + NOP + ts(7, TSECR))), None),
-    ("arp", raw(Ether(dst=DST, src=SRC) / ARP()), None),
-    ("ipv6 tcp with timestamp", raw(Ether(dst=DST, src=SRC) / IPv6() / TCP(flags="A", options=[("Timestamp", (7, 9))])),
-     None),
-    ("vlan-tagged ipv4", raw(Ether(dst=DST, src=SRC) / Dot1Q(vlan=5) / IP() / TCP(flags="S", dataofs=6)
-                             / Raw(mp_capable())), None),
+    ("bad timestamp in a syn with mp_capable", tcp_frame("S", mp_capable() + timestamp(7, 0, 12)), None),
+    ("zero-length option", tcp_frame("A", b"\x05\x00" + TS_OPTS + NOP + NOP), None),
+    ("one-length option", tcp_frame("A", b"\x05\x01" + TS_OPTS + NOP + NOP), None),
+    ("option without its length byte", tcp_frame("A", timestamp(7, TSECR) + NOP * 5 + b"\x04"), None),
+    ("option running past the header", tcp_frame("A", NOP + NOP + timestamp(7, TSECR)[:6], doff=7,
+                                                 payload=timestamp(7, 0)[6:]), None),
+    ("doff 4", tcp_frame("A", b"", doff=4, payload=TS_OPTS), None),
+    ("doff 0", tcp_frame("A", b"", doff=0), None),
+    ("doff beyond the frame", tcp_frame("A", TS_OPTS, doff=15), None),
+    ("mf fragment", tcp_frame("A", TS_OPTS, ip={"flags": "MF"}), None),
+    ("non-first fragment", tcp_frame("A", TS_OPTS, ip={"frag": 1}), None),
+    ("udp", ether_frame(IP() / UDP() / Raw(TS_OPTS)), None),
+    ("arp", ether_frame(ARP()), None),
+    ("ipv6 tcp with timestamp", ether_frame(IPv6() / TCP(flags="A", options=[("Timestamp", (7, 9))])), None),
+    ("vlan-tagged ipv4", ether_frame(Dot1Q(vlan=5) / IP() / TCP(flags="S", dataofs=6) / Raw(mp_capable())), None),
 ]
 
 
 def _variants() -> list[tuple[str, bytes, tuple[int, int] | None]]:
     """The fixtures plus frames cut short at interesting places and bad IP headers."""
-    base = tcp_frame(NOP + NOP + ts(7, TSECR), "A")  # tagged when whole
+    base = tcp_frame("A", TS_OPTS)  # tagged when whole
     extra = [(f"truncated to {n} bytes", base[:n], None) for n in (34, 40, 53, 54, 60, 65)]
     for name, first in (("ip version 6 in an ipv4 frame", 0x65), ("ihl 4", 0x44), ("ihl beyond the frame", 0x4F)):
         extra.append((name, base[:14] + bytes((first,)) + base[15:], None))
@@ -217,7 +157,7 @@ def test_ipv4_runts_pass_untouched_where_the_kernel_runs_them(prog_fd, n):
 
     This kernel's test run refuses them (EINVAL) instead; one that runs them must see them pass untouched.
     """
-    frame = tcp_frame(NOP + NOP + ts(7, TSECR), "A")[:n]
+    frame = tcp_frame("A", TS_OPTS)[:n]
     try:
         result = bpf.test_run(prog_fd, frame)
     except bpf.BpfError as e:
@@ -227,7 +167,7 @@ def test_ipv4_runts_pass_untouched_where_the_kernel_runs_them(prog_fd, n):
 
 
 def test_classify_bytes_uses_the_built_object(prog_fd):
-    frame = tcp_frame(LINUX_SYN + mp_join(TOKEN), "S")
+    frame = tcp_frame("S", LINUX_SYN + mp_join(TOKEN))
     assert classifier.classify_bytes(frame) == expected_frame(frame, (2, TOKEN >> 8))
 
 
@@ -267,7 +207,7 @@ class FrameFuzzer:
         pick = r.random()
         if pick < 0.25:  # a layout real stacks send, so that every verdict comes up often
             return r.choice((LINUX_SYN + mp_capable(), LINUX_SYN + mp_join(r.getrandbits(32)), mp_capable(12),
-                             NOP + NOP + ts(r.getrandbits(32), r.getrandbits(32)), mp_join(r.getrandbits(32))))
+                             NOP + NOP + timestamp(r.getrandbits(32), r.getrandbits(32)), mp_join(r.getrandbits(32))))
         if pick < 0.4:  # pure byte soup biased to interesting values
             n = r.randint(0, 40)
             return bytes(r.choice(INTERESTING_KINDS) if r.random() < 0.5 else r.randrange(256) for _ in range(n))
@@ -331,8 +271,8 @@ def test_differential_fuzz_against_python_reference(prog_fd):
 
 def test_redirects_and_counts_each_verdict(loaded, prog_fd):
     before = loaded.stats()
-    frames = [tcp_frame(LINUX_SYN + mp_capable(), "S"), tcp_frame(LINUX_SYN + mp_join(TOKEN), "S"),
-              tcp_frame(NOP + NOP + ts(7, TSECR), "A"), tcp_frame(NOP + NOP + ts(7, TSECR), "A"), tcp_frame(b"", "A")]
+    frames = [tcp_frame("S", LINUX_SYN + mp_capable()), tcp_frame("S", LINUX_SYN + mp_join(TOKEN)),
+              tcp_frame("A", TS_OPTS), tcp_frame("A", TS_OPTS), tcp_frame("A", b"")]
     for frame in frames:
         run(prog_fd, frame)
     back = bpf.test_run(loaded.prog_fd(classifier.RETURN_PROGRAM), frames[0])
@@ -343,7 +283,7 @@ def test_redirects_and_counts_each_verdict(loaded, prog_fd):
 
 def test_an_unconfigured_classifier_delivers_nothing():
     with classifier.load() as obj:  # mux_ports never filled: no ifindex to redirect to
-        frame = tcp_frame(NOP + NOP + ts(7, TSECR), "A")
+        frame = tcp_frame("A", TS_OPTS)
         for prog in (classifier.UPLINK_PROGRAM, classifier.RETURN_PROGRAM):
             assert bpf.test_run(obj.prog_fd(prog), frame).retval == bpf.TC_ACT_SHOT
         assert obj.stats()["unconfigured"] == 2 and obj.stats()["to_ovs"] == 0

@@ -1,8 +1,8 @@
 """mptcp_codec: crypto known answers, slices, option round trips, the reference classifier and frame editing.
 
-Frames are built with scapy; option areas that scapy will not build (malformed
-ones) are written as raw bytes after a 20-byte TCP header whose data offset
-is set by hand, so every case states its exact bytes.
+Frames come from tests/packets.py: scapy's options where scapy builds them,
+and raw option bytes (malformed ones, any data offset) where it will not, so
+every case states its exact bytes.
 """
 
 import hashlib
@@ -19,6 +19,7 @@ from mptcp_lb.mptcp_codec import (FiveTuple, MpCapable, MpJoinSyn, NoOptionRoom,
                                   build_timestamp, check_option_room, classify_frame, key_to_idsn, key_to_token,
                                   make_key, parse_key_carrier, parse_mpc_syn, parse_mptcp, parse_tcp_options,
                                   parse_timestamp, slice_of, tag_mac)
+from tests.packets import LINUX_SYN_OPTIONS, MPC_SYN, ether_frame, tcp_frame
 
 KEY = bytes.fromhex("0123456789abcdef")
 KEY2 = bytes.fromhex("fedcba9876543210")
@@ -276,24 +277,9 @@ def test_parse_tcp_options_malformed_layouts(raw, match):
 
 # --- classifier reference ----------------------------------------------------------
 
-MPC = (30, b"\x01\x81")  # v1 SYN MP_CAPABLE, as scapy takes raw options
+MPC = MPC_SYN  # v1 SYN MP_CAPABLE, as scapy takes raw options
 JOIN = (30, b"\x10\x00" + TOKEN.to_bytes(4, "big") + b"\xde\xad\xbe\xef")
-LINUX_SYN_OPTS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (12345, 0)), ("NOP", None),
-                  ("WScale", 7), MPC]
-
-
-def frame(flags="S", options=(), ip=None, payload=b""):
-    """A scapy-built Ether/IPv4/TCP frame as bytes."""
-    pkt = Ether() / IP(**(ip or {})) / TCP(flags=flags, options=list(options))
-    return bytes(pkt / Raw(payload)) if payload else bytes(pkt)
-
-
-def raw_frame(opts: bytes, flags="S", doff=None, ip=None, payload=b""):
-    """A frame whose TCP option area is exactly ``opts`` (zero-padded to a word unless doff is given)."""
-    if doff is None:
-        opts += bytes(-len(opts) % 4)
-        doff = 5 + len(opts) // 4
-    return bytes(Ether() / IP(**(ip or {})) / TCP(flags=flags, dataofs=doff) / Raw(opts + payload))
+LINUX_SYN_OPTS = LINUX_SYN_OPTIONS + [MPC]
 
 
 TS_ACK = [("NOP", None), ("NOP", None), ("Timestamp", (0x01020304, 0xABCDEF12))]
@@ -301,35 +287,35 @@ TS_ACK = [("NOP", None), ("NOP", None), ("Timestamp", (0x01020304, 0xABCDEF12))]
 
 @pytest.mark.parametrize("pkt, verdict", [
     # class 1
-    (frame("S", [MPC]), (1, 0)),
-    (frame("S", LINUX_SYN_OPTS), (1, 0)),
-    (frame("SE", LINUX_SYN_OPTS), (1, 0)),  # ECN flags do not matter
-    (frame("S", [MPC], payload=b"data"), (1, 0)),
-    (raw_frame(b"\x1e\x03\x00"), (1, 0)),  # any MPTCP option of subtype 0 counts, length 3 included
-    (raw_frame(build_mp_capable(0, 0x81, KEY)), (1, 0)),  # v0 SYN
+    (tcp_frame("S", [MPC]), (1, 0)),
+    (tcp_frame("S", LINUX_SYN_OPTS), (1, 0)),
+    (tcp_frame("SE", LINUX_SYN_OPTS), (1, 0)),  # ECN flags do not matter
+    (tcp_frame("S", [MPC], payload=b"data"), (1, 0)),
+    (tcp_frame("S", b"\x1e\x03\x00"), (1, 0)),  # any MPTCP option of subtype 0 counts, length 3 included
+    (tcp_frame("S", build_mp_capable(0, 0x81, KEY)), (1, 0)),  # v0 SYN
     # class 2
-    (frame("S", [JOIN]), (2, 0x112233)),
-    (frame("S", [("MSS", 1460), ("NOP", None), ("NOP", None), ("Timestamp", (9, 0)), JOIN]), (2, 0x112233)),
-    (raw_frame(build_mp_join_syn(True, 7, 0xFFFFFFFF, 1)), (2, 0xFFFFFF)),
-    (raw_frame(build_mp_join_syn(False, 0, 0x000000FF, 1)), (2, 0)),
+    (tcp_frame("S", [JOIN]), (2, 0x112233)),
+    (tcp_frame("S", [("MSS", 1460), ("NOP", None), ("NOP", None), ("Timestamp", (9, 0)), JOIN]), (2, 0x112233)),
+    (tcp_frame("S", build_mp_join_syn(True, 7, 0xFFFFFFFF, 1)), (2, 0xFFFFFF)),
+    (tcp_frame("S", build_mp_join_syn(False, 0, 0x000000FF, 1)), (2, 0)),
     # class 3: any segment with SYN clear
-    (frame("A", TS_ACK), (3, 0xF12)),
-    (frame("PA", TS_ACK, payload=b"x" * 100), (3, 0xF12)),
-    (frame("FA", TS_ACK), (3, 0xF12)),
-    (frame("R", TS_ACK), (3, 0xF12)),
-    (frame("", TS_ACK), (3, 0xF12)),
-    (frame("A", [MPC] + TS_ACK), (3, 0xF12)),  # MPTCP options do not matter without SYN
-    (frame("A", [("Timestamp", (1, 0x1000))]), (3, 0)),
-    (frame("A", [("Timestamp", (1, 0)), ("Timestamp", (2, 0x777))]), (3, 0)),  # first counts
+    (tcp_frame("A", TS_ACK), (3, 0xF12)),
+    (tcp_frame("PA", TS_ACK, payload=b"x" * 100), (3, 0xF12)),
+    (tcp_frame("FA", TS_ACK), (3, 0xF12)),
+    (tcp_frame("R", TS_ACK), (3, 0xF12)),
+    (tcp_frame("", TS_ACK), (3, 0xF12)),
+    (tcp_frame("A", [MPC] + TS_ACK), (3, 0xF12)),  # MPTCP options do not matter without SYN
+    (tcp_frame("A", [("Timestamp", (1, 0x1000))]), (3, 0)),
+    (tcp_frame("A", [("Timestamp", (1, 0)), ("Timestamp", (2, 0x777))]), (3, 0)),  # first counts
     # no verdict
-    (frame("S"), None),
-    (frame("S", [("Timestamp", (1, 0))]), None),  # a SYN is never steered by timestamp
-    (frame("SA", [MPC]), None),
-    (frame("SA", [JOIN]), None),
-    (frame("SA", TS_ACK), None),
-    (frame("A"), None),
-    (frame("A", [("MSS", 1460)]), None),
-    (frame("S", [(30, b"\x20\x00")]), None),  # DSS
+    (tcp_frame("S"), None),
+    (tcp_frame("S", [("Timestamp", (1, 0))]), None),  # a SYN is never steered by timestamp
+    (tcp_frame("SA", [MPC]), None),
+    (tcp_frame("SA", [JOIN]), None),
+    (tcp_frame("SA", TS_ACK), None),
+    (tcp_frame("A"), None),
+    (tcp_frame("A", [("MSS", 1460)]), None),
+    (tcp_frame("S", [(30, b"\x20\x00")]), None),  # DSS
 ])
 def test_classify_table(pkt, verdict):
     assert classify_frame(pkt) == verdict
@@ -343,24 +329,24 @@ def test_classify_table(pkt, verdict):
     ([(30, b""), MPC], (1, 0)),  # kind 30 of length 2 is not an MPTCP option
 ])
 def test_first_mptcp_option_counts(opts, verdict):
-    assert classify_frame(frame("S", opts)) == verdict
+    assert classify_frame(tcp_frame("S", opts)) == verdict
 
 
 @pytest.mark.parametrize("length", [3, 4, 8, 11, 13, 16, 20, 24])
 def test_syn_join_of_wrong_length_gives_no_verdict(length):
     opt = bytes((30, length, 0x10)) + TOKEN.to_bytes(4, "big")[:max(0, length - 3)] + bytes(max(0, length - 7))
     assert len(opt) == length
-    assert classify_frame(raw_frame(opt)) is None
+    assert classify_frame(tcp_frame("S", opt)) is None
 
 
 @pytest.mark.parametrize("ts_len", [2, 3, 8, 9, 11, 12, 18])
 @pytest.mark.parametrize("flags, before", [("A", b""), ("S", build_mp_capable()), ("S", build_mp_join_syn(0, 0, 1, 1))])
 def test_timestamp_of_wrong_length_voids_every_verdict(ts_len, flags, before):
-    assert classify_frame(raw_frame(before + bytes((8, ts_len)) + bytes(ts_len - 2), flags)) is None
+    assert classify_frame(tcp_frame(flags, before + bytes((8, ts_len)) + bytes(ts_len - 2))) is None
 
 
 def test_a_bad_timestamp_after_a_good_one_still_voids_the_verdict():
-    assert classify_frame(raw_frame(build_timestamp(1, 5) + b"\x08\x0c" + bytes(10), "A")) is None
+    assert classify_frame(tcp_frame("A", build_timestamp(1, 5) + b"\x08\x0c" + bytes(10))) is None
 
 
 @pytest.mark.parametrize("opts", [
@@ -373,33 +359,33 @@ def test_a_bad_timestamp_after_a_good_one_still_voids_the_verdict():
 ])
 def test_malformed_layout_gives_no_verdict(opts):
     assert len(opts) % 4 == 0
-    assert classify_frame(raw_frame(build_timestamp(1, 2) + b"\x01\x01", "A")) == (3, 2)  # control
-    assert classify_frame(raw_frame(opts, "S")) is None
-    assert classify_frame(raw_frame(build_timestamp(1, 2) + b"\x01\x01" + opts, "A")) is None
+    assert classify_frame(tcp_frame("A", build_timestamp(1, 2) + b"\x01\x01")) == (3, 2)  # control
+    assert classify_frame(tcp_frame("S", opts)) is None
+    assert classify_frame(tcp_frame("A", build_timestamp(1, 2) + b"\x01\x01" + opts)) is None
 
 
 def test_option_running_past_the_header_into_payload_is_malformed():
     # The area is [20, doff*4); a timestamp whose length crosses into the payload does not count.
     opts = b"\x01\x01\x08\x0a" + bytes(8)
-    assert classify_frame(raw_frame(opts, "A", doff=6)) is None
-    assert classify_frame(raw_frame(opts, "A", doff=8)) == (3, 0)
+    assert classify_frame(tcp_frame("A", opts, doff=6)) is None
+    assert classify_frame(tcp_frame("A", opts, doff=8)) == (3, 0)
 
 
 def test_eol_ends_the_walk():
-    assert classify_frame(raw_frame(build_mp_capable() + b"\x00\x08\x03\xff")) == (1, 0)
-    assert classify_frame(raw_frame(b"\x00" + build_mp_capable()[1:] + bytes(4))) is None
+    assert classify_frame(tcp_frame("S", build_mp_capable() + b"\x00\x08\x03\xff")) == (1, 0)
+    assert classify_frame(tcp_frame("S", b"\x00" + build_mp_capable()[1:] + bytes(4))) is None
 
 
 def test_options_in_the_payload_do_not_count():
-    assert classify_frame(raw_frame(b"", "S", doff=5, payload=build_mp_capable())) is None
-    assert classify_frame(raw_frame(b"", "A", doff=5, payload=build_timestamp(1, 2))) is None
+    assert classify_frame(tcp_frame("S", b"", doff=5, payload=build_mp_capable())) is None
+    assert classify_frame(tcp_frame("A", b"", doff=5, payload=build_timestamp(1, 2))) is None
 
 
 def test_ip_options_are_skipped():
-    pkt = frame("S", [MPC], ip={"options": [IPOption_NOP()] * 4})
+    pkt = tcp_frame("S", [MPC], ip={"options": [IPOption_NOP()] * 4})
     assert pkt[14] == 0x46
     assert classify_frame(pkt) == (1, 0)
-    pkt = frame("A", TS_ACK, ip={"options": [IPOption_NOP()] * 40})
+    pkt = tcp_frame("A", TS_ACK, ip={"options": [IPOption_NOP()] * 40})
     assert pkt[14] == 0x4F
     assert classify_frame(pkt) == (3, 0xF12)
 
@@ -421,20 +407,20 @@ def test_ip_options_are_skipped():
     ({"ihl": 15}, None),  # claims 60 header bytes: the "TCP header" is then garbage or cut
 ])
 def test_ip_header_rules(ip, verdict):
-    assert classify_frame(frame("S", [MPC], ip=ip)) == verdict
+    assert classify_frame(tcp_frame("S", [MPC], ip=ip)) == verdict
 
 
 def test_ihl_past_the_frame_end_gives_no_verdict():
-    pkt = bytearray(frame("S", [MPC]))
+    pkt = bytearray(tcp_frame("S", [MPC]))
     pkt[14] = 0x4F
     assert classify_frame(bytes(pkt[:14 + 59])) is None
 
 
 @pytest.mark.parametrize("pkt", [
-    bytes(Ether() / IP() / UDP() / Raw(b"\x00" * 40)),
-    bytes(Ether() / IP() / ICMP()),
-    bytes(Ether() / Dot1Q(vlan=5) / IP() / TCP(flags="S", options=[MPC])),
-    bytes(Ether(type=0x86DD) / Raw(bytes(Ether() / IP() / TCP(flags="S", options=[MPC]))[14:])),
+    ether_frame(IP() / UDP() / Raw(b"\x00" * 40)),
+    ether_frame(IP() / ICMP()),
+    ether_frame(Dot1Q(vlan=5) / IP() / TCP(flags="S", options=[MPC])),
+    ether_frame(Raw(tcp_frame("S", [MPC])[14:]), type=0x86DD),
     b"",
 ])
 def test_non_tcp_ipv4_gives_no_verdict(pkt):
@@ -443,11 +429,11 @@ def test_non_tcp_ipv4_gives_no_verdict(pkt):
 
 @pytest.mark.parametrize("doff", [0, 1, 2, 3, 4])
 def test_data_offset_below_five(doff):
-    assert classify_frame(raw_frame(build_mp_capable(), "S", doff=doff)) is None
+    assert classify_frame(tcp_frame("S", build_mp_capable(), doff=doff)) is None
 
 
 def test_data_offset_past_the_frame_end():
-    pkt = raw_frame(build_mp_capable(), "S")
+    pkt = tcp_frame("S", build_mp_capable())
     assert classify_frame(pkt) == (1, 0)
     too_long = bytearray(pkt)
     too_long[14 + 20 + 12] = 7 << 4  # 28 header bytes claimed, 24 present
@@ -455,12 +441,12 @@ def test_data_offset_past_the_frame_end():
 
 
 def test_trailing_bytes_do_not_matter():
-    assert classify_frame(frame("S", [MPC]) + bytes(64)) == (1, 0)
+    assert classify_frame(tcp_frame("S", [MPC]) + bytes(64)) == (1, 0)
 
 
 @pytest.mark.parametrize("pkt", [
-    frame("S", LINUX_SYN_OPTS), frame("S", [JOIN]), frame("A", TS_ACK, payload=b"abc"),
-    frame("S", [MPC], ip={"options": [IPOption_NOP()] * 8}),
+    tcp_frame("S", LINUX_SYN_OPTS), tcp_frame("S", [JOIN]), tcp_frame("A", TS_ACK, payload=b"abc"),
+    tcp_frame("S", [MPC], ip={"options": [IPOption_NOP()] * 8}),
 ])
 def test_every_truncation_is_safe_and_needs_the_whole_header(pkt):
     full = classify_frame(pkt)
@@ -471,7 +457,7 @@ def test_every_truncation_is_safe_and_needs_the_whole_header(pkt):
 
 def test_never_raises_on_random_or_mutated_bytes():
     rng = random.Random(7)
-    seeds = [frame("S", LINUX_SYN_OPTS), frame("S", [JOIN]), frame("A", TS_ACK)]
+    seeds = [tcp_frame("S", LINUX_SYN_OPTS), tcp_frame("S", [JOIN]), tcp_frame("A", TS_ACK)]
     for i in range(20_000):
         if i % 2:
             pkt = bytearray(rng.choice(seeds))
@@ -485,7 +471,7 @@ def test_never_raises_on_random_or_mutated_bytes():
 
 
 def test_accepts_bytearray_and_memoryview():
-    pkt = frame("S", [JOIN])
+    pkt = tcp_frame("S", [JOIN])
     assert classify_frame(bytearray(pkt)) == classify_frame(memoryview(pkt)) == (2, 0x112233)
 
 
@@ -525,20 +511,20 @@ def checksums_recomputed(pkt: bytes) -> tuple[int, int]:
 
 
 def test_parse_mpc_syn_gives_the_five_tuple():
-    pkt = bytes(Ether() / IP(src="10.0.3.1", dst="10.0.0.100") / TCP(sport=40000, dport=80, options=LINUX_SYN_OPTS))
+    pkt = tcp_frame("S", LINUX_SYN_OPTS, src="10.0.3.1", dst="10.0.0.100", sport=40000, dport=80)
     assert parse_mpc_syn(pkt) == FiveTuple("10.0.3.1", "10.0.0.100", 40000, 80, 6)
-    with_ip_options = frame("S", [MPC], ip={"src": "1.2.3.4", "options": [IPOption_NOP()] * 4})
+    with_ip_options = tcp_frame("S", [MPC], src="1.2.3.4", ip={"options": [IPOption_NOP()] * 4})
     assert parse_mpc_syn(with_ip_options).src == "1.2.3.4"
 
 
-@pytest.mark.parametrize("pkt", [frame("S", [JOIN]), frame("SA", [MPC]), frame("A", TS_ACK), frame("S"),
-                                 bytes(Ether() / IP() / UDP()), b""])
+@pytest.mark.parametrize("pkt", [tcp_frame("S", [JOIN]), tcp_frame("SA", [MPC]), tcp_frame("A", TS_ACK), tcp_frame("S"),
+                                 ether_frame(IP() / UDP()), b""])
 def test_parse_mpc_syn_of_anything_else_is_none(pkt):
     assert parse_mpc_syn(pkt) is None
 
 
 def test_parse_mpc_syn_refuses_an_ip_length_past_the_frame():
-    pkt = bytearray(frame("S", [MPC]))
+    pkt = bytearray(tcp_frame("S", [MPC]))
     struct.pack_into("!H", pkt, 16, len(pkt))  # 14 bytes more than the frame holds
     assert classify_frame(bytes(pkt)) == (1, 0)  # the classifier does not read the IP length
     with pytest.raises(ValueError, match="IP total length"):
@@ -547,7 +533,7 @@ def test_parse_mpc_syn_refuses_an_ip_length_past_the_frame():
 
 @pytest.mark.parametrize("ip", [{}, {"options": [IPOption_NOP()] * 8}])
 def test_appended_option_follows_the_options_with_every_length_and_checksum_fixed(ip):
-    before = frame("S", LINUX_SYN_OPTS, ip=ip, payload=b"tfo-data")
+    before = tcp_frame("S", LINUX_SYN_OPTS, ip=ip, payload=b"tfo-data")
     after = append_tcp_option(before, build_key_carrier(KEY))
     old, new = Ether(before), Ether(after)
     opts = bytes(new[TCP])[20:new[TCP].dataofs * 4]
@@ -559,16 +545,16 @@ def test_appended_option_follows_the_options_with_every_length_and_checksum_fixe
 
 
 def test_ethernet_padding_is_not_carried_into_the_longer_packet():
-    padded = frame("S", [MPC]) + bytes(16)
-    assert append_tcp_option(padded, build_key_carrier(KEY)) == append_tcp_option(frame("S", [MPC]),
+    padded = tcp_frame("S", [MPC]) + bytes(16)
+    assert append_tcp_option(padded, build_key_carrier(KEY)) == append_tcp_option(tcp_frame("S", [MPC]),
                                                                                  build_key_carrier(KEY))
 
 
 def test_option_room_ends_at_a_60_byte_header():
     nops = [("NOP", None)] * 24  # 4 bytes of MP_CAPABLE + 24 = 28 bytes in use: 12 still fit
-    full = append_tcp_option(frame("S", [MPC, *nops]), build_key_carrier(KEY))
+    full = append_tcp_option(tcp_frame("S", [MPC, *nops]), build_key_carrier(KEY))
     assert Ether(full)[TCP].dataofs == 15
-    check_option_room(frame("S", [MPC, *nops]), 12)
+    check_option_room(tcp_frame("S", [MPC, *nops]), 12)
     with pytest.raises(NoOptionRoom, match="40 bytes in use, no room for 4 more"):
         check_option_room(full, 4)
     with pytest.raises(NoOptionRoom, match="no room for 12 more"):
@@ -577,14 +563,14 @@ def test_option_room_ends_at_a_60_byte_header():
 
 def test_a_misaligned_option_is_refused():
     with pytest.raises(OptionError, match="6 bytes would misalign"):
-        append_tcp_option(frame("S", [MPC]), bytes((mc.TCPOPT_EXPERIMENTAL, 6)) + bytes(4))
+        append_tcp_option(tcp_frame("S", [MPC]), bytes((mc.TCPOPT_EXPERIMENTAL, 6)) + bytes(4))
 
 
 @pytest.mark.parametrize("pkt, match", [
-    (bytes(Ether() / IP() / UDP()), "not an IPv4 TCP"),
-    (bytes(Ether(type=0x86DD) / Raw(bytes(60))), "not an Ethernet/IPv4"),
-    (frame("S")[:30], "not an Ethernet/IPv4"),
-    (raw_frame(b"", doff=4), "data offset 4"),
+    (ether_frame(IP() / UDP()), "not an IPv4 TCP"),
+    (ether_frame(Raw(bytes(60)), type=0x86DD), "not an Ethernet/IPv4"),
+    (tcp_frame("S")[:30], "not an Ethernet/IPv4"),
+    (tcp_frame("S", b"", doff=4), "data offset 4"),
 ])
 def test_editing_needs_an_ipv4_tcp_frame(pkt, match):
     with pytest.raises(ValueError, match=match):

@@ -3,11 +3,11 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from mptcp_lb.config import parse_config
-from mptcp_lb.mptcp_codec import key_to_token, parse_key_carrier, slice_of
+from mptcp_lb.mptcp_codec import CLASS_MP_CAPABLE, key_to_token, parse_key_carrier, slice_of, tag_mac
 from ryu_app.seeding import SeedError, seed_syn
+from tests.packets import LINUX_SYN_OPTIONS, MPC_SYN, checksums_ok, tcp_frame
 
-MPC_SYN_OPTIONS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (12345, 0)), ("NOP", None), ("WScale", 7),
-                   (30, bytes([0x01, 0x81]))]
+MPC_SYN_OPTIONS = LINUX_SYN_OPTIONS + [MPC_SYN]
 
 
 @pytest.fixture
@@ -20,9 +20,9 @@ def vip(raw_config):
 
 
 def syn(options=MPC_SYN_OPTIONS, dport=80, flags="S", payload=b""):
-    return bytes(Ether(dst="0a:4d:01:00:00:00", src="02:aa:00:00:00:01") /
-                 IP(src="10.0.3.1", dst="10.0.0.100") / TCP(sport=40000, dport=dport, flags=flags, options=options)
-                 / payload)
+    """A client's SYN as the MUX punts it: tagged MP_CAPABLE."""
+    return tcp_frame(flags, options, payload=payload, src="10.0.3.1", dst="10.0.0.100", dport=dport,
+                     eth_src="02:aa:00:00:00:01", eth_dst=tag_mac(CLASS_MP_CAPABLE, 0))
 
 
 def first_dip(vip, five):
@@ -39,11 +39,7 @@ def test_key_rides_in_the_syn_and_checksums_are_right(vip):
     key = parse_key_carrier(carrier)
     assert key is not None and key_to_token(key) == seeded.token
     assert slice_of(seeded.token, 4) in vip.dips[1].slices
-    # scapy recomputes checksums when the fields are deleted: they must equal what we wrote
-    check = Ether(seeded.frame)
-    del check[IP].chksum, check[TCP].chksum
-    check = Ether(bytes(check))
-    assert check[IP].chksum == out[IP].chksum and check[TCP].chksum == out[TCP].chksum
+    assert checksums_ok(seeded.frame)
     assert out[IP].len == Ether(syn())[IP].len + 12
 
 

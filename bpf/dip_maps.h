@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* The DIP programs' maps; dip_agent/ writes dip_config, dip_pool and seeds dip_flows, and reads dip_stats. */
+#ifndef MPTCP_LB_DIP_MAPS_H
+#define MPTCP_LB_DIP_MAPS_H
+
+#include <linux/bpf.h>
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+#include "dip_structs.h"
+
+#define FLOWS_MAX 65536
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dip_config);
+} dip_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FLOWS_MAX);
+	__type(key, struct flow_key);
+	__type(value, struct flow_state);
+} dip_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, POOL_SIZE);
+	__type(key, __u32);
+	__type(value, struct pool_entry);
+} dip_pool SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pool_state);
+} dip_pool_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2); /* one slot per direction, DIR_*: egress and ingress never nest on one CPU */
+	__type(key, __u32);
+	__type(value, struct scratch);
+} dip_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} dip_stats SEC(".maps");
+
+#endif /* MPTCP_LB_DIP_MAPS_H */

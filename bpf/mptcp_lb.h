@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The wire constants the BPF programs share with user space, and only those
+ * (docs/token-steering.md). Their Python twins live in mptcp_lb/mptcp_codec.py
+ * (wire format) and dip_agent/dip_abi.py (the DIP's maps);
+ * tests/unit/test_bpf_abi.py checks that every name here has a twin of the
+ * same value. Plain #defines of integers, so that test can read them.
+ */
+#ifndef MPTCP_LB_H
+#define MPTCP_LB_H
+
+/* TCP options (docs/token-steering.md §2.4). */
+#define TCPOPT_EOL 0
+#define TCPOPT_NOP 1
+#define TCPOPT_TIMESTAMP 8
+#define TCPOLEN_TIMESTAMP 10
+#define TCPOPT_MPTCP 30
+#define TCPOPT_EXPERIMENTAL 253 /* RFC 6994, shared by experiments told apart by their ExID */
+#define MPTCP_SUB_CAPABLE 0
+#define MPTCP_SUB_JOIN 1
+#define TCPOLEN_MPTCP_JOIN_SYN 12
+
+/* MPTCP keys, and the key carrier: the option that brings the DIP a key in the SYN (seed mode). */
+#define KEY_LEN 8
+#define KEY_CARRIER_EXID 0x4d4c /* "ML" */
+#define TCPOLEN_KEY_CARRIER (4 + KEY_LEN)
+
+/* The tag MAC the classifier writes as Ethernet destination: 0a:4d:CLASS:VALUE (docs/token-steering.md §2). */
+#define TAG_PREFIX 0x0a4d /* locally administered unicast, then "M" */
+#define TAG_CLASS_MP_CAPABLE 1
+#define TAG_CLASS_MP_JOIN 2
+#define TAG_CLASS_TIMESTAMP 3
+#define TAG_VALUE_BITS 24
+
+/* The server ID a DIP stamps into the low bits of TSval, and the classifier reads back from TSecr. */
+#define SERVER_ID_BITS 12
+#define SERVER_ID_MASK ((1u << SERVER_ID_BITS) - 1)
+
+/* What the DIP's egress puts in a SYN/ACK's MP_CAPABLE key (struct dip_config.key_mode). */
+#define KEY_MODE_NONE 0 /* the kernel's own key */
+#define KEY_MODE_SEED 1 /* the key the flow's SYN carried, or one seeded from user space */
+#define KEY_MODE_POOL 2 /* the next key of the agent's pool */
+
+#define POOL_SIZE 1024 /* entries of dip_pool; a power of two */
+
+#endif /* MPTCP_LB_H */

@@ -1,0 +1,208 @@
+"""The DIP side of token-based steering on a stock kernel: bpf/dip_tc.o loaded, configured and on tc.
+
+``DipTokenSetup`` separates loading from attaching, as Katran's
+``loadBpfProgs`` / ``attachBpfProgs`` do. ``load()`` loads ``bpf/dip_tc.o``
+(as ``make bpf`` built it), writes the configuration map and, in pool mode,
+fills the key pool and starts its refill thread (dip_agent/key_pool.py),
+without touching an interface: the programs can run on test packets then.
+``attach()`` sets ``net.ipv4.tcp_syncookies=2`` in the current network
+namespace, so that the listener adopts the MPTCP key the tc egress program
+writes into its SYN/ACK (docs/token-steering.md §5), and attaches
+``dip_ingress`` / ``dip_egress`` with clsact (direct action) on the DIP's
+fabric interface(s). ``apply()`` does both; ``undo()`` detaches, stops and
+restores everything they did.
+
+Keys are secrets: nothing here logs or prints one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from mptcp_lb import tc
+from mptcp_lb.bpf import BPF_DIR, BpfObject, built_object, read_counters
+from mptcp_lb.mptcp_codec import make_key
+
+from .dip_abi import (KEY_MODE_POOL, KEY_MODES, POOL_SIZE, STAT_NAMES, U32, FlowState, check_port, key_mode,
+                      pack_config, pack_flow_key, pack_seeded_flow_state)
+from .key_pool import KeyPool
+from .sysctl import change_sysctl, restore_sysctls
+from .undo import Undo, rollback_on_failure
+
+log = logging.getLogger(__name__)
+
+OBJECT_PATH = BPF_DIR / "dip_tc.o"
+SYNCOOKIES = "net/ipv4/tcp_syncookies"
+
+__all__ = ["DipTokenSetup", "OBJECT_PATH", "dip_object"]
+
+
+def dip_object(obj: Path = OBJECT_PATH) -> Path:
+    """The DIP programs' object: ``bpf/dip_tc.o`` as ``make bpf`` built it, or a given path."""
+    obj = Path(obj)
+    if obj == OBJECT_PATH:
+        return built_object(obj.name)
+    if not obj.exists():
+        raise FileNotFoundError(f"{obj} does not exist")
+    return obj
+
+
+class DipTokenSetup:
+    """Token steering on this namespace's DIP: tc programs, maps, key pool and syncookies.
+
+    ``ifname`` is the fabric interface, or a list of them (all share one
+    object, so one flow table and one pool). ``mode`` is "none", "seed" or
+    "pool" (or 0, 1, 2); pool mode needs ``slices`` and ``slice_bits``.
+    ``syncookies`` is the value ``attach()`` gives net.ipv4.tcp_syncookies
+    (2: always answer with a cookie, which key adoption needs; None leaves
+    it alone).
+    """
+
+    def __init__(self, ifname: str | Sequence[str], vip: str, port: int, server_id: int,
+                 mode: int | str, slices: Iterable[int] | None = None, slice_bits: int | None = None,
+                 *, syncookies: int | None = 2, object_path: str | os.PathLike | None = None,
+                 pool_size: int = POOL_SIZE, poll_interval: float = 0.02):
+        self.ifnames = [ifname] if isinstance(ifname, str) else list(ifname)
+        if not self.ifnames:
+            raise ValueError("no interface given")
+        self.vip = str(ipaddress.IPv4Address(vip))
+        check_port(port, "port", allow_zero=True)
+        self.port = port
+        self.server_id = server_id
+        self.mode = key_mode(mode)
+        self._config = pack_config(self.vip, port, server_id, self.mode)  # validates server_id
+        self.slices = frozenset(slices) if slices is not None else None
+        self.slice_bits = slice_bits
+        if self.mode == KEY_MODE_POOL:
+            if not self.slices or slice_bits is None:
+                raise ValueError("pool mode needs slices and slice_bits")
+            make_key(self.slices, slice_bits)  # validate now
+        if syncookies is not None and syncookies not in (0, 1, 2):
+            raise ValueError(f"syncookies {syncookies!r} is not 0, 1 or 2")
+        self.syncookies = syncookies
+        self.object_path = Path(object_path) if object_path is not None else OBJECT_PATH
+        self.pool_size = pool_size
+        self.poll_interval = poll_interval
+        self.obj: BpfObject | None = None
+        self.pool: KeyPool | None = None
+        self._saved_sysctls: dict[str, str] = {}  # the values found before the first attach()
+        self._attached: list[tuple[int, str]] = []  # (ifindex, hook) of each filter we added
+        self._own_clsact: list[int] = []  # ifindexes where we created clsact
+
+    # -------------------------------------------------------------- load / attach
+
+    def _rollback_on_failure(self):
+        return rollback_on_failure(self.undo, log, "token steering setup on %s for %s:%d",
+                                   ",".join(self.ifnames), self.vip, self.port)
+
+    def load(self) -> None:
+        """Load the object, write its config, fill and start the key pool; touch no interface.
+
+        On failure roll back what was done and re-raise.
+        """
+        if self.obj is not None:
+            return
+        with self._rollback_on_failure():
+            self.obj = BpfObject(dip_object(self.object_path))
+            self.obj.map("dip_config").update(U32.pack(0), self._config)
+            if self.mode == KEY_MODE_POOL:
+                self.pool = KeyPool(self.obj.map("dip_pool"), self.obj.map("dip_pool_state"),
+                                    self.slices, self.slice_bits, size=self.pool_size,
+                                    interval=self.poll_interval)
+                self.pool.fill()
+                self.pool.start()
+
+    def attach(self) -> None:
+        """Set syncookies and attach both programs on every interface; on failure roll back all and re-raise."""
+        if self.obj is None:
+            raise RuntimeError("DipTokenSetup is not loaded: load() first")
+        if self._attached:
+            return
+        with self._rollback_on_failure():
+            if self.syncookies is not None:
+                change_sysctl(SYNCOOKIES, str(self.syncookies), self._saved_sysctls, log)
+            self._attach_programs()
+        log.info("token steering on %s: VIP %s port %d, server id %d, key mode %s",
+                 ",".join(self.ifnames), self.vip, self.port, self.server_id,
+                 {v: k for k, v in KEY_MODES.items()}[self.mode])
+
+    def apply(self) -> None:
+        """``load()`` then ``attach()``; on failure roll back what was done and re-raise."""
+        self.load()
+        self.attach()
+
+    def _attach_programs(self) -> None:
+        with IPRoute() as ipr:
+            for name in self.ifnames:
+                found = ipr.link_lookup(ifname=name)
+                if not found:
+                    raise RuntimeError(f"interface {name} does not exist")
+                ifindex = found[0]
+                if tc.add_clsact(ipr, ifindex):
+                    self._own_clsact.append(ifindex)
+                for hook, prog in ((tc.INGRESS, "dip_ingress"), (tc.EGRESS, "dip_egress")):
+                    tc.attach(ipr, ifindex, name, hook, self.obj.prog_fd(prog), prog)
+                    self._attached.append((ifindex, hook))
+                log.info("attached dip_ingress and dip_egress on %s", name)
+
+    # -------------------------------------------------------------- undo
+
+    def undo(self) -> None:
+        """Restore everything load() and attach() changed; keep going past failures, then raise the first."""
+        with Undo(log) as undo:
+            if self._attached or self._own_clsact:
+                undo.attempt("detaching tc programs", self._detach)
+            if self.pool is not None:
+                undo.attempt("stopping the key pool", self.pool.stop)
+                self.pool = None
+            restore_sysctls(self._saved_sysctls, undo.attempt)
+            if self.obj is not None:
+                self.obj.close()
+                self.obj = None
+
+    def _detach(self) -> None:
+        with IPRoute() as ipr:
+            while self._attached:
+                ifindex, hook = self._attached.pop()
+                if ifindex not in self._own_clsact:  # deleting our clsact below takes its filters with it
+                    tc.detach(ipr, ifindex, hook)
+            while self._own_clsact:
+                tc.del_clsact(ipr, self._own_clsact.pop())
+        log.info("detached token steering from %s", ",".join(self.ifnames))
+
+    # -------------------------------------------------------------- maps
+
+    def _live(self) -> BpfObject:
+        if self.obj is None:
+            raise RuntimeError("DipTokenSetup is not loaded")
+        return self.obj
+
+    def _flow_key(self, client_ip: str, client_port: int, vip_port: int | None) -> bytes:
+        if vip_port is None:
+            if not self.port:
+                raise ValueError("vip_port is needed when the setup matches every port")
+            vip_port = self.port
+        return pack_flow_key(client_ip, client_port, self.vip, vip_port)
+
+    def seed_key(self, client_ip: str, client_port: int, key: bytes, vip_port: int | None = None) -> None:
+        """Give the next SYN/ACK of this flow ``key`` (seed mode), whatever the SYN's ISN.
+
+        The in-band path is the key carrier option in the SYN; this is for a
+        key that reaches the agent out of band.
+        """
+        raw = pack_seeded_flow_state(key)
+        self._live().map("dip_flows").update(self._flow_key(client_ip, client_port, vip_port), raw)
+
+    def flow(self, client_ip: str, client_port: int, vip_port: int | None = None) -> FlowState | None:
+        raw = self._live().map("dip_flows").lookup(self._flow_key(client_ip, client_port, vip_port))
+        return None if raw is None else FlowState.unpack(raw)
+
+    def stats(self) -> dict[str, int]:
+        """The programs' counters, summed over CPUs."""
+        return read_counters(self._live().map("dip_stats"), STAT_NAMES)

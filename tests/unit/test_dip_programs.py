@@ -1,0 +1,326 @@
+"""The DIP's tc programs (bpf/dip_tc.c) run on crafted frames with BPF_PROG_TEST_RUN, no interface.
+
+Key rewrite, checksum (at every option alignment), TSval stamping, TSecr
+restoration, the key carrier, malformed input, the key pool never reusing a
+key, and DipTokenSetup.load() getting the programs ready without touching an
+interface. tests/integration/test_dip_token.py runs the same programs under
+a real client in network namespaces.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dip_agent.dip_abi import STAT_NAMES, U32, FlowState, pack_config, pack_flow_key, pack_seeded_flow_state
+from dip_agent.key_pool import KeyPool
+from dip_agent.sysctl import read_sysctl
+from dip_agent.token_setup import SYNCOOKIES, DipTokenSetup, dip_object
+from mptcp_lb.bpf import TC_ACT_OK, BpfObject, read_counters, test_run
+from mptcp_lb.mptcp_codec import build_key_carrier, key_to_token, make_key, slice_of
+from tests.packets import checksums_ok, mp_capable, tcp_frame, tcp_options, timestamp, tsval_tsecr
+
+VIP = "10.78.9.100"
+CLIENT = "10.78.0.1"
+PORT = 80
+SERVER_ID = 0x5A5
+SLICE_BITS, SLICES = 8, {5}  # pool keys are drawn for slice 5 of 256
+
+
+class Programs:
+    """dip_tc.o loaded and configured, run on frames with BPF_PROG_TEST_RUN (no interface)."""
+
+    def __init__(self, mode: str, server_id: int = SERVER_ID):
+        self.obj = BpfObject(dip_object())
+        self.obj.map("dip_config").update(U32.pack(0), pack_config(VIP, PORT, server_id, mode))
+        self.egress_fd = self.obj.prog_fd("dip_egress")
+        self.ingress_fd = self.obj.prog_fd("dip_ingress")
+
+    def egress(self, data: bytes) -> bytes:
+        result = test_run(self.egress_fd, data)
+        assert result.retval == TC_ACT_OK  # always
+        return result.data_out
+
+    def ingress(self, data: bytes) -> bytes:
+        result = test_run(self.ingress_fd, data)
+        assert result.retval == TC_ACT_OK
+        return result.data_out
+
+    def pool(self, slices=SLICES, slice_bits=SLICE_BITS) -> KeyPool:
+        return KeyPool(self.obj.map("dip_pool"), self.obj.map("dip_pool_state"), slices, slice_bits)
+
+    def flow(self, client_port: int, client_ip: str = CLIENT) -> FlowState | None:
+        raw = self.obj.map("dip_flows").lookup(pack_flow_key(client_ip, client_port, VIP, PORT))
+        return None if raw is None else FlowState.unpack(raw)
+
+    def stats(self) -> dict:
+        return read_counters(self.obj.map("dip_stats"), STAT_NAMES)
+
+    def close(self) -> None:
+        self.obj.close()
+
+
+@pytest.fixture
+def programs(bpf_platform):
+    loaded: list[Programs] = []
+
+    def load(mode: str, **kw) -> Programs:
+        p = Programs(mode, **kw)
+        loaded.append(p)
+        return p
+
+    yield load
+    for p in loaded:
+        p.close()
+
+
+def mpc_synack(key: bytes) -> bytes:
+    """A SYN/ACK's MP_CAPABLE: v1, flags A|H, the sender's key."""
+    return mp_capable(12, flags=0x81, keys=key)
+
+
+def synack(cport: int, options: bytes, isn: int = 1000) -> bytes:
+    return tcp_frame("SA", options, src=VIP, dst=CLIENT, sport=PORT, dport=cport, seq=777, ack=isn + 1)
+
+
+def server_segment(cport: int, tsval: int, tsecr: int = 1) -> bytes:
+    return tcp_frame("A", timestamp(tsval, tsecr), src=VIP, dst=CLIENT, sport=PORT, dport=cport, payload=b"x" * 7)
+
+
+def client_ack(cport: int, tsecr: int, tsval: int = 99) -> bytes:
+    return tcp_frame("A", b"\x01\x01" + timestamp(tsval, tsecr), src=CLIENT, dst=VIP, sport=cport, dport=PORT)
+
+
+def client_syn(cport: int, options: bytes, seq: int = 1) -> bytes:
+    return tcp_frame("S", options, src=CLIENT, dst=VIP, sport=cport, dport=PORT, seq=seq)
+
+
+@pytest.mark.parametrize("pad", range(4))
+def test_pool_key_replaced_and_tsval_stamped_at_every_alignment(programs, pad):
+    progs = programs("pool")
+    progs.pool().fill()
+    original_key = bytes(range(1, 9))
+    tsval = 0x12345678
+    out = progs.egress(synack(40000, b"\x01" * pad + timestamp(tsval, 4242) + b"\x01" * (3 - pad)
+                              + b"\x01" * pad + mpc_synack(original_key)))
+    assert checksums_ok(out)
+    key = tcp_options(out)[30][4:12]
+    assert key != original_key
+    assert slice_of(key_to_token(key), SLICE_BITS) in SLICES
+    assert tsval_tsecr(out) == ((tsval & ~0xFFF) | SERVER_ID, 4242)
+    st = progs.flow(40000)
+    assert st.key == key and st.has_key == 1 and st.key_isn == 1000
+    assert (st.synack_tsval, st.synack_stamped, st.ack_pending) == (tsval, (tsval & ~0xFFF) | SERVER_ID, True)
+    assert st.max_tsval == tsval
+    assert "key=" not in repr(st).replace("has_key=", "") and key.hex() not in repr(st)  # keys are never printed
+    assert progs.stats()["synack_key_set"] == 1
+
+
+def test_retransmitted_synack_keeps_its_key_and_a_new_connection_gets_a_new_one(programs):
+    progs = programs("pool")
+    progs.pool().fill()
+    opts = timestamp(0x1000, 1) + mpc_synack(b"\x00" * 8)
+    first = tcp_options(progs.egress(synack(40001, opts, isn=1000)))[30][4:12]
+    again = tcp_options(progs.egress(synack(40001, opts, isn=1000)))[30][4:12]
+    other = tcp_options(progs.egress(synack(40001, opts, isn=9999)))[30][4:12]
+    assert first == again
+    assert other != first
+
+
+def test_no_key_rewrite_in_mode_none_but_tsval_stamped(programs):
+    progs = programs("none")
+    key = bytes(range(8))
+    out = progs.egress(synack(40002, timestamp(0xABCDE123, 0) + mpc_synack(key)))
+    assert checksums_ok(out)
+    assert tcp_options(out)[30][4:12] == key
+    assert tsval_tsecr(out)[0] == 0xABCDE5A5
+
+
+def test_pool_empty_leaves_the_key_alone(programs):
+    progs = programs("pool")  # never filled
+    key = bytes(range(8))
+    out = progs.egress(synack(40003, mpc_synack(key) + timestamp(7, 0)))
+    assert tcp_options(out)[30][4:12] == key
+    assert progs.stats()["pool_empty"] == 1
+
+
+def test_key_pool_never_hands_out_a_key_twice(programs):
+    progs = programs("pool")
+    pool = progs.pool({3}, 4)
+    pool.fill()
+    handed = []
+
+    def take(n: int, first_port: int) -> None:
+        for i in range(n):
+            out = progs.egress(synack(first_port + i, mpc_synack(b"\x00" * 8)))
+            key = tcp_options(out)[30][4:12]
+            if key != b"\x00" * 8:
+                handed.append(key)
+
+    # Steady state: polled often enough, the pool never runs dry across several wraps.
+    for round_ in range(12):
+        take(250, 1024 + round_ * 250)
+        pool.poll_once()
+    assert progs.stats()["pool_empty"] == 0
+    assert len(handed) == 3000
+    # Starved: more SYN/ACKs than slots between polls. The overflow finds the pool empty.
+    pool.poll_once()
+    pool.poll_once()
+    take(pool.size + 300, 20000)
+    assert progs.stats()["pool_empty"] == 300
+    pool.poll_once()
+    pool.poll_once()
+    take(100, 40000)
+    assert progs.stats()["pool_empty"] == 300
+    assert len(handed) == 3000 + pool.size + 100
+    assert len(set(handed)) == len(handed), "a pool key was handed out twice"
+    assert all(slice_of(key_to_token(k), 4) == 3 for k in handed)
+
+
+def test_carrier_in_syn_seeds_the_synack_key(programs):
+    progs = programs("seed")
+    key = make_key(SLICES, SLICE_BITS)
+    syn = client_syn(40010, mp_capable(flags=0x81) + timestamp(5, 0) + b"\x01" + build_key_carrier(key), seq=123456)
+    assert progs.ingress(syn) == syn  # read, never changed
+    st = progs.flow(40010)
+    assert (st.key, st.key_isn, st.has_key) == (key, 123456, 1)
+    out = progs.egress(synack(40010, timestamp(0x4000, 5) + mpc_synack(b"\x00" * 8), isn=123456))
+    assert checksums_ok(out)
+    assert tcp_options(out)[30][4:12] == key
+    # A SYN/ACK for another SYN (another ISN) must not get that key.
+    stale = progs.egress(synack(40010, mpc_synack(b"\x00" * 8), isn=5))
+    assert tcp_options(stale)[30][4:12] == b"\x00" * 8
+    assert progs.stats()["synack_no_key"] == 1
+
+
+def test_carrier_ignored_outside_seed_mode_and_other_exids(programs):
+    progs = programs("seed")
+    other = bytes((253, 12, 0x12, 0x34)) + b"\xee" * 8
+    progs.ingress(client_syn(40011, mp_capable(flags=0x81) + other))
+    assert progs.flow(40011) is None
+    pool_progs = programs("pool")
+    pool_progs.ingress(client_syn(40012, build_key_carrier(b"\x01" * 8)))
+    assert pool_progs.flow(40012) is None
+
+
+def test_seeded_key_from_userspace_serves_any_isn(programs):
+    progs = programs("seed")
+    key = make_key(SLICES, SLICE_BITS)
+    flows = progs.obj.map("dip_flows")
+    flows.update(pack_flow_key(CLIENT, 40013, VIP, PORT), pack_seeded_flow_state(key))
+    out = progs.egress(synack(40013, mpc_synack(b"\x00" * 8), isn=424242))
+    assert tcp_options(out)[30][4:12] == key
+    assert progs.flow(40013).key_isn == 424242
+
+
+def test_tsecr_restoration(programs):
+    progs = programs("none")
+    cport = 40020
+    syn_ack_ts = 0x10000A3B  # low 6 bits: the cookie's options
+    stamped = lambda v: (v & ~0xFFF) | SERVER_ID  # noqa: E731
+    progs.egress(synack(cport, timestamp(syn_ack_ts, 9)))
+
+    def echo(tsecr: int) -> int:
+        out = progs.ingress(client_ack(cport, tsecr))
+        assert checksums_ok(out)
+        return tsval_tsecr(out)[1]
+
+    # Third ACK: exactly the SYN/ACK's original, cookie bits and all.
+    assert echo(stamped(syn_ack_ts)) == syn_ack_ts
+    assert not progs.flow(cport).ack_pending
+    # Another echo of the same window: min(TSecr | 0xfff, largest sent) = the SYN/ACK's value.
+    assert echo(stamped(syn_ack_ts)) == syn_ack_ts
+    # Later segments, one in a new 4096-tick window, two in the same one.
+    t2 = syn_ack_ts + 5000
+    t3 = t2 + 10
+    progs.egress(server_segment(cport, t2))
+    assert echo(stamped(t2)) == t2  # the largest sent so far
+    progs.egress(server_segment(cport, t3))
+    assert echo(stamped(t2)) == t3  # same stamped value: t3 is >= the real echo and was sent
+    assert t2 <= echo(stamped(t3)) <= t3
+    # An echo of the old window: the top of that window, never below the original.
+    assert echo(stamped(syn_ack_ts)) == syn_ack_ts | 0xFFF
+    # Not ours (other server id), beyond anything sent, or zero: left alone.
+    assert echo((t3 & ~0xFFF) | 0x123) == (t3 & ~0xFFF) | 0x123
+    assert echo(stamped(t3 + 0x10000)) == stamped(t3 + 0x10000)
+    assert echo(0) == 0
+    stats = progs.stats()
+    assert stats["tsecr_exact"] == 1 and stats["tsecr_unmatched"] == 2
+
+
+def test_tsecr_restoration_across_u32_wrap(programs):
+    progs = programs("none")
+    cport = 40021
+    start = 0xFFFFF800
+    progs.egress(synack(cport, timestamp(start, 9)))
+    progs.ingress(client_ack(cport, (start & ~0xFFF) | SERVER_ID))
+    progs.egress(server_segment(cport, 0x00000123))  # wrapped: later in serial order
+    out = progs.ingress(client_ack(cport, SERVER_ID))  # echo of stamped 0x123 -> 0x5a5
+    assert tsval_tsecr(out)[1] == 0x123
+    out = progs.ingress(client_ack(cport, (start & ~0xFFF) | SERVER_ID))
+    assert tsval_tsecr(out)[1] == 0xFFFFFFFF  # the old window's top, still <= the largest sent
+
+
+def test_untouched_traffic(programs):
+    progs = programs("pool")
+    progs.pool().fill()
+    cases = [
+        # other VIP, other port
+        tcp_frame("SA", timestamp(1, 2) + mpc_synack(b"\x00" * 8), src="10.0.0.1", dst=CLIENT, sport=PORT,
+                  dport=40030),
+        tcp_frame("SA", timestamp(1, 2) + mpc_synack(b"\x00" * 8), src=VIP, dst=CLIENT, sport=8080, dport=40030),
+        # malformed: length 1, length past the end, timestamp of length 8
+        synack(40031, mpc_synack(b"\x00" * 8) + bytes((5, 1))),
+        synack(40032, mpc_synack(b"\x00" * 8) + bytes((5, 40))),
+        synack(40033, mpc_synack(b"\x00" * 8) + bytes((8, 8)) + b"\x00" * 6),
+        # MP_CAPABLE of another length (third ACK form) is no SYN/ACK key
+        synack(40034, mp_capable(20, flags=0x81, keys=bytes(16))),
+        # no options at all
+        synack(40035, b""),
+    ]
+    for data in cases:
+        assert progs.egress(data) == data
+    truncated = synack(40036, timestamp(1, 2) + mpc_synack(b"\x00" * 8))[:-6]
+    assert progs.egress(truncated) == truncated
+    for data in cases:
+        assert progs.ingress(data) == data
+    assert progs.stats()["synack_key_set"] == 0
+
+
+# --------------------------------------------------------------- DipTokenSetup.load(): no interface touched
+
+
+@pytest.fixture
+def loaded_setup(bpf_platform):
+    """Make a DipTokenSetup and load() it (never attach()); undo() it after the test."""
+    made: list[DipTokenSetup] = []
+
+    def load(mode: str, **kw) -> DipTokenSetup:
+        setup = DipTokenSetup("mlb-no-such-if", VIP, PORT, SERVER_ID, mode, **kw)
+        made.append(setup)
+        setup.load()
+        return setup
+
+    yield load
+    for setup in made:
+        setup.undo()
+        assert setup.obj is None and setup.pool is None
+
+
+def test_load_fills_the_pool_and_writes_the_config_without_an_interface(loaded_setup):
+    cookies = read_sysctl(SYNCOOKIES)
+    setup = loaded_setup("pool", slices=SLICES, slice_bits=SLICE_BITS)  # the interface does not even exist
+    out = test_run(setup.obj.prog_fd("dip_egress"), synack(40040, timestamp(0x1000, 1) + mpc_synack(bytes(8))))
+    key = tcp_options(out.data_out)[30][4:12]
+    assert slice_of(key_to_token(key), SLICE_BITS) in SLICES  # a pool key
+    assert tsval_tsecr(out.data_out)[0] == SERVER_ID | 0x1000  # the configured server ID
+    assert setup.flow(CLIENT, 40040).key == key and setup.stats()["synack_key_set"] == 1
+    assert read_sysctl(SYNCOOKIES) == cookies  # left to attach()
+
+
+def test_a_key_seeded_into_a_loaded_setup_goes_into_the_next_synack(loaded_setup):
+    setup = loaded_setup("seed")
+    key = make_key(SLICES, SLICE_BITS)
+    setup.seed_key(CLIENT, 40041, key)
+    out = test_run(setup.obj.prog_fd("dip_egress"), synack(40041, mpc_synack(bytes(8)), isn=77))
+    assert tcp_options(out.data_out)[30][4:12] == key
+    assert setup.flow(CLIENT, 40041).key_isn == 77
