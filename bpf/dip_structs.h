@@ -20,7 +20,8 @@ struct dip_config {
 	__be16 port;      /* network order; 0 matches every port of the VIP */
 	__u16 server_id;  /* stamped into TSval's low SERVER_ID_BITS */
 	__u32 key_mode;   /* KEY_MODE_* */
-	__u32 reserved;
+	__u32 flags;      /* DIP_FLAG_* */
+	__be32 self;      /* this DIP's fabric address: a second-chance mark naming it is ignored */
 };
 
 /* A flow as the DIP sees it; addresses and ports in network order. */
@@ -38,6 +39,13 @@ struct flow_key {
 
 /* Set in flow_state.max_tsval once it holds a TSval: any u32, 0 included, is one. */
 #define MAX_VALID (1ULL << 32)
+/*
+ * How long after its SYN/ACK a flow the DIP answered with a SYN cookie can
+ * still complete its handshake here (second chance): the kernel takes
+ * cookies up to MAX_SYNCOOKIE_AGE (2) minutes old, plus the minute in progress.
+ */
+#define SYNCOOKIE_LIFETIME_NS (180ULL * 1000000000ULL)
+
 /* Compare-and-swap attempts to raise max_tsval against concurrent senders before giving up. */
 #define MAX_TSVAL_CAS_TRIES 8
 
@@ -52,6 +60,7 @@ struct flow_state {
 	__u8 ack_pending;      /* the third ACK (echoing synack_stamped) is still to come */
 	__u8 reserved[5];
 	__u64 max_tsval;       /* MAX_VALID | largest original TSval sent (serial order) */
+	__u64 synack_ns;       /* bpf_ktime_get_ns() of the last SYN/ACK (second chance: a handshake of ours) */
 };
 
 struct pool_entry {
@@ -84,6 +93,11 @@ enum dip_stat {
 	STAT_TSECR_UNMATCHED,  /* TSecr not ours or beyond the flow's state: left alone */
 	STAT_MALFORMED,        /* options malformed: packet left alone */
 	STAT_NO_STATE,         /* ingress TSecr for a flow without state */
+	STAT_SC_FORWARDED,     /* second chance: marked, no connection here, passed to the previous owner */
+	STAT_SC_LOCAL,         /* second chance: marked, but a socket here holds it */
+	STAT_SC_HANDSHAKE,     /* second chance: marked, the listener's, but this DIP answered its SYN */
+	STAT_SC_SYN,           /* second chance: a marked SYN, which always stays with the new owner */
+	STAT_SC_SELF,          /* second chance: the mark names this DIP itself */
 	STAT_MAX,
 };
 

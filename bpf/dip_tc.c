@@ -41,6 +41,7 @@
 #include "dip_maps.h"
 
 #define V3 __attribute__((target("cpu=v3")))
+#define AF_INET 2 /* linux/socket.h, which a BPF program cannot include */
 
 static __always_inline void stat_inc(__u32 which)
 {
@@ -230,10 +231,9 @@ static __always_inline int pool_take(__u8 *key)
 DEFINE_TCP_OPTS_WALK(dip_opts_walk, struct __sk_buff)
 
 /*
- * What both programs do first: the config, the segment and its flow key;
- * then, for a segment of the VIP's service (from it on egress, to it on
- * ingress) that has options, its header in scratch slot pkt->dir and the
- * offsets of its options. Nonzero: leave the packet alone.
+ * What both programs do first: the config, the segment and its flow key.
+ * Nonzero: the packet is not a TCP segment of the VIP's service (from it on
+ * egress, to it on ingress); leave it alone.
  */
 static __always_inline int begin(struct __sk_buff *skb, struct dip_packet *pkt)
 {
@@ -257,6 +257,17 @@ static __always_inline int begin(struct __sk_buff *skb, struct dip_packet *pkt)
 	}
 	if (fk->vip != pkt->cfg->vip || (pkt->cfg->port && fk->vip_port != pkt->cfg->port))
 		return -1;
+	return 0;
+}
+
+/*
+ * Then, for the rewrites: the header in scratch slot pkt->dir and the offsets
+ * of its options. Nonzero: no options, or malformed ones; leave it alone.
+ */
+static __always_inline int load_options(struct __sk_buff *skb, struct dip_packet *pkt)
+{
+	struct seg *s = &pkt->seg;
+
 	if (s->hdrlen <= sizeof(struct tcphdr)) /* no options */
 		return -1;
 	pkt->sc = load_header(skb, s, pkt->dir);
@@ -269,11 +280,29 @@ static __always_inline int begin(struct __sk_buff *skb, struct dip_packet *pkt)
 	return 0;
 }
 
+/* Remember that this DIP answered a SYN of this flow (and a new connection's TS state). */
+static __always_inline struct flow_state *record_synack(struct dip_packet *pkt)
+{
+	struct flow_state *st = flow_get(&pkt->flow);
+	__u32 isn = pkt->seg.ack_seq - 1;
+
+	if (!st)
+		return NULL;
+	if (!st->has_conn || st->conn_isn != isn) { /* a new connection on this 4-tuple */
+		st->conn_isn = isn;
+		st->has_conn = 1;
+		st->ack_pending = 0;
+		st->max_tsval = 0;
+	}
+	st->synack_ns = bpf_ktime_get_ns();
+	return st;
+}
+
 static __always_inline void egress(struct __sk_buff *skb)
 {
 	struct dip_packet pkt = {.dir = DIR_EGRESS};
 	struct dip_config *cfg;
-	struct flow_state *st;
+	struct flow_state *st = NULL;
 	struct scratch *sc;
 	__u8 key[KEY_LEN];
 	int synack, have_key = 0;
@@ -282,49 +311,51 @@ static __always_inline void egress(struct __sk_buff *skb)
 	if (begin(skb, &pkt))
 		return;
 	cfg = pkt.cfg;
-	sc = pkt.sc;
 	synack = (pkt.seg.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK);
+	if (synack) {
+		st = record_synack(&pkt);
+		if (!st)
+			return;
+	}
+	if (!(cfg->flags & DIP_FLAG_STAMP) && cfg->key_mode == KEY_MODE_NONE)
+		return; /* port mode: nothing to rewrite */
+	if (load_options(skb, &pkt))
+		return;
+	sc = pkt.sc;
 	mpc = pkt.opts.mptcp;
-	ts = pkt.opts.ts;
+	ts = (cfg->flags & DIP_FLAG_STAMP) ? pkt.opts.ts : 0;
 	if (!ts && !(synack && mpc))
 		return;
-	st = flow_get(&pkt.flow);
+	if (!st)
+		st = flow_get(&pkt.flow);
 	if (!st)
 		return;
 	isn = pkt.seg.ack_seq - 1;
 
-	if (synack) {
-		if (!st->has_conn || st->conn_isn != isn) { /* a new connection on this 4-tuple */
-			st->conn_isn = isn;
-			st->has_conn = 1;
-			st->ack_pending = 0;
-			st->max_tsval = 0;
-		}
-		/* MP_CAPABLE (subtype 0) with the sender's key: length 12 in a SYN/ACK. */
-		if (mpc && mpc <= TCP_HLEN_MAX - TCPOLEN_MPC_SYNACK && cfg->key_mode != KEY_MODE_NONE &&
-		    sc->cur[scratch_idx(mpc + 1)] == TCPOLEN_MPC_SYNACK &&
-		    (sc->cur[scratch_idx(mpc + MPTCP_SUBTYPE_OFF)] >> 4) == MPTCP_SUB_CAPABLE) {
-			if ((st->has_key == KEY_FOR_ISN && st->key_isn == isn) || st->has_key == KEY_ANY_ISN) {
-				__builtin_memcpy(key, st->key, KEY_LEN);
+	/* MP_CAPABLE (subtype 0) with the sender's key: length 12 in a SYN/ACK. */
+	if (synack && mpc && mpc <= TCP_HLEN_MAX - TCPOLEN_MPC_SYNACK && cfg->key_mode != KEY_MODE_NONE &&
+	    sc->cur[scratch_idx(mpc + 1)] == TCPOLEN_MPC_SYNACK &&
+	    (sc->cur[scratch_idx(mpc + MPTCP_SUBTYPE_OFF)] >> 4) == MPTCP_SUB_CAPABLE) {
+		if ((st->has_key == KEY_FOR_ISN && st->key_isn == isn) || st->has_key == KEY_ANY_ISN) {
+			__builtin_memcpy(key, st->key, KEY_LEN);
+			have_key = 1;
+		} else if (cfg->key_mode == KEY_MODE_POOL) {
+			if (pool_take(key) == 0)
 				have_key = 1;
-			} else if (cfg->key_mode == KEY_MODE_POOL) {
-				if (pool_take(key) == 0)
-					have_key = 1;
-				else
-					stat_inc(STAT_POOL_EMPTY);
-			} else {
-				stat_inc(STAT_SYNACK_NO_KEY);
-			}
-			if (have_key) {
-				/* The same key again for a retransmitted SYN's SYN/ACK. */
-				__builtin_memcpy(st->key, key, KEY_LEN);
-				st->key_isn = isn;
-				st->has_key = KEY_FOR_ISN;
-				for (int i = 0; i < KEY_LEN; i++)
-					sc->cur[scratch_idx(mpc + MPC_KEY_OFF + i)] = key[i];
-				if (commit(skb, &pkt.seg, sc, mpc + MPC_KEY_OFF, key, KEY_LEN) == 0)
-					stat_inc(STAT_SYNACK_KEY_SET);
-			}
+			else
+				stat_inc(STAT_POOL_EMPTY);
+		} else {
+			stat_inc(STAT_SYNACK_NO_KEY);
+		}
+		if (have_key) {
+			/* The same key again for a retransmitted SYN's SYN/ACK. */
+			__builtin_memcpy(st->key, key, KEY_LEN);
+			st->key_isn = isn;
+			st->has_key = KEY_FOR_ISN;
+			for (int i = 0; i < KEY_LEN; i++)
+				sc->cur[scratch_idx(mpc + MPC_KEY_OFF + i)] = key[i];
+			if (commit(skb, &pkt.seg, sc, mpc + MPC_KEY_OFF, key, KEY_LEN) == 0)
+				stat_inc(STAT_SYNACK_KEY_SET);
 		}
 	}
 
@@ -348,7 +379,71 @@ static __always_inline void egress(struct __sk_buff *skb)
 	}
 }
 
-static __always_inline void ingress(struct __sk_buff *skb)
+/*
+ * Second chance (mptcp_lb/slots.py): a packet whose source MAC carries a
+ * previous owner's address belongs to a slot in transition. A SYN starts a
+ * connection here; anything else that no connection here holds goes on to
+ * that DIP, by its address (the neighbour table gives its MAC), with this
+ * DIP's own source MAC: unmarked, so it is never passed on twice.
+ *
+ * "Held here": a socket for the 4-tuple (established, a request socket in
+ * the middle of a handshake, TIME_WAIT), or, when only the listener matches,
+ * a SYN/ACK this DIP sent for the flow (with SYN cookies, as the token modes
+ * run, a handshake leaves no request socket) whose sequence numbers this
+ * packet follows, within a cookie's lifetime.
+ *
+ * Returns TC_ACT_OK to deliver here, else the redirect's verdict.
+ */
+static __always_inline int second_chance(struct __sk_buff *skb, struct dip_packet *pkt)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_redir_neigh nh = {};
+	struct flow_state *st;
+	struct bpf_sock *sk;
+	__be32 previous;
+
+	if ((void *)(eth + 1) > data_end || eth->h_source[0] != (TAG_PREFIX >> 8) ||
+	    eth->h_source[1] != (TAG_PREFIX & 0xff))
+		return TC_ACT_OK;
+	__builtin_memcpy(&previous, &eth->h_source[SECOND_CHANCE_ADDR_OFF], sizeof(previous));
+	if (!previous || previous == pkt->cfg->self) {
+		stat_inc(STAT_SC_SELF);
+		return TC_ACT_OK;
+	}
+	if ((pkt->seg.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+		stat_inc(STAT_SC_SYN);
+		return TC_ACT_OK;
+	}
+	tuple.ipv4.saddr = pkt->seg.saddr;
+	tuple.ipv4.daddr = pkt->seg.daddr;
+	tuple.ipv4.sport = pkt->seg.sport;
+	tuple.ipv4.dport = pkt->seg.dport;
+	sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (sk) {
+		__u32 state = sk->state;
+
+		bpf_sk_release(sk);
+		if (state != BPF_TCP_LISTEN) {
+			stat_inc(STAT_SC_LOCAL);
+			return TC_ACT_OK;
+		}
+	}
+	st = bpf_map_lookup_elem(&dip_flows, &pkt->flow);
+	if (st && st->has_conn && (__s32)(pkt->seg.seq - (st->conn_isn + 1)) >= 0 &&
+	    bpf_ktime_get_ns() - st->synack_ns < SYNCOOKIE_LIFETIME_NS) {
+		stat_inc(STAT_SC_HANDSHAKE);
+		return TC_ACT_OK;
+	}
+	nh.nh_family = AF_INET;
+	nh.ipv4_nh = previous;
+	stat_inc(STAT_SC_FORWARDED);
+	return bpf_redirect_neigh(skb->ifindex, &nh, sizeof(nh), 0);
+}
+
+static __always_inline int ingress(struct __sk_buff *skb)
 {
 	struct dip_packet pkt = {.dir = DIR_INGRESS};
 	struct dip_config *cfg;
@@ -356,39 +451,47 @@ static __always_inline void ingress(struct __sk_buff *skb)
 	struct scratch *sc;
 	__u32 carrier, ts, tsecr, restored, sid;
 	__be32 wire;
+	int verdict;
 
 	if (begin(skb, &pkt))
-		return;
+		return TC_ACT_OK;
+	verdict = second_chance(skb, &pkt);
+	if (verdict != TC_ACT_OK)
+		return verdict;
 	cfg = pkt.cfg;
+	if (!(cfg->flags & DIP_FLAG_STAMP) && cfg->key_mode != KEY_MODE_SEED)
+		return TC_ACT_OK; /* port mode: nothing to read or restore */
+	if (load_options(skb, &pkt))
+		return TC_ACT_OK;
 	sc = pkt.sc;
 	carrier = pkt.opts.carrier;
-	ts = pkt.opts.ts;
+	ts = (cfg->flags & DIP_FLAG_STAMP) ? pkt.opts.ts : 0;
 
 	if ((pkt.seg.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
 		/* A SYN echoes no timestamp (TSecr is 0): only the carrier matters. */
 		if (cfg->key_mode != KEY_MODE_SEED || !carrier || carrier > TCP_HLEN_MAX - TCPOLEN_KEY_CARRIER)
-			return;
+			return TC_ACT_OK;
 		st = flow_get(&pkt.flow);
 		if (!st)
-			return;
+			return TC_ACT_OK;
 		for (int j = 0; j < KEY_LEN; j++)
 			st->key[j] = sc->cur[scratch_idx(carrier + KEY_CARRIER_KEY_OFF + j)];
 		st->key_isn = pkt.seg.seq;
 		st->has_key = KEY_FOR_ISN;
 		stat_inc(STAT_CARRIER_STORED);
-		return;
+		return TC_ACT_OK;
 	}
 
 	if (!ts || ts > TCP_HLEN_MAX - TCPOLEN_TIMESTAMP)
-		return;
+		return TC_ACT_OK;
 	st = bpf_map_lookup_elem(&dip_flows, &pkt.flow);
 	if (!st) {
 		stat_inc(STAT_NO_STATE);
-		return;
+		return TC_ACT_OK;
 	}
 	tsecr = rd32(sc->cur, ts + TS_TSECR_OFF);
 	if (!tsecr)
-		return;
+		return TC_ACT_OK;
 	sid = cfg->server_id & SERVER_ID_MASK;
 	if (st->ack_pending && st->has_conn && tsecr == st->synack_stamped) {
 		/* The third ACK: the cookie's WS/SACK/ECN bits must come back exactly. */
@@ -409,16 +512,17 @@ static __always_inline void ingress(struct __sk_buff *skb)
 		if ((tsecr & SERVER_ID_MASK) != sid || !(m & MAX_VALID) ||
 		    ts_after(tsecr & ~SERVER_ID_MASK, max)) {
 			stat_inc(STAT_TSECR_UNMATCHED);
-			return;
+			return TC_ACT_OK;
 		}
 		restored = ts_after(hi, max) ? max : hi;
 		stat_inc(STAT_TSECR_RESTORED);
 	}
 	if (restored == tsecr)
-		return;
+		return TC_ACT_OK;
 	wr32(sc->cur, ts + TS_TSECR_OFF, restored);
 	wire = bpf_htonl(restored);
 	commit(skb, &pkt.seg, sc, ts + TS_TSECR_OFF, &wire, sizeof(wire));
+	return TC_ACT_OK;
 }
 
 V3 SEC("tc") int dip_egress(struct __sk_buff *skb)
@@ -429,8 +533,7 @@ V3 SEC("tc") int dip_egress(struct __sk_buff *skb)
 
 V3 SEC("tc") int dip_ingress(struct __sk_buff *skb)
 {
-	ingress(skb);
-	return TC_ACT_OK;
+	return ingress(skb);
 }
 
 char _license[] SEC("license") = "GPL";

@@ -32,6 +32,13 @@
 #define TAG_CLASS_TIMESTAMP 3
 #define TAG_VALUE_BITS 24
 
+/*
+ * The source MAC a MUX writes on a packet of a slot in transition (second
+ * chance, mptcp_lb/slots.py): TAG_PREFIX, then the previous owner's IPv4
+ * address. The new owner passes on what it holds no connection for.
+ */
+#define SECOND_CHANCE_ADDR_OFF 2 /* the address's offset in the MAC */
+
 /* The server ID a DIP stamps into the low bits of TSval, and the classifier reads back from TSecr. */
 #define SERVER_ID_BITS 12
 #define SERVER_ID_MASK ((1u << SERVER_ID_BITS) - 1)
@@ -42,5 +49,8 @@
 #define KEY_MODE_POOL 2 /* the next key of the agent's pool */
 
 #define POOL_SIZE 1024 /* entries of dip_pool; a power of two */
+
+/* struct dip_config.flags */
+#define DIP_FLAG_STAMP 1 /* stamp the server ID into TSval and restore TSecr (the token modes) */
 
 #endif /* MPTCP_LB_H */

@@ -26,6 +26,9 @@ KEY_MODES = {"none": KEY_MODE_NONE, "seed": KEY_MODE_SEED, "pool": KEY_MODE_POOL
 
 POOL_SIZE = 1024  # entries of dip_pool (mptcp_lb.h)
 
+# struct dip_config.flags (mptcp_lb.h)
+DIP_FLAG_STAMP = 1  # stamp the server ID into TSval and restore TSecr (the token modes)
+
 # struct flow_state.has_key (dip_structs.h)
 KEY_NONE = 0
 KEY_FOR_ISN = 1  # key_isn names the SYN the key belongs to
@@ -36,23 +39,24 @@ INVALID_SEQ = (1 << 64) - 1  # a pool slot being rewritten: matches no pool inde
 
 # enum dip_stat (dip_structs.h), in order: the keys of dip_stats.
 STAT_NAMES = ("synack_key_set", "synack_no_key", "pool_empty", "carrier_stored", "ts_stamped",
-              "tsecr_exact", "tsecr_restored", "tsecr_unmatched", "malformed", "no_state")
+              "tsecr_exact", "tsecr_restored", "tsecr_unmatched", "malformed", "no_state",
+              "sc_forwarded", "sc_local", "sc_handshake", "sc_syn", "sc_self")
 
 # The map values (dip_structs.h); addresses and ports stay in network order, as bytes.
 DIP_CONFIG = StructLayout("dip_config", [("vip", "4s"), ("port", "2s"), ("server_id", "H"), ("key_mode", "I"),
-                                         ("reserved", "I")])
+                                         ("flags", "I"), ("self", "4s")])
 FLOW_KEY = StructLayout("flow_key", [("client_ip", "4s"), ("vip", "4s"), ("client_port", "2s"), ("vip_port", "2s")])
 FLOW_STATE = StructLayout("flow_state", [("key", f"{KEY_LEN}s"), ("key_isn", "I"), ("conn_isn", "I"),
                                          ("synack_tsval", "I"), ("synack_stamped", "I"), ("has_key", "B"),
                                          ("has_conn", "B"), ("ack_pending", "B"), ("reserved", "5x"),
-                                         ("max_tsval", "Q")])
+                                         ("max_tsval", "Q"), ("synack_ns", "Q")])
 POOL_ENTRY = StructLayout("pool_entry", [("key", f"{KEY_LEN}s"), ("seq", "Q")])
 POOL_STATE = StructLayout("pool_state", [("next", "Q")])
 MAP_VALUES = (DIP_CONFIG, FLOW_KEY, FLOW_STATE, POOL_ENTRY, POOL_STATE)
 
 U32 = struct.Struct("=I")  # the key of every array map
 
-__all__ = ["KEY_MODES", "KEY_MODE_NONE", "KEY_MODE_SEED", "KEY_MODE_POOL", "POOL_SIZE", "KEY_NONE", "KEY_FOR_ISN",
+__all__ = ["KEY_MODES", "KEY_MODE_NONE", "KEY_MODE_SEED", "KEY_MODE_POOL", "POOL_SIZE", "DIP_FLAG_STAMP", "KEY_NONE", "KEY_FOR_ISN",
            "KEY_ANY_ISN", "MAX_VALID", "INVALID_SEQ", "STAT_NAMES", "DIP_CONFIG", "FLOW_KEY", "FLOW_STATE",
            "POOL_ENTRY", "POOL_STATE", "MAP_VALUES", "U32", "FlowState", "key_mode", "check_port", "pack_config",
            "pack_flow_key", "pack_seeded_flow_state"]
@@ -78,12 +82,19 @@ def key_mode(mode: int | str) -> int:
     return mode
 
 
-def pack_config(vip: str, port: int, server_id: int, mode: int | str) -> bytes:
-    """struct dip_config: VIP and port in network order; port 0 matches every port."""
+def pack_config(vip: str, port: int, server_id: int, mode: int | str, *, stamp: bool = True,
+                self_address: str = "0.0.0.0") -> bytes:
+    """struct dip_config: VIP and port in network order (port 0: every port of the VIP).
+
+    ``stamp``: the token modes' TSval stamping and TSecr restoration.
+    ``self_address``: the DIP's own fabric address, which a second-chance
+    mark never names for a DIP to pass a packet to.
+    """
     check_port(port, "port", allow_zero=True)
     if not isinstance(server_id, int) or not 0 <= server_id <= SERVER_ID_MASK:
         raise ValueError(f"server_id {server_id!r} does not fit {SERVER_ID_BITS} bits")
-    return DIP_CONFIG.pack(_ipv4(vip), port.to_bytes(2, "big"), server_id, key_mode(mode), 0)
+    return DIP_CONFIG.pack(_ipv4(vip), port.to_bytes(2, "big"), server_id, key_mode(mode),
+                           DIP_FLAG_STAMP if stamp else 0, _ipv4(self_address))
 
 
 def pack_flow_key(client_ip: str, client_port: int, vip: str, vip_port: int) -> bytes:
@@ -97,7 +108,7 @@ def pack_seeded_flow_state(key: bytes) -> bytes:
     """struct flow_state holding only ``key``, for the flow's next SYN/ACK whatever its ISN (KEY_ANY_ISN)."""
     if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_LEN:
         raise ValueError(f"key must be {KEY_LEN} bytes")
-    return FLOW_STATE.pack(bytes(key), 0, 0, 0, 0, KEY_ANY_ISN, 0, 0, 0)
+    return FLOW_STATE.pack(bytes(key), 0, 0, 0, 0, KEY_ANY_ISN, 0, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -113,10 +124,11 @@ class FlowState:
     has_conn: bool
     ack_pending: bool
     max_tsval: int | None  # the largest original TSval sent, None before any
+    synack_ns: int  # CLOCK_MONOTONIC ns of the last SYN/ACK (0: none)
 
     @classmethod
     def unpack(cls, raw: bytes) -> FlowState:
         (key, key_isn, conn_isn, synack_tsval, synack_stamped, has_key, has_conn, ack_pending,
-         max_tsval) = FLOW_STATE.unpack(raw)
+         max_tsval, synack_ns) = FLOW_STATE.unpack(raw)
         return cls(key, key_isn, conn_isn, synack_tsval, synack_stamped, has_key, bool(has_conn),
-                   bool(ack_pending), max_tsval & 0xFFFFFFFF if max_tsval & MAX_VALID else None)
+                   bool(ack_pending), max_tsval & 0xFFFFFFFF if max_tsval & MAX_VALID else None, synack_ns)

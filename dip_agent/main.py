@@ -80,21 +80,25 @@ def default_interface() -> str:
                            f"({e})"]) from e
 
 
-def token_setup(vip: Vip, dip: Dip, key_adoption: bool = True, interface: str | None = None):
-    """The DIP's BPF side of token steering: key adoption and timestamp stamping.
+def dip_programs(vip: Vip, dip: Dip, key_adoption: bool = True, interface: str | None = None):
+    """The DIP's BPF programs (dip_agent/programs.py), in every mode.
 
-    In hybrid mode it stamps every port of the VIP, not just the service
-    port: joins to the DIP's announced port then echo its server ID too.
-    Otherwise their TSecr would give the MUX classifier's tag a new value
-    every millisecond, and OVS a new datapath flow (an upcall) each time.
+    All modes: the second chance for a slot's connections while it moves.
+    The token modes add key adoption (``tcp_syncookies=2``) and timestamp
+    stamping. In hybrid mode they stamp every port of the VIP, not just the
+    service port: joins to the DIP's announced port then echo its server ID
+    too. Otherwise their TSecr would give the MUX classifier's tag a new
+    value every millisecond, and OVS a new datapath flow (an upcall) each time.
     """
-    from .token_setup import DipTokenSetup
+    from .programs import DipPrograms
 
-    mode = vip.key_source if key_adoption else "none"  # seed, pool: DipTokenSetup's names too
-    port = 0 if vip.uses_ports else vip.port  # 0: every port of the VIP
-    return DipTokenSetup(interface or default_interface(), vip.address, port, dip.id,
-                         mode=mode, slices=dip.slices, slice_bits=vip.slice_bits,
-                         syncookies=2 if key_adoption else None)
+    tokens = vip.uses_tokens
+    mode = vip.key_source if tokens and key_adoption else "none"  # seed, pool: DipPrograms's names too
+    port = 0 if tokens and vip.uses_ports else vip.port  # 0: every port of the VIP
+    interfaces = interface.split(",") if interface else [default_interface()]
+    return DipPrograms(interfaces, vip.address, port, dip.id,
+                       mode=mode, slices=dip.slices, slice_bits=vip.slice_bits, stamp=tokens,
+                       self_address=dip.address, syncookies=2 if tokens and key_adoption else None)
 
 
 def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: str | None = None,
@@ -102,7 +106,7 @@ def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: 
     """Run the agent until SIGTERM/SIGINT; return the process exit code."""
     try:
         vip, dip = find_dip(load_config(config_path), dip_id, vip_name)
-        token = token_setup(vip, dip, key_adoption, interface) if vip.uses_tokens else None
+        programs = dip_programs(vip, dip, key_adoption, interface)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return EXIT_CONFIG
@@ -117,8 +121,7 @@ def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: 
             print(f"MPTCP unavailable: {e}", file=sys.stderr)
             return EXIT_NO_MPTCP
         try:
-            if token is not None:
-                token.apply()
+            programs.apply()
             log.info("DIP %d set up for VIP %s (%s:%d, mode %s), announcing port %s%s", dip.id, vip.name,
                      vip.address, vip.port, vip.mode, dip.announce_port,
                      ", serving the echo service" if server else "")
@@ -135,8 +138,7 @@ def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: 
             if server is not None:
                 server.stop()
             try:
-                if token is not None:
-                    token.undo()
+                programs.undo()
             finally:
                 setup.undo()
     return EXIT_OK

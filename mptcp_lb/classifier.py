@@ -318,16 +318,7 @@ def _undo(ipr: IPRoute, tap: Tap, uplink_ifindex: int, done: list[str]) -> None:
 
 def stats(uplink: str) -> dict[str, int]:
     """The counters of the classifier attached to ``uplink``, read through the attached program's maps."""
-    uplink_ifindex = _ifindex(uplink)
-    with IPRoute() as ipr:
-        prog_id = tc.attached_prog_id(ipr, uplink_ifindex, tc.INGRESS)
-    if prog_id is None:
-        raise ClassifierError(f"no classifier is attached to {uplink}")
-    maps = bpf.program_maps(prog_id)
     try:
-        if "mux_stats" not in maps:
-            raise ClassifierError(f"the program on {uplink}'s ingress is not the classifier (maps: {sorted(maps)})")
-        return bpf.read_counters(maps["mux_stats"], STAT_NAMES)
-    finally:
-        for m in maps.values():
-            m.close()
+        return tc.attached_counters(uplink, tc.INGRESS, "mux_stats", STAT_NAMES)
+    except LookupError as e:
+        raise ClassifierError(f"no classifier is attached to {uplink} ({e})") from e

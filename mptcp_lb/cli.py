@@ -62,6 +62,19 @@ def cmd_dip_agent(args) -> int:
                key_adoption=not args.no_key_adoption, interface=args.interface, echo=args.echo)
 
 
+def cmd_dip_stats(args) -> int:
+    import json
+
+    from dip_agent.programs import attached_stats
+
+    try:
+        print(json.dumps(attached_stats(args.interface)))
+    except (LookupError, OSError) as e:
+        print(f"dip-stats {args.interface}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_classifier(args) -> int:
     import json
 
@@ -119,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dip", required=True, type=int, help="DIP id from the config")
     s.add_argument("--vip", help="VIP name (default: the only VIP with this DIP)")
     s.add_argument("--ready-file", help="write 'ready' here once set up")
-    s.add_argument("--interface", help="token modes: the fabric interface VIP traffic arrives on "
+    s.add_argument("--interface", help="the fabric interface(s) VIP traffic arrives on, comma-separated "
                                        "(default: the default route's)")
     s.add_argument("--echo", action="store_true",
                    help="also serve the test echo service on the VIP's service port (demo, tests, benchmarks); "
@@ -127,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-key-adoption", action="store_true",
                    help="token modes: keep the kernel's own keys (a control for tests; joins then break)")
     s.set_defaults(func=cmd_dip_agent)
+
+    s = sub.add_parser("dip-stats", help="the counters of the DIP programs on this host's fabric interface, as JSON")
+    s.add_argument("interface", help="the interface dip-agent attached them to")
+    s.set_defaults(func=cmd_dip_stats)
 
     s = sub.add_parser("classifier", help="put the MPTCP classifier between a MUX's uplink and its OVS bridge "
                                           "(token and hybrid modes), take it away, or read its counters")

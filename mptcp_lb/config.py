@@ -63,6 +63,32 @@ class Dip:
     announce_port: int | None
     state: str = "active"  # active | draining
     slices: frozenset[int] = frozenset()  # token/hybrid modes: token slices this DIP owns
+    weight: int = 1  # its share of the VIP's slots, relative to the other DIPs'
+
+
+HEALTH_KINDS = ("tcp", "http", "none")
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How the controller probes a VIP's DIPs (ryu_app/health.py); kind "none" turns probing off.
+
+    The defaults take a dead DIP out of the slot table within 3 s: ``fall``
+    failures ``interval`` apart, each given ``timeout``, then one audit.
+    """
+
+    kind: str = "tcp"
+    port: int | None = None  # default: the VIP's service port
+    path: str = "/"  # http: the request path
+    expect_status: int = 200  # http: the status a healthy DIP answers with
+    interval: float = 0.5
+    timeout: float = 0.5
+    rise: int = 2  # successes in a row that bring a down DIP back
+    fall: int = 3  # failures in a row that take a DIP down
+
+
+DEFAULT_SLOTS = 256  # OVS 3.1: a dp_hash select group stays stable up to 256 buckets
+MAX_MULTIPATH_SLOTS = 4096
 
 
 @dataclass(frozen=True)
@@ -75,6 +101,8 @@ class Vip:
     key_source: str = "seed"
     slice_bits: int = 8
     hash: str = "dp_hash"
+    slots: int = DEFAULT_SLOTS  # the hash space the slot table maps to DIPs (mptcp_lb/slots.py)
+    health: HealthCheck = HealthCheck()
 
     @property
     def uses_ports(self) -> bool:
@@ -109,6 +137,9 @@ class ControllerSettings:
     api_port: int = 8080
     audit_interval: float = 2.0
     punt_rate: int = 100  # SYN(MPC) packet-ins per second per MUX (OpenFlow meter)
+    transition_time: float = 300.0  # seconds a moved slot's packets get a second chance at its old owner
+    probe_interface: str | None = None  # where health probes leave for the DIPs; None: no health checks
+    state_file: str | None = None  # runtime changes (drains, additions, health, transitions) survive restarts here
 
 
 @dataclass(frozen=True)
@@ -159,6 +190,23 @@ class _Checker:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             self.fail(f"{path}.{key}", f"{value!r} is not an integer in {lo}..{hi}")
+            return None
+        return value
+
+    def number(self, obj: dict, key: str, path: str, lo: float, hi: float, default: float) -> float:
+        """A number of seconds or the like; the default stands in for a bad value (which is reported)."""
+        value = obj.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            self.fail(f"{path}.{key}", f"{value!r} is not a number in {lo:g}..{hi:g}")
+            return default
+        return float(value)
+
+    def text(self, obj: dict, key: str, path: str, pattern: str, what: str) -> str | None:
+        value = obj.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not re.fullmatch(pattern, value):
+            self.fail(f"{path}.{key}", f"{value!r} is not {what}")
             return None
         return value
 
@@ -213,22 +261,57 @@ def _parse_controller(ck: _Checker, raw: Any) -> ControllerSettings:
     if raw is None:
         return ControllerSettings()
     obj = ck.mapping(raw, "controller", set(),
-                     {"openflow_host", "openflow_port", "api_host", "api_port", "audit_interval", "punt_rate"})
+                     {"openflow_host", "openflow_port", "api_host", "api_port", "audit_interval", "punt_rate",
+                      "transition_time", "probe_interface", "state_file"})
     if obj is None:
         return ControllerSettings()
     d = ControllerSettings()
-    interval = obj.get("audit_interval", d.audit_interval)
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0.1 <= interval <= 3600:
-        ck.fail("controller.audit_interval", f"{interval!r} is not a number of seconds in 0.1..3600")
-        interval = d.audit_interval
     return ControllerSettings(
         openflow_host=ck.ipv4(obj, "openflow_host", "controller", d.openflow_host) or d.openflow_host,
         openflow_port=ck.integer(obj, "openflow_port", "controller", 1, 65535, d.openflow_port) or d.openflow_port,
         api_host=ck.ipv4(obj, "api_host", "controller", d.api_host) or d.api_host,
         api_port=ck.integer(obj, "api_port", "controller", 0, 65535, d.api_port) or 0,
-        audit_interval=float(interval),
+        audit_interval=ck.number(obj, "audit_interval", "controller", 0.1, 3600, d.audit_interval),
         punt_rate=ck.integer(obj, "punt_rate", "controller", 1, 1_000_000, d.punt_rate) or d.punt_rate,
+        transition_time=ck.number(obj, "transition_time", "controller", 0, 86400, d.transition_time),
+        probe_interface=ck.text(obj, "probe_interface", "controller", r"[A-Za-z0-9_.:@-]{1,15}",
+                                "an interface name (1-15 characters)"),
+        state_file=ck.text(obj, "state_file", "controller", r"/[^\0]*[^/]", "an absolute file path"),
     )
+
+
+def _parse_health(ck: _Checker, raw: Any, path: str) -> HealthCheck | None:
+    d = HealthCheck()
+    if raw is None:
+        return d
+    obj = ck.mapping(raw, path, set(), {"kind", "port", "path", "expect_status", "interval", "timeout",
+                                        "rise", "fall"})
+    if obj is None:
+        return None
+    kind = obj.get("kind", d.kind)
+    if kind not in HEALTH_KINDS:
+        ck.fail(f"{path}.kind", f"{kind!r} is not one of {', '.join(HEALTH_KINDS)}")
+        return None
+    if kind != "http":
+        for key in ("path", "expect_status"):
+            if key in obj:
+                ck.fail(f"{path}.{key}", f"{obj[key]!r}: only for kind http (kind is {kind})")
+                return None
+    before = len(ck.problems)
+    interval = ck.number(obj, "interval", path, 0.05, 3600, d.interval)
+    timeout = ck.number(obj, "timeout", path, 0.01, 3600, d.timeout)
+    if len(ck.problems) == before and timeout > interval:
+        ck.fail(f"{path}.timeout", f"{timeout:g} is longer than the interval {interval:g}")
+    check = HealthCheck(
+        kind=kind,
+        port=ck.integer(obj, "port", path, 1, 65535),
+        path=ck.text(obj, "path", path, r"/[\x21-\x7e]{0,255}", "a request path like /healthz") or d.path,
+        expect_status=ck.integer(obj, "expect_status", path, 100, 599, d.expect_status) or d.expect_status,
+        interval=interval, timeout=timeout,
+        rise=ck.integer(obj, "rise", path, 1, 100, d.rise) or d.rise,
+        fall=ck.integer(obj, "fall", path, 1, 100, d.fall) or d.fall,
+    )
+    return None if len(ck.problems) > before else check
 
 
 def _parse_mux(ck: _Checker, raw: Any, path: str) -> Mux | None:
@@ -273,7 +356,7 @@ def _slices(ck: _Checker, obj: dict, path: str, slice_bits: int) -> frozenset[in
 
 def parse_dip(ck: _Checker, raw: Any, path: str, mode: str = "port", slice_bits: int = 8) -> Dip | None:
     uses_ports = mode in PORT_MODES
-    optional = {"announce_port", "state", "ports"} if not uses_ports else {"announce_port", "state"}
+    optional = {"announce_port", "state", "weight", "ports"} if not uses_ports else {"announce_port", "state", "weight"}
     if mode in TOKEN_MODES:
         optional.add("slices")
     required = {"id", "address", "mac"} | ({"ports"} if uses_ports else set())
@@ -304,13 +387,21 @@ def parse_dip(ck: _Checker, raw: Any, path: str, mode: str = "port", slice_bits:
             return None
     if None in (dip_id, address, mac, slices):
         return None
+    weight = ck.integer(obj, "weight", path, 1, 1000, 1)
+    if weight is None:
+        return None
     return Dip(id=dip_id, address=address, mac=mac, ports=ports, announce_port=announce, state=state,
-               slices=slices)
+               slices=slices, weight=weight)
 
 
 def check_vip_dips(ck: _Checker, dips: list[Dip], service_port: int, path: str) -> None:
-    """Cross-DIP rules: unique ids/addresses/MACs, disjoint ranges and slices, no service port."""
+    """Cross-DIP rules: unique ids/addresses/MACs, disjoint ranges and slices, no service port.
+
+    Sorting and indexing keep this O(N log N): a VIP of thousands of DIPs is
+    checked on every API change.
+    """
     seen: dict[str, dict[Any, int]] = {"id": {}, "address": {}, "mac": {}}
+    slice_owner: dict[int, int] = {}
     for i, d in enumerate(dips):
         for key in seen:
             value = getattr(d, key)
@@ -320,12 +411,27 @@ def check_vip_dips(ck: _Checker, dips: list[Dip], service_port: int, path: str) 
                 seen[key][value] = i
         if d.ports is not None and service_port in d.ports:
             ck.fail(f"{path}[{i}].ports", f"range {d.ports} contains the service port {service_port}")
-        for j in range(i):
-            if d.ports is not None and dips[j].ports is not None and d.ports.overlaps(dips[j].ports):
-                ck.fail(f"{path}[{i}].ports", f"range {d.ports} overlaps dips[{j}].ports {dips[j].ports}")
-            shared = d.slices & dips[j].slices
-            if shared:
-                ck.fail(f"{path}[{i}].slices", f"slices {sorted(shared)[:8]} are also owned by dips[{j}]")
+        shared = sorted(s for s in d.slices if s in slice_owner)
+        if shared:
+            ck.fail(f"{path}[{i}].slices", f"slices {shared[:8]} are also owned by dips[{slice_owner[shared[0]]}]")
+        for s in d.slices:
+            slice_owner.setdefault(s, i)
+    ranged = sorted((d.ports.start, i) for i, d in enumerate(dips) if d.ports is not None)
+    reach, reach_i = 0, -1  # the furthest end among the ranges that start before this one
+    for start, i in ranged:
+        if reach_i >= 0 and start <= reach:
+            j, k = sorted((i, reach_i))
+            ck.fail(f"{path}[{k}].ports", f"range {dips[k].ports} overlaps dips[{j}].ports {dips[j].ports}")
+        if dips[i].ports.end > reach:
+            reach, reach_i = dips[i].ports.end, i
+
+
+def check_slot_room(ck: _Checker, dips: list[Dip] | tuple[Dip, ...], slots: int, path: str) -> None:
+    """More active DIPs than slots would leave some without new connections: refuse it."""
+    active = sum(1 for d in dips if d.state == "active")
+    if active > slots:
+        ck.fail(f"{path}.slots", f"{slots} slots for {active} active DIPs: the DIPs beyond the slot count would "
+                                 f"get no new connections (use hash: multipath, up to {MAX_MULTIPATH_SLOTS} slots)")
 
 
 def assign_slices(dips: list[Dip], slice_bits: int) -> list[Dip]:
@@ -341,7 +447,8 @@ def assign_slices(dips: list[Dip], slice_bits: int) -> list[Dip]:
 
 
 def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
-    obj = ck.mapping(raw, path, {"name", "address", "port", "dips"}, {"mode", "key_source", "slice_bits", "hash"})
+    obj = ck.mapping(raw, path, {"name", "address", "port", "dips"},
+                     {"mode", "key_source", "slice_bits", "hash", "slots", "health"})
     if obj is None:
         return None
     name = ck.name(obj, "name", path)
@@ -374,6 +481,14 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
         ck.fail(f"{path}.hash", f"{hash_method!r}: key_source seed needs multipath, the hash the controller "
                                 "can predict when it picks a DIP for a SYN")
         return None
+    if hash_method == "dp_hash":
+        # Fewer buckets than 256 would map OVS's power-of-two hash values onto them unevenly.
+        slots = ck.integer(obj, "slots", path, DEFAULT_SLOTS, DEFAULT_SLOTS, DEFAULT_SLOTS)
+    else:
+        slots = ck.integer(obj, "slots", path, 1, MAX_MULTIPATH_SLOTS, DEFAULT_SLOTS)
+    health = _parse_health(ck, obj.get("health"), f"{path}.health")
+    if slots is None or health is None:
+        return None
     raw_dips = obj.get("dips")
     dips: list[Dip] = []
     if raw_dips is not None:
@@ -394,10 +509,11 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
                             "missing: when any DIP names its slices, every DIP must")
             if len(dips) == len(parsed) and port is not None:
                 check_vip_dips(ck, dips, port, f"{path}.dips")
+                check_slot_room(ck, dips, slots, path)
     if None in (name, address, port) or not dips:
         return None
     return Vip(name=name, address=address, port=port, mode=mode, dips=tuple(dips), key_source=key_source,
-               slice_bits=slice_bits, hash=hash_method)
+               slice_bits=slice_bits, hash=hash_method, slots=slots, health=health)
 
 
 def _parse_list(ck: _Checker, raw: dict, key: str, parse) -> list:
@@ -464,6 +580,7 @@ def validated_dip(vip: Vip, raw: Any) -> Dip:
         ck.fail("dip.slices", f"required for a {vip.mode}-mode VIP; free slices: {free[:16] or 'none'}")
     if dip is not None:
         check_vip_dips(ck, [*vip.dips, dip], vip.port, f"vips[{vip.name}].dips")
+        check_slot_room(ck, [*vip.dips, dip], vip.slots, f"vips[{vip.name}]")
     if ck.problems:
         raise ConfigError(ck.problems)
     return dip
@@ -483,6 +600,10 @@ def with_dip_state(config: Config, vip_name: str, dip_id: int, state: str) -> Co
     vip.dip(dip_id)  # KeyError if absent
     dips = tuple(replace(d, state=state) if d.id == dip_id else d for d in vip.dips)
     _require_active(vip, dips, f"cannot drain DIP {dip_id}")
+    ck = _Checker()
+    check_slot_room(ck, dips, vip.slots, f"vips[{vip.name}]")
+    if ck.problems:
+        raise ConfigError(ck.problems)
     return config.with_vip(replace(vip, dips=dips))
 
 
@@ -504,14 +625,82 @@ def with_dip_removed(config: Config, vip_name: str, dip_id: int) -> Config:
 
 
 def dump_dip(d: Dip) -> dict:
+    """A DIP as a config entry: ``parse_dip`` reads it back to the same DIP."""
     out = {"id": d.id, "address": d.address, "mac": d.mac, "state": d.state}
     if d.ports is not None:
         out.update(ports=str(d.ports), announce_port=d.announce_port)
     if d.slices:
         out["slices"] = sorted(d.slices)
+    if d.weight != 1:
+        out["weight"] = d.weight
     return out
 
 
-__all__ = ["Config", "ConfigError", "ControllerSettings", "Dip", "Mux", "PortRange", "Vip",
+# --------------------------------------------------------------------------
+# runtime changes on top of the YAML file (the controller's state file)
+
+
+def runtime_changes(base: Config, current: Config) -> dict:
+    """What the API changed on top of ``base``, per VIP: DIPs removed, added (or replaced), and states.
+
+    ``with_runtime_changes(base, runtime_changes(base, current))`` gives
+    ``current`` back. Kept as differences, not as a copy, so the YAML file
+    stays the base: an operator who edits it and restarts sees the edit.
+    """
+    out = {}
+    for vip in current.vips:
+        try:
+            was = {d.id: d for d in base.vip(vip.name).dips}
+        except KeyError:
+            continue
+        now = {d.id: d for d in vip.dips}
+        removed = sorted(i for i in was if i not in now or replace(now[i], state=was[i].state) != was[i])
+        added = [dump_dip(d) for i, d in now.items() if i in removed or i not in was]
+        states = {str(i): d.state for i, d in now.items() if i in was and i not in removed and d.state != was[i].state}
+        if removed or added or states:
+            out[vip.name] = {"removed": removed, "added": added, "states": states}
+    return out
+
+
+def with_runtime_changes(base: Config, changes: Any, source: str = "state") -> Config:
+    """``base`` with ``runtime_changes`` applied and the whole result validated; ConfigError names ``source``."""
+    if not isinstance(changes, dict):
+        raise ConfigError([f"{source}: expected a mapping of VIP names, got {changes!r}"])
+    config = base
+    problems = []
+    for name, change in changes.items():
+        path = f"{source}.{name}"
+        try:
+            vip = config.vip(name)
+        except KeyError:
+            problems.append(f"{path}: no VIP {name!r} in the config any more; its runtime changes are dropped")
+            continue
+        if not isinstance(change, dict) or set(change) - {"removed", "added", "states"}:
+            problems.append(f"{path}: expected removed, added and states, got {change!r}")
+            continue
+        removed = set(change.get("removed") or ())
+        states = change.get("states") or {}
+        ck = _Checker()
+        dips = [d for d in vip.dips if d.id not in removed]
+        dips += [d for d in (parse_dip(ck, raw, f"{path}.added[{i}]", vip.mode, vip.slice_bits)
+                             for i, raw in enumerate(change.get("added") or ())) if d is not None]
+        ids = {d.id for d in dips}
+        for key, state in states.items():
+            if not str(key).isdigit() or int(key) not in ids or state not in ("active", "draining"):
+                ck.fail(f"{path}.states.{key}", f"{state!r} is not a state of a DIP of {name}")
+        dips = [replace(d, state=states.get(str(d.id), d.state)) for d in dips]
+        check_vip_dips(ck, dips, vip.port, f"{path}.dips")
+        check_slot_room(ck, dips, vip.slots, path)
+        if not any(d.state == "active" for d in dips):
+            ck.fail(f"{path}.dips", "no active DIP would be left")
+        problems += ck.problems
+        if not ck.problems:
+            config = config.with_vip(replace(vip, dips=tuple(dips)))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+__all__ = ["Config", "ConfigError", "ControllerSettings", "Dip", "HealthCheck", "Mux", "PortRange", "Vip",
            "load_config", "parse_config", "validated_dip", "dump_dip",
-           "with_dip_added", "with_dip_state", "with_dip_removed"]
+           "with_dip_added", "with_dip_state", "with_dip_removed", "runtime_changes", "with_runtime_changes"]

@@ -10,6 +10,7 @@ end is what the controller does to a punted SYN in seed mode.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 import struct
 from dataclasses import dataclass
@@ -358,6 +359,18 @@ def tag_mac(cls: int, value: int) -> str:
 TAG_CLASS_MASK = _mac_text(b"\xff" * (len(TAG_PREFIX) + 1) + bytes(TAG_VALUE_BITS // 8))
 
 
+SECOND_CHANCE_ADDR_OFF = len(TAG_PREFIX)  # where the previous owner's address starts in the mark
+
+
+def second_chance_mac(previous_owner: str) -> str:
+    """The source MAC a MUX writes on a packet of a slot in transition: 0a:4d, then the old owner's IPv4.
+
+    The new owner's tc ingress program (bpf/dip_tc.c) reads the address back
+    and hands the packet to that DIP when it holds no connection for it.
+    """
+    return ":".join(f"{b:02x}" for b in TAG_PREFIX + ipaddress.IPv4Address(previous_owner).packed)
+
+
 # --- frame editing ------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -449,7 +462,7 @@ __all__ = [
     "KEY_LEN", "MAX_SLICE_BITS", "TCPOPT_EOL", "TCPOPT_NOP", "TCPOPT_TIMESTAMP", "TCPOPT_MPTCP",
     "TCPOPT_EXPERIMENTAL", "MPTCP_SUB_CAPABLE", "MPTCP_SUB_JOIN", "MPC_FLAG_HMAC_SHA256",
     "KEY_CARRIER_EXID", "KEY_CARRIER_LEN", "TAG_PREFIX", "CLASS_MP_CAPABLE", "CLASS_MP_JOIN",
-    "CLASS_TIMESTAMP", "TAG_VALUE_BITS", "TAG_CLASS_MASK",
+    "CLASS_TIMESTAMP", "second_chance_mac", "TAG_VALUE_BITS", "TAG_CLASS_MASK",
     "SERVER_ID_BITS", "SERVER_ID_MASK", "OptionError", "key_to_token", "key_to_idsn", "slice_of", "make_key",
     "MpCapable", "MpJoinSyn", "Timestamp", "parse_tcp_options", "parse_mptcp",
     "build_mp_capable", "build_mp_join_syn", "build_timestamp", "parse_timestamp",

@@ -1,7 +1,7 @@
 """tc clsact hooks for BPF programs (direct action), through pyroute2 netlink.
 
 The one place that adds and removes the project's tc filters: the DIP's
-token programs (dip_agent/token_setup.py) and the MUX classifier
+token programs (dip_agent/programs.py) and the MUX classifier
 (mptcp_lb/classifier.py) both go through it. Each hook holds at most one
 filter of ours, at a fixed priority and handle, so a filter left behind by a
 killed process is found and replaced rather than stacked.
@@ -102,3 +102,28 @@ def attached_prog_id(ipr: IPRoute, ifindex: int, hook: str) -> int | None:
             if prog_id is not None:
                 return prog_id
     return None
+
+
+def attached_counters(ifname: str, hook: str, map_name: str, names) -> dict[str, int]:
+    """The per-CPU counters map ``map_name`` of the program our filter on ``ifname``'s hook runs, summed.
+
+    LookupError names what is missing: the interface, our filter, or a
+    program with that map (some other program sits there).
+    """
+    from mptcp_lb import bpf
+
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise LookupError(f"interface {ifname} does not exist")
+        prog_id = attached_prog_id(ipr, found[0], hook)
+    if prog_id is None:
+        raise LookupError(f"no program of ours is attached to {ifname}")
+    maps = bpf.program_maps(prog_id)
+    try:
+        if map_name not in maps:
+            raise LookupError(f"the program on {ifname} has no {map_name} map (maps: {sorted(maps)})")
+        return bpf.read_counters(maps[map_name], names)
+    finally:
+        for m in maps.values():
+            m.close()

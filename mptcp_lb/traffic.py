@@ -24,6 +24,7 @@ from mptcp_lb.mptcp_sockopt import MptcpUnavailable, established_subflow_count, 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.01
+PACING_CHUNK = 16 * 1024  # bytes per write when the sender is rate-limited
 
 __all__ = ["run_connection", "run_many", "main"]
 
@@ -37,12 +38,28 @@ def _wait_for_subflows(sock: socket.socket, wanted: int, deadline: float) -> int
     return count
 
 
+def _send_paced(sock: socket.socket, payload: bytes, rate: float) -> None:
+    """Send ``payload`` at about ``rate`` bytes/s, so the connection has data in flight for a while.
+
+    The sender is what must be limited: a limited receiver lets the whole
+    payload land in socket buffers at once, and the connection goes quiet.
+    """
+    start = time.monotonic()
+    for off in range(0, len(payload), PACING_CHUNK):
+        ahead = off / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
+        sock.sendall(payload[off:off + PACING_CHUNK])
+
+
 def run_connection(vip: str, port: int, payload_size: int, min_subflows: int, timeout: float,
-                   source_port: int = 0) -> dict:
+                   source_port: int = 0, rate: float = 0) -> dict:
     """One connection: connect, wait for subflows, send a random payload, check the DIP's hash.
 
     ``source_port`` pins the first subflow's 5-tuple (0: the kernel picks), so a
-    test can send the very same 5-tuple through different MUXes.
+    test can send the very same 5-tuple through different MUXes. ``rate``
+    (bytes/s, 0: as fast as possible) paces the payload; ``timeout`` bounds
+    each socket operation and the wait for subflows.
     """
     deadline = time.monotonic() + timeout
     payload = os.urandom(payload_size)
@@ -58,7 +75,10 @@ def run_connection(vip: str, port: int, payload_size: int, min_subflows: int, ti
             # client's connection fully established, and only then does its path manager join.
             sock.sendall(echo_protocol.encode_header(len(payload)))
             count = _wait_for_subflows(sock, min_subflows, deadline)
-            sock.sendall(payload)
+            if rate:
+                _send_paced(sock, payload, rate)
+            else:
+                sock.sendall(payload)
             sock.shutdown(socket.SHUT_WR)
             reply = echo_protocol.read_reply(sock)
     except (OSError, echo_protocol.ProtocolError, MptcpUnavailable) as e:
@@ -75,14 +95,14 @@ def run_connection(vip: str, port: int, payload_size: int, min_subflows: int, ti
 
 
 def run_many(vip: str, port: int, conns: int, payload_size: int, min_subflows: int,
-             timeout: float, parallel: int, source_port: int = 0) -> list[dict]:
+             timeout: float, parallel: int, source_port: int = 0, rate: float = 0) -> list[dict]:
     """``conns`` connections, at most ``parallel`` at a time, results in start order.
 
     With ``source_port``, connection i uses source port ``source_port + i``.
     """
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = [pool.submit(run_connection, vip, port, payload_size, min_subflows, timeout,
-                               source_port + i if source_port else 0)
+                               source_port + i if source_port else 0, rate)
                    for i in range(conns)]
         return [f.result() for f in futures]
 
@@ -108,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=_positive(float), default=10.0, help="seconds per connection")
     parser.add_argument("--source-port", type=int, default=0,
                         help="first source port (connection i uses it + i); default: kernel's choice")
+    parser.add_argument("--rate", type=float, default=0,
+                        help="send each payload at about this many bytes/s (default: as fast as possible)")
     args = parser.parse_args(argv)
     if args.source_port and not 1024 <= args.source_port <= 65535 - args.conns:
         parser.error(f"--source-port {args.source_port} leaves no room for {args.conns} ports below 65536")
@@ -115,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--size {args.size} is not in 0..{echo_protocol.DEFAULT_MAX_PAYLOAD}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     results = run_many(args.vip, args.port, args.conns, args.size, args.min_subflows, args.timeout,
-                       args.parallel, args.source_port)
+                       args.parallel, args.source_port, args.rate)
     json.dump(results, sys.stdout)
     sys.stdout.write("\n")
     return 0 if all(r.get("verified") for r in results) else 1

@@ -6,10 +6,18 @@ The pipeline is a single table:
   prio 230  VIP:service-port, classifier tag "server ID"  -> that DIP        (token, hybrid)
   prio 230  VIP:service-port, tag "JOIN, token slice"     -> slice's owner   (token, hybrid)
   prio 220  VIP:service-port, tag "SYN + MP_CAPABLE"      -> meter, punt     (key_source: seed)
-  prio 200  tcp to VIP:service-port                      -> select group (5-tuple hash)
+  prio 200  tcp to VIP:service-port                      -> the VIP's slot table (5-tuple hash)
   prio 200  tcp to VIP, tp_dst in a DIP's range          -> that DIP        (port, hybrid)
   prio 100  anything else to a VIP                       -> drop
   prio 0    table miss                                   -> drop (never punted)
+
+The slot table (mptcp_lb/slots.py) is a select group of one bucket per slot
+(``hash: dp_hash``) or ``multipath`` over the slot count into table 1, one
+flow per slot (``hash: multipath``): the hash into slots never changes, and
+the controller points each slot at a DIP. A slot in transition hands its
+packets to the new owner with the old owner's address in the source MAC
+(``second_chance_mac``), so the new owner can pass on what it holds no
+connection for.
 
 The tags are written into the destination MAC by the classifier at tc
 ingress of the MUX's uplink (bpf/mux_classifier.c, docs/token-steering.md),
@@ -32,14 +40,15 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from mptcp_lb.config import Config, Dip, Mux, Vip
-from mptcp_lb.mptcp_codec import CLASS_MP_CAPABLE, CLASS_MP_JOIN, CLASS_TIMESTAMP, TAG_CLASS_MASK, tag_mac
+from mptcp_lb.mptcp_codec import CLASS_MP_CAPABLE, CLASS_MP_JOIN, CLASS_TIMESTAMP, TAG_CLASS_MASK, second_chance_mac, tag_mac
+from mptcp_lb.slots import SlotTable, table_for
 from ovs_flows.ofctl_text import flow_text
 from ovs_flows.ovs_hash import pick_backend
 from ovs_flows.port_ranges import range_to_masks
 
 COOKIE_TAG = 0x4D4C  # "ML": the top 16 bits of every cookie this app installs
 TABLE = 0
-TABLE_HASHED = 1  # seed mode: multipath's choice (reg0) -> DIP
+TABLE_HASHED = 1  # hash: multipath: the slot multipath chose (reg0) -> its owner
 ZERO_MAC = "00:00:00:00:00:00"
 PRIO_ARP = 300
 PRIO_TAG = 230
@@ -110,26 +119,42 @@ def arp_responder(mux: Mux, address: str):
     return flow_mod(PRIO_ARP, match, actions)
 
 
-def to_dip(mux: Mux, dip: Dip) -> list:
-    """Actions that hand a packet to a DIP over the fabric (L2 DSR)."""
-    return [parser.OFPActionSetField(eth_src=mux.mac),
+def to_dip(mux: Mux, dip: Dip, previous: Dip | None = None) -> list:
+    """Actions that hand a packet to a DIP over the fabric (L2 DSR).
+
+    With ``previous``, the source MAC carries that DIP's address instead of
+    the MUX's: the packet's slot is in transition from it (second chance).
+    """
+    src = second_chance_mac(previous.address) if previous is not None else mux.mac
+    return [parser.OFPActionSetField(eth_src=src),
             parser.OFPActionSetField(eth_dst=dip.mac),
             parser.OFPActionOutput(mux.fabric_port)]
 
 
-def vip_group(mux: Mux, vip: Vip, group_id: int):
-    """Select group over the active DIPs of a VIP.
+def _slot_actions(mux: Mux, vip: Vip, table: SlotTable) -> list[tuple[int, list]]:
+    """(owner id, actions) per slot of the VIP's table."""
+    dips = {d.id: d for d in vip.dips}
+    out = []
+    for slot, owner in enumerate(table.owners):
+        t = table.transitions.get(slot)
+        out.append((owner, to_dip(mux, dips[owner], dips.get(t.previous) if t else None)))
+    return out
+
+
+def vip_group(mux: Mux, vip: Vip, group_id: int, table: SlotTable):
+    """The VIP's slot table as a select group: one equal bucket per slot, pointing at its owner.
 
     No selection_method is set: OVS then uses dp_hash with a symmetric L4
     hash, which the datapath computes itself (``hash(sym_l4(0)),recirc``), so
-    datapath flows do not grow per connection. Draining DIPs get no bucket.
+    datapath flows do not grow per connection; and with 256 equal buckets
+    hash value h always lands in bucket h, whatever the buckets' actions.
     """
-    active = [d for d in vip.dips if d.state == "active"]
-    buckets = [parser.OFPBucket(weight=1, watch_port=ofp.OFPP_ANY, watch_group=ofp.OFPG_ANY,
-                                actions=to_dip(mux, d)) for d in active]
+    slots = _slot_actions(mux, vip, table)
+    buckets = [parser.OFPBucket(weight=1, watch_port=ofp.OFPP_ANY, watch_group=ofp.OFPG_ANY, actions=actions)
+               for _, actions in slots]
     msg = parser.OFPGroupMod(datapath=None, command=ofp.OFPGC_ADD, type_=ofp.OFPGT_SELECT,
                              group_id=group_id, buckets=buckets)
-    return msg, [d.id for d in active]
+    return msg, [owner for owner, _ in slots]
 
 
 def punt_meter(rate: int):
@@ -170,36 +195,44 @@ def _mac(n: int) -> str:
     return ":".join(f"{b:02x}" for b in n.to_bytes(6, "big"))
 
 
-def hashed_dip(vip: Vip, src: str, dst: str, sport: int, dport: int) -> Dip | None:
-    """The DIP the multipath flow (``_hashed_flows``, ``hash: multipath``) picks for a 5-tuple.
+def hashed_slot(vip: Vip, src: str, dst: str, sport: int, dport: int) -> int:
+    """The slot the multipath flow (``_hashed_flows``, ``hash: multipath``) picks for a 5-tuple.
+
+    Both sides zero the MACs first: OVS's symmetric_l4 hashes them, and they
+    differ between MUXes.
+    """
+    fields = {"eth_src": ZERO_MAC, "eth_dst": ZERO_MAC, "ipv4_src": src, "ipv4_dst": dst,
+              "tcp_src": sport, "tcp_dst": dport}
+    return pick_backend(fields, vip.slots, algorithm="modulo_n")
+
+
+def hashed_dip(vip: Vip, table: SlotTable, src: str, dst: str, sport: int, dport: int) -> Dip | None:
+    """The DIP the multipath flow hands a 5-tuple to, by ``table``.
 
     The controller seeds a SYN with a key for exactly this DIP, so a client
     that sends no timestamps (and so carries no server-ID tag) still reaches
-    the DIP that holds its connection. Both sides zero the MACs first: OVS's
-    symmetric_l4 hashes them, and they differ between MUXes.
+    the DIP that holds its connection.
     """
-    active = [d for d in vip.dips if d.state == "active"]
-    if not active:
+    if not table.owners:
         return None
-    fields = {"eth_src": ZERO_MAC, "eth_dst": ZERO_MAC, "ipv4_src": src, "ipv4_dst": dst,
-              "tcp_src": sport, "tcp_dst": dport}
-    return active[pick_backend(fields, len(active))]
+    return vip.dip(table.owners[hashed_slot(vip, src, dst, sport, dport)])
 
 
-def _hashed_flows(out: CompiledMux, mux: Mux, vip: Vip) -> list:
-    """Actions of the multipath service-port flow, plus the reg0 -> DIP table they resubmit to."""
-    active = [d for d in vip.dips if d.state == "active"]
-    if not active:
-        return []
-    for i, dip in enumerate(active):
-        fm = flow_mod(PRIO_VIP, parser.OFPMatch(reg0=i, eth_type=ETH_IP, ip_proto=IPPROTO_TCP,
+def _hashed_flows(out: CompiledMux, mux: Mux, vip: Vip, table: SlotTable) -> list:
+    """Actions of the multipath service-port flow, plus the slot -> owner table they resubmit to.
+
+    ``modulo_n`` over a fixed slot count: a slot's hash never depends on
+    which DIPs there are, and the algorithm costs the same for any count.
+    """
+    for slot, (owner, actions) in enumerate(_slot_actions(mux, vip, table)):
+        fm = flow_mod(PRIO_VIP, parser.OFPMatch(reg0=slot, eth_type=ETH_IP, ip_proto=IPPROTO_TCP,
                                                 ipv4_dst=vip.address, tcp_dst=vip.port),
-                      to_dip(mux, dip), table_id=TABLE_HASHED)
+                      actions, table_id=TABLE_HASHED)
         out.flows.append(fm)
-        out.flow_dip[fm.cookie] = (vip.name, dip.id)
+        out.flow_dip[fm.cookie] = (vip.name, owner)
     return [parser.OFPActionSetField(eth_src=ZERO_MAC), parser.OFPActionSetField(eth_dst=ZERO_MAC),
             parser.NXActionMultipath(fields=nicira_ext.NX_HASH_FIELDS_SYMMETRIC_L4, basis=0,
-                                     algorithm=nicira_ext.NX_MP_ALG_HRW, max_link=len(active) - 1, arg=0,
+                                     algorithm=nicira_ext.NX_MP_ALG_MODULO_N, max_link=vip.slots - 1, arg=0,
                                      ofs_nbits=nicira_ext.ofs_nbits(0, 15), dst="reg0"),
             parser.NXActionResubmitTable(table_id=TABLE_HASHED)]
 
@@ -229,19 +262,26 @@ def _token_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
             [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)], meter_id=PUNT_METER))
 
 
-def compile_mux(config: Config, mux: Mux) -> CompiledMux:
-    """All meters, groups and flows one MUX bridge should hold, in install order."""
+def compile_mux(config: Config, mux: Mux, tables: dict[str, SlotTable] | None = None) -> CompiledMux:
+    """All meters, groups and flows one MUX bridge should hold, in install order.
+
+    ``tables`` gives each VIP's slot table by name (the controller's, with
+    health and transitions); a VIP not in it gets the table of its active
+    DIPs (``slots.table_for``).
+    """
+    tables = tables or {}
     out = CompiledMux(mux=mux)
     if any(v.uses_tokens and v.key_source == "seed" for v in config.vips):
         out.meters.append(punt_meter(config.controller.punt_rate))
     out.flows.append(arp_responder(mux, mux.address))
     for group_id, vip in enumerate(config.vips, start=1):
         out.flows.append(arp_responder(mux, vip.address))
+        table = tables.get(vip.name) or table_for(vip)
         if vip.hash == "multipath":
             # Always so in seed mode, where the controller must predict the hash.
-            out.flows.append(flow_mod(PRIO_VIP, _service(mux, vip), _hashed_flows(out, mux, vip)))
+            out.flows.append(flow_mod(PRIO_VIP, _service(mux, vip), _hashed_flows(out, mux, vip, table)))
         else:
-            group, bucket_dips = vip_group(mux, vip, group_id)
+            group, bucket_dips = vip_group(mux, vip, group_id, table)
             out.groups.append(group)
             out.group_dips[group_id] = (vip.name, bucket_dips)
             out.flows.append(flow_mod(PRIO_VIP, _service(mux, vip), [parser.OFPActionGroup(group_id)]))
@@ -254,5 +294,5 @@ def compile_mux(config: Config, mux: Mux) -> CompiledMux:
     return out
 
 
-def compile_all(config: Config) -> dict[str, CompiledMux]:
-    return {m.name: compile_mux(config, m) for m in config.muxes}
+def compile_all(config: Config, tables: dict[str, SlotTable] | None = None) -> dict[str, CompiledMux]:
+    return {m.name: compile_mux(config, m, tables) for m in config.muxes}

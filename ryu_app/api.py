@@ -6,9 +6,10 @@ eventlet is off the table, so this is ``http.server`` on loopback by default.
   GET    /vips                         VIPs, their DIPs and states
   GET    /muxes                        MUX connection state and flow counts
   POST   /vips/VIP/dips                add a DIP (JSON body like a config entry)
-  POST   /vips/VIP/dips/ID/drain       no new connections; its ports stay steered
+  POST   /vips/VIP/dips/ID/drain       no new connections; its slots move away, its connections stay
   POST   /vips/VIP/dips/ID/activate    take new connections again
-  DELETE /vips/VIP/dips/ID             remove a DIP entirely
+  DELETE /vips/VIP/dips/ID[?force=1]   remove a DIP: refused (409) while it is active or its slots'
+                                       transition still gives its connections a second chance
   GET    /metrics                      Prometheus text format
 
 Every change is validated as a whole new config before it is applied, so a
@@ -21,6 +22,8 @@ import json
 import logging
 import re
 import threading
+import time
+from urllib.parse import parse_qs, urlsplit
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -38,9 +41,26 @@ class ApiError(Exception):
         self.status = status
 
 
-def vips_view(config) -> list[dict]:
-    return [{"name": v.name, "address": v.address, "port": v.port, "mode": v.mode,
-             "dips": [dump_dip(d) for d in v.dips]} for v in config.vips]
+def vips_view(core, now: float) -> list[dict]:
+    """Each VIP with its DIPs: config, health, slots owned, and how long their second chance lasts."""
+    snap = core.snapshot()
+    out = []
+    for v in snap["config"].vips:
+        table = snap["tables"].get(v.name)
+        owners = table.owners if table else ()
+        dips = []
+        for d in v.dips:
+            entry = dump_dip(d)
+            entry["health"] = snap["health"].get((v.name, d.id), {"state": "unknown", "since": None,
+                                                                     "last_error": ""})
+            entry["slots"] = sum(1 for o in owners if o == d.id)
+            ends = [t.until for t in (table.transitions.values() if table else ()) if t.previous == d.id]
+            entry["second_chance_s"] = round(max(ends) - now, 1) if ends and max(ends) > now else 0
+            dips.append(entry)
+        out.append({"name": v.name, "address": v.address, "port": v.port, "mode": v.mode, "slots": v.slots,
+                    "slots_in_transition": len(table.transitions) if table else 0,
+                    "health_check": v.health.kind if core.health_enabled(v.name) else "off", "dips": dips})
+    return out
 
 
 class ApiServer:
@@ -75,15 +95,31 @@ class ApiServer:
                 raise ApiError(400, "; ".join(e.problems)) from e
             except KeyError as e:
                 raise ApiError(404, f"no such VIP or DIP: {e.args[0]!r}") from e
-            self.core.set_config(new)
+            self.core.set_config(new, time.monotonic())
         self.on_change()
 
-    def route(self, method: str, path: str, body: bytes):
+    def _removable(self, vip: str, dip_id: int) -> None:
+        """409 unless the DIP is draining and no slot still gives its connections a second chance."""
+        try:
+            dip = self.core.config.vip(vip).dip(dip_id)
+        except KeyError as e:
+            raise ApiError(404, f"no such VIP or DIP: {e.args[0]!r}") from e
+        if dip.state == "active":
+            raise ApiError(409, f"DIP {dip_id} is active: drain it first, and remove it once its transition "
+                                f"ends (or add ?force=1 and lose its connections)")
+        until = self.core.in_transition_from(vip, dip_id, time.monotonic())
+        if until is not None:
+            raise ApiError(409, f"DIP {dip_id} still holds connections that reach it by second chance for "
+                                f"{until - time.monotonic():.0f} s more (controller.transition_time); "
+                                f"remove it then, or add ?force=1 and lose them")
+
+    def route(self, method: str, path: str, body: bytes, query: dict | None = None):
         """Return (status, content_type, payload bytes) for one request."""
+        query = query or {}
         if method == "GET" and path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
         if method == "GET" and path == "/vips":
-            return self._json(200, vips_view(self.core.config))
+            return self._json(200, vips_view(self.core, time.monotonic()))
         if method == "GET" and path == "/muxes":
             muxes = [{k: v for k, v in m.items() if k != "dip_counters"} for m in self.core.snapshot()["muxes"]]
             return self._json(200, muxes)
@@ -97,14 +133,16 @@ class ApiServer:
             except ValueError as e:
                 raise ApiError(400, f"body is not JSON: {e}") from e
             self._change(lambda c: with_dip_added(c, vip, raw))
-            return self._json(201, vips_view(self.core.config))
+            return self._json(201, vips_view(self.core, time.monotonic()))
         if method == "POST" and action:
             state = "draining" if action == "drain" else "active"
             self._change(lambda c: with_dip_state(c, vip, int(dip_id), state))
-            return self._json(200, vips_view(self.core.config))
+            return self._json(200, vips_view(self.core, time.monotonic()))
         if method == "DELETE" and dip_id is not None and action is None:
+            if query.get("force", ["0"])[-1] not in ("1", "true"):
+                self._removable(vip, int(dip_id))
             self._change(lambda c: with_dip_removed(c, vip, int(dip_id)))
-            return self._json(200, vips_view(self.core.config))
+            return self._json(200, vips_view(self.core, time.monotonic()))
         raise ApiError(405, f"{method} not allowed on {path}")
 
     @staticmethod
@@ -126,7 +164,8 @@ class ApiServer:
                     if length > MAX_BODY:
                         raise ApiError(413, f"body of {length} bytes exceeds {MAX_BODY}")
                     body = self.rfile.read(length) if length else b""
-                    status, ctype, payload = api.route(self.command, self.path.split("?")[0], body)
+                    url = urlsplit(self.path)
+                    status, ctype, payload = api.route(self.command, url.path, body, parse_qs(url.query))
                 except ApiError as e:
                     status, ctype, payload = api._json(e.status, {"error": str(e)})
                 except Exception:  # a bug must cost one request, not the API thread

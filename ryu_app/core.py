@@ -1,9 +1,14 @@
 """Controller state and decisions, with no os-ken app and no sockets.
 
-``LbCore`` holds the validated config and what each MUX reported in its
-last audit. Every method returns OpenFlow messages (``datapath=None``) for
-the shim to send; the shim never decides anything. Time is a parameter
-(``now``, monotonic seconds), as in FAUCET's Valve, so tests drive the clock.
+``LbCore`` holds the validated config, the runtime state built on it (each
+DIP's health, each VIP's slot table and the slots in transition) and what
+each MUX reported in its last audit. Every method returns OpenFlow messages
+(``datapath=None``) for the shim to send, or says whether the MUXes must be
+audited; the shim never decides anything. Time is a parameter (``now``,
+monotonic seconds), as in FAUCET's Valve, so tests drive the clock.
+
+Decisions are made here and only here: every MUX gets the same slot tables,
+computed from the same health, so MUXes agree without talking to each other.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from dataclasses import dataclass, field
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from mptcp_lb.config import Config, Dip, Mux
+from mptcp_lb.config import Config, Dip, Mux, runtime_changes
+from mptcp_lb.slots import SlotTable, Transition, live_transitions, next_transitions, table_for
 from ovs_flows.compiler import COOKIE_TAG, CompiledMux, compile_all, to_dip
 from ovs_flows.reconcile import reconcile
-from ryu_app.seeding import NoRoomForKey, SeedError, parse_syn, seed_syn
+from ryu_app.health import DOWN, DipHealth
+from ryu_app.seeding import NoRoomForKey, SeedError, hash_choice, parse_syn, seed_syn
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +68,122 @@ def _packet_out(mux: Mux, dip: Dip, frame: bytes):
 
 
 class LbCore:
-    """The controller's brain: config in, OpenFlow messages out. Thread-safe."""
+    """The controller's brain: config in, OpenFlow messages out. Thread-safe.
 
-    def __init__(self, config: Config):
+    ``base`` is the config as its file says (default: ``config``); the
+    difference is what the API changed, which ``runtime_state`` reports for
+    the state file together with health and transitions. ``restored`` is
+    such a state (health and transitions only; the config already holds the
+    changes) to carry on from.
+    """
+
+    def __init__(self, config: Config, now: float = 0.0, base: Config | None = None,
+                 restored: dict | None = None):
         self._lock = threading.RLock()
+        self.base = base or config
         self.config = config
-        self.compiled: dict[str, CompiledMux] = compile_all(config)
+        self.health: dict[tuple[str, int], DipHealth] = {}
+        self.transitions: dict[str, dict[int, Transition]] = {}
+        if restored:
+            for (vip, dip), state in restored.get("health", {}).items():
+                self.health[(vip, dip)] = DipHealth(state=state["state"], since=state.get("since"))
+            self.transitions = {vip: dict(t) for vip, t in restored.get("transitions", {}).items()}
+        self.tables: dict[str, SlotTable] = {}
+        self.compiled: dict[str, CompiledMux] = {}
+        self._rebuild(now)
         self.status: dict[int, MuxStatus] = {m.dpid: MuxStatus(m) for m in config.muxes}
 
-    def set_config(self, config: Config) -> None:
+    # ------------------------------------------------------------ decisions
+
+    def _down(self, vip: str) -> set[int]:
+        return {dip for (v, dip), h in self.health.items() if v == vip and h.state == DOWN}
+
+    def _rebuild(self, now: float) -> None:
+        """Recompute every VIP's slot table (moved slots start transitions) and recompile. Lock held."""
+        seconds = self.config.controller.transition_time
+        tables = {}
+        for vip in self.config.vips:
+            table = table_for(vip, self._down(vip.name))
+            old = self.tables.get(vip.name)
+            was = old.owners if old is not None else table.owners
+            known = {d.id for d in vip.dips}
+            transitions = live_transitions(
+                next_transitions(was, table.owners, self.transitions.get(vip.name, {}), now, seconds), now, known)
+            self.transitions[vip.name] = transitions
+            tables[vip.name] = SlotTable(table.owners, transitions)
+            if old is not None and old.owners != table.owners:
+                moved = sum(a != b for a, b in zip(was, table.owners)) if len(was) == len(table.owners) else None
+                log.info("VIP %s: slot table changed (%s slots moved, %d in transition)", vip.name,
+                         moved if moved is not None else "all", len(transitions))
+        self.transitions = {name: t for name, t in self.transitions.items() if name in tables}
+        self.tables = tables
+        self.compiled = compile_all(self.config, tables)
+
+    def set_config(self, config: Config, now: float = 0.0) -> None:
         """Switch to a new (already validated) config; audits then converge the MUXes."""
-        compiled = compile_all(config)
         with self._lock:
-            self.config, self.compiled = config, compiled
+            self.config = config
+            self.health = {k: h for k, h in self.health.items() if self._has_dip(*k)}
+            self._rebuild(now)
             for m in config.muxes:
                 self.status.setdefault(m.dpid, MuxStatus(m))
         log.info("config updated: %d VIPs, %d MUXes", len(config.vips), len(config.muxes))
+
+    def _has_dip(self, vip: str, dip: int) -> bool:
+        try:
+            self.config.vip(vip).dip(dip)
+        except KeyError:
+            return False
+        return True
+
+    def health_enabled(self, vip: str) -> bool:
+        """Whether the VIP's DIPs are probed: a probe interface exists and the VIP's check is not "none"."""
+        try:
+            return self.config.controller.probe_interface is not None and self.config.vip(vip).health.kind != "none"
+        except KeyError:
+            return False
+
+    def health_result(self, vip: str, dip: int, error: str, now: float) -> bool:
+        """One probe's result ('' for success); True when the slot tables changed (audit the MUXes)."""
+        with self._lock:
+            if not self._has_dip(vip, dip):
+                return False
+            check = self.config.vip(vip).health
+            h = self.health.setdefault((vip, dip), DipHealth())
+            if not h.observe(not error, now, check.rise, check.fall, error):
+                return False
+            log.warning("VIP %s DIP %d is %s%s", vip, dip, h.state, f": {error}" if error else "")
+            before = self.tables.get(vip)
+            self._rebuild(now)
+            v = self.config.vip(vip)
+            active = [d.id for d in v.dips if d.state == "active"]
+            if active and all(d in self._down(vip) for d in active):
+                log.error("VIP %s: every active DIP is down; failing open: all of them keep their slots", vip)
+            return self.tables.get(vip) != before
+
+    def tick(self, now: float) -> bool:
+        """End the transitions that ran out; True when a table changed (audit the MUXes)."""
+        with self._lock:
+            if not any(t.until <= now for ts in self.transitions.values() for t in ts.values()):
+                return False
+            self._rebuild(now)
+            return True
+
+    def in_transition_from(self, vip: str, dip: int, now: float) -> float | None:
+        """Until when (monotonic) slots still give connections a second chance at ``dip``, or None."""
+        with self._lock:
+            ends = [t.until for t in self.transitions.get(vip, {}).values() if t.previous == dip and t.until > now]
+        return max(ends) if ends else None
+
+    def runtime_state(self) -> dict:
+        """What the state file keeps: the API's changes, health and transitions (monotonic times)."""
+        with self._lock:
+            return {
+                "changes": runtime_changes(self.base, self.config),
+                "health": {k: {"state": h.state, "since": h.since} for k, h in self.health.items()
+                           if h.state != "unknown"},
+                "transitions": {vip: dict(t) for vip, t in self.transitions.items() if t},
+            }
 
     def mux_connected(self, dpid: int, now: float) -> list:
         """A MUX (re)connected: forget any audit in flight and ask what it holds."""
@@ -188,7 +295,8 @@ class LbCore:
                     and v.uses_tokens and v.key_source == "seed"]
             if not vips:
                 raise SeedError(f"no seed-mode VIP at {five.dst}:{five.dport}")
-            seeded = seed_syn(vips[0], frame, five=five)
+            table = self.tables[vips[0].name]
+            seeded = seed_syn(vips[0], frame, lambda vip, five: hash_choice(vip, table, five), five=five)
         except NoRoomForKey as e:
             # Still connect the client (to the DIP the hash picks); without the key its
             # later joins may miss, but dropping would fail every retry of this SYN.
@@ -210,6 +318,8 @@ class LbCore:
         with self._lock:
             return {
                 "config": self.config,
+                "health": {k: h.view() for k, h in self.health.items()},
+                "tables": dict(self.tables),
                 "muxes": [
                     {"name": st.mux.name, "dpid": st.mux.dpid, "connected": st.connected,
                      "flows": st.flows, "resyncs": st.resyncs, "punts": st.punts,

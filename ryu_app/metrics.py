@@ -29,6 +29,11 @@ class LbCollector:
         punt_errors = CounterMetricFamily("mptcplb_punt_errors", "Packet-ins dropped unseeded", labels=["mux"])
         state = GaugeMetricFamily("mptcplb_dip_active", "1 if a DIP takes new connections, 0 if draining",
                                   labels=["vip", "dip"])
+        healthy = GaugeMetricFamily("mptcplb_dip_healthy", "0 if health checks took the DIP down, else 1",
+                                    labels=["vip", "dip"])
+        slots = GaugeMetricFamily("mptcplb_dip_slots", "Slots of the VIP's table the DIP owns", labels=["vip", "dip"])
+        moving = GaugeMetricFamily("mptcplb_slots_in_transition",
+                                   "Slots whose packets get a second chance at their previous owner", labels=["vip"])
         connected.add_metric([], sum(1 for m in snap["muxes"] if m["connected"]))
         for m in snap["muxes"]:
             flows.add_metric([m["name"]], m["flows"])
@@ -39,9 +44,15 @@ class LbCollector:
                 packets.add_metric([m["name"], vip, str(dip)], pkts)
                 octets.add_metric([m["name"], vip, str(dip)], nbytes)
         for vip in snap["config"].vips:
+            table = snap["tables"].get(vip.name)
+            owners = table.owners if table else ()
+            moving.add_metric([vip.name], len(table.transitions) if table else 0)
             for d in vip.dips:
-                state.add_metric([vip.name, str(d.id)], 1 if d.state == "active" else 0)
-        yield from (packets, octets, connected, flows, resyncs, punts, punt_errors, state)
+                labels = [vip.name, str(d.id)]
+                state.add_metric(labels, 1 if d.state == "active" else 0)
+                healthy.add_metric(labels, 0 if snap["health"].get((vip.name, d.id), {}).get("state") == "down" else 1)
+                slots.add_metric(labels, sum(1 for o in owners if o == d.id))
+        yield from (packets, octets, connected, flows, resyncs, punts, punt_errors, state, healthy, slots, moving)
 
 
 def make_registry(core) -> CollectorRegistry:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from mptcp_lb.config import Dip, Vip
 from mptcp_lb.mptcp_codec import (KEY_CARRIER_LEN, FiveTuple, NoOptionRoom, append_tcp_option, build_key_carrier,
                                   check_option_room, key_to_token, make_key, parse_mpc_syn)
+from mptcp_lb.slots import SlotTable
 from ovs_flows.compiler import hashed_dip
 
 
@@ -49,15 +50,17 @@ def parse_syn(frame: bytes) -> FiveTuple:
     return five
 
 
-def hash_choice(vip: Vip, five: FiveTuple) -> Dip | None:
-    """The DIP the MUX's multipath flow would pick for this 5-tuple (see ``hashed_dip``)."""
-    return hashed_dip(vip, five.src, five.dst, five.sport, five.dport)
+def hash_choice(vip: Vip, table: SlotTable, five: FiveTuple) -> Dip | None:
+    """The DIP the MUX's multipath flow would pick for this 5-tuple by ``table`` (see ``hashed_dip``)."""
+    return hashed_dip(vip, table, five.src, five.dst, five.sport, five.dport)
 
 
-def seed_syn(vip: Vip, frame: bytes, choose_dip=hash_choice, five: FiveTuple | None = None) -> Seeded:
+def seed_syn(vip: Vip, frame: bytes, choose_dip, five: FiveTuple | None = None) -> Seeded:
     """Pick the DIP for a punted SYN(MPC) and hand it a key from its slices, inside the SYN.
 
-    ``five`` is ``parse_syn(frame)`` if the caller already has it.
+    ``choose_dip(vip, five)`` picks it (the controller: ``hash_choice`` by
+    its current slot table); ``five`` is ``parse_syn(frame)`` if the caller
+    already has it.
     """
     five = five or parse_syn(frame)
     if five.dst != vip.address or five.dport != vip.port:

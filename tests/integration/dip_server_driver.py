@@ -1,6 +1,6 @@
 """The DIP side of test_dip_token, driven over stdin: ``dip_server_driver.py CONFIG_JSON``.
 
-Run inside the server namespace. It holds a DipTokenSetup and an MPTCP echo
+Run inside the server namespace. It holds a DipPrograms and an MPTCP echo
 server that records, per accepted connection, what the server kernel says
 about it (token, subflows, negotiated options). Each stdin line is a JSON
 command (apply, seed, flow, stats, conns, undo); each answer is one JSON
@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 
-from dip_agent.token_setup import DipTokenSetup
+from dip_agent.programs import DipPrograms
 from mptcp_lb import echo_protocol
 from mptcp_lb.mptcp_codec import key_to_token
 from mptcp_lb.mptcp_sockopt import (MPTCP_TCPINFO, SOL_MPTCP, _TCP_INFO_SIZE, _subflow_entries, mptcp_socket,
@@ -89,7 +89,7 @@ class RecordingServer:
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    setup = DipTokenSetup(cfg["ifnames"], cfg["vip"], cfg["port"], cfg["server_id"], cfg["mode"],
+    setup = DipPrograms(cfg["ifnames"], cfg["vip"], cfg["port"], cfg["server_id"], cfg["mode"],
                           cfg.get("slices"), cfg.get("slice_bits"), syncookies=cfg["syncookies"])
     server = RecordingServer(cfg)
     for line in sys.stdin:

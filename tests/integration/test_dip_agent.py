@@ -39,42 +39,14 @@ AGENT_SYSCTLS = {
     "net.mptcp.allow_join_initial_addr_port": "0",
 }
 
-# Drives one DipHostSetup object: each stdin line names a method to call.
-SETUP_DRIVER = """
-import logging, sys
-from dip_agent.host_setup import DipHostSetup
-logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-setup = DipHostSetup(sys.argv[1], int(sys.argv[2]))
-for line in sys.stdin:
-    getattr(setup, line.strip())()
-    print("done", flush=True)
-"""
-
-AGENT = """
-import logging, sys
-from dip_agent.main import run
-logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-sys.exit(run(sys.argv[1], int(sys.argv[2]), ready_file=sys.argv[3], echo=True))
-"""
+HERE = Path(__file__).resolve().parent
 
 
-# Malformed requests: an absurd length, a short payload, a short header.
-BAD_CLIENTS = """
-import socket, struct, sys
-from mptcp_lb.mptcp_sockopt import mptcp_socket
-for data in (struct.pack("!Q", 1 << 40), struct.pack("!Q", 10) + b"abc", b"\\x00"):
-    with mptcp_socket() as s:
-        s.settimeout(10)
-        s.connect((sys.argv[1], int(sys.argv[2])))
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        print("closed" if s.recv(100) == b"" else "answered")
-"""
-
-
-def run_agent(ns: str, config: Path, dip_id: int, ready: Path) -> subprocess.Popen:
+def run_agent(ns: str, config: Path, dip_id: int, ready: Path, interfaces: list[str]) -> subprocess.Popen:
+    """``mptcp-lb dip-agent --echo`` in ``ns``, its DIP programs on ``interfaces``."""
     return subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", AGENT, str(config), str(dip_id), str(ready)],
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "mptcp_lb.cli", "dip-agent", "--config", str(config),
+         "--dip", str(dip_id), "--ready-file", str(ready), "--interface", ",".join(interfaces), "--echo"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env(), cwd=REPO)
 
 
@@ -99,7 +71,7 @@ class SetupDriver:
 
     def __init__(self, ns: str):
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", SETUP_DRIVER, VIP, str(ANNOUNCE_PORT)],
+            ["ip", "netns", "exec", ns, sys.executable, str(HERE / "host_setup_driver.py"), VIP, str(ANNOUNCE_PORT)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=python_env(), cwd=REPO)
 
@@ -170,14 +142,15 @@ vips:
 def test_echo_traffic_uses_announced_port_and_verifies_every_byte(netns, tmp_path):
     config = write_config(tmp_path / "dip.yaml")
     ready = tmp_path / "ready"
-    agent = run_agent(netns.server, config, DIP_ID, ready)
+    agent = run_agent(netns.server, config, DIP_ID, ready, netns.server_ifs)
     try:
         wait_for("the DIP agent to become ready", lambda: ready.exists() or agent.poll() is not None, WAIT)
         assert agent.poll() is None, f"agent exited {agent.returncode}: {agent.stderr.read()}"
         assert ready.read_text() == "ready\n"
 
         client = netns.client
-        bad = subprocess.run(["ip", "netns", "exec", client, sys.executable, "-c", BAD_CLIENTS, VIP, str(SERVICE_PORT)],
+        bad = subprocess.run(["ip", "netns", "exec", client, sys.executable, str(HERE / "bad_clients.py"), VIP,
+                              str(SERVICE_PORT)],
                              capture_output=True, text=True, env=python_env(), cwd=REPO)
         assert bad.returncode == 0, bad.stderr
         assert bad.stdout.split() == ["closed"] * 3  # the server hung up without a reply
@@ -228,13 +201,13 @@ def test_agent_exit_codes(netns, tmp_path):
     ready = tmp_path / "ready"
     before = server_state(netns.server)
 
-    agent = run_agent(netns.server, config, 9, ready)
+    agent = run_agent(netns.server, config, 9, ready, netns.server_ifs)
     _, err = agent.communicate(timeout=WAIT)
     assert agent.returncode == 2, err
     assert "--dip 9: VIP web has no DIP with that id (ids: 1)" in err
 
     in_ns(netns.server, "sysctl", "-q", "net.mptcp.enabled=0")
-    agent = run_agent(netns.server, config, DIP_ID, ready)
+    agent = run_agent(netns.server, config, DIP_ID, ready, netns.server_ifs)
     _, err = agent.communicate(timeout=WAIT)
     assert agent.returncode == 3, err
     assert "net.mptcp.enabled is 0" in err

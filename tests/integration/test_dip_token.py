@@ -1,4 +1,4 @@
-"""Token steering on the DIP (bpf/dip_tc.c, dip_agent/token_setup.py) on a stock kernel, in namespaces.
+"""Token steering on the DIP (bpf/dip_tc.c, dip_agent/programs.py) on a stock kernel, in namespaces.
 
 Real namespaces, as a stock Linux client sees the DIP::
 
@@ -89,7 +89,7 @@ def netns():
 
 
 class ServerDriver:
-    """DipTokenSetup and the recording echo server, in a subprocess inside the server namespace."""
+    """DipPrograms and the recording echo server, in a subprocess inside the server namespace."""
 
     def __init__(self, ns: str, **cfg):
         self.proc = subprocess.Popen(

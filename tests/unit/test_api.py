@@ -39,15 +39,26 @@ def test_list_add_drain_activate_remove(api):
     server, core, changes = api
     status, vips = call(server, "GET", "/vips")
     assert status == 200 and [d["id"] for d in vips[0]["dips"]] == [1, 2, 3]
+    assert sum(d["slots"] for d in vips[0]["dips"]) == vips[0]["slots"] == 256
+    assert {d["health"]["state"] for d in vips[0]["dips"]} == {"unknown"}
     assert call(server, "POST", "/vips/web/dips", NEW_DIP)[0] == 201
     assert [d.id for d in core.config.vips[0].dips] == [1, 2, 3, 4]
     status, vips = call(server, "POST", "/vips/web/dips/2/drain")
     assert status == 200 and vips[0]["dips"][1]["state"] == "draining"
-    assert core.compiled["mux1"].group_dips[1] == ("web", [1, 3, 4])
+    # DIP 2's slots moved to the others, and give its connections a second chance there.
+    assert set(core.compiled["mux1"].group_dips[1][1]) == {1, 3, 4}
+    assert vips[0]["dips"][1]["slots"] == 0 and vips[0]["dips"][1]["second_chance_s"] > 0
+    assert vips[0]["slots_in_transition"] > 0
     assert call(server, "POST", "/vips/web/dips/2/activate")[0] == 200
-    assert call(server, "DELETE", "/vips/web/dips/4")[0] == 200
+    assert set(core.compiled["mux1"].group_dips[1][1]) == {1, 2, 3, 4}
+    status, body = call(server, "DELETE", "/vips/web/dips/4")
+    assert status == 409 and "is active: drain it first" in body["error"]
+    assert call(server, "POST", "/vips/web/dips/4/drain")[0] == 200
+    status, body = call(server, "DELETE", "/vips/web/dips/4")
+    assert status == 409 and "second chance" in body["error"]
+    assert call(server, "DELETE", "/vips/web/dips/4?force=1")[0] == 200
     assert [d.id for d in core.config.vips[0].dips] == [1, 2, 3]
-    assert len(changes) == 4
+    assert len(changes) == 5  # the refused removals changed nothing
 
 
 @pytest.mark.parametrize("method,path,body,status,message", [
@@ -84,15 +95,19 @@ def test_metrics_report_per_dip_counters_and_connected_muxes(api):
     assert core.mux_connected(0x1001, now=0.0)
     core.group_desc_reply(0x1001, as_descs(compiled.groups))
     assert core.flow_stats_reply(0x1001, stats) == []
-    buckets = [parser.OFPBucketCounter(packet_count=5, byte_count=500)] * 3
+    buckets = [parser.OFPBucketCounter(packet_count=5, byte_count=500)] * len(compiled.group_dips[1][1])
     core.group_stats_reply(0x1001, [parser.OFPGroupStats(length=0, group_id=1, ref_count=1, packet_count=15,
                                                           byte_count=1500, duration_sec=1, duration_nsec=0,
                                                           bucket_stats=buckets)], now=0.1)
     status, body = call(server, "GET", "/metrics")
     text = body.decode()
     assert status == 200
-    assert 'mptcplb_dip_packets_total{dip="2",mux="mux1",vip="web"} 15.0' in text
-    assert 'mptcplb_dip_bytes_total{dip="3",mux="mux1",vip="web"} 1500.0' in text
+    owned = compiled.group_dips[1][1]
+    # Each DIP's port-range flow counted 10 packets, each of its buckets 5.
+    assert f'mptcplb_dip_packets_total{{dip="2",mux="mux1",vip="web"}} {10.0 + 5 * owned.count(2)}' in text
+    assert f'mptcplb_dip_bytes_total{{dip="3",mux="mux1",vip="web"}} {1000.0 + 500 * owned.count(3)}' in text
+    assert f'mptcplb_dip_slots{{dip="1",vip="web"}} {float(owned.count(1))}' in text
+    assert 'mptcplb_dip_healthy{dip="1",vip="web"} 1.0' in text
     assert "mptcplb_muxes_connected 1.0" in text
     assert f'mptcplb_mux_flows{{mux="mux1"}} {float(len(stats))}' in text
 

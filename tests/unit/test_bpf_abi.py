@@ -46,6 +46,8 @@ SHARED_CONSTANTS = {
     "KEY_MODE_SEED": dip_abi.KEY_MODE_SEED,
     "KEY_MODE_POOL": dip_abi.KEY_MODE_POOL,
     "POOL_SIZE": dip_abi.POOL_SIZE,
+    "DIP_FLAG_STAMP": dip_abi.DIP_FLAG_STAMP,
+    "SECOND_CHANCE_ADDR_OFF": mc.SECOND_CHANCE_ADDR_OFF,
 }
 
 # The #defines of bpf/dip_structs.h that user space reads or writes in map values.

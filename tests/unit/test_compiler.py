@@ -3,7 +3,8 @@ from dataclasses import replace
 import pytest
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from mptcp_lb.config import parse_config, with_dip_state
+from mptcp_lb.config import ConfigError, parse_config, with_dip_state
+from mptcp_lb.slots import table_for as slot_table
 from ovs_flows.compiler import compile_mux
 from ovs_flows.ofctl_text import flow_text, group_text
 from tests.fakeoftable import FakeOFTable
@@ -124,10 +125,15 @@ def test_4095_dips_compile(raw_config):
     dips = [{"id": i, "address": f"10.{2 + i // 250}.{i % 250}.1", "mac": f"02:00:00:03:{i >> 8:02x}:{i & 255:02x}",
              "ports": f"{2048 + i * 15}-{2048 + i * 15 + 14}"} for i in range(1, 4096)]
     raw_config["vips"][0]["dips"] = dips
+    with pytest.raises(ConfigError, match=r"vips\[0\].slots: 256 slots for 4095 active DIPs"):
+        parse_config(raw_config)
+    raw_config["vips"][0].update(hash="multipath", slots=4096)
     config = parse_config(raw_config)
     compiled = compile_mux(config, config.muxes[0])
-    assert len(compiled.groups[0].buckets) == 4095
-    assert len(compiled.flow_dip) >= 4095  # compile time is measured in bench/, not asserted here
+    slots = [f for f in compiled.flows if f.table_id == 1]
+    assert len(slots) == 4096 and compiled.groups == []
+    assert {dip for _, dip in compiled.flow_dip.values()} == set(range(1, 4096))  # every DIP's port flows
+    # compile time is measured in bench/, not asserted here
 
 
 def token_config(raw_config, mode="token", key_source="seed", slice_bits=4):
@@ -173,9 +179,10 @@ def test_seed_mode_hash_is_what_the_controller_predicts(raw_config):
 
     config = token_config(raw_config)
     t1, t2 = table_for(config, 0), table_for(config, 1)
+    slots = slot_table(config.vips[0])
     seen = set()
     for sport in range(40000, 40100):
-        predicted = hashed_dip(config.vips[0], "10.0.1.1", VIP, sport, 80).id
+        predicted = hashed_dip(config.vips[0], slots, "10.0.1.1", VIP, sport, 80).id
         assert dip_of(t1, tcp(80, sport=sport), config) == predicted
         # the other MUX has other MACs and must still agree
         assert dip_of(t2, {**tcp(80, sport=sport), "eth_dst": "02:00:00:01:00:02", "eth_src": "02:bb:00:00:00:07"},
@@ -210,7 +217,8 @@ def test_drained_dip_leaves_the_seed_hash_but_keeps_its_tags(raw_config):
     config = with_dip_state(token_config(raw_config), "web", 1, "draining")
     table = table_for(config)
     assert {dip_of(table, tcp(80, sport=s), config) for s in range(40000, 40200)} == {2, 3}
-    assert {hashed_dip(config.vips[0], "10.0.1.1", VIP, s, 80).id for s in range(40000, 40200)} == {2, 3}
+    slots = slot_table(config.vips[0])
+    assert {hashed_dip(config.vips[0], slots, "10.0.1.1", VIP, s, 80).id for s in range(40000, 40200)} == {2, 3}
     assert dip_of(table, tagged(80, tag_mac(CLASS_TIMESTAMP, 1)), config) == 1
 
 
@@ -222,10 +230,11 @@ def test_port_mode_with_multipath_needs_no_group(raw_config):
     compiled = compile_mux(config, config.muxes[0])
     assert compiled.groups == [] and compiled.meters == []
     table = FakeOFTable(compiled.flows)  # no group or meter has to exist first
+    slots = slot_table(config.vips[0])
     seen = set()
     for sport in range(40000, 40060):
         got = dip_of(table, tcp(80, sport=sport), config)
-        assert got == hashed_dip(config.vips[0], "10.0.1.1", VIP, sport, 80).id
+        assert got == hashed_dip(config.vips[0], slots, "10.0.1.1", VIP, sport, 80).id
         seen.add(got)
     assert seen == {1, 2, 3}
     assert dip_of(table, tcp(12288), config) == 3

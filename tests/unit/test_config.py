@@ -66,11 +66,11 @@ def test_bad_values_are_named(raw_config, path, value, expect):
 
 
 def test_unknown_and_missing_keys(raw_config):
-    raw_config["vips"][0]["dips"][0]["weight"] = 3
+    raw_config["vips"][0]["dips"][0]["colour"] = 3
     del raw_config["muxes"][0]["mac"]
     raw_config["extra"] = True
     got = problems(raw_config)
-    assert any(p.startswith("vips[0].dips[0].weight: unknown key") for p in got)
+    assert any(p.startswith("vips[0].dips[0].colour: unknown key") for p in got)
     assert "muxes[0].mac: missing required key" in got
     assert any(p.startswith("extra: unknown key") for p in got)
 

@@ -14,7 +14,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from mptcp_lb.config import parse_config, with_dip_state
-from mptcp_lb.mptcp_codec import (CLASS_MP_CAPABLE, TCPOPT_EXPERIMENTAL, key_to_token, parse_key_carrier,
+from mptcp_lb.mptcp_codec import (CLASS_MP_CAPABLE, second_chance_mac, TCPOPT_EXPERIMENTAL, key_to_token, parse_key_carrier,
                                   parse_tcp_options, slice_of, tag_mac)
 from ryu_app.core import AUDIT_STALE, LbCore
 from tests.fakeoftable import FakeOFTable
@@ -134,13 +134,29 @@ def test_a_disconnected_mux_is_not_audited(config):
 
 def test_draining_a_dip_converges_the_bridge(config):
     core, bridge = connected(config)
-    core.set_config(with_dip_state(config, "web", 2, "draining"))
+    before = core.tables["web"].owners
+    core.set_config(with_dip_state(config, "web", 2, "draining"), now=3.0)
     fixes, _ = run_audit(core, bridge, core.audit(DPID, now=3.0), now=3.1)
     assert kinds(fixes) == [parser.OFPGroupMod, parser.OFPBarrierRequest]  # the flows stay as they are
-    assert fixes[0].command == ofp.OFPGC_MODIFY and len(fixes[0].buckets) == 2
+    # The whole bucket list, same count: OVS keeps its hash -> bucket map, only DIP 2's slots change.
+    assert fixes[0].command == ofp.OFPGC_MODIFY and len(fixes[0].buckets) == len(before)
     assert {dip_of(bridge, tcp(80, sport=s), config) for s in range(40000, 40300)} == {1, 3}
+    after = core.tables["web"].owners
+    assert all(after[s] == before[s] for s in range(len(before)) if before[s] != 2)
+    # DIP 2's old slots reach their new owners marked with DIP 2's address: a second chance there.
+    moved = {s for s in range(len(before)) if before[s] == 2}
+    assert set(core.tables["web"].transitions) == moved
+    mark = second_chance_mac(config.vips[0].dip(2).address)
+    assert {str(b.actions[0].value) for i, b in enumerate(fixes[0].buckets) if i in moved} == {mark}
     assert dip_of(bridge, tcp(config.vips[0].dip(2).announce_port), config) == 2  # its connections keep going
     assert run_audit(core, bridge, core.audit(DPID, now=6.0), now=6.1) == ([], [])
+    # The transition ends after controller.transition_time: the marks go, the owners stay.
+    assert not core.tick(now=3.0 + config.controller.transition_time - 1)
+    assert core.tick(now=3.0 + config.controller.transition_time)
+    fixes, _ = run_audit(core, bridge, core.audit(DPID, now=400.0), now=400.1)
+    assert kinds(fixes) == [parser.OFPGroupMod, parser.OFPBarrierRequest]
+    assert core.tables["web"].owners == after and not core.tables["web"].transitions
+    assert mark not in {str(b.actions[0].value) for b in fixes[0].buckets}
 
 
 @pytest.mark.parametrize("hash_method", ["dp_hash", "multipath"])

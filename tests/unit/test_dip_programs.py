@@ -2,8 +2,8 @@
 
 Key rewrite, checksum (at every option alignment), TSval stamping, TSecr
 restoration, the key carrier, malformed input, the key pool never reusing a
-key, and DipTokenSetup.load() getting the programs ready without touching an
-interface. tests/integration/test_dip_token.py runs the same programs under
+key, the second chance's decisions, and DipPrograms.load() getting the
+programs ready without touching an interface. tests/integration/test_dip_token.py runs the same programs under
 a real client in network namespaces.
 """
 
@@ -14,9 +14,9 @@ import pytest
 from dip_agent.dip_abi import STAT_NAMES, U32, FlowState, pack_config, pack_flow_key, pack_seeded_flow_state
 from dip_agent.key_pool import KeyPool
 from dip_agent.sysctl import read_sysctl
-from dip_agent.token_setup import SYNCOOKIES, DipTokenSetup, dip_object
-from mptcp_lb.bpf import TC_ACT_OK, BpfObject, read_counters, test_run
-from mptcp_lb.mptcp_codec import build_key_carrier, key_to_token, make_key, slice_of
+from dip_agent.programs import SYNCOOKIES, DipPrograms, dip_object
+from mptcp_lb.bpf import TC_ACT_OK, TC_ACT_REDIRECT, BpfObject, read_counters, test_run
+from mptcp_lb.mptcp_codec import build_key_carrier, key_to_token, make_key, second_chance_mac, slice_of
 from tests.packets import checksums_ok, mp_capable, tcp_frame, tcp_options, timestamp, tsval_tsecr
 
 VIP = "10.78.9.100"
@@ -24,14 +24,16 @@ CLIENT = "10.78.0.1"
 PORT = 80
 SERVER_ID = 0x5A5
 SLICE_BITS, SLICES = 8, {5}  # pool keys are drawn for slice 5 of 256
+SELF, PREVIOUS = "10.78.2.1", "10.78.2.2"  # this DIP's fabric address, and a slot's previous owner's
 
 
 class Programs:
     """dip_tc.o loaded and configured, run on frames with BPF_PROG_TEST_RUN (no interface)."""
 
-    def __init__(self, mode: str, server_id: int = SERVER_ID):
+    def __init__(self, mode: str, server_id: int = SERVER_ID, stamp: bool = True):
         self.obj = BpfObject(dip_object())
-        self.obj.map("dip_config").update(U32.pack(0), pack_config(VIP, PORT, server_id, mode))
+        self.obj.map("dip_config").update(U32.pack(0), pack_config(VIP, PORT, server_id, mode, stamp=stamp,
+                                                                   self_address=SELF))
         self.egress_fd = self.obj.prog_fd("dip_egress")
         self.ingress_fd = self.obj.prog_fd("dip_ingress")
 
@@ -40,9 +42,9 @@ class Programs:
         assert result.retval == TC_ACT_OK  # always
         return result.data_out
 
-    def ingress(self, data: bytes) -> bytes:
+    def ingress(self, data: bytes, verdict: int = TC_ACT_OK) -> bytes:
         result = test_run(self.ingress_fd, data)
-        assert result.retval == TC_ACT_OK
+        assert result.retval == verdict
         return result.data_out
 
     def pool(self, slices=SLICES, slice_bits=SLICE_BITS) -> KeyPool:
@@ -286,16 +288,16 @@ def test_untouched_traffic(programs):
     assert progs.stats()["synack_key_set"] == 0
 
 
-# --------------------------------------------------------------- DipTokenSetup.load(): no interface touched
+# --------------------------------------------------------------- DipPrograms.load(): no interface touched
 
 
 @pytest.fixture
 def loaded_setup(bpf_platform):
-    """Make a DipTokenSetup and load() it (never attach()); undo() it after the test."""
-    made: list[DipTokenSetup] = []
+    """Make a DipPrograms and load() it (never attach()); undo() it after the test."""
+    made: list[DipPrograms] = []
 
-    def load(mode: str, **kw) -> DipTokenSetup:
-        setup = DipTokenSetup("mlb-no-such-if", VIP, PORT, SERVER_ID, mode, **kw)
+    def load(mode: str, **kw) -> DipPrograms:
+        setup = DipPrograms("mlb-no-such-if", VIP, PORT, SERVER_ID, mode, **kw)
         made.append(setup)
         setup.load()
         return setup
@@ -324,3 +326,67 @@ def test_a_key_seeded_into_a_loaded_setup_goes_into_the_next_synack(loaded_setup
     out = test_run(setup.obj.prog_fd("dip_egress"), synack(40041, mpc_synack(bytes(8)), isn=77))
     assert tcp_options(out.data_out)[30][4:12] == key
     assert setup.flow(CLIENT, 40041).key_isn == 77
+
+
+# ------------------------------------------------------------------ second chance
+# BPF_PROG_TEST_RUN runs in this test's own network namespace, where no socket
+# holds these flows: only a SYN/ACK the egress program saw makes one "ours".
+
+
+def marked(frame: bytes, previous: str = PREVIOUS) -> bytes:
+    """The frame as a MUX hands it over while its slot is in transition from ``previous``."""
+    return frame[:6] + bytes.fromhex(second_chance_mac(previous).replace(":", "")) + frame[12:]
+
+
+@pytest.mark.parametrize("mode,stamp", [("none", False), ("pool", True), ("seed", True)])
+def test_a_marked_packet_nobody_here_holds_goes_to_the_previous_owner(programs, mode, stamp):
+    progs = programs(mode, stamp=stamp)
+    ack = tcp_frame("A", src=CLIENT, dst=VIP, sport=41000, dport=PORT, seq=5000, ack=1)
+    out = progs.ingress(marked(ack), verdict=TC_ACT_REDIRECT)
+    assert out == marked(ack)  # passed on untouched; the kernel writes the MACs on the way out
+    progs.ingress(marked(tcp_frame("R", src=CLIENT, dst=VIP, sport=41001, dport=PORT)), verdict=TC_ACT_REDIRECT)
+    progs.ingress(marked(client_ack(41002, tsecr=0x1234)), verdict=TC_ACT_REDIRECT)
+    assert progs.stats()["sc_forwarded"] == 3
+
+
+def test_unmarked_packets_syns_and_marks_naming_this_dip_stay(programs):
+    progs = programs("none", stamp=False)
+    ack = tcp_frame("A", src=CLIENT, dst=VIP, sport=41010, dport=PORT, seq=5000, ack=1)
+    progs.ingress(ack)  # no mark: the slot is not in transition
+    progs.ingress(marked(client_syn(41011, mp_capable())))  # a SYN starts its connection here
+    progs.ingress(marked(ack, previous=SELF))
+    progs.ingress(marked(ack, previous="0.0.0.0"))
+    other_port = tcp_frame("A", src=CLIENT, dst=VIP, sport=41012, dport=PORT + 1, seq=1, ack=1)
+    progs.ingress(marked(other_port))  # not the VIP's service: not ours to judge
+    stats = progs.stats()
+    assert (stats["sc_forwarded"], stats["sc_syn"], stats["sc_self"]) == (0, 1, 2)
+
+
+def test_a_handshake_this_dip_answered_stays_here_for_a_cookie_lifetime(programs):
+    """With SYN cookies only the listener matches the third ACK: the SYN/ACK this DIP sent makes it ours."""
+    progs = programs("pool")
+    progs.pool().fill()
+    isn = 70000
+    progs.egress(synack(41020, mpc_synack(bytes(8)) + timestamp(0x1000, 9), isn=isn))
+    assert progs.flow(41020).synack_ns > 0
+    third_ack = tcp_frame("A", timestamp(1, (0x1000 & ~0xFFF) | SERVER_ID), src=CLIENT, dst=VIP, sport=41020,
+                          dport=PORT, seq=isn + 1, ack=778)
+    progs.ingress(marked(third_ack))
+    data = tcp_frame("A", src=CLIENT, dst=VIP, sport=41020, dport=PORT, seq=isn + 1 + 5000, ack=778, payload=b"x")
+    progs.ingress(marked(data))
+    # Sequence numbers from before this DIP's SYN/ACK are another connection's: not ours.
+    stale = tcp_frame("A", src=CLIENT, dst=VIP, sport=41020, dport=PORT, seq=isn - 100, ack=778)
+    progs.ingress(marked(stale), verdict=TC_ACT_REDIRECT)
+    stats = progs.stats()
+    assert (stats["sc_handshake"], stats["sc_forwarded"]) == (2, 1)
+
+
+def test_port_mode_records_synacks_but_rewrites_nothing(programs):
+    progs = programs("none", stamp=False)
+    frame = synack(41030, mpc_synack(bytes(range(8))) + timestamp(0xABCDE123, 0))
+    assert progs.egress(frame) == frame
+    assert progs.egress(server_segment(41030, 0xABCDE200)) == server_segment(41030, 0xABCDE200)
+    state = progs.flow(41030)
+    assert state.has_conn and state.conn_isn == 1000 and state.max_tsval is None
+    assert progs.ingress(client_ack(41030, tsecr=0xABCDE123)) == client_ack(41030, tsecr=0xABCDE123)
+    assert progs.stats()["ts_stamped"] == 0

@@ -1,6 +1,10 @@
-"""The DIP side of token-based steering on a stock kernel: bpf/dip_tc.o loaded, configured and on tc.
+"""The DIP's BPF programs on a stock kernel: bpf/dip_tc.o loaded, configured and on tc.
 
-``DipTokenSetup`` separates loading from attaching, as Katran's
+Every DIP runs them, in every mode: they give a slot's connections their
+second chance while the slot moves (mptcp_lb/slots.py). In the token modes
+they also adopt keys and stamp timestamps (``stamp=True``, a key mode).
+
+``DipPrograms`` separates loading from attaching, as Katran's
 ``loadBpfProgs`` / ``attachBpfProgs`` do. ``load()`` loads ``bpf/dip_tc.o``
 (as ``make bpf`` built it), writes the configuration map and, in pool mode,
 fills the key pool and starts its refill thread (dip_agent/key_pool.py),
@@ -40,7 +44,12 @@ log = logging.getLogger(__name__)
 OBJECT_PATH = BPF_DIR / "dip_tc.o"
 SYNCOOKIES = "net/ipv4/tcp_syncookies"
 
-__all__ = ["DipTokenSetup", "OBJECT_PATH", "dip_object"]
+__all__ = ["DipPrograms", "OBJECT_PATH", "dip_object", "attached_stats"]
+
+
+def attached_stats(ifname: str) -> dict[str, int]:
+    """The counters of the DIP programs attached to ``ifname`` (by this process or the agent's)."""
+    return tc.attached_counters(ifname, tc.INGRESS, "dip_stats", STAT_NAMES)
 
 
 def dip_object(obj: Path = OBJECT_PATH) -> Path:
@@ -53,21 +62,24 @@ def dip_object(obj: Path = OBJECT_PATH) -> Path:
     return obj
 
 
-class DipTokenSetup:
-    """Token steering on this namespace's DIP: tc programs, maps, key pool and syncookies.
+class DipPrograms:
+    """This namespace's DIP programs: tc programs, maps, key pool and syncookies.
 
     ``ifname`` is the fabric interface, or a list of them (all share one
     object, so one flow table and one pool). ``mode`` is "none", "seed" or
     "pool" (or 0, 1, 2); pool mode needs ``slices`` and ``slice_bits``.
-    ``syncookies`` is the value ``attach()`` gives net.ipv4.tcp_syncookies
-    (2: always answer with a cookie, which key adoption needs; None leaves
-    it alone).
+    ``stamp`` turns on the server ID in TSval (the token modes).
+    ``self_address`` is the DIP's own fabric address (second chance never
+    hands it a packet). ``syncookies`` is the value ``attach()`` gives
+    net.ipv4.tcp_syncookies (2: always answer with a cookie, which key
+    adoption needs; None leaves it alone).
     """
 
     def __init__(self, ifname: str | Sequence[str], vip: str, port: int, server_id: int,
                  mode: int | str, slices: Iterable[int] | None = None, slice_bits: int | None = None,
-                 *, syncookies: int | None = 2, object_path: str | os.PathLike | None = None,
-                 pool_size: int = POOL_SIZE, poll_interval: float = 0.02):
+                 *, stamp: bool = True, self_address: str = "0.0.0.0", syncookies: int | None = 2,
+                 object_path: str | os.PathLike | None = None, pool_size: int = POOL_SIZE,
+                 poll_interval: float = 0.02):
         self.ifnames = [ifname] if isinstance(ifname, str) else list(ifname)
         if not self.ifnames:
             raise ValueError("no interface given")
@@ -76,7 +88,9 @@ class DipTokenSetup:
         self.port = port
         self.server_id = server_id
         self.mode = key_mode(mode)
-        self._config = pack_config(self.vip, port, server_id, self.mode)  # validates server_id
+        self.stamp = stamp
+        self._config = pack_config(self.vip, port, server_id, self.mode, stamp=stamp,
+                                   self_address=self_address)  # validates server_id and the address
         self.slices = frozenset(slices) if slices is not None else None
         self.slice_bits = slice_bits
         if self.mode == KEY_MODE_POOL:
@@ -98,7 +112,7 @@ class DipTokenSetup:
     # -------------------------------------------------------------- load / attach
 
     def _rollback_on_failure(self):
-        return rollback_on_failure(self.undo, log, "token steering setup on %s for %s:%d",
+        return rollback_on_failure(self.undo, log, "DIP programs' setup on %s for %s:%d",
                                    ",".join(self.ifnames), self.vip, self.port)
 
     def load(self) -> None:
@@ -121,16 +135,16 @@ class DipTokenSetup:
     def attach(self) -> None:
         """Set syncookies and attach both programs on every interface; on failure roll back all and re-raise."""
         if self.obj is None:
-            raise RuntimeError("DipTokenSetup is not loaded: load() first")
+            raise RuntimeError("DipPrograms is not loaded: load() first")
         if self._attached:
             return
         with self._rollback_on_failure():
             if self.syncookies is not None:
                 change_sysctl(SYNCOOKIES, str(self.syncookies), self._saved_sysctls, log)
             self._attach_programs()
-        log.info("token steering on %s: VIP %s port %d, server id %d, key mode %s",
+        log.info("DIP programs on %s: VIP %s port %d, server id %d, key mode %s, TSval stamping %s",
                  ",".join(self.ifnames), self.vip, self.port, self.server_id,
-                 {v: k for k, v in KEY_MODES.items()}[self.mode])
+                 {v: k for k, v in KEY_MODES.items()}[self.mode], "on" if self.stamp else "off")
 
     def apply(self) -> None:
         """``load()`` then ``attach()``; on failure roll back what was done and re-raise."""
@@ -174,13 +188,13 @@ class DipTokenSetup:
                     tc.detach(ipr, ifindex, hook)
             while self._own_clsact:
                 tc.del_clsact(ipr, self._own_clsact.pop())
-        log.info("detached token steering from %s", ",".join(self.ifnames))
+        log.info("detached the DIP programs from %s", ",".join(self.ifnames))
 
     # -------------------------------------------------------------- maps
 
     def _live(self) -> BpfObject:
         if self.obj is None:
-            raise RuntimeError("DipTokenSetup is not loaded")
+            raise RuntimeError("DipPrograms is not loaded")
         return self.obj
 
     def _flow_key(self, client_ip: str, client_port: int, vip_port: int | None) -> bytes:
