@@ -48,9 +48,17 @@ def cmd_flows(args) -> int:
 
 
 def cmd_controller(args) -> int:
+    import time
+
     from ryu_app.launch import run_controller
+    from ryu_app.state_file import StateFileError, restore
 
     config = _load(args.config)
+    try:  # the app restores the same way; a state file that does not fit is named here, before os-ken starts
+        restore(args.config, time.monotonic(), time.time())
+    except (ConfigError, StateFileError) as e:
+        print(f"{config.controller.state_file}: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     run_controller(config, args.config)
     return 0
 

@@ -681,9 +681,11 @@ def with_runtime_changes(base: Config, changes: Any, source: str = "state") -> C
         removed = set(change.get("removed") or ())
         states = change.get("states") or {}
         ck = _Checker()
-        dips = [d for d in vip.dips if d.id not in removed]
-        dips += [d for d in (parse_dip(ck, raw, f"{path}.added[{i}]", vip.mode, vip.slice_bits)
-                             for i, raw in enumerate(change.get("added") or ())) if d is not None]
+        added = {d.id: d for d in (parse_dip(ck, raw, f"{path}.added[{i}]", vip.mode, vip.slice_bits)
+                                   for i, raw in enumerate(change.get("added") or ())) if d is not None}
+        # In the YAML's order, a replaced DIP where it was, new ones after.
+        dips = [added.pop(d.id, None) if d.id in removed else d for d in vip.dips]
+        dips = [d for d in dips if d is not None] + list(added.values())
         ids = {d.id for d in dips}
         for key, state in states.items():
             if not str(key).isdigit() or int(key) not in ids or state not in ("active", "draining"):

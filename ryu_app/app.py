@@ -19,9 +19,10 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
-from mptcp_lb.config import load_config
+from ryu_app import state_file
 from ryu_app.api import ApiServer
 from ryu_app.core import LbCore
+from ryu_app.health import HealthChecks
 
 CONFIG_ENV = "MPTCP_LB_CONFIG"
 log = logging.getLogger(__name__)
@@ -51,18 +52,53 @@ class MptcpLbApp(app_manager.OSKenApp):
         path = os.environ.get(CONFIG_ENV)
         if not path:
             raise RuntimeError(f"set {CONFIG_ENV} to the mptcp-lb YAML config path")
-        config = load_config(path)
-        self.core = LbCore(config)
+        now = time.monotonic()
+        base, config, restored = state_file.restore(path, now, time.time())
+        if restored is not None:
+            log.info("carrying on from %s", config.controller.state_file)
+        self.core = LbCore(config, now, base=base, restored=restored)
         self.datapaths: dict[int, object] = {}
         self._partial: dict[tuple[int, int], list] = {}  # (dpid, xid) -> multipart bodies so far
-        self.api = ApiServer(self.core, config.controller.api_host, config.controller.api_port,
-                             on_change=self.audit_all)
+        settings = config.controller
+        self.health = HealthChecks(settings.probe_interface, self._health_result) if settings.probe_interface \
+            else None
+        if self.health is None:
+            log.warning("no controller.probe_interface: health checks are off, a dead DIP keeps its slots")
+        self.api = ApiServer(self.core, settings.api_host, settings.api_port, on_change=self._config_changed)
         self.api.start()
+        if self.health is not None:
+            self.health.start(config)
         self.threads.append(hub.spawn(self._audit_loop))
 
     def close(self):
         self.api.stop()
+        if self.health is not None:
+            self.health.stop()
         super().close()
+
+    # ------------------------------------------------------------ runtime changes
+
+    def _save_state(self) -> None:
+        path = self.core.config.controller.state_file
+        if path:
+            try:
+                state_file.save(path, self.core.runtime_state(), time.monotonic(), time.time())
+            except OSError:
+                log.exception("could not save the runtime state to %s", path)
+
+    def _changed(self) -> None:
+        """The slot tables or the config changed: persist, then converge every MUX now."""
+        self._save_state()
+        self.audit_all()
+
+    def _config_changed(self) -> None:
+        if self.health is not None:
+            self.health.update(self.core.config)
+        self._changed()
+
+    def _health_result(self, target, error: str, now: float) -> None:
+        if self.core.health_result(target.vip, target.dip, error, now):
+            self._changed()
 
     # ------------------------------------------------------------ sending
 
@@ -78,7 +114,13 @@ class MptcpLbApp(app_manager.OSKenApp):
     def _audit_loop(self):
         while True:
             hub.sleep(self.core.config.controller.audit_interval)
-            guarded(MptcpLbApp.audit_all)(self)
+            guarded(MptcpLbApp._tick)(self)
+
+    def _tick(self) -> None:
+        """End the transitions that ran out (persisting that), and audit every MUX."""
+        if self.core.tick(time.monotonic()):
+            self._save_state()
+        self.audit_all()
 
     # ------------------------------------------------------------ events
 

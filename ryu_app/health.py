@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import threading
 import time
@@ -132,8 +133,10 @@ async def probe(target: Target) -> str:
                 sock.close()
     except TimeoutError:
         return f"no answer within {target.timeout:g}s"
-    except (OSError, ValueError) as e:
-        return str(e) or type(e).__name__
+    except OSError as e:
+        return os.strerror(e.errno) if e.errno else str(e) or type(e).__name__
+    except ValueError as e:
+        return str(e)
     return ""
 
 
@@ -276,4 +279,37 @@ class Prober:
             await asyncio.sleep(next_round - loop.time())
 
 
-__all__ = ["DipHealth", "Target", "probe", "ProbeRoutes", "Prober", "UNKNOWN", "UP", "DOWN"]
+class HealthChecks:
+    """The controller's health checks: probe routes on ``interface`` and a prober for every checked VIP.
+
+    ``report(target, error, now)`` gets each result; ``update(config)`` makes
+    the routes and targets follow the config (DIPs added and removed).
+    """
+
+    def __init__(self, interface: str, report: Callable[[Target, str, float], None]):
+        self.routes = ProbeRoutes(interface)
+        self.prober = Prober(report, clock=time.monotonic)
+
+    def update(self, config) -> None:
+        checked = [v for v in config.vips if v.health.kind != "none"]
+        self.routes.sync(d.address for v in checked for d in v.dips)
+        for v in config.vips:
+            hc = v.health
+            targets = [Target(vip=v.name, dip=d.id, vip_address=v.address, dip_address=d.address,
+                              port=hc.port or v.port, kind=hc.kind, path=hc.path, expect_status=hc.expect_status,
+                              timeout=hc.timeout, mark=self.routes.mark(d.address))
+                       for d in v.dips] if hc.kind != "none" else []
+            self.prober.set_targets(v.name, targets, hc.interval)
+
+    def start(self, config) -> None:
+        self.routes.clear()  # what a killed controller left behind
+        self.update(config)
+        self.prober.start()
+        log.info("health checks through %s", self.routes.interface)
+
+    def stop(self) -> None:
+        self.prober.stop()
+        self.routes.clear()
+
+
+__all__ = ["DipHealth", "Target", "probe", "ProbeRoutes", "Prober", "HealthChecks", "UNKNOWN", "UP", "DOWN"]

@@ -215,3 +215,68 @@ def test_a_vip_always_keeps_an_active_dip(raw_config):
         with_dip_state(config, "web", 3, "draining")
     with pytest.raises(ConfigError, match=r"cannot remove DIP 3: no active DIP would be left"):
         with_dip_removed(config, "web", 3)
+
+
+@pytest.mark.parametrize("where, key, value, expect", [
+    ("vip", "slots", 128, "vips[0].slots: 128 is not an integer in 256..256"),
+    ("vip", "health", {"kind": "icmp"}, "vips[0].health.kind: 'icmp' is not one of tcp, http, none"),
+    ("vip", "health", {"kind": "tcp", "path": "/x"}, "vips[0].health.path: '/x': only for kind http"),
+    ("vip", "health", {"interval": 0.2, "timeout": 0.5}, "vips[0].health.timeout: 0.5 is longer than the interval"),
+    ("vip", "health", {"fall": 0}, "vips[0].health.fall: 0 is not an integer in 1..100"),
+    ("vip", "health", {"kind": "http", "path": "no-slash"}, "vips[0].health.path: 'no-slash' is not a request path"),
+    ("dip", "weight", 0, "vips[0].dips[0].weight: 0 is not an integer in 1..1000"),
+    ("controller", "transition_time", -1, "controller.transition_time: -1 is not a number in 0..86400"),
+    ("controller", "transition_time", "5000" * 1000, "controller.transition_time: '5000"),
+    ("controller", "probe_interface", "a" * 16, "controller.probe_interface: 'aaaaaaaaaaaaaaaa' is not an interface"),
+    ("controller", "state_file", "relative.json", "controller.state_file: 'relative.json' is not an absolute"),
+])
+def test_life_under_change_keys_are_validated(raw_config, where, key, value, expect):
+    target = {"vip": raw_config["vips"][0], "dip": raw_config["vips"][0]["dips"][0],
+              "controller": raw_config.setdefault("controller", {})}[where]
+    target[key] = value
+    assert any(p.startswith(expect) for p in problems(raw_config)), problems(raw_config)
+
+
+def test_life_under_change_defaults(raw_config):
+    config = parse_config(raw_config)
+    vip = config.vips[0]
+    assert vip.slots == 256 and vip.health.kind == "tcp" and (vip.health.interval, vip.health.fall) == (0.5, 3)
+    assert config.controller.transition_time == 300 and config.controller.probe_interface is None
+    assert all(d.weight == 1 for d in vip.dips)
+    raw_config["vips"][0].update(hash="multipath", slots=1024, health={"kind": "http", "path": "/healthz",
+                                                                        "expect_status": 204})
+    vip = parse_config(raw_config).vips[0]
+    assert vip.slots == 1024 and (vip.health.path, vip.health.expect_status) == ("/healthz", 204)
+
+
+def test_more_active_dips_than_slots_is_refused(raw_config):
+    raw_config["vips"][0].update(hash="multipath", slots=2)
+    assert "vips[0].slots: 2 slots for 3 active DIPs" in problems(raw_config)[0]
+    raw_config["vips"][0]["dips"][2]["state"] = "draining"
+    config = parse_config(raw_config)  # two active: fits
+    with pytest.raises(ConfigError, match="2 slots for 3 active DIPs"):
+        with_dip_state(config, "web", 3, "active")
+
+
+def test_runtime_changes_round_trip_against_the_yaml(raw_config):
+    from dataclasses import replace
+
+    from mptcp_lb.config import runtime_changes, with_dip_added, with_dip_removed, with_runtime_changes
+
+    base = parse_config(raw_config)
+    current = with_dip_state(base, "web", 2, "draining")
+    current = with_dip_removed(with_dip_state(current, "web", 3, "draining"), "web", 3)
+    current = with_dip_added(current, "web", {"id": 4, "address": "10.2.0.4", "mac": "02:00:00:02:00:04",
+                                              "ports": "16384-20479", "weight": 3})
+    changes = runtime_changes(base, current)
+    assert changes == {"web": {"removed": [3], "added": [{"id": 4, "address": "10.2.0.4", "mac": "02:00:00:02:00:04",
+                                                          "state": "active", "ports": "16384-20479",
+                                                          "announce_port": 16384, "weight": 3}],
+                               "states": {"2": "draining"}}}
+    assert with_runtime_changes(base, changes) == current
+    # A DIP changed in place (a new MAC) is a removal plus an addition.
+    moved = current.with_vip(replace(current.vip("web"), dips=tuple(
+        replace(d, mac="02:00:00:02:00:99") if d.id == 1 else d for d in current.vip("web").dips)))
+    assert with_runtime_changes(base, runtime_changes(base, moved)) == moved
+    with pytest.raises(ConfigError, match=r"state.nope: no VIP 'nope'"):
+        with_runtime_changes(base, {"nope": changes["web"]})

@@ -14,8 +14,8 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from mptcp_lb.config import parse_config, with_dip_state
-from mptcp_lb.mptcp_codec import (CLASS_MP_CAPABLE, second_chance_mac, TCPOPT_EXPERIMENTAL, key_to_token, parse_key_carrier,
-                                  parse_tcp_options, slice_of, tag_mac)
+from mptcp_lb.mptcp_codec import (CLASS_MP_CAPABLE, TCPOPT_EXPERIMENTAL, key_to_token, parse_key_carrier,
+                                  parse_tcp_options, second_chance_mac, slice_of, tag_mac)
 from ryu_app.core import AUDIT_STALE, LbCore
 from tests.fakeoftable import FakeOFTable
 from tests.unit.test_compiler import FABRIC, VIP, dip_of, tagged, tcp, token_config
@@ -214,3 +214,58 @@ def test_a_packet_in_for_no_seed_mode_vip_is_dropped_and_counted(raw_config):
     assert core.packet_in(DPID, syn_frame(40000)) == []
     assert mux_status(core)["punt_errors"] == 1
     assert core.packet_in(0x9999, syn_frame(40000)) == []  # not a MUX
+
+
+# ------------------------------------------------------------------ health and restarts
+
+
+def fail(core, dip, now, times=3, vip="web"):
+    changed = [core.health_result(vip, dip, "connection refused", now + i * 0.5) for i in range(times)]
+    return changed
+
+
+def test_a_dead_dip_leaves_the_table_after_fall_failures_and_returns_after_rise(config):
+    core, bridge = connected(config)
+    before = core.tables["web"].owners
+    assert fail(core, 2, now=10.0) == [False, False, True]  # fall: 3
+    assert 2 not in core.tables["web"].owners
+    assert all(core.tables["web"].owners[s] == before[s] for s in range(len(before)) if before[s] != 2)
+    run_audit(core, bridge, core.audit(DPID, now=12.0), now=12.1)
+    assert {dip_of(bridge, tcp(80, sport=s), config) for s in range(40000, 40300)} == {1, 3}
+    assert core.snapshot()["health"][("web", 2)]["state"] == "down"
+    assert core.health_result("web", 2, "", now=13.0) is False  # rise: 2
+    assert core.health_result("web", 2, "", now=13.5) is True
+    assert core.tables["web"].owners == before
+    # Its slots come back in transition from the DIPs that held them meanwhile.
+    assert {t.previous for t in core.tables["web"].transitions.values()} <= {1, 3}
+
+
+def test_every_dip_down_fails_open(config, caplog):
+    core, _ = connected(config)
+    before = core.tables["web"].owners
+    for dip in (1, 2):
+        fail(core, dip, now=10.0)
+    assert set(core.tables["web"].owners) == {3}
+    fail(core, 3, now=20.0)
+    assert core.tables["web"].owners == before  # all down: all keep their slots
+    assert "every active DIP is down; failing open" in caplog.text
+
+
+def test_health_of_a_removed_dip_or_unknown_vip_changes_nothing(config):
+    core, _ = connected(config)
+    assert fail(core, 9, now=1.0) == [False] * 3
+    assert fail(core, 1, now=1.0, vip="nope") == [False] * 3
+
+
+def test_runtime_state_restores_drains_health_and_transitions(config):
+    from mptcp_lb.config import with_runtime_changes
+
+    core, _ = connected(config)
+    core.set_config(with_dip_state(config, "web", 2, "draining"), now=50.0)
+    fail(core, 3, now=60.0)
+    state = core.runtime_state()
+    assert state["changes"] == {"web": {"removed": [], "added": [], "states": {"2": "draining"}}}
+    restarted = LbCore(with_runtime_changes(config, state["changes"]), now=61.0, base=config, restored=state)
+    assert restarted.config == core.config
+    assert restarted.tables == core.tables  # the same owners and the same transitions, carried on
+    assert restarted.in_transition_from("web", 2, now=61.0) == 50.0 + config.controller.transition_time
