@@ -63,6 +63,13 @@ struct flow_state {
 	__u64 synack_ns;       /* bpf_ktime_get_ns() of the last SYN/ACK (second chance: a handshake of ours) */
 };
 
+/* dip_passed: where this DIP passed a flow's packets on (second chance), for a slot that moves again. */
+struct passed_to {
+	__be32 to;  /* the previous owner it passed them to */
+	__u32 reserved;
+	__u64 ns;   /* bpf_ktime_get_ns() of the last one */
+};
+
 struct pool_entry {
 	__u8 key[KEY_LEN];
 	__u64 seq; /* 1 + the pool index this key is for (0: never filled); other indices find the pool empty */
@@ -98,6 +105,7 @@ enum dip_stat {
 	STAT_SC_HANDSHAKE,     /* second chance: marked, the listener's, but this DIP answered its SYN */
 	STAT_SC_SYN,           /* second chance: a marked SYN, which always stays with the new owner */
 	STAT_SC_SELF,          /* second chance: the mark names this DIP itself */
+	STAT_SC_CHAINED,       /* second chance: passed on again, to where this DIP passed the flow before */
 	STAT_MAX,
 };
 
@@ -112,10 +120,12 @@ enum dip_stat {
  */
 struct seg {
 	__be32 saddr, daddr;
+	__be16 ip_id;
 	__be16 sport, dport;
 	__u32 seq, ack_seq; /* host order */
 	__u8 flags;
-	__u32 tcp_off;      /* from the start of the frame */
+	__u32 ip_off;       /* from the start of the frame */
+	__u32 tcp_off;
 	__u32 hdrlen;       /* doff * 4 */
 };
 

@@ -116,6 +116,8 @@ static __always_inline int parse_seg(struct __sk_buff *skb, struct seg *s)
 	}
 	s->saddr = ip->saddr;
 	s->daddr = ip->daddr;
+	s->ip_id = ip->id;
+	s->ip_off = ETH_HLEN;
 	s->sport = tcp->source;
 	s->dport = tcp->dest;
 	s->seq = bpf_ntohl(tcp->seq);
@@ -380,11 +382,14 @@ static __always_inline void egress(struct __sk_buff *skb)
 }
 
 /*
- * Second chance (mptcp_lb/slots.py): a packet whose source MAC carries a
+ * Second chance (mptcp_lb/slots.py). A packet whose source MAC carries a
  * previous owner's address belongs to a slot in transition. A SYN starts a
  * connection here; anything else that no connection here holds goes on to
- * that DIP, by its address (the neighbour table gives its MAC), with this
- * DIP's own source MAC: unmarked, so it is never passed on twice.
+ * that DIP. A slot that moved twice within its transition leaves some
+ * connections two owners back: the DIP a packet is passed to passes it on
+ * once more where it passed that flow on before (dip_passed), up to
+ * SECOND_CHANCE_MAX_HOPS. The hop count rides in the IPv4 ID, so a packet
+ * never circles; with its last hop, or where no record says more, it stays.
  *
  * "Held here": a socket for the 4-tuple (established, a request socket in
  * the middle of a handshake, TIME_WAIT), or, when only the listener matches,
@@ -394,29 +399,12 @@ static __always_inline void egress(struct __sk_buff *skb)
  *
  * Returns TC_ACT_OK to deliver here, else the redirect's verdict.
  */
-static __always_inline int second_chance(struct __sk_buff *skb, struct dip_packet *pkt)
+static __always_inline int held_here(struct __sk_buff *skb, struct dip_packet *pkt)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
 	struct bpf_sock_tuple tuple = {};
-	struct bpf_redir_neigh nh = {};
 	struct flow_state *st;
 	struct bpf_sock *sk;
-	__be32 previous;
 
-	if ((void *)(eth + 1) > data_end || eth->h_source[0] != (TAG_PREFIX >> 8) ||
-	    eth->h_source[1] != (TAG_PREFIX & 0xff))
-		return TC_ACT_OK;
-	__builtin_memcpy(&previous, &eth->h_source[SECOND_CHANCE_ADDR_OFF], sizeof(previous));
-	if (!previous || previous == pkt->cfg->self) {
-		stat_inc(STAT_SC_SELF);
-		return TC_ACT_OK;
-	}
-	if ((pkt->seg.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
-		stat_inc(STAT_SC_SYN);
-		return TC_ACT_OK;
-	}
 	tuple.ipv4.saddr = pkt->seg.saddr;
 	tuple.ipv4.daddr = pkt->seg.daddr;
 	tuple.ipv4.sport = pkt->seg.sport;
@@ -428,19 +416,74 @@ static __always_inline int second_chance(struct __sk_buff *skb, struct dip_packe
 		bpf_sk_release(sk);
 		if (state != BPF_TCP_LISTEN) {
 			stat_inc(STAT_SC_LOCAL);
-			return TC_ACT_OK;
+			return 1;
 		}
 	}
 	st = bpf_map_lookup_elem(&dip_flows, &pkt->flow);
 	if (st && st->has_conn && (__s32)(pkt->seg.seq - (st->conn_isn + 1)) >= 0 &&
 	    bpf_ktime_get_ns() - st->synack_ns < SYNCOOKIE_LIFETIME_NS) {
 		stat_inc(STAT_SC_HANDSHAKE);
+		return 1;
+	}
+	return 0;
+}
+
+/* Pass the packet on to the DIP at `to`, its IPv4 ID marked with the hops so far; the kernel writes the MACs. */
+static __always_inline int pass_on(struct __sk_buff *skb, struct dip_packet *pkt, __be32 to, __u16 hops)
+{
+	struct bpf_redir_neigh nh = {};
+	__be16 id = bpf_htons(SECOND_CHANCE_PASSED_ID | hops);
+
+	if (bpf_l3_csum_replace(skb, pkt->seg.ip_off + offsetof(struct iphdr, check), pkt->seg.ip_id, id,
+				sizeof(id)) ||
+	    bpf_skb_store_bytes(skb, pkt->seg.ip_off + offsetof(struct iphdr, id), &id, sizeof(id), 0))
+		return TC_ACT_OK;
+	nh.nh_family = AF_INET;
+	nh.ipv4_nh = to;
+	return bpf_redirect_neigh(skb->ifindex, &nh, sizeof(nh), 0);
+}
+
+static __always_inline int second_chance(struct __sk_buff *skb, struct dip_packet *pkt)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct passed_to *passed, record = {};
+	__u16 id = bpf_ntohs(pkt->seg.ip_id);
+	__be32 previous;
+
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_OK;
+	if (eth->h_source[0] != (TAG_PREFIX >> 8) || eth->h_source[1] != (TAG_PREFIX & 0xff)) {
+		__u16 hops = id & SECOND_CHANCE_HOPS_MASK;
+
+		if ((id & ~SECOND_CHANCE_HOPS_MASK) != SECOND_CHANCE_PASSED_ID || !hops)
+			return TC_ACT_OK; /* neither a MUX's mark nor a DIP's */
+		/* Passed on by a DIP: on again only by this DIP's own record of the flow. */
+		if (hops >= SECOND_CHANCE_MAX_HOPS || held_here(skb, pkt))
+			return TC_ACT_OK;
+		passed = bpf_map_lookup_elem(&dip_passed, &pkt->flow);
+		if (!passed || !passed->to || passed->to == pkt->cfg->self)
+			return TC_ACT_OK;
+		stat_inc(STAT_SC_CHAINED);
+		return pass_on(skb, pkt, passed->to, hops + 1);
+	}
+	__builtin_memcpy(&previous, &eth->h_source[SECOND_CHANCE_ADDR_OFF], sizeof(previous));
+	if (!previous || previous == pkt->cfg->self) {
+		stat_inc(STAT_SC_SELF);
 		return TC_ACT_OK;
 	}
-	nh.nh_family = AF_INET;
-	nh.ipv4_nh = previous;
+	if ((pkt->seg.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+		stat_inc(STAT_SC_SYN);
+		return TC_ACT_OK;
+	}
+	if (held_here(skb, pkt))
+		return TC_ACT_OK;
+	record.to = previous;
+	record.ns = bpf_ktime_get_ns();
+	bpf_map_update_elem(&dip_passed, &pkt->flow, &record, BPF_ANY);
 	stat_inc(STAT_SC_FORWARDED);
-	return bpf_redirect_neigh(skb->ifindex, &nh, sizeof(nh), 0);
+	return pass_on(skb, pkt, previous, 1);
 }
 
 static __always_inline int ingress(struct __sk_buff *skb)

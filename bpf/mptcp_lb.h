@@ -33,11 +33,19 @@
 #define TAG_VALUE_BITS 24
 
 /*
- * The source MAC a MUX writes on a packet of a slot in transition (second
- * chance, mptcp_lb/slots.py): TAG_PREFIX, then the previous owner's IPv4
- * address. The new owner passes on what it holds no connection for.
+ * Second chance (mptcp_lb/slots.py). A MUX marks a packet of a slot in
+ * transition in its source MAC: TAG_PREFIX, then the previous owner's IPv4
+ * address; the new owner passes on what it holds no connection for. A DIP
+ * that passes a packet on marks it in the IPv4 ID (free for any value in a
+ * packet that is not a fragment): SECOND_CHANCE_PASSED_ID | the hops so far,
+ * because the neighbour subsystem rewrites the MACs on the way. The next DIP
+ * passes it on again only where it passed that flow on itself before (a slot
+ * that moved twice), and never beyond SECOND_CHANCE_MAX_HOPS.
  */
-#define SECOND_CHANCE_ADDR_OFF 2 /* the address's offset in the MAC */
+#define SECOND_CHANCE_ADDR_OFF 2 /* the address's offset in the source MAC */
+#define SECOND_CHANCE_PASSED_ID 0x4d40
+#define SECOND_CHANCE_HOPS_MASK 0x7
+#define SECOND_CHANCE_MAX_HOPS 4
 
 /* The server ID a DIP stamps into the low bits of TSval, and the classifier reads back from TSecr. */
 #define SERVER_ID_BITS 12

@@ -40,7 +40,7 @@ INVALID_SEQ = (1 << 64) - 1  # a pool slot being rewritten: matches no pool inde
 # enum dip_stat (dip_structs.h), in order: the keys of dip_stats.
 STAT_NAMES = ("synack_key_set", "synack_no_key", "pool_empty", "carrier_stored", "ts_stamped",
               "tsecr_exact", "tsecr_restored", "tsecr_unmatched", "malformed", "no_state",
-              "sc_forwarded", "sc_local", "sc_handshake", "sc_syn", "sc_self")
+              "sc_forwarded", "sc_local", "sc_handshake", "sc_syn", "sc_self", "sc_chained")
 
 # The map values (dip_structs.h); addresses and ports stay in network order, as bytes.
 DIP_CONFIG = StructLayout("dip_config", [("vip", "4s"), ("port", "2s"), ("server_id", "H"), ("key_mode", "I"),
@@ -50,15 +50,16 @@ FLOW_STATE = StructLayout("flow_state", [("key", f"{KEY_LEN}s"), ("key_isn", "I"
                                          ("synack_tsval", "I"), ("synack_stamped", "I"), ("has_key", "B"),
                                          ("has_conn", "B"), ("ack_pending", "B"), ("reserved", "5x"),
                                          ("max_tsval", "Q"), ("synack_ns", "Q")])
+PASSED_TO = StructLayout("passed_to", [("to", "4s"), ("reserved", "I"), ("ns", "Q")])
 POOL_ENTRY = StructLayout("pool_entry", [("key", f"{KEY_LEN}s"), ("seq", "Q")])
 POOL_STATE = StructLayout("pool_state", [("next", "Q")])
-MAP_VALUES = (DIP_CONFIG, FLOW_KEY, FLOW_STATE, POOL_ENTRY, POOL_STATE)
+MAP_VALUES = (DIP_CONFIG, FLOW_KEY, FLOW_STATE, PASSED_TO, POOL_ENTRY, POOL_STATE)
 
 U32 = struct.Struct("=I")  # the key of every array map
 
 __all__ = ["KEY_MODES", "KEY_MODE_NONE", "KEY_MODE_SEED", "KEY_MODE_POOL", "POOL_SIZE", "DIP_FLAG_STAMP", "KEY_NONE", "KEY_FOR_ISN",
            "KEY_ANY_ISN", "MAX_VALID", "INVALID_SEQ", "STAT_NAMES", "DIP_CONFIG", "FLOW_KEY", "FLOW_STATE",
-           "POOL_ENTRY", "POOL_STATE", "MAP_VALUES", "U32", "FlowState", "key_mode", "check_port", "pack_config",
+           "PASSED_TO", "POOL_ENTRY", "POOL_STATE", "MAP_VALUES", "U32", "FlowState", "key_mode", "check_port", "pack_config",
            "pack_flow_key", "pack_seeded_flow_state"]
 
 

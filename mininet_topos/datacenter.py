@@ -25,6 +25,7 @@ from __future__ import annotations
 from mininet.node import Host, OVSBridge, OVSSwitch, Switch
 from mininet.topo import Topo
 
+from mptcp_lb.config import DEFAULT_SLICE_BITS
 from mptcp_lb.datapath import parse_cpu_mask, port_options, resolve_port_type
 
 VIP = "10.0.0.100"
@@ -34,7 +35,8 @@ CLIENT_NETS = {  # one /24 per client path
     "c2": ("10.0.3", "10.0.4"),  # stock Linux: joins the VIP's service port (token-based steering)
 }
 MUX_NETS = ("10.1.1", "10.1.2")  # router <-> mux link nets; .1 is the MUX, .254 the router
-FABRIC_NET = "10.2.0"  # DIPs are .1..N, the router .254
+FABRIC_NET = "10.2.0"  # DIPs are .1..N, the controller's management port .250, the router .254
+MGMT_ADDRESS = f"{FABRIC_NET}.250"
 
 
 def dip_mac(i: int) -> str:
@@ -58,9 +60,21 @@ def dip_port_ranges(n_dips: int) -> list[tuple[int, int]]:
     return [(size * i, size * (i + 1) - 1) for i in range(1, n_dips + 1)]
 
 
+def mgmt_interface(prefix: str = "") -> str:
+    """The controller's management port on the fabric (in the root namespace), where health probes leave."""
+    return f"{prefix}mgmt-eth0"
+
+
 def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080, mode: str = "port",
-                    key_source: str = "seed", punt_rate: int = 100) -> dict:
-    """The mptcp-lb config (as a YAML-ready dict) matching this topology."""
+                    key_source: str = "seed", punt_rate: int = 100, prefix: str = "",
+                    state_file: str | None = None, transition_time: float = 300.0,
+                    explicit_slices: bool = False) -> dict:
+    """The mptcp-lb config (as a YAML-ready dict) matching this topology.
+
+    ``explicit_slices`` writes each DIP's token slices out (equal blocks by
+    id, what validation assigns anyway), so a config that leaves some DIPs
+    out for now (``Datacenter(spare_dips=...)``) keeps the same slices.
+    """
     vip = {"name": "web", "address": VIP, "port": SERVICE_PORT, "mode": mode}
     if mode != "port":
         vip["key_source"] = key_source
@@ -69,10 +83,15 @@ def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080, mode
     if mode != "token":
         for d, (lo, hi) in zip(vip["dips"], ranges):
             d["ports"] = f"{lo}-{hi}"
+    if mode != "port" and explicit_slices:
+        block = (1 << DEFAULT_SLICE_BITS) // n_dips
+        for k, d in enumerate(vip["dips"]):
+            d["slices"] = [f"{k * block}-{(k + 1) * block - 1}"]
     return {
         "controller": {"openflow_host": "127.0.0.1", "openflow_port": of_port,
                        "api_host": "127.0.0.1", "api_port": api_port, "audit_interval": 1.0,
-                       "punt_rate": punt_rate},
+                       "punt_rate": punt_rate, "probe_interface": mgmt_interface(prefix),
+                       "transition_time": transition_time, **({"state_file": state_file} if state_file else {})},
         "muxes": [
             {"name": f"mux{i}", "dpid": 0x1000 + i, "address": f"{MUX_NETS[i - 1]}.1",
              "mac": mux_mac(i), "uplink_port": 1, "fabric_port": 2}
@@ -170,6 +189,18 @@ class BorderRouter(Host):
         self.cmd(f"ip route replace {VIP}/32 {nexthops}")
 
 
+class MgmtHost(Host):
+    """The controller's management port on the fabric: an interface in the root namespace, where it runs."""
+
+    def __init__(self, name, **params):
+        super().__init__(name, inNamespace=False, **params)
+
+    def config(self, **params):
+        r = super().config(**params)
+        tune_interfaces(self)
+        return r
+
+
 class DipHost(Host):
     def config(self, rps_cpus=0, **params):
         r = super().config(**params)
@@ -231,6 +262,8 @@ class DatacenterTopo(Topo):
         for i in range(1, n_dips + 1):
             dip = self.addHost(f"{p}d{i}", cls=DipHost, ip=f"{FABRIC_NET}.{i}/24", mac=dip_mac(i), rps_cpus=rps_cpus)
             self.addLink(dip, fab, port1=0, port2=10 + i)
+        mgmt = self.addHost(f"{p}mgmt", cls=MgmtHost, ip=f"{MGMT_ADDRESS}/24")
+        self.addLink(mgmt, fab, port1=0, port2=9)
 
 
 topos = {"datacenter": lambda n_dips=3, port_type=None: DatacenterTopo(n_dips=int(n_dips), port_type=port_type)}

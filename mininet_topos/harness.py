@@ -22,7 +22,7 @@ import urllib.request
 
 import yaml
 
-from mininet_topos.datacenter import SERVICE_PORT, VIP, DatacenterTopo, topology_config
+from mininet_topos.datacenter import SERVICE_PORT, VIP, DatacenterTopo, mgmt_interface, topology_config
 
 log = logging.getLogger(__name__)
 
@@ -91,28 +91,44 @@ class Datacenter:
       classifier sits in front of both MUX bridges (``mptcp_lb.classifier``);
     - ``echo``: the DIP agents also serve the echo service that ``run_traffic``
       talks to (False leaves the VIP's port to your own server);
+    - ``transition_time``: seconds a moved slot gives its connections a second
+      chance at their old DIP (``controller.transition_time``);
+    - ``spare_dips``: DIP hosts (ids ``n_dips + 1``...) with their agents
+      running, which the controller does not know until ``add_dip``;
     - ``progress``: called with a line of text at each step.
+
+    The controller probes the DIPs' health through the topology's management
+    port and keeps its runtime state in ``state_file`` (in ``workdir``), so
+    ``kill_controller`` and ``start_controller`` pick up where it was.
     """
 
     def __init__(self, n_dips: int = 3, prefix: str = "", workdir: str | None = None,
                  progress=lambda msg: log.info("%s", msg), mode: str = "port", key_source: str = "seed",
                  punt_rate: int = 100, key_adoption: bool = True, port_type: str | None = None,
-                 echo: bool = True):
+                 echo: bool = True, transition_time: float = 300.0, spare_dips: int = 0):
         from mptcp_lb.datapath import resolve_port_type
 
         self.n_dips = n_dips
+        self.spare_dips = spare_dips
         self.port_type = resolve_port_type(port_type)
         self.prefix = prefix
         self.progress = progress
         self.mode = mode
         self.workdir = workdir or tempfile.mkdtemp(prefix="mptcp-lb-")
-        self.config = topology_config(n_dips, of_port=free_port(), api_port=free_port(), mode=mode,
-                                      key_source=key_source, punt_rate=punt_rate)
+        self.state_file = os.path.join(self.workdir, "state.json")
+        # The agents' config names every DIP; the controller's leaves the spare ones out.
+        self.agent_config = topology_config(n_dips + spare_dips, of_port=free_port(), api_port=free_port(),
+                                            mode=mode, key_source=key_source, punt_rate=punt_rate, prefix=prefix,
+                                            state_file=self.state_file, transition_time=transition_time,
+                                            explicit_slices=spare_dips > 0)
+        self.config = json.loads(json.dumps(self.agent_config))
+        self.config["vips"][0]["dips"] = self.config["vips"][0]["dips"][:n_dips]
         self.key_adoption = key_adoption
         self.echo = echo
         self.classified: list[int] = []  # MUXes whose uplink has the classifier in front of OVS
         self._ovs_config: dict[str, str | None] = {}  # OVS settings place_pmd() changed
         self.config_path = os.path.join(self.workdir, "config.yaml")
+        self.agent_config_path = os.path.join(self.workdir, "agents.yaml")
         self.net = None
         self.controller = None
         self.agents: dict[int, subprocess.Popen] = {}
@@ -166,15 +182,15 @@ class Datacenter:
         from mininet.node import RemoteController
 
         require_platform()
-        with open(self.config_path, "w") as f:
-            yaml.safe_dump(self.config, f, sort_keys=False)
-        self.start_controller()
+        for path, config in ((self.config_path, self.config), (self.agent_config_path, self.agent_config)):
+            with open(path, "w") as f:
+                yaml.safe_dump(config, f, sort_keys=False)
         from mptcp_lb.datapath import PMD_PORT_TYPES, place_pmd
 
         rps_cpus = 0
         if self.port_type in PMD_PORT_TYPES:
             rps_cpus, self._ovs_config = place_pmd()
-        topo = DatacenterTopo(n_dips=self.n_dips, prefix=self.prefix, port_type=self.port_type,
+        topo = DatacenterTopo(n_dips=self.n_dips + self.spare_dips, prefix=self.prefix, port_type=self.port_type,
                               rps_cpus=rps_cpus)
         ctl = self.config["controller"]
         self.net = Mininet(topo=topo, controller=None, autoSetMacs=False, build=False, waitConnected=False)
@@ -191,18 +207,45 @@ class Datacenter:
                 classifier.insert(self.mux_bridge(i), self.mux_uplink(i), self.port_type)
                 self.classified.append(i)
             self.progress("MPTCP classifier in front of both MUX bridges (tc ingress of their uplinks)")
+        # The agents first: a controller that probed DIPs whose agents were not up yet would
+        # take them down, and move their slots back and forth once they came up.
+        for i in self.all_dips:
+            self.start_agent(i)
+        for i in self.all_dips:
+            self.wait_agent(i)
+        self.progress(f"{len(self.all_dips)} DIP agents ready")
+        self.start_controller()
+        self.wait_programmed()
+        self.progress("controller connected to both MUXes, flows installed, every DIP healthy")
+
+    def wait_programmed(self, timeout: float = 30) -> None:
+        """Until the controller has programmed both MUXes and its probes found every DIP up."""
         wait_for("the controller to program both MUXes",
                  lambda: all(m["connected"] and m["flows"] > 0 and ofctl_flow_count(self.mux_bridge(i)) > 0
-                             for i, m in enumerate(self.api("GET", "/muxes"), start=1)), 30)
-        self.progress("controller connected to both MUXes, flows installed")
-        for i in range(1, self.n_dips + 1):
-            self.start_agent(i)
-        for i in range(1, self.n_dips + 1):
-            self.wait_agent(i)
-        self.progress(f"{self.n_dips} DIP agents ready")
+                             for i, m in enumerate(self.api("GET", "/muxes"), start=1)), timeout)
+        wait_for("every DIP to be healthy", lambda: self.health() == {i: "up" for i in self.dip_ids()}, timeout)
+
+    @property
+    def all_dips(self) -> range:
+        """Every DIP host's id, the spare ones included."""
+        return range(1, self.n_dips + self.spare_dips + 1)
+
+    def add_dip(self, i: int):
+        """Tell the controller about DIP ``i`` (a spare one) through its REST API; returns the reply."""
+        (entry,) = [d for d in self.agent_config["vips"][0]["dips"] if d["id"] == i]
+        return self.api("POST", "/vips/web/dips", entry)
+
+    def dip_ids(self) -> list[int]:
+        """The DIPs the controller knows now (the API may have added or removed some)."""
+        return [d["id"] for d in self.api("GET", "/vips")[0]["dips"]]
+
+    def health(self) -> dict[int, str]:
+        """DIP id -> what the controller's health checks say of it (unknown, up, down)."""
+        return {d["id"]: d["health"]["state"] for d in self.api("GET", "/vips")[0]["dips"]}
 
     def start_controller(self) -> None:
-        logf = open(os.path.join(self.workdir, "controller.log"), "w")
+        """Start the controller (again): it carries on from ``state_file``; its log is appended to."""
+        logf = open(os.path.join(self.workdir, "controller.log"), "a")
         self.controller = subprocess.Popen(
             [sys.executable, "-m", "mptcp_lb.cli", "controller", "--config", self.config_path],
             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
@@ -225,7 +268,7 @@ class Datacenter:
         ready = os.path.join(self.workdir, f"d{i}.ready")
         logf = open(os.path.join(self.workdir, f"d{i}.log"), "w")
         self.agents[i] = self.dip_host(i).popen(
-            [sys.executable, "-m", "mptcp_lb.cli", "dip-agent", "--config", self.config_path,
+            [sys.executable, "-m", "mptcp_lb.cli", "dip-agent", "--config", self.agent_config_path,
              "--dip", str(i), "--ready-file", ready, *([] if self.key_adoption else ["--no-key-adoption"]),
              *(["--echo"] if self.echo else [])],
             stdout=logf, stderr=subprocess.STDOUT)
@@ -269,7 +312,7 @@ class Datacenter:
                 log.exception("removing the classifier from %s", self.mux_uplink(i))
         self.classified = []
         if self.net is not None:
-            for i in range(1, self.n_dips + 1):
+            for i in self.all_dips:
                 try:
                     # A signal endpoint with a port would keep the netns (and veths) alive.
                     self.dip_host(i).cmd("ip mptcp endpoint flush")
@@ -287,8 +330,18 @@ class Datacenter:
 
             restore_other_config(self._ovs_config)
             self._ovs_config = {}
+        self.stop_controller()
+        try:
+            from ryu_app.health import ProbeRoutes
+
+            ProbeRoutes(mgmt_interface(self.prefix)).clear()  # what a killed controller left
+        except Exception:
+            log.exception("removing probe routes")
+
+    def stop_controller(self, kill: bool = False) -> None:
+        """Stop the controller: SIGTERM (it cleans up), or with ``kill`` SIGKILL (a crash)."""
         if self.controller is not None and self.controller.poll() is None:
-            os.killpg(self.controller.pid, signal.SIGTERM)
+            os.killpg(self.controller.pid, signal.SIGKILL if kill else signal.SIGTERM)
             try:
                 self.controller.wait(10)
             except subprocess.TimeoutExpired:
@@ -313,18 +366,72 @@ class Datacenter:
         return {f"mux{i}": ofctl_flow_count(self.mux_bridge(i)) for i in (1, 2)}
 
     def run_traffic(self, conns: int, size: int, min_subflows: int = 3, parallel: int = 4,
-                    timeout: float = 20.0, source_port: int = 0, client: str = "c1") -> list[dict]:
+                    timeout: float = 20.0, source_port: int = 0, client: str = "c1", rate: float = 0) -> list[dict]:
         """Run real kernel MPTCP connections from a client; return per-connection results.
 
         ``c1`` follows ADD_ADDR (port-based steering); ``c2`` joins the service port (token-based).
+        ``rate`` (bytes/s) paces each upload: the sender is limited, so data is in flight throughout.
+        """
+        return self.start_traffic(conns, size, min_subflows, parallel, timeout, source_port, client, rate).results()
+
+    def start_traffic(self, conns: int, size: int, min_subflows: int = 3, parallel: int = 4,
+                      timeout: float = 20.0, source_port: int = 0, client: str = "c1",
+                      rate: float = 0) -> TrafficRun:
+        """``run_traffic`` in the background: returns at once; ``.results()`` waits for them.
+
+        For scenarios: start rate-limited uploads, make something happen while
+        they are in flight, then judge them.
         """
         cmd = [sys.executable, "-m", "mptcp_lb.traffic", "--vip", VIP, "--port", str(SERVICE_PORT),
                "--conns", str(conns), "--size", str(size), "--min-subflows", str(min_subflows),
                "--parallel", str(parallel), "--timeout", str(timeout),
-               "--source-port", str(source_port)]
+               "--source-port", str(source_port), "--rate", str(rate)]
         proc = self.host(client).popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        out, err = proc.communicate(timeout=conns * timeout + 120)
+        duration = size / rate if rate else 0
+        return TrafficRun(proc, conns * (timeout + duration) / max(1, min(parallel, conns)) + 120)
+
+    # ------------------------------------------------------------ scenarios
+
+    def nstat(self, host: str) -> dict[str, int]:
+        """A host's kernel counters (nstat -a), by name: TcpEstabResets, TcpOutRsts, MPTcpExt..."""
+        return json.loads(self.host(host).cmd("nstat -asz --json"))["kernel"]
+
+    def established(self, dip: int) -> int:
+        """TCP sockets (subflows) established on a DIP's VIP service port."""
+        out = self.dip_host(dip).cmd(f"ss -tnH state established '( sport = :{SERVICE_PORT} )'")
+        return len([line for line in out.splitlines() if line.strip()])
+
+    def set_dip_link(self, i: int, up: bool) -> None:
+        """Take a DIP's fabric link down (a crashed or unplugged host) or back up."""
+        self.dip_host(i).cmd(f"ip link set {self.prefix}d{i}-eth0 {'up' if up else 'down'}")
+
+    def kill_agent(self, i: int) -> None:
+        """SIGKILL a DIP's agent, and with it the echo service: the service dies, the host stays set up."""
+        proc = self.agents.pop(i, None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def kill_controller(self) -> None:
+        """SIGKILL the controller, as a crash would: no cleanup, the MUXes keep their flows."""
+        self.stop_controller(kill=True)
+
+    def set_vip_route(self, only_mux: int | None = None) -> None:
+        """The border router's ECMP route for the VIP over both MUXes, or over one (the other withdrawn)."""
+        self.router.set_vip_route(only_mux)
+
+
+class TrafficRun:
+    """Connections running in the background (``Datacenter.start_traffic``)."""
+
+    def __init__(self, proc: subprocess.Popen, timeout: float):
+        self.proc = proc
+        self.timeout = timeout
+
+    def results(self) -> list[dict]:
+        """Wait for every connection; one result each, in start order (see ``mptcp_lb.traffic``)."""
+        out, err = self.proc.communicate(timeout=self.timeout)
         try:  # exit 1 means "some connection failed": the results still say which
             return json.loads(out)
         except ValueError:
-            raise RuntimeError(f"traffic generator failed ({proc.returncode}): {err[-2000:]}") from None
+            raise RuntimeError(f"traffic generator failed ({self.proc.returncode}): {err[-2000:]}") from None

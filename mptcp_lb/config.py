@@ -87,6 +87,7 @@ class HealthCheck:
     fall: int = 3  # failures in a row that take a DIP down
 
 
+DEFAULT_SLICE_BITS = 8
 DEFAULT_SLOTS = 256  # OVS 3.1: a dp_hash select group stays stable up to 256 buckets
 MAX_MULTIPATH_SLOTS = 4096
 
@@ -99,7 +100,7 @@ class Vip:
     mode: str
     dips: tuple[Dip, ...]
     key_source: str = "seed"
-    slice_bits: int = 8
+    slice_bits: int = DEFAULT_SLICE_BITS
     hash: str = "dp_hash"
     slots: int = DEFAULT_SLOTS  # the hash space the slot table maps to DIPs (mptcp_lb/slots.py)
     health: HealthCheck = HealthCheck()
@@ -219,6 +220,14 @@ class _Checker:
         except ValueError:
             self.fail(f"{path}.{key}", f"{value!r} is not an IPv4 address")
             return None
+
+    def unicast_host(self, address: str, path: str) -> bool:
+        """A host's own address: not 0.0.0.0/8 (second chance marks use it), loopback, multicast or broadcast."""
+        ip = ipaddress.IPv4Address(address)
+        if ip in ipaddress.IPv4Network("0.0.0.0/8") or ip.is_loopback or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+            self.fail(path, f"{address!r} is not a unicast host address")
+            return False
+        return True
 
     def mac(self, obj: dict, key: str, path: str) -> str | None:
         value = obj.get(key)
@@ -365,6 +374,8 @@ def parse_dip(ck: _Checker, raw: Any, path: str, mode: str = "port", slice_bits:
         return None
     dip_id = ck.integer(obj, "id", path, 1, MAX_DIP_ID)
     address = ck.ipv4(obj, "address", path)
+    if address is not None and not ck.unicast_host(address, f"{path}.address"):
+        address = None
     mac = ck.mac(obj, "mac", path)
     state = obj.get("state", "active")
     if state not in ("active", "draining"):
@@ -469,7 +480,7 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
         if key in obj and mode not in TOKEN_MODES:
             ck.fail(f"{path}.{key}", f"{obj[key]!r}: only for modes {', '.join(TOKEN_MODES)} (mode is {mode})")
             return None
-    slice_bits = ck.integer(obj, "slice_bits", path, 1, MAX_SLICE_BITS, 8)
+    slice_bits = ck.integer(obj, "slice_bits", path, 1, MAX_SLICE_BITS, DEFAULT_SLICE_BITS)
     if slice_bits is None:
         return None
     seeded = mode in TOKEN_MODES and key_source == "seed"
@@ -510,6 +521,9 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
             if len(dips) == len(parsed) and port is not None:
                 check_vip_dips(ck, dips, port, f"{path}.dips")
                 check_slot_room(ck, dips, slots, path)
+            for i, d in enumerate(dips):
+                if d.address == address:
+                    ck.fail(f"{path}.dips[{i}].address", f"{d.address} is the VIP itself")
     if None in (name, address, port) or not dips:
         return None
     return Vip(name=name, address=address, port=port, mode=mode, dips=tuple(dips), key_source=key_source,

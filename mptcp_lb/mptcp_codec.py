@@ -360,6 +360,9 @@ TAG_CLASS_MASK = _mac_text(b"\xff" * (len(TAG_PREFIX) + 1) + bytes(TAG_VALUE_BIT
 
 
 SECOND_CHANCE_ADDR_OFF = len(TAG_PREFIX)  # where the previous owner's address starts in the mark
+SECOND_CHANCE_PASSED_ID = 0x4D40  # a DIP's mark on a packet it passed on: this | hops, in the IPv4 ID
+SECOND_CHANCE_HOPS_MASK = 0x7
+SECOND_CHANCE_MAX_HOPS = 4  # a packet is passed on at most this often
 
 
 def second_chance_mac(previous_owner: str) -> str:

@@ -55,7 +55,8 @@ def vips_view(core, now: float) -> list[dict]:
                                                                      "last_error": ""})
             entry["slots"] = sum(1 for o in owners if o == d.id)
             ends = [t.until for t in (table.transitions.values() if table else ()) if t.previous == d.id]
-            entry["second_chance_s"] = round(max(ends) - now, 1) if ends and max(ends) > now else 0
+            left = max(ends) - now if ends else 0
+            entry["second_chance_s"] = max(round(left, 1), 0.1) if left > 0 else 0  # 0 only once it is over
             dips.append(entry)
         out.append({"name": v.name, "address": v.address, "port": v.port, "mode": v.mode, "slots": v.slots,
                     "slots_in_transition": len(table.transitions) if table else 0,

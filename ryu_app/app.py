@@ -117,9 +117,11 @@ class MptcpLbApp(app_manager.OSKenApp):
             guarded(MptcpLbApp._tick)(self)
 
     def _tick(self) -> None:
-        """End the transitions that ran out (persisting that), and audit every MUX."""
+        """End the transitions that ran out (persisting that), retry paused health checks, audit every MUX."""
         if self.core.tick(time.monotonic()):
             self._save_state()
+        if self.health is not None and not self.health.ready and self.health.update(self.core.config):
+            log.info("health checks resumed through %s", self.health.routes.interface)
         self.audit_all()
 
     # ------------------------------------------------------------ events

@@ -152,7 +152,8 @@ class LbCore:
             h = self.health.setdefault((vip, dip), DipHealth())
             if not h.observe(not error, now, check.rise, check.fall, error):
                 return False
-            log.warning("VIP %s DIP %d is %s%s", vip, dip, h.state, f": {error}" if error else "")
+            (log.warning if h.state == DOWN else log.info)("VIP %s DIP %d is %s%s", vip, dip, h.state,
+                                                           f": {error}" if error else "")
             before = self.tables.get(vip)
             self._rebuild(now)
             v = self.config.vip(vip)

@@ -283,16 +283,34 @@ class HealthChecks:
     """The controller's health checks: probe routes on ``interface`` and a prober for every checked VIP.
 
     ``report(target, error, now)`` gets each result; ``update(config)`` makes
-    the routes and targets follow the config (DIPs added and removed).
+    the routes and targets follow the config (DIPs added and removed). Until
+    the routes are in place (the interface may come up after the
+    controller), nothing is probed: a probe without its route would leave by
+    the default route and take a healthy DIP down.
     """
 
     def __init__(self, interface: str, report: Callable[[Target, str, float], None]):
         self.routes = ProbeRoutes(interface)
         self.prober = Prober(report, clock=time.monotonic)
+        self.ready = False  # the routes are in place
+        self._said_paused = False  # say so once, not every retry
 
-    def update(self, config) -> None:
+    def update(self, config) -> bool:
+        """Routes and targets for ``config``; False (logged) when the routes cannot be set up yet."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
         checked = [v for v in config.vips if v.health.kind != "none"]
-        self.routes.sync(d.address for v in checked for d in v.dips)
+        try:
+            self.routes.sync(d.address for v in checked for d in v.dips)
+        except (RuntimeError, NetlinkError, OSError) as e:
+            if not self._said_paused:
+                log.error("health checks paused (retried every audit): %s", e)
+                self._said_paused = True
+            self.ready = False
+            for v in config.vips:
+                self.prober.set_targets(v.name, [], 1.0)
+            return False
+        self.ready, self._said_paused = True, False
         for v in config.vips:
             hc = v.health
             targets = [Target(vip=v.name, dip=d.id, vip_address=v.address, dip_address=d.address,
@@ -300,12 +318,16 @@ class HealthChecks:
                               timeout=hc.timeout, mark=self.routes.mark(d.address))
                        for d in v.dips] if hc.kind != "none" else []
             self.prober.set_targets(v.name, targets, hc.interval)
+        return True
 
     def start(self, config) -> None:
-        self.routes.clear()  # what a killed controller left behind
-        self.update(config)
+        try:
+            self.routes.clear()  # what a killed controller left behind
+        except OSError as e:
+            log.error("health checks: cannot clear old probe routes: %s", e)
+        if self.update(config):
+            log.info("health checks through %s", self.routes.interface)
         self.prober.start()
-        log.info("health checks through %s", self.routes.interface)
 
     def stop(self) -> None:
         self.prober.stop()

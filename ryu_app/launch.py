@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 
 from mptcp_lb.config import Config
 
@@ -19,4 +21,7 @@ def run_controller(config: Config, config_path: str) -> None:
     cfg.CONF(args=[], project="os_ken")
     cfg.CONF.set_override("ofp_listen_host", config.controller.openflow_host)
     cfg.CONF.set_override("ofp_tcp_listen_port", config.controller.openflow_port)
+    # SIGTERM (systemd's stop) ends run_apps through its finally: the app closes its API and
+    # removes its probe routes, where the default action would leave them behind.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     AppManager.run_apps([APP_MODULE])

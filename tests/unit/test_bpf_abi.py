@@ -48,6 +48,9 @@ SHARED_CONSTANTS = {
     "POOL_SIZE": dip_abi.POOL_SIZE,
     "DIP_FLAG_STAMP": dip_abi.DIP_FLAG_STAMP,
     "SECOND_CHANCE_ADDR_OFF": mc.SECOND_CHANCE_ADDR_OFF,
+    "SECOND_CHANCE_PASSED_ID": mc.SECOND_CHANCE_PASSED_ID,
+    "SECOND_CHANCE_HOPS_MASK": mc.SECOND_CHANCE_HOPS_MASK,
+    "SECOND_CHANCE_MAX_HOPS": mc.SECOND_CHANCE_MAX_HOPS,
 }
 
 # The #defines of bpf/dip_structs.h that user space reads or writes in map values.
@@ -64,6 +67,8 @@ MAP_LAYOUTS = [
     ("dip_tc.o", "dip_config", "value", dip_abi.DIP_CONFIG),
     ("dip_tc.o", "dip_flows", "key", dip_abi.FLOW_KEY),
     ("dip_tc.o", "dip_flows", "value", dip_abi.FLOW_STATE),
+    ("dip_tc.o", "dip_passed", "key", dip_abi.FLOW_KEY),
+    ("dip_tc.o", "dip_passed", "value", dip_abi.PASSED_TO),
     ("dip_tc.o", "dip_pool", "value", dip_abi.POOL_ENTRY),
     ("dip_tc.o", "dip_pool_state", "value", dip_abi.POOL_STATE),
 ]

@@ -280,3 +280,14 @@ def test_runtime_changes_round_trip_against_the_yaml(raw_config):
     assert with_runtime_changes(base, runtime_changes(base, moved)) == moved
     with pytest.raises(ConfigError, match=r"state.nope: no VIP 'nope'"):
         with_runtime_changes(base, {"nope": changes["web"]})
+
+
+@pytest.mark.parametrize("address, expect", [
+    ("0.0.0.7", "vips[0].dips[0].address: '0.0.0.7' is not a unicast host address"),
+    ("127.0.0.1", "is not a unicast host address"),
+    ("224.0.0.1", "is not a unicast host address"),
+    ("10.0.0.100", "vips[0].dips[0].address: 10.0.0.100 is the VIP itself"),
+])
+def test_a_dip_address_is_a_unicast_host_other_than_the_vip(raw_config, address, expect):
+    raw_config["vips"][0]["dips"][0]["address"] = address
+    assert any(p.startswith(expect) or expect in p for p in problems(raw_config)), problems(raw_config)

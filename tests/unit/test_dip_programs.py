@@ -9,15 +9,20 @@ a real client in network namespaces.
 
 from __future__ import annotations
 
-import pytest
+import ipaddress
 
-from dip_agent.dip_abi import STAT_NAMES, U32, FlowState, pack_config, pack_flow_key, pack_seeded_flow_state
+import pytest
+from scapy.layers.inet import IP
+
+from dip_agent.dip_abi import (PASSED_TO, STAT_NAMES, U32, FlowState, pack_config, pack_flow_key,
+                               pack_seeded_flow_state)
 from dip_agent.key_pool import KeyPool
 from dip_agent.sysctl import read_sysctl
 from dip_agent.programs import SYNCOOKIES, DipPrograms, dip_object
 from mptcp_lb.bpf import TC_ACT_OK, TC_ACT_REDIRECT, BpfObject, read_counters, test_run
-from mptcp_lb.mptcp_codec import build_key_carrier, key_to_token, make_key, second_chance_mac, slice_of
-from tests.packets import checksums_ok, mp_capable, tcp_frame, tcp_options, timestamp, tsval_tsecr
+from mptcp_lb.mptcp_codec import (SECOND_CHANCE_MAX_HOPS, SECOND_CHANCE_PASSED_ID, build_key_carrier, key_to_token,
+                                  make_key, second_chance_mac, slice_of)
+from tests.packets import checksums_ok, ether_frame, mp_capable, tcp_frame, tcp_options, timestamp, tsval_tsecr
 
 VIP = "10.78.9.100"
 CLIENT = "10.78.0.1"
@@ -338,12 +343,26 @@ def marked(frame: bytes, previous: str = PREVIOUS) -> bytes:
     return frame[:6] + bytes.fromhex(second_chance_mac(previous).replace(":", "")) + frame[12:]
 
 
+def ip_id(frame: bytes) -> int:
+    return int.from_bytes(frame[18:20], "big")
+
+
+def passed_on(frame: bytes, hops: int) -> bytes:
+    """The frame as a DIP passes it on after ``hops`` hops: its IPv4 ID says so (checksum fixed)."""
+    ip = IP(frame[14:])
+    ip.id = SECOND_CHANCE_PASSED_ID | hops
+    del ip.chksum  # scapy computes it again
+    return ether_frame(ip)
+
+
 @pytest.mark.parametrize("mode,stamp", [("none", False), ("pool", True), ("seed", True)])
 def test_a_marked_packet_nobody_here_holds_goes_to_the_previous_owner(programs, mode, stamp):
     progs = programs(mode, stamp=stamp)
     ack = tcp_frame("A", src=CLIENT, dst=VIP, sport=41000, dport=PORT, seq=5000, ack=1)
     out = progs.ingress(marked(ack), verdict=TC_ACT_REDIRECT)
-    assert out == marked(ack)  # passed on untouched; the kernel writes the MACs on the way out
+    # Passed on with its first hop in the IPv4 ID (the kernel writes the MACs on the way out); all else untouched.
+    assert ip_id(out) == SECOND_CHANCE_PASSED_ID | 1 and checksums_ok(out)
+    assert out[:18] + out[20:24] + out[26:] == marked(ack)[:18] + marked(ack)[20:24] + marked(ack)[26:]
     progs.ingress(marked(tcp_frame("R", src=CLIENT, dst=VIP, sport=41001, dport=PORT)), verdict=TC_ACT_REDIRECT)
     progs.ingress(marked(client_ack(41002, tsecr=0x1234)), verdict=TC_ACT_REDIRECT)
     assert progs.stats()["sc_forwarded"] == 3
@@ -356,10 +375,29 @@ def test_unmarked_packets_syns_and_marks_naming_this_dip_stay(programs):
     progs.ingress(marked(client_syn(41011, mp_capable())))  # a SYN starts its connection here
     progs.ingress(marked(ack, previous=SELF))
     progs.ingress(marked(ack, previous="0.0.0.0"))
+    progs.ingress(passed_on(ack, hops=1))  # passed on by a DIP, and this one never passed the flow on
     other_port = tcp_frame("A", src=CLIENT, dst=VIP, sport=41012, dport=PORT + 1, seq=1, ack=1)
     progs.ingress(marked(other_port))  # not the VIP's service: not ours to judge
     stats = progs.stats()
-    assert (stats["sc_forwarded"], stats["sc_syn"], stats["sc_self"]) == (0, 1, 2)
+    assert (stats["sc_forwarded"], stats["sc_syn"], stats["sc_self"], stats["sc_chained"]) == (0, 1, 2, 0)
+
+
+def test_a_slot_that_moved_twice_passes_its_packets_on_again_where_this_dip_did_before(programs):
+    """Owner A, then B (this DIP, passing A's flows on), then C: C passes to B, B passes on to A."""
+    progs = programs("none", stamp=False)
+    ack = tcp_frame("A", src=CLIENT, dst=VIP, sport=41040, dport=PORT, seq=5000, ack=1)
+    passed = progs.obj.map("dip_passed")
+    key = pack_flow_key(CLIENT, 41040, VIP, PORT)
+    assert passed.lookup(key) is None
+    progs.ingress(marked(ack, previous=PREVIOUS), verdict=TC_ACT_REDIRECT)  # B passes to A: and remembers it
+    assert PASSED_TO.unpack(passed.lookup(key))[0] == ipaddress.IPv4Address(PREVIOUS).packed
+    out = progs.ingress(passed_on(ack, hops=1), verdict=TC_ACT_REDIRECT)  # from C, one hop so far: on to A
+    assert ip_id(out) == SECOND_CHANCE_PASSED_ID | 2 and checksums_ok(out)
+    progs.ingress(passed_on(ack, hops=SECOND_CHANCE_MAX_HOPS))  # the last hop: it stays, whatever the record says
+    other = tcp_frame("A", src=CLIENT, dst=VIP, sport=41041, dport=PORT, seq=5000, ack=1)
+    progs.ingress(passed_on(other, hops=1))  # no record for this flow: it stays
+    stats = progs.stats()
+    assert (stats["sc_forwarded"], stats["sc_chained"]) == (1, 1)
 
 
 def test_a_handshake_this_dip_answered_stays_here_for_a_cookie_lifetime(programs):

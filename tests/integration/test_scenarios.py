@@ -1,0 +1,183 @@
+"""Life under change on the real topology: drains, additions, removals, crashes, MUX loss, controller restarts.
+
+Each scenario has rate-limited uploads in flight when the event happens (the
+client is the sender, so every byte crosses a MUX while it happens) and is
+judged from kernel counters on both ends: the client's ``TcpEstabResets``
+(an established subflow reset) and the DIPs' ``TcpOutRsts``, plus the
+SHA-256 every DIP returns of what it received. Port mode runs the client
+that follows ADD_ADDR (c1), token mode the stock one that joins the service
+port (c2), with pool keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from mininet_topos.datacenter import dip_mac
+from mininet_topos.harness import Datacenter, wait_for
+
+CLIENT = {"port": ("c1", 3), "token": ("c2", 2)}  # mode -> (client, subflows per connection)
+UPLOADS, SIZE, RATE = 12, 600_000, 100_000  # 6 s each, all at once
+TRANSITION = 15.0  # controller.transition_time here: long enough for the uploads, short enough to wait out
+
+
+@pytest.fixture(params=["port", "token"])
+def dc(request):
+    with Datacenter(prefix=f"s{os.getpid() % 1000}", mode=request.param, key_source="pool",
+                    transition_time=TRANSITION, spare_dips=1) as dc:
+        yield dc
+
+
+def client_of(dc) -> tuple[str, int]:
+    return CLIENT[dc.mode]
+
+
+def counters(dc) -> dict:
+    client, _ = client_of(dc)
+    return {"client": dc.nstat(client), **{i: dc.nstat(f"d{i}") for i in dc.all_dips}}
+
+
+def resets(before: dict, after: dict) -> dict:
+    """Established subflows reset on the client, and resets each DIP sent."""
+    out = {"client": after["client"].get("TcpEstabResets", 0) - before["client"].get("TcpEstabResets", 0)}
+    for k in before:
+        if k != "client":
+            out[f"d{k}"] = after[k].get("TcpOutRsts", 0) - before[k].get("TcpOutRsts", 0)
+    return out
+
+
+def uploads(dc, conns: int = UPLOADS):
+    """Rate-limited uploads, returned once every one is established on some DIP (data in flight)."""
+    client, subflows = client_of(dc)
+    run = dc.start_traffic(conns, SIZE, min_subflows=subflows, parallel=conns, timeout=30, client=client,
+                           rate=RATE)
+    per_conn = 1 if dc.mode == "port" else subflows  # subflows each connection has on the service port
+    wait_for(f"{conns} uploads established", lambda: sum(dc.established(i) for i in dc.all_dips)
+             >= conns * per_conn, 30)
+    return run
+
+
+def slots(dc, dip: int) -> list[int]:
+    """How many slots each MUX's bridge hands to DIP ``dip`` (select group buckets or table-1 flows)."""
+    import subprocess
+
+    out = []
+    for i in (1, 2):
+        groups = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-groups", dc.mux_bridge(i)],
+                                capture_output=True, text=True).stdout
+        flows = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", dc.mux_bridge(i), "table=1"],
+                               capture_output=True, text=True).stdout
+        out.append((groups + flows).count(f"set_field:{dip_mac(dip)}->eth_dst"))
+    return out
+
+
+def report(name: str, **data) -> None:
+    print(f"\n[{name}] " + json.dumps(data, sort_keys=True))
+
+
+def test_drain_add_then_remove_reset_nothing(dc):
+    client, subflows = client_of(dc)
+    before = counters(dc)
+    run = uploads(dc)
+    assert dc.api("POST", "/vips/web/dips/1/drain")[0]["dips"][0]["state"] == "draining"
+    wait_for("DIP 1's slots to move on both MUXes", lambda: slots(dc, 1) == [0, 0], 15)
+    reply = dc.add_dip(4)
+    assert isinstance(reply, list), reply
+    wait_for("DIP 4 to take slots on both MUXes", lambda: min(slots(dc, 4)) > 0, 15)
+    results = run.results()
+    after = counters(dc)
+    report(f"drain+add {dc.mode}", resets=resets(before, after),
+           verified=sum(bool(r.get("verified")) for r in results))
+    assert all(r.get("verified") for r in results), results
+    assert all(v == 0 for v in resets(before, after).values()), resets(before, after)
+    # New connections: none to the drained DIP, some to the new one.
+    fresh = dc.run_traffic(conns=24, size=32 * 1024, min_subflows=subflows, client=client)
+    assert all(r.get("verified") for r in fresh), fresh
+    landed = {r["reply"]["dip"] for r in fresh}
+    assert 1 not in landed and 4 in landed, landed
+    # Remove after drain: refused while its transition still gives connections a second chance.
+    refused = dc.api("DELETE", "/vips/web/dips/1")
+    assert refused["status"] == 409 and "second chance" in refused["error"], refused
+    wait_for("DIP 1's transition to end", lambda: dc.api("GET", "/vips")[0]["dips"][0]["second_chance_s"] == 0,
+             TRANSITION + 10)
+    remaining = dc.api("DELETE", "/vips/web/dips/1")
+    assert [d["id"] for d in remaining[0]["dips"]] == [2, 3, 4], remaining
+    assert all(r.get("verified") for r in dc.run_traffic(conns=12, size=32 * 1024, min_subflows=subflows,
+                                                          client=client))
+
+
+def test_a_crashed_dip_loses_only_its_connections(dc):
+    """Port mode: its link goes down. Token mode: its agent and service are SIGKILLed."""
+    client, subflows = client_of(dc)
+    run = uploads(dc)
+    per_conn = 1 if dc.mode == "port" else subflows
+    on_dip2 = dc.established(2) // per_conn
+    crashed = time.monotonic()
+    if dc.mode == "port":
+        dc.set_dip_link(2, up=False)
+    else:
+        dc.kill_agent(2)
+    wait_for("the health checks to take DIP 2 down", lambda: dc.health()[2] == "down", 15)
+    detected = time.monotonic() - crashed
+    wait_for("DIP 2's slots to move on both MUXes", lambda: slots(dc, 2) == [0, 0], 15)
+    results = run.results()
+    lost = [r for r in results if not r.get("verified")]
+    report(f"crash {dc.mode}", detected_s=round(detected, 2), on_dip2=on_dip2, lost=len(lost))
+    assert on_dip2 >= 1  # the hash spread 12 uploads over 3 DIPs
+    assert len(lost) == on_dip2, results  # exactly its connections
+    assert all(r["reply"]["dip"] != 2 for r in results if r.get("verified"))
+    # Once detected, every new connection works.
+    fresh = dc.run_traffic(conns=24, size=32 * 1024, min_subflows=subflows, client=client)
+    assert all(r.get("verified") for r in fresh), fresh
+    assert {r["reply"]["dip"] for r in fresh} <= {1, 3}
+    # And it comes back once it recovers.
+    if dc.mode == "port":
+        dc.set_dip_link(2, up=True)
+    else:
+        dc.start_agent(2)
+        dc.wait_agent(2)
+    wait_for("DIP 2 back up and holding slots", lambda: dc.health()[2] == "up" and min(slots(dc, 2)) > 0, 20)
+
+
+def test_mux_loss_and_a_controller_crash_reset_nothing_and_keep_the_drain(dc):
+    client, subflows = client_of(dc)
+    assert dc.api("POST", "/vips/web/dips/3/drain")[0]["dips"][2]["state"] == "draining"
+    wait_for("DIP 3's slots to move on both MUXes", lambda: slots(dc, 3) == [0, 0], 15)
+    before = counters(dc)
+    run = uploads(dc)
+    dc.set_vip_route(only_mux=2)  # MUX 1 withdrawn: its connections cross MUX 2 now
+    dc.kill_controller()
+    time.sleep(2)  # the scenario: the controller stays away 2 s
+    dc.start_controller()
+    wait_for("the restarted controller to audit both MUXes",
+             lambda: all(m["connected"] and m["flows"] > 0 for m in dc.api("GET", "/muxes")), 20)
+    results = run.results()
+    after = counters(dc)
+    muxes = dc.api("GET", "/muxes")
+    report(f"mux loss + controller kill {dc.mode}", resets=resets(before, after),
+           resyncs=[m["resyncs"] for m in muxes])
+    assert all(r.get("verified") for r in results), results
+    assert all(v == 0 for v in resets(before, after).values()), resets(before, after)
+    assert [m["resyncs"] for m in muxes] == [0, 0]  # it found both bridges as it left them: no churn
+    assert dc.api("GET", "/vips")[0]["dips"][2]["state"] == "draining"  # the drain survived the restart
+    dc.set_vip_route()
+    fresh = dc.run_traffic(conns=12, size=32 * 1024, min_subflows=subflows, client=client)
+    assert all(r.get("verified") for r in fresh) and {r["reply"]["dip"] for r in fresh} <= {1, 2}
+
+
+def test_200_concurrent_connections_through_two_muxes(dc):
+    client, subflows = client_of(dc)
+    before = counters(dc)
+    results = dc.run_traffic(conns=200, size=64 * 1024, min_subflows=subflows, parallel=200, timeout=60,
+                             client=client)
+    after = counters(dc)
+    report(f"200 concurrent {dc.mode}", resets=resets(before, after),
+           per_dip={i: sum(r.get("reply", {}).get("dip") == i for r in results) for i in dc.all_dips})
+    assert len(results) == 200 and all(r.get("verified") for r in results), [r for r in results
+                                                                            if not r.get("verified")][:3]
+    assert all(r["client_subflows"] >= subflows for r in results)
+    assert all(v == 0 for v in resets(before, after).values()), resets(before, after)
