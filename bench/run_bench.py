@@ -241,7 +241,7 @@ def datapath_flows(few: int, many: int) -> dict:
 
 
 def compile_time() -> dict:
-    from mptcp_lb.config import parse_config
+    from mptcp_lb.config import DEFAULT_SLOTS, parse_config
     from ovs_flows.compiler import compile_all
 
     def config_with(n_dips: int) -> dict:
@@ -255,8 +255,10 @@ def compile_time() -> dict:
                 dips.append({"id": i + 1, "address": f"10.{16 + n // 65536}.{n // 256 % 256}.{n % 256}",
                              "mac": f"02:00:{n >> 24 & 255:02x}:{n >> 16 & 255:02x}:{n >> 8 & 255:02x}:{n & 255:02x}",
                              "ports": f"{2048 + i * 15}-{2048 + i * 15 + 14}"})
-            raw["vips"].append({"name": f"v{v}", "address": f"10.9.1.{v + 1}", "port": 80, "mode": "port",
-                                "dips": dips})
+            vip = {"name": f"v{v}", "address": f"10.9.1.{v + 1}", "port": 80, "mode": "port", "dips": dips}
+            if per_vip > DEFAULT_SLOTS:  # more DIPs than a dp_hash group has slots: multipath, a slot per DIP
+                vip.update(hash="multipath", slots=per_vip)
+            raw["vips"].append(vip)
         return raw
 
     out = {}

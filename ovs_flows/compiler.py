@@ -32,8 +32,10 @@ correct by the controller without churn.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 
 from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -80,8 +82,41 @@ class CompiledMux:
         """Meters and groups first: OVS rejects a flow whose meter or group does not exist yet."""
         return [*self.meters, *self.groups, *self.flows]
 
+    @cached_property
+    def flow_texts(self) -> dict[str, object]:
+        """Each flow by its ovs-ofctl text, rendered once for every audit that compares against it."""
+        return {flow_text(f): f for f in self.flows}
+
 
 # ---------------------------------------------------------------- builders
+
+
+@lru_cache(maxsize=65536)
+def _match_field(name: str, value) -> tuple[int, str, object]:
+    """(OXM sort key, name, value) of one match field, as OFPMatch normalizes it (the slow part)."""
+    n, v, m = ofp.oxm_from_user(*ofp.oxm_normalize_user(name, value))
+    return (n[0] if isinstance(n, tuple) else n), *ofp.oxm_to_user(n, v, m)
+
+
+_EMPTY_MATCH = parser.OFPMatch()
+
+
+def match(**fields):
+    """``parser.OFPMatch(**fields)``: the same fields in the same order, built for a fraction of the cost.
+
+    A VIP of thousands of DIPs repeats the same few fields (in_port, eth_type,
+    the VIP) in tens of thousands of matches, and OFPMatch normalizes each
+    anew and builds two objects of its old match API per match. Each field's
+    normalization is cached, and the match is a copy of an empty one (whose
+    old-API objects nobody writes) given the fields as os-ken's own parser
+    gives them (``_ordered_fields``). tests/unit/test_compiler.py checks that
+    both serialize to the same bytes.
+    """
+    m = copy.copy(_EMPTY_MATCH)
+    m.fields = []
+    m._fields2 = [(name, value) for _, name, value in sorted(_match_field(k, v) for k, v in fields.items())]
+    return m
+
 
 
 def _cookie(text: str) -> int:
@@ -105,7 +140,7 @@ def flow_mod(priority: int, match, actions: list, meter_id: int | None = None, t
 def arp_responder(mux: Mux, address: str):
     """Answer ARP requests from the router side for ``address`` with the MUX's MAC, in the datapath."""
     mac = mux.mac
-    match = parser.OFPMatch(in_port=mux.uplink_port, eth_type=ETH_ARP, arp_op=1, arp_tpa=address)
+    m = match(in_port=mux.uplink_port, eth_type=ETH_ARP, arp_op=1, arp_tpa=address)
     actions = [
         parser.NXActionRegMove(src_field="eth_src", dst_field="eth_dst", n_bits=48),
         parser.OFPActionSetField(eth_src=mac),
@@ -116,7 +151,7 @@ def arp_responder(mux: Mux, address: str):
         parser.OFPActionSetField(arp_spa=address),
         parser.OFPActionOutput(ofp.OFPP_IN_PORT),
     ]
-    return flow_mod(PRIO_ARP, match, actions)
+    return flow_mod(PRIO_ARP, m, actions)
 
 
 def to_dip(mux: Mux, dip: Dip, previous: Dip | None = None) -> list:
@@ -125,10 +160,15 @@ def to_dip(mux: Mux, dip: Dip, previous: Dip | None = None) -> list:
     With ``previous``, the source MAC carries that DIP's address instead of
     the MUX's: the packet's slot is in transition from it (second chance).
     """
-    src = second_chance_mac(previous.address) if previous is not None else mux.mac
-    return [parser.OFPActionSetField(eth_src=src),
-            parser.OFPActionSetField(eth_dst=dip.mac),
-            parser.OFPActionOutput(mux.fabric_port)]
+    return list(_to_dip(mux.mac, mux.fabric_port, dip.mac, previous.address if previous is not None else None))
+
+
+@lru_cache(maxsize=65536)
+def _to_dip(mux_mac: str, fabric_port: int, dip_mac: str, previous: str | None) -> tuple:
+    """The actions, built once: a DIP's are the same in each of its many flows and buckets."""
+    src = second_chance_mac(previous) if previous is not None else mux_mac
+    return (parser.OFPActionSetField(eth_src=src), parser.OFPActionSetField(eth_dst=dip_mac),
+            parser.OFPActionOutput(fabric_port))
 
 
 def _slot_actions(mux: Mux, vip: Vip, table: SlotTable) -> list[tuple[int, list]]:
@@ -166,7 +206,7 @@ def punt_meter(rate: int):
 
 def _service(mux: Mux, vip: Vip, **extra):
     """VIP:service-port traffic from the router side (the fabric never sends to a VIP)."""
-    return parser.OFPMatch(in_port=mux.uplink_port, eth_type=ETH_IP, ip_proto=IPPROTO_TCP, ipv4_dst=vip.address,
+    return match(in_port=mux.uplink_port, eth_type=ETH_IP, ip_proto=IPPROTO_TCP, ipv4_dst=vip.address,
                            tcp_dst=vip.port, **extra)
 
 
@@ -225,7 +265,7 @@ def _hashed_flows(out: CompiledMux, mux: Mux, vip: Vip, table: SlotTable) -> lis
     which DIPs there are, and the algorithm costs the same for any count.
     """
     for slot, (owner, actions) in enumerate(_slot_actions(mux, vip, table)):
-        fm = flow_mod(PRIO_VIP, parser.OFPMatch(reg0=slot, eth_type=ETH_IP, ip_proto=IPPROTO_TCP,
+        fm = flow_mod(PRIO_VIP, match(reg0=slot, eth_type=ETH_IP, ip_proto=IPPROTO_TCP,
                                                 ipv4_dst=vip.address, tcp_dst=vip.port),
                       actions, table_id=TABLE_HASHED)
         out.flows.append(fm)
@@ -241,9 +281,9 @@ def _port_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
     for dip in vip.dips:
         for value, mask in range_to_masks(dip.ports.start, dip.ports.end):
             tcp_dst = value if mask == 0xFFFF else (value, mask)
-            match = parser.OFPMatch(in_port=mux.uplink_port, eth_type=ETH_IP, ip_proto=IPPROTO_TCP,
-                                    ipv4_dst=vip.address, tcp_dst=tcp_dst)
-            fm = flow_mod(PRIO_VIP, match, to_dip(mux, dip))
+            m = match(in_port=mux.uplink_port, eth_type=ETH_IP, ip_proto=IPPROTO_TCP, ipv4_dst=vip.address,
+                      tcp_dst=tcp_dst)
+            fm = flow_mod(PRIO_VIP, m, to_dip(mux, dip))
             out.flows.append(fm)
             out.flow_dip[fm.cookie] = (vip.name, dip.id)
 
@@ -289,8 +329,8 @@ def compile_mux(config: Config, mux: Mux, tables: dict[str, SlotTable] | None = 
             _port_flows(out, mux, vip)
         if vip.uses_tokens:
             _token_flows(out, mux, vip)
-        out.flows.append(flow_mod(PRIO_VIP_DROP, parser.OFPMatch(eth_type=ETH_IP, ipv4_dst=vip.address), []))
-    out.flows.append(flow_mod(PRIO_MISS, parser.OFPMatch(), []))
+        out.flows.append(flow_mod(PRIO_VIP_DROP, match(eth_type=ETH_IP, ipv4_dst=vip.address), []))
+    out.flows.append(flow_mod(PRIO_MISS, match(), []))
     return out
 
 

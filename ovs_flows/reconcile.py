@@ -60,12 +60,36 @@ def _add_or_modify(have: dict, want: dict, same, mod, add: int, modify: int) -> 
     return msgs
 
 
-def reconcile(desired: CompiledMux, flow_stats: list, group_descs: list, meter_configs: list = ()) -> list:
+FLOW_STATS_HEADER = 16  # an OFPMP_FLOW reply's header: OpenFlow's, then the multipart type and flags
+# Where an ofp_flow_stats entry keeps what changes while the flow stays the same: its age and its counters.
+_AGE = slice(4, 12)
+_COUNTERS = slice(32, 48)
+
+
+def flow_identities(reply: bytes, lengths: list[int]) -> list[bytes]:
+    """Each entry of a raw flow-stats reply without its age and counters: equal bytes, equal flow.
+
+    ``lengths`` are the entries' ``length`` fields, in order. Two audits of an
+    unchanged flow give the same bytes, so its text can be looked up rather
+    than rendered again (``LbCore`` keeps the cache).
+    """
+    out, offset = [], FLOW_STATS_HEADER
+    for length in lengths:
+        entry = reply[offset:offset + length]
+        out.append(entry[:_AGE.start] + entry[_AGE.stop:_COUNTERS.start] + entry[_COUNTERS.stop:])
+        offset += length
+    return out
+
+
+def reconcile(desired: CompiledMux, flow_stats: list, group_descs: list, meter_configs: list = (),
+              stats_texts: list[str | None] | None = None) -> list:
     """Messages that turn (flow_stats, group_descs, meter_configs) into ``desired``; [] if equal.
 
     Order matters to OVS: meters and groups are created or fixed before flows
     point at them, and stale ones are deleted last (deleting a group also
-    deletes the flows that use it).
+    deletes the flows that use it). ``stats_texts`` may give each installed
+    flow's text already (None where not): rendering tens of thousands of
+    flows each audit is what a large MUX would otherwise spend its time on.
     """
     have_meters = {m.meter_id: m for m in meter_configs}
     want_meters = {m.meter_id: m for m in desired.meters}
@@ -76,10 +100,10 @@ def reconcile(desired: CompiledMux, flow_stats: list, group_descs: list, meter_c
     if msgs:
         msgs.append(parser.OFPBarrierRequest(datapath=None))
 
-    want_flows = {flow_text(f): f for f in desired.flows}
+    want_flows = desired.flow_texts
     have_texts, stale = set(), []
-    for stats in flow_stats:
-        text = flow_text(stats)  # flow-stats entries carry the same fields as flow_mods
+    for i, stats in enumerate(flow_stats):
+        text = stats_texts[i] if stats_texts and stats_texts[i] else flow_text(stats)  # same fields as flow_mods
         if text in want_flows and text not in have_texts:
             have_texts.add(text)
         else:

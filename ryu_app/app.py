@@ -19,6 +19,7 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
+from ovs_flows.reconcile import flow_identities
 from ryu_app import state_file
 from ryu_app.api import ApiServer
 from ryu_app.core import LbCore
@@ -141,12 +142,16 @@ class MptcpLbApp(app_manager.OSKenApp):
             del self.datapaths[dp.id]
             self.core.mux_disconnected(dp.id)
 
-    def _multipart_body(self, ev) -> list | None:
-        """Collect a multipart reply split over several messages; None until complete."""
+    def _multipart_body(self, ev, extra=None) -> list | None:
+        """Collect a multipart reply split over several messages; None until complete.
+
+        ``extra(msg)`` adds something per entry of each message (flow
+        identities): the result is then a list of (entry, extra) pairs.
+        """
         msg = ev.msg
         key = (msg.datapath.id, msg.xid)
         body = self._partial.setdefault(key, [])
-        body.extend(msg.body)
+        body.extend(msg.body if extra is None else zip(msg.body, extra(msg)))
         if msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE:
             return None
         return self._partial.pop(key)
@@ -168,9 +173,10 @@ class MptcpLbApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     @guarded
     def _flow_stats(self, ev):
-        body = self._multipart_body(ev)
+        body = self._multipart_body(ev, lambda msg: flow_identities(msg.buf, [s.length for s in msg.body]))
         if body is not None:
-            self.send(ev.msg.datapath, self.core.flow_stats_reply(ev.msg.datapath.id, body))
+            stats = [s for s, _ in body]
+            self.send(ev.msg.datapath, self.core.flow_stats_reply(ev.msg.datapath.id, stats, [i for _, i in body]))
 
     @set_ev_cls(ofp_event.EventOFPGroupStatsReply, MAIN_DISPATCHER)
     @guarded

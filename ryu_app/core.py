@@ -23,6 +23,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from mptcp_lb.config import Config, Dip, Mux, runtime_changes
 from mptcp_lb.slots import SlotTable, Transition, live_transitions, next_transitions, table_for
 from ovs_flows.compiler import COOKIE_TAG, CompiledMux, compile_all, to_dip
+from ovs_flows.ofctl_text import flow_text
 from ovs_flows.reconcile import reconcile
 from ryu_app.health import DOWN, DipHealth
 from ryu_app.seeding import NoRoomForKey, SeedError, hash_choice, parse_syn, seed_syn
@@ -42,6 +43,7 @@ class MuxStatus:
     meter_configs: list = field(default_factory=list)
     # (vip, dip) -> [packets, bytes] from the last flow + group stats
     dip_counters: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    flow_texts: dict[bytes, str] = field(default_factory=dict)  # flow identity -> text, from the last audit
     audit_started: float | None = None  # monotonic time of the audit in flight, if any
     audit_due: bool = False  # another audit was asked for while one was in flight
 
@@ -229,15 +231,23 @@ class LbCore:
             if dpid in self.status:
                 self.status[dpid].groups_desc = descs
 
-    def flow_stats_reply(self, dpid: int, stats: list) -> list:
-        """Audit result: reconcile the bridge and account per-DIP flow counters."""
+    def flow_stats_reply(self, dpid: int, stats: list, identities: list[bytes] | None = None) -> list:
+        """Audit result: reconcile the bridge and account per-DIP flow counters.
+
+        ``identities`` (``reconcile.flow_identities``, one per entry) let
+        flows unchanged since the last audit skip rendering their text.
+        """
         with self._lock:
             st = self.status.get(dpid)
             if st is None:
                 return []
             compiled = self.compiled[st.mux.name]
+            texts = None
+            if identities is not None and len(identities) == len(stats):
+                texts = [st.flow_texts.get(i) or flow_text(s) for i, s in zip(identities, stats)]
+                st.flow_texts = dict(zip(identities, texts))
             # Flows we did not install are stale too: the MUX bridge is ours alone.
-            msgs = reconcile(compiled, stats, st.groups_desc, st.meter_configs)
+            msgs = reconcile(compiled, stats, st.groups_desc, st.meter_configs, texts)
             st.flows = len(stats)
             log.debug("audit %s: %d flows, %d groups", st.mux.name, len(stats), len(st.groups_desc))
             counters: dict[tuple[str, int], list[int]] = {}

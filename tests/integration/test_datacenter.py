@@ -243,3 +243,25 @@ def test_printed_flows_install_as_is_on_a_netdev_bridge(tmp_path):
         assert ofctl_flow_count(bridge) == len(text.splitlines()) == 8 + DEFAULT_SLOTS
     finally:
         subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge])
+
+
+def test_a_flow_edited_by_hand_in_place_is_put_back(dc):
+    """mod-flows keeps the cookie and changes the actions: the audit's cached texts must not hide that."""
+    bridge = dc.mux_bridge(1)
+    match = "tcp,in_port=1,nw_dst=10.0.0.100,tp_dst=0x1000/0xf000"
+
+    def dip1_flow() -> str:
+        flows = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge, match],
+                               capture_output=True, text=True, check=True).stdout
+        return "\n".join(line for line in flows.splitlines() if "cookie=" in line)
+
+    original = dip1_flow()
+    assert f"set_field:{dip_mac(1)}->eth_dst" in original
+    resyncs = dc.api("GET", "/muxes")[0]["resyncs"]
+    wait_for("an audit with every text cached", lambda: dc.api("GET", "/muxes")[0]["flows"] > 0, 5)
+    # The same length and layout, another DIP's MAC: only the bytes of one field differ.
+    edited = original.split("actions=")[1].replace(f"{dip_mac(1)}->eth_dst", "02:00:00:02:00:99->eth_dst")
+    subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "mod-flows", bridge, f"{match},actions={edited}"], check=True)
+    wait_for("the controller to put DIP 1's port flow back",
+             lambda: f"set_field:{dip_mac(1)}->eth_dst" in dip1_flow() and
+             dc.api("GET", "/muxes")[0]["resyncs"] > resyncs, 15)

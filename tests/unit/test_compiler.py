@@ -248,3 +248,18 @@ def test_only_the_router_side_reaches_vips_and_arp(config):
            "arp_op": 1, "arp_sha": "02:aa:00:00:00:09", "arp_spa": "10.2.0.9", "arp_tha": "00:00:00:00:00:00",
            "arp_tpa": "10.1.1.1"}
     assert table.forward(arp) == []
+
+
+@pytest.mark.parametrize("mode", ["port", "token", "hybrid"])
+def test_fast_matches_serialize_as_os_ken_builds_them(raw_config, mode):
+    """ovs_flows.compiler.match against parser.OFPMatch(**fields): same fields, order and bytes."""
+    from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+    config = parse_config(raw_config) if mode == "port" else token_config(raw_config, mode=mode)
+    for flow in compile_mux(config, config.muxes[0]).flows:
+        reference = parser.OFPMatch(**dict(flow.match.items()))
+        assert flow.match.items() == reference.items()
+        ours, theirs = bytearray(), bytearray()
+        flow.match.serialize(ours, 0)
+        reference.serialize(theirs, 0)
+        assert ours == theirs, flow_text(flow)

@@ -85,3 +85,22 @@ def test_reconciled_table_behaves_like_a_fresh_one(compiled):
             table.apply(m)
     fresh = FakeOFTable(compiled.messages)
     assert [flow.cookie for flow in table.flows] == [flow.cookie for flow in fresh.flows]
+
+
+def test_flow_identities_ignore_age_and_counters_and_nothing_else():
+    import struct
+
+    from ovs_flows.reconcile import FLOW_STATS_HEADER, flow_identities
+
+    def entry(cookie, packets, seconds, actions):
+        rest = b"\x00\x01\x00\x04" + b"\x00" * 4 + actions  # a match and instructions, any bytes here
+        head = struct.pack("!HBxIIHHHH4xQQQ", 48 + len(rest), 0, seconds, 7, 200, 0, 0, 1, cookie, packets,
+                           packets * 100)
+        return head + rest
+
+    a, b = entry(0x4D4C01, 10, 5, b"out:2"), entry(0x4D4C01, 99, 6, b"out:2")
+    edited, other = entry(0x4D4C01, 10, 5, b"drop!"), entry(0x4D4C02, 10, 5, b"out:2")
+    reply = bytes(FLOW_STATS_HEADER) + a + b + edited + other
+    ids = flow_identities(reply, [len(a), len(b), len(edited), len(other)])
+    assert ids[0] == ids[1]  # counted more packets, grew older: the same flow
+    assert ids[2] != ids[0] and ids[3] != ids[0]  # edited by hand, or another cookie: not
