@@ -17,6 +17,10 @@
    the tap's bare redirect (``mux_to_uplink``), on the same frames.
 6. Controller: SYN(MPC) seeding rate (packet-in -> packet-out decisions per
    second, in process) and key generation rate for a DIP's slices.
+7. Consistency of the slot table for 8 DIPs: slots that move when a DIP is
+   removed (none but its own) or added (about 1/9), and the balance.
+8. Failure detection: a DIP's link goes down under the demo topology's
+   health checks; seconds until its slots leave both MUXes.
 
 Absolute numbers on this shared 2-core machine are noisy; the ratios are the point.
 """
@@ -275,6 +279,49 @@ def compile_time() -> dict:
     return out
 
 
+def consistency(n_dips: int = 8) -> dict:
+    """How the slot table moves for ``n_dips`` equal DIPs: removing one, adding a ninth."""
+    from mptcp_lb.config import DEFAULT_SLOTS
+    from mptcp_lb.slots import balance, moved, slot_owners
+
+    before = slot_owners({i: 1 for i in range(1, n_dips + 1)}, DEFAULT_SLOTS)
+    removed = 3
+    without = slot_owners({i: 1 for i in range(1, n_dips + 1) if i != removed}, DEFAULT_SLOTS)
+    others = [s for s in range(DEFAULT_SLOTS) if before[s] != removed]
+    added = slot_owners({i: 1 for i in range(1, n_dips + 2)}, DEFAULT_SLOTS)
+    return {"slots": DEFAULT_SLOTS, "dips": n_dips,
+            "moved_on_remove_other": sum(before[s] != without[s] for s in others) / len(others),
+            "moved_on_remove": len(moved(before, without)) / DEFAULT_SLOTS,
+            "moved_on_add": len(moved(before, added)) / DEFAULT_SLOTS,
+            "expected_on_add": 1 / (n_dips + 1),
+            "balance": balance(before)}
+
+
+def failure_detection(rounds: int = 3) -> dict:
+    """Seconds from a DIP's link going down to its slots leaving both MUXes, on the demo topology."""
+    times = []
+    with Datacenter(prefix="bfd") as dc:
+        mac = dc.config["vips"][0]["dips"][1]["mac"]
+
+        def slots_left() -> bool:
+            dumps = [subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-groups", dc.mux_bridge(i)],
+                                    capture_output=True, text=True).stdout for i in (1, 2)]
+            return all(f"set_field:{mac}->eth_dst" not in d for d in dumps)
+
+        for _ in range(rounds):
+            started = time.monotonic()
+            dc.set_dip_link(2, up=False)
+            while not slots_left():
+                time.sleep(0.02)
+            times.append(time.monotonic() - started)
+            dc.set_dip_link(2, up=True)
+            while dc.health()[2] != "up" or slots_left():
+                time.sleep(0.05)
+        check = dc.config["vips"][0].get("health", {})
+    return {"seconds": times, "median_s": statistics.median(times),
+            "interval_s": check.get("interval", 0.5), "fall": check.get("fall", 3)}
+
+
 def classifier_cost(repeat: int) -> dict:
     """ns per frame of the classifier (parse, tag, redirect) vs the tap's bare redirect, same frames."""
     from scapy.layers.inet import IP, TCP
@@ -372,8 +419,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="alternating L2/port/token upload rounds")
     p.add_argument("--conns", type=int, nargs=2, default=[10, 50], metavar=("FEW", "MANY"))
     p.add_argument("--repeat", type=int, default=1_000_000, help="BPF_PROG_TEST_RUN repeats per packet class")
-    p.add_argument("--only", nargs="+", choices=["classifier", "controller", "compile", "datapath_flows", "downloads",
-                                                 "throughput"], help="run only these sections")
+    p.add_argument("--only", nargs="+", choices=["classifier", "controller", "compile", "consistency",
+                                                 "failure_detection", "datapath_flows", "downloads", "throughput"],
+                   help="run only these sections")
     args = p.parse_args(argv)
     from mininet.log import setLogLevel
 
@@ -383,6 +431,8 @@ def main(argv=None) -> int:
         "classifier": ("classifier cost", lambda: classifier_cost(args.repeat)),
         "controller": ("controller rates", lambda: controller_rates(2.0)),
         "compile": ("compile time", compile_time),
+        "consistency": ("slot table consistency", consistency),
+        "failure_detection": ("failure detection (a DIP's link down, demo topology)", failure_detection),
         "datapath_flows": ("datapath flows", lambda: datapath_flows(*args.conns)),
         "downloads": ("downloads through the demo topology (stock nginx and curl under mptcpize)",
                       lambda: downloads(args.download_mb << 20, args.download_rounds, args.port_types)),
@@ -420,6 +470,15 @@ def print_report(report: dict, args) -> None:
         c = report["compile"]
         print(f"compile 4096 DIPs: {c['4096']['seconds']:.3f} s ({c['4096']['flows']} flows); "
               f"3 DIPs: {c['3']['seconds'] * 1e3:.2f} ms; per-DIP cost ratio {c['per_dip_ratio_4096_vs_3']:.2f}")
+    if "consistency" in report:
+        c = report["consistency"]
+        print(f"slot table, {c['dips']} DIPs over {c['slots']} slots: removing one moves {c['moved_on_remove_other']:.3f} "
+              f"of the others' slots; adding a 9th moves {c['moved_on_add']:.3f} (1/9 = {c['expected_on_add']:.3f}); "
+              f"balance max/mean {c['balance']:.2f}")
+    if "failure_detection" in report:
+        f = report["failure_detection"]
+        print(f"failure detection: a DIP's link down -> its slots off both MUXes in {f['median_s']:.2f} s (median of "
+              f"{len(f['seconds'])}; probes every {f['interval_s']} s, {f['fall']} failures)")
     if "classifier" in report:
         for name, row in report["classifier"]["per_class"].items():
             print(f"classifier {name:>20}: {row['classifier_ns']:4d} ns/packet vs bare redirect "

@@ -59,10 +59,13 @@ def slot_owners(weights: Mapping[int, int], slots: int = DEFAULT_SLOTS) -> tuple
     w = np.array([weights[int(i)] for i in ids], dtype=np.float64)
     with np.errstate(over="ignore"):
         keys = _mix64((ids * _GOLDEN)[None, :] ^ _mix64(np.arange(slots, dtype=np.uint64) + _GOLDEN)[:, None])
-    # The top 53 bits as a float in (0, 1): never 0, so the logarithm is finite.
-    u = ((keys >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
-    scores = w[None, :] / -np.log(u)
-    return tuple(int(ids[j]) for j in np.argmax(scores, axis=1))
+    if (w == w[0]).all():
+        best = np.argmax(keys, axis=1)  # equal weights: the largest hash has the largest score
+    else:
+        # The top 53 bits as a float in (0, 1): never 0, so the logarithm is finite.
+        u = ((keys >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+        best = np.argmax(w[None, :] / -np.log(u), axis=1)
+    return tuple(int(ids[j]) for j in best)
 
 
 @dataclass(frozen=True)

@@ -92,10 +92,17 @@ class CompiledMux:
 
 
 @lru_cache(maxsize=65536)
-def _match_field(name: str, value) -> tuple[int, str, object]:
+def _normalized_field(name: str, value) -> tuple[int, str, object]:
     """(OXM sort key, name, value) of one match field, as OFPMatch normalizes it (the slow part)."""
     n, v, m = ofp.oxm_from_user(*ofp.oxm_normalize_user(name, value))
     return (n[0] if isinstance(n, tuple) else n), *ofp.oxm_to_user(n, v, m)
+
+
+def _match_field(name: str, value) -> tuple[int, str, object]:
+    """``_normalized_field``; integers and (value, mask) pairs of them come back as they went in."""
+    if type(value) is int or (type(value) is tuple and len(value) == 2 and type(value[0]) is type(value[1]) is int):
+        return _normalized_field(name, 0)[0], name, value
+    return _normalized_field(name, value)
 
 
 _EMPTY_MATCH = parser.OFPMatch()
