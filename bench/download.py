@@ -106,6 +106,7 @@ class StockWebServers:
             for i in range(1, self.dc.n_dips + 1):
                 host = self.dc.dip_host(i)
                 wait_for(f"nginx on d{i}", lambda h=host: f":{SERVICE_PORT} " in h.cmd("ss -Mltn"), 15)
+            self.dc.wait_healthy()  # the health checks took the DIPs down until nginx served
         except BaseException:
             self.__exit__()
             raise

@@ -184,7 +184,8 @@ def downloads(size: int, rounds: int, port_types: list[str]) -> dict:
             for mode, client, port_type in configs:
                 name = f"{mode}/{port_type}"
                 with Datacenter(n_dips=3, prefix=f"b{os.getpid() % 1000}", progress=lambda m: None, mode=mode,
-                                key_source="pool", port_type=port_type, echo=False) as dc, \
+                                key_source="pool", port_type=port_type, echo=False,
+                                transition_time=2.0) as dc, \
                         StockWebServers(dc, blob) as web:
                     paths = (("lb", None), ("l2", 1))
                     for path, dip in paths:

@@ -222,14 +222,22 @@ class Datacenter:
         self.progress(f"{len(self.all_dips)} DIP agents ready")
         self.start_controller()
         self.wait_programmed()
-        self.progress("controller connected to both MUXes, flows installed, every DIP healthy")
+        if self.echo:  # without it, nothing serves until your own server starts: then wait_healthy()
+            self.wait_healthy()
+        self.progress("controller connected to both MUXes, flows installed"
+                      + (", every DIP healthy" if self.echo else ""))
 
     def wait_programmed(self, timeout: float = 30) -> None:
-        """Until the controller has programmed both MUXes and its probes found every DIP up."""
+        """Until the controller has programmed both MUXes."""
         wait_for("the controller to program both MUXes",
                  lambda: all(m["connected"] and m["flows"] > 0 and ofctl_flow_count(self.mux_bridge(i)) > 0
                              for i, m in enumerate(self.api("GET", "/muxes"), start=1)), timeout)
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        """Until the health checks find every DIP up and no slot is in transition any more."""
         wait_for("every DIP to be healthy", lambda: self.health() == {i: "up" for i in self.dip_ids()}, timeout)
+        wait_for("no slot in transition", lambda: self.api("GET", "/vips")[0]["slots_in_transition"] == 0,
+                 timeout + self.config["controller"]["transition_time"])
 
     @property
     def all_dips(self) -> range:
