@@ -106,6 +106,8 @@ enum dip_stat {
 	STAT_SC_SYN,           /* second chance: a marked SYN, which always stays with the new owner */
 	STAT_SC_SELF,          /* second chance: the mark names this DIP itself */
 	STAT_SC_CHAINED,       /* second chance: passed on again, to where this DIP passed the flow before */
+	STAT_SEED_FALLBACK,    /* seed mode: a SYN the controller did not seed, keyed from the pool */
+	STAT_FLOW_CREATED,     /* dip_flows entries made (the LRU evicts the oldest when it is full) */
 	STAT_MAX,
 };
 

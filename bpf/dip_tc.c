@@ -186,7 +186,8 @@ static __always_inline struct flow_state *flow_get(struct flow_key *k)
 
 	if (st)
 		return st;
-	bpf_map_update_elem(&dip_flows, k, &fresh, BPF_NOEXIST);
+	if (bpf_map_update_elem(&dip_flows, k, &fresh, BPF_NOEXIST) == 0)
+		stat_inc(STAT_FLOW_CREATED);
 	return bpf_map_lookup_elem(&dip_flows, k);
 }
 
@@ -341,11 +342,16 @@ static __always_inline void egress(struct __sk_buff *skb)
 		if ((st->has_key == KEY_FOR_ISN && st->key_isn == isn) || st->has_key == KEY_ANY_ISN) {
 			__builtin_memcpy(key, st->key, KEY_LEN);
 			have_key = 1;
-		} else if (cfg->key_mode == KEY_MODE_POOL) {
-			if (pool_take(key) == 0)
+		} else if (cfg->key_mode == KEY_MODE_POOL || cfg->key_mode == KEY_MODE_SEED) {
+			/* Seed mode keeps the pool as its fallback: for a SYN the controller did not seed. */
+			if (pool_take(key) == 0) {
 				have_key = 1;
-			else
-				stat_inc(STAT_POOL_EMPTY);
+				if (cfg->key_mode == KEY_MODE_SEED)
+					stat_inc(STAT_SEED_FALLBACK);
+			} else {
+				/* Seed mode: neither a key of its own nor one in the pool (none filled, or all taken). */
+				stat_inc(cfg->key_mode == KEY_MODE_SEED ? STAT_SYNACK_NO_KEY : STAT_POOL_EMPTY);
+			}
 		} else {
 			stat_inc(STAT_SYNACK_NO_KEY);
 		}

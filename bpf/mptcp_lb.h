@@ -27,6 +27,7 @@
 
 /* The tag MAC the classifier writes as Ethernet destination: 0a:4d:CLASS:VALUE (docs/token-steering.md §2). */
 #define TAG_PREFIX 0x0a4d /* locally administered unicast, then "M" */
+#define TAG_CLASS_NONE 0 /* written over a tag MAC a frame arrived with but did not earn */
 #define TAG_CLASS_MP_CAPABLE 1
 #define TAG_CLASS_MP_JOIN 2
 #define TAG_CLASS_TIMESTAMP 3

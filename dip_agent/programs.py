@@ -33,7 +33,7 @@ from mptcp_lb import tc
 from mptcp_lb.bpf import BPF_DIR, BpfObject, built_object, read_counters
 from mptcp_lb.mptcp_codec import make_key
 
-from .dip_abi import (KEY_MODE_POOL, KEY_MODES, POOL_SIZE, STAT_NAMES, U32, FlowState, check_port, key_mode,
+from .dip_abi import (KEY_MODE_POOL, KEY_MODE_SEED, KEY_MODES, POOL_SIZE, STAT_NAMES, U32, FlowState, check_port, key_mode,
                       pack_config, pack_flow_key, pack_seeded_flow_state)
 from .key_pool import KeyPool
 from .sysctl import change_sysctl, restore_sysctls
@@ -125,7 +125,8 @@ class DipPrograms:
         with self._rollback_on_failure():
             self.obj = BpfObject(dip_object(self.object_path))
             self.obj.map("dip_config").update(U32.pack(0), self._config)
-            if self.mode == KEY_MODE_POOL:
+            # Seed mode keeps a pool too, for the SYNs the controller could not seed (given the slices).
+            if self.mode == KEY_MODE_POOL or (self.mode == KEY_MODE_SEED and self.slices):
                 self.pool = KeyPool(self.obj.map("dip_pool"), self.obj.map("dip_pool_state"),
                                     self.slices, self.slice_bits, size=self.pool_size,
                                     interval=self.poll_interval)

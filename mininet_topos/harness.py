@@ -23,6 +23,7 @@ import urllib.request
 import yaml
 
 from mininet_topos.datacenter import SERVICE_PORT, VIP, DatacenterTopo, mgmt_interface, topology_config
+from mptcp_lb.config import parse_config
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,8 @@ class Datacenter:
             from mptcp_lb import classifier
 
             for i in (1, 2):
-                classifier.insert(self.mux_bridge(i), self.mux_uplink(i), self.port_type)
+                classifier.insert(self.mux_bridge(i), self.mux_uplink(i), self.port_type,
+                                  budgets=classifier.punt_budgets(parse_config(self.config)))
                 self.classified.append(i)
             self.progress("MPTCP classifier in front of both MUX bridges (tc ingress of their uplinks)")
         # The agents first: a controller that probed DIPs whose agents were not up yet would

@@ -22,6 +22,7 @@ GRO super-frame that does not fit a page on its way there.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -42,8 +43,18 @@ UPLINK_PROGRAM = "mux_uplink_ingress"
 RETURN_PROGRAM = "mux_to_uplink"
 # The ABI of bpf/mux_maps.h; tests/unit/test_bpf_abi.py checks it against the header and the object's BTF.
 # enum mux_stat, in order: the keys of mux_stats.
-STAT_NAMES = ("to_ovs", "mp_capable", "mp_join", "timestamp", "to_uplink", "unconfigured")
+STAT_NAMES = ("to_ovs", "mp_capable", "mp_join", "timestamp", "to_uplink", "unconfigured", "over_budget",
+              "carrier_cleared", "forged_tag")
 MUX_PORTS = bpf.StructLayout("mux_ports", [("to_ovs", "I"), ("to_uplink", "I")])
+PUNT_KEY = bpf.StructLayout("punt_key", [("vip", "4s"), ("port", "2s"), ("reserved", "H")])
+PUNT_BUDGET = bpf.StructLayout("punt_budget", [("interval_ns", "Q"), ("burst_ns", "Q"), ("tat", "Q"), ("lock", "I"),
+                                               ("reserved", "I")])
+
+
+def punt_budgets(config) -> dict[tuple[str, int], tuple[int, int]]:
+    """(VIP address, port) -> (SYN + MP_CAPABLE per second, burst) for the config's seed-mode VIPs."""
+    return {(v.address, v.port): (v.punt_rate or config.controller.punt_rate,) * 2
+            for v in config.vips if v.uses_tokens and v.key_source == "seed"}
 _U32 = struct.Struct("=I")
 _GRO = "rx-gro"
 _ALIAS_PREFIX = "mptcp-lb classifier tap:"
@@ -69,6 +80,20 @@ class ClassifierObject:
 
     def prog_fd(self, name: str) -> int:
         return self.obj.prog_fd(name)
+
+    def set_punt_budgets(self, budgets: dict[tuple[str, int], tuple[int, int]]) -> None:
+        """Each seed-mode VIP's budget: (address, port) -> (SYN + MP_CAPABLE punted per second, burst).
+
+        Over it, such a SYN goes untagged to the VIP's hash (a DIP's pool
+        key) instead of to the controller: never dropped for the budget.
+        """
+        budget_map = self.obj.map("mux_punt_budget")
+        for (vip, port), (rate, burst) in budgets.items():
+            if not 1 <= rate <= 10**9 or not 1 <= burst <= 10**6:
+                raise ValueError(f"punt budget for {vip}:{port}: rate {rate}/s and burst {burst} out of range")
+            interval = 10**9 // rate
+            key = PUNT_KEY.pack(ipaddress.IPv4Address(vip).packed, port.to_bytes(2, "big"), 0)
+            budget_map.update(key, PUNT_BUDGET.pack(interval, interval * (burst - 1), 0, 0, 0))
 
     def configure(self, to_ovs: int, to_uplink: int) -> None:
         """Where the programs redirect frames: ifindexes of the tap's near end and of the uplink."""
@@ -215,12 +240,14 @@ def _set_gro(ifname: str, on: bool) -> bool:
     return was
 
 
-def insert(bridge: str, uplink: str, port_type: str | None = None, ofport: int | None = None) -> Tap:
+def insert(bridge: str, uplink: str, port_type: str | None = None, ofport: int | None = None,
+           budgets: dict[tuple[str, int], tuple[int, int]] | None = None) -> Tap:
     """Put the classifier between ``uplink`` and OVS bridge ``bridge``; undo what was done if a step fails.
 
     The uplink is usually a port of the bridge already, and the tap's OVS end
     takes its OpenFlow port number and port type; otherwise ``ofport`` says
     which number to use, and ``port_type`` defaults to the host's default.
+    ``budgets`` are the seed-mode VIPs' punt budgets (``punt_budgets``).
     """
     uplink_ifindex = _ifindex(uplink)
     near, ovs_end = tap_names(uplink_ifindex)
@@ -250,6 +277,7 @@ def insert(bridge: str, uplink: str, port_type: str | None = None, ofport: int |
                 ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
             with load() as obj:
                 obj.configure(to_ovs=near_ifindex, to_uplink=uplink_ifindex)
+                obj.set_punt_budgets(budgets or {})
                 tc.add_clsact(ipr, near_ifindex)
                 tc.attach(ipr, near_ifindex, near, tc.INGRESS, obj.prog_fd(RETURN_PROGRAM), RETURN_PROGRAM)
                 done.append("port")

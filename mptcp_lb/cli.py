@@ -92,7 +92,11 @@ def cmd_classifier(args) -> int:
 
     try:
         if args.action == "attach":
-            tap = classifier.insert(args.bridge, args.uplink, args.port_type, args.ofport)
+            budgets = classifier.punt_budgets(_load(args.config)) if args.config else {}
+            if not args.config:
+                print("classifier attach: no --config, so no punt budgets: every SYN(MPC) goes to the "
+                      "controller, and only its meter limits them", file=sys.stderr)
+            tap = classifier.insert(args.bridge, args.uplink, args.port_type, args.ofport, budgets=budgets)
             print(f"classifier on {tap.uplink}: tc ingress, frames to OpenFlow port {tap.ofport} of {tap.bridge} "
                   f"through {tap.ovs_end} ({tap.port_type})")
         elif args.action == "detach":
@@ -160,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bridge", help="attach/detach: the MUX's OVS bridge")
     s.add_argument("--port-type", choices=PORT_TYPES,
                    help="attach: OVS port type of the tap's end (default: the uplink's, else afxdp where supported)")
+    s.add_argument("--config", help="attach: the mptcp-lb config, whose seed-mode VIPs' punt budgets it enforces")
     s.add_argument("--ofport", type=int,
                    help="attach: OpenFlow port number, when the uplink is not a port of the bridge yet")
     s.set_defaults(func=cmd_classifier)

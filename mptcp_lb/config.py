@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from mptcp_lb.mptcp_codec import MAX_SLICE_BITS, SERVER_ID_MASK
+from mptcp_lb.mptcp_codec import MAX_SLICE_BITS, SERVER_ID_MASK, TAG_PREFIX
 
 MODES = ("port", "token", "hybrid")
 PORT_MODES = ("port", "hybrid")  # DIPs own port ranges and announce one port
@@ -29,6 +29,15 @@ RENAMED_KEY_SOURCES = {"mux": "seed"}  # old value -> its name now, so an old co
 HASH_METHODS = ("dp_hash", "multipath")
 MAX_DIP_ID = SERVER_ID_MASK  # the server ID a DIP stamps into TCP timestamps
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+
+
+def _r(value) -> str:
+    """A value as an error message shows it: repr, cut short (a 5000-digit string must not fill the screen)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of over 4300 digits has no repr
+        return f"a {value.bit_length()}-bit integer"
+    return text if len(text) <= 48 else f"{text[:40]}...({len(text)} chars)"
 
 
 class ConfigError(ValueError):
@@ -103,6 +112,7 @@ class Vip:
     slice_bits: int = DEFAULT_SLICE_BITS
     hash: str = "dp_hash"
     slots: int = DEFAULT_SLOTS  # the hash space the slot table maps to DIPs (mptcp_lb/slots.py)
+    punt_rate: int | None = None  # seed mode: its punt budget per MUX (None: controller.punt_rate)
     health: HealthCheck = HealthCheck()
 
     @property
@@ -137,7 +147,7 @@ class ControllerSettings:
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     audit_interval: float = 2.0
-    punt_rate: int = 100  # SYN(MPC) packet-ins per second per MUX (OpenFlow meter)
+    punt_rate: int = 100  # a seed-mode VIP's SYN(MPC) punts per second per MUX, unless the VIP says (vips[].punt_rate)
     transition_time: float = 300.0  # seconds a moved slot's packets get a second chance at its old owner
     probe_interface: str | None = None  # where health probes leave for the DIPs; None: no health checks
     state_file: str | None = None  # runtime changes (drains, additions, health, transitions) survive restarts here
@@ -175,7 +185,7 @@ class _Checker:
 
     def mapping(self, obj: Any, path: str, required: set[str], optional: set[str]) -> dict | None:
         if not isinstance(obj, dict):
-            self.fail(path or "(root)", f"expected a mapping, got {obj!r}")
+            self.fail(path or "(root)", f"expected a mapping, got {_r(obj)}")
             return None
         for key in obj:
             if key not in required | optional:
@@ -190,7 +200,7 @@ class _Checker:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            self.fail(f"{path}.{key}", f"{value!r} is not an integer in {lo}..{hi}")
+            self.fail(f"{path}.{key}", f"{_r(value)} is not an integer in {lo}..{hi}")
             return None
         return value
 
@@ -198,7 +208,7 @@ class _Checker:
         """A number of seconds or the like; the default stands in for a bad value (which is reported)."""
         value = obj.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-            self.fail(f"{path}.{key}", f"{value!r} is not a number in {lo:g}..{hi:g}")
+            self.fail(f"{path}.{key}", f"{_r(value)} is not a number in {lo:g}..{hi:g}")
             return default
         return float(value)
 
@@ -207,7 +217,7 @@ class _Checker:
         if value is None:
             return None
         if not isinstance(value, str) or not re.fullmatch(pattern, value):
-            self.fail(f"{path}.{key}", f"{value!r} is not {what}")
+            self.fail(f"{path}.{key}", f"{_r(value)} is not {what}")
             return None
         return value
 
@@ -218,14 +228,14 @@ class _Checker:
         try:
             return str(ipaddress.IPv4Address(str(value)))
         except ValueError:
-            self.fail(f"{path}.{key}", f"{value!r} is not an IPv4 address")
+            self.fail(f"{path}.{key}", f"{_r(value)} is not an IPv4 address")
             return None
 
     def unicast_host(self, address: str, path: str) -> bool:
         """A host's own address: not 0.0.0.0/8 (second chance marks use it), loopback, multicast or broadcast."""
         ip = ipaddress.IPv4Address(address)
         if ip in ipaddress.IPv4Network("0.0.0.0/8") or ip.is_loopback or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
-            self.fail(path, f"{address!r} is not a unicast host address")
+            self.fail(path, f"{_r(address)} is not a unicast host address")
             return False
         return True
 
@@ -235,10 +245,10 @@ class _Checker:
             return None
         text = str(value).lower()
         if not _MAC_RE.match(text):
-            self.fail(f"{path}.{key}", f"{value!r} is not a MAC address like 02:00:00:00:00:01")
+            self.fail(f"{path}.{key}", f"{_r(value)} is not a MAC address like 02:00:00:00:00:01")
             return None
         if int(text[:2], 16) & 1:
-            self.fail(f"{path}.{key}", f"{value!r} is a multicast MAC address")
+            self.fail(f"{path}.{key}", f"{_r(value)} is a multicast MAC address")
             return None
         return text
 
@@ -247,7 +257,7 @@ class _Checker:
         if value is None:
             return None
         if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9_.-]{1,32}$", value):
-            self.fail(f"{path}.{key}", f"{value!r} is not a name of 1-32 letters, digits, '_', '.', '-'")
+            self.fail(f"{path}.{key}", f"{_r(value)} is not a name of 1-32 letters, digits, '_', '.', '-'")
             return None
         return value
 
@@ -255,13 +265,13 @@ class _Checker:
         value = obj.get(key)
         if value is None:
             return None
-        m = re.match(r"^\s*(\d+)\s*-\s*(\d+)\s*$", str(value))
+        m = re.match(r"^\s*(\d{1,5})\s*-\s*(\d{1,5})\s*$", str(value))
         if not m:
-            self.fail(f"{path}.{key}", f"{value!r} is not a port range like 4096-8191")
+            self.fail(f"{path}.{key}", f"{_r(value)} is not a port range like 4096-8191")
             return None
         start, end = int(m.group(1)), int(m.group(2))
         if not (1 <= start <= end <= 65535):
-            self.fail(f"{path}.{key}", f"{value!r} must satisfy 1 <= start <= end <= 65535")
+            self.fail(f"{path}.{key}", f"{_r(value)} must satisfy 1 <= start <= end <= 65535")
             return None
         return PortRange(start, end)
 
@@ -299,12 +309,12 @@ def _parse_health(ck: _Checker, raw: Any, path: str) -> HealthCheck | None:
         return None
     kind = obj.get("kind", d.kind)
     if kind not in HEALTH_KINDS:
-        ck.fail(f"{path}.kind", f"{kind!r} is not one of {', '.join(HEALTH_KINDS)}")
+        ck.fail(f"{path}.kind", f"{_r(kind)} is not one of {', '.join(HEALTH_KINDS)}")
         return None
     if kind != "http":
         for key in ("path", "expect_status"):
             if key in obj:
-                ck.fail(f"{path}.{key}", f"{obj[key]!r}: only for kind http (kind is {kind})")
+                ck.fail(f"{path}.{key}", f"{_r(obj[key])}: only for kind http (kind is {kind})")
                 return None
     before = len(ck.problems)
     interval = ck.number(obj, "interval", path, 0.05, 3600, d.interval)
@@ -335,6 +345,11 @@ def _parse_mux(ck: _Checker, raw: Any, path: str) -> Mux | None:
         uplink_port=ck.integer(obj, "uplink_port", path, 1, 0xFFFFFF00),
         fabric_port=ck.integer(obj, "fabric_port", path, 1, 0xFFFFFF00),
     )
+    tag_space = ":".join(f"{b:02x}" for b in TAG_PREFIX)
+    if fields["mac"] is not None and fields["mac"].startswith(tag_space):
+        # Classifier tags (destination) and second-chance marks (source) live in 0a:4d:...
+        ck.fail(f"{path}.mac", f"{fields['mac']} is in the tag MAC space {tag_space}:xx:xx:xx:xx")
+        return None
     if fields["uplink_port"] is not None and fields["uplink_port"] == fields["fabric_port"]:
         ck.fail(f"{path}.fabric_port", f"{fields['fabric_port']} is also the uplink_port")
         return None
@@ -350,14 +365,14 @@ def _slices(ck: _Checker, obj: dict, path: str, slice_bits: int) -> frozenset[in
         return frozenset()
     top = (1 << slice_bits) - 1
     if not isinstance(raw, list) or not raw:
-        ck.fail(f"{path}.slices", f"{raw!r} is not a non-empty list of slices or 'a-b' ranges")
+        ck.fail(f"{path}.slices", f"{_r(raw)} is not a non-empty list of slices or 'a-b' ranges")
         return None
     out: set[int] = set()
     for item in raw:
-        m = re.match(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$", str(item)) if not isinstance(item, bool) else None
+        m = re.match(r"^\s*(\d{1,5})\s*(?:-\s*(\d{1,5})\s*)?$", str(item)) if not isinstance(item, bool) else None
         lo, hi = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else (None, None)
         if lo is None or not 0 <= lo <= hi <= top:
-            ck.fail(f"{path}.slices", f"{item!r} is not a slice or range within 0..{top} (slice_bits={slice_bits})")
+            ck.fail(f"{path}.slices", f"{_r(item)} is not a slice or range within 0..{top} (slice_bits={slice_bits})")
             return None
         out.update(range(lo, hi + 1))
     return frozenset(out)
@@ -379,14 +394,14 @@ def parse_dip(ck: _Checker, raw: Any, path: str, mode: str = "port", slice_bits:
     mac = ck.mac(obj, "mac", path)
     state = obj.get("state", "active")
     if state not in ("active", "draining"):
-        ck.fail(f"{path}.state", f"{state!r} is not one of active, draining")
+        ck.fail(f"{path}.state", f"{_r(state)} is not one of active, draining")
         return None
     slices = _slices(ck, obj, path, slice_bits)
     ports = announce = None
     if not uses_ports:
         for key in ("ports", "announce_port"):
             if key in obj:
-                ck.fail(f"{path}.{key}", f"{obj[key]!r}: mode {mode} announces no ports (remove {key})")
+                ck.fail(f"{path}.{key}", f"{_r(obj[key])}: mode {mode} announces no ports (remove {key})")
                 return None
     else:
         ports = ck.port_range(obj, "ports", path)
@@ -417,7 +432,7 @@ def check_vip_dips(ck: _Checker, dips: list[Dip], service_port: int, path: str) 
         for key in seen:
             value = getattr(d, key)
             if value in seen[key]:
-                ck.fail(f"{path}[{i}].{key}", f"duplicate {key} {value!r} (also dips[{seen[key][value]}])")
+                ck.fail(f"{path}[{i}].{key}", f"duplicate {key} {_r(value)} (also dips[{seen[key][value]}])")
             else:
                 seen[key][value] = i
         if d.ports is not None and service_port in d.ports:
@@ -459,7 +474,7 @@ def assign_slices(dips: list[Dip], slice_bits: int) -> list[Dip]:
 
 def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
     obj = ck.mapping(raw, path, {"name", "address", "port", "dips"},
-                     {"mode", "key_source", "slice_bits", "hash", "slots", "health"})
+                     {"mode", "key_source", "slice_bits", "hash", "slots", "health", "punt_rate"})
     if obj is None:
         return None
     name = ck.name(obj, "name", path)
@@ -467,18 +482,18 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
     port = ck.integer(obj, "port", path, 1, 65535)
     mode = obj.get("mode", "port")
     if mode not in MODES:
-        ck.fail(f"{path}.mode", f"{mode!r} is not one of {', '.join(MODES)}")
+        ck.fail(f"{path}.mode", f"{_r(mode)} is not one of {', '.join(MODES)}")
         return None
     key_source = obj.get("key_source", "seed")
     if key_source in RENAMED_KEY_SOURCES:
-        ck.fail(f"{path}.key_source", f"{key_source!r} was renamed {RENAMED_KEY_SOURCES[key_source]!r}")
+        ck.fail(f"{path}.key_source", f"{_r(key_source)} was renamed {_r(RENAMED_KEY_SOURCES[key_source])}")
         return None
     if key_source not in KEY_SOURCES:
-        ck.fail(f"{path}.key_source", f"{key_source!r} is not one of {', '.join(KEY_SOURCES)}")
+        ck.fail(f"{path}.key_source", f"{_r(key_source)} is not one of {', '.join(KEY_SOURCES)}")
         return None
     for key in ("key_source", "slice_bits"):
         if key in obj and mode not in TOKEN_MODES:
-            ck.fail(f"{path}.{key}", f"{obj[key]!r}: only for modes {', '.join(TOKEN_MODES)} (mode is {mode})")
+            ck.fail(f"{path}.{key}", f"{_r(obj[key])}: only for modes {', '.join(TOKEN_MODES)} (mode is {mode})")
             return None
     slice_bits = ck.integer(obj, "slice_bits", path, 1, MAX_SLICE_BITS, DEFAULT_SLICE_BITS)
     if slice_bits is None:
@@ -486,10 +501,10 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
     seeded = mode in TOKEN_MODES and key_source == "seed"
     hash_method = obj.get("hash", "multipath" if seeded else "dp_hash")
     if hash_method not in HASH_METHODS:
-        ck.fail(f"{path}.hash", f"{hash_method!r} is not one of {', '.join(HASH_METHODS)}")
+        ck.fail(f"{path}.hash", f"{_r(hash_method)} is not one of {', '.join(HASH_METHODS)}")
         return None
     if seeded and hash_method != "multipath":
-        ck.fail(f"{path}.hash", f"{hash_method!r}: key_source seed needs multipath, the hash the controller "
+        ck.fail(f"{path}.hash", f"{_r(hash_method)}: key_source seed needs multipath, the hash the controller "
                                 "can predict when it picks a DIP for a SYN")
         return None
     if hash_method == "dp_hash":
@@ -500,11 +515,15 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
     health = _parse_health(ck, obj.get("health"), f"{path}.health")
     if slots is None or health is None:
         return None
+    if "punt_rate" in obj and not seeded:
+        ck.fail(f"{path}.punt_rate", f"{_r(obj['punt_rate'])}: only for key_source seed")
+        return None
+    punt_rate = ck.integer(obj, "punt_rate", path, 1, 1_000_000)
     raw_dips = obj.get("dips")
     dips: list[Dip] = []
     if raw_dips is not None:
         if not isinstance(raw_dips, list) or not raw_dips:
-            ck.fail(f"{path}.dips", f"expected a non-empty list, got {raw_dips!r}")
+            ck.fail(f"{path}.dips", f"expected a non-empty list, got {_r(raw_dips)}")
         else:
             parsed = [parse_dip(ck, d, f"{path}.dips[{i}]", mode, slice_bits) for i, d in enumerate(raw_dips)]
             dips = [d for d in parsed if d is not None]
@@ -524,10 +543,14 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
             for i, d in enumerate(dips):
                 if d.address == address:
                     ck.fail(f"{path}.dips[{i}].address", f"{d.address} is the VIP itself")
+                if d.mac.startswith(":".join(f"{b:02x}" for b in TAG_PREFIX)):
+                    ck.fail(f"{path}.dips[{i}].mac", f"{d.mac} is in the tag MAC space")
+            if dips and not any(d.state == "active" for d in dips):
+                ck.fail(f"{path}.dips", "every DIP is draining: the VIP would refuse every new connection")
     if None in (name, address, port) or not dips:
         return None
     return Vip(name=name, address=address, port=port, mode=mode, dips=tuple(dips), key_source=key_source,
-               slice_bits=slice_bits, hash=hash_method, slots=slots, health=health)
+               slice_bits=slice_bits, hash=hash_method, slots=slots, health=health, punt_rate=punt_rate)
 
 
 def _parse_list(ck: _Checker, raw: dict, key: str, parse) -> list:
@@ -535,7 +558,7 @@ def _parse_list(ck: _Checker, raw: dict, key: str, parse) -> list:
     if items is None:
         return []
     if not isinstance(items, list) or not items:
-        ck.fail(key, f"expected a non-empty list, got {items!r}")
+        ck.fail(key, f"expected a non-empty list, got {_r(items)}")
         return []
     return [parse(ck, item, f"{key}[{i}]") for i, item in enumerate(items)]
 
@@ -545,7 +568,7 @@ def _check_unique(ck: _Checker, items: list, key: str, what: str) -> None:
     for i, item in enumerate(items):
         value = getattr(item, key)
         if value in seen:
-            ck.fail(f"{what}[{i}].{key}", f"duplicate {key} {value!r} (also {what}[{seen[value]}])")
+            ck.fail(f"{what}[{i}].{key}", f"duplicate {key} {_r(value)} (also {what}[{seen[value]}])")
         seen.setdefault(value, i)
 
 
@@ -581,6 +604,8 @@ def load_config(path: str) -> Config:
         raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from e
     except yaml.YAMLError as e:
         raise ConfigError([f"{path}: not valid YAML: {e}"]) from e
+    except ValueError as e:  # a number too long for Python to read (over 4300 digits)
+        raise ConfigError([f"{path}: a value YAML cannot read: {e}"]) from e
     return parse_config(raw)
 
 
@@ -609,7 +634,7 @@ def with_dip_added(config: Config, vip_name: str, raw: Any) -> Config:
 def with_dip_state(config: Config, vip_name: str, dip_id: int, state: str) -> Config:
     """A new config with one DIP set to ``active`` or ``draining``."""
     if state not in ("active", "draining"):
-        raise ConfigError([f"state: {state!r} is not one of active, draining"])
+        raise ConfigError([f"state: {_r(state)} is not one of active, draining"])
     vip = config.vip(vip_name)
     vip.dip(dip_id)  # KeyError if absent
     dips = tuple(replace(d, state=state) if d.id == dip_id else d for d in vip.dips)
@@ -679,7 +704,7 @@ def runtime_changes(base: Config, current: Config) -> dict:
 def with_runtime_changes(base: Config, changes: Any, source: str = "state") -> Config:
     """``base`` with ``runtime_changes`` applied and the whole result validated; ConfigError names ``source``."""
     if not isinstance(changes, dict):
-        raise ConfigError([f"{source}: expected a mapping of VIP names, got {changes!r}"])
+        raise ConfigError([f"{source}: expected a mapping of VIP names, got {_r(changes)}"])
     config = base
     problems = []
     for name, change in changes.items():
@@ -687,10 +712,10 @@ def with_runtime_changes(base: Config, changes: Any, source: str = "state") -> C
         try:
             vip = config.vip(name)
         except KeyError:
-            problems.append(f"{path}: no VIP {name!r} in the config any more; its runtime changes are dropped")
+            problems.append(f"{path}: no VIP {_r(name)} in the config any more; its runtime changes are dropped")
             continue
         if not isinstance(change, dict) or set(change) - {"removed", "added", "states"}:
-            problems.append(f"{path}: expected removed, added and states, got {change!r}")
+            problems.append(f"{path}: expected removed, added and states, got {_r(change)}")
             continue
         removed = set(change.get("removed") or ())
         states = change.get("states") or {}
@@ -702,8 +727,8 @@ def with_runtime_changes(base: Config, changes: Any, source: str = "state") -> C
         dips = [d for d in dips if d is not None] + list(added.values())
         ids = {d.id for d in dips}
         for key, state in states.items():
-            if not str(key).isdigit() or int(key) not in ids or state not in ("active", "draining"):
-                ck.fail(f"{path}.states.{key}", f"{state!r} is not a state of a DIP of {name}")
+            if not re.fullmatch(r"\d{1,4}", str(key)) or int(key) not in ids or state not in ("active", "draining"):
+                ck.fail(f"{path}.states.{key}", f"{_r(state)} is not a state of a DIP of {name}")
         dips = [replace(d, state=states.get(str(d.id), d.state)) for d in dips]
         check_vip_dips(ck, dips, vip.port, f"{path}.dips")
         check_slot_room(ck, dips, vip.slots, path)

@@ -39,6 +39,7 @@ KEY_CARRIER_LEN = 4 + KEY_LEN
 
 # The tag MAC: TAG_PREFIX, the class, then a TAG_VALUE_BITS value (bpf/mptcp_lb.h).
 TAG_PREFIX = bytes((0x0A, 0x4D))  # locally administered unicast, then "M"
+CLASS_NONE = 0  # a tag MAC a frame arrived with and did not earn
 CLASS_MP_CAPABLE = 1
 CLASS_MP_JOIN = 2
 CLASS_TIMESTAMP = 3
@@ -290,11 +291,12 @@ def parse_key_carrier(opt: bytes) -> bytes | None:
 
 # --- classifier reference -----------------------------------------------------
 
-def classify_frame(frame: bytes) -> tuple[int, int] | None:
-    """The MUX classifier's verdict (class, value) for an Ethernet frame, or None.
+def _walked_tcp(frame: bytes) -> tuple[int, int, list[tuple[int, int, int]]] | None:
+    """(TCP offset, option area end, option spans) of a frame the classifier parses, else None.
 
-    Follows docs/token-steering.md §2 exactly; the BPF classifier must agree
-    on every byte sequence, and no input makes this raise.
+    The classifier's preconditions (docs/token-steering.md §2): Ethernet,
+    IPv4 without fragmentation, TCP whose whole header is in the frame, and a
+    well-formed option area.
     """
     n = len(frame)
     if n < _ETH_HLEN + 20 or (frame[12] << 8 | frame[13]) != _ETH_P_IP:
@@ -318,11 +320,24 @@ def classify_frame(frame: bytes) -> tuple[int, int] | None:
         spans = _option_spans(frame, l4 + _TCP_HLEN, l4 + doff * 4)
     except OptionError:
         return None
+    if any(kind == TCPOPT_TIMESTAMP and length != TIMESTAMP_LEN for _, kind, length in spans):
+        return None  # the walk calls a timestamp of another length malformed
+    return l4, l4 + doff * 4, spans
+
+
+def classify_frame(frame: bytes) -> tuple[int, int] | None:
+    """The MUX classifier's verdict (class, value) for an Ethernet frame, or None.
+
+    Follows docs/token-steering.md §2 exactly; the BPF classifier must agree
+    on every byte sequence, and no input makes this raise.
+    """
+    walked = _walked_tcp(frame)
+    if walked is None:
+        return None
+    l4, _, spans = walked
     timestamp = mptcp = None
     for off, kind, length in spans:
         if kind == TCPOPT_TIMESTAMP:
-            if length != TIMESTAMP_LEN:
-                return None
             if timestamp is None:
                 timestamp = off
         elif kind == TCPOPT_MPTCP and length >= 3 and mptcp is None:
@@ -345,6 +360,51 @@ def classify_frame(frame: bytes) -> tuple[int, int] | None:
 
 def _mac_text(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
+
+
+def _carrier_at(frame: bytes, spans: list[tuple[int, int, int]]) -> int | None:
+    for off, kind, length in spans:
+        if kind == TCPOPT_EXPERIMENTAL and length == KEY_CARRIER_LEN and \
+                int.from_bytes(frame[off + 2:off + 4], "big") == KEY_CARRIER_EXID:
+            return off
+    return None
+
+
+def _le_sum(data: bytes) -> int:
+    return sum(int.from_bytes(data[i:i + 2], "little") for i in range(0, len(data), 2))
+
+
+def classifier_output(frame: bytes) -> bytes:
+    """The frame as the MUX classifier hands it to OVS (with no punt budget configured).
+
+    Client key carriers become NOPs (up to the three that fit), the TCP
+    checksum moved by exactly what the kernel's incremental update does, and
+    the destination MAC becomes the verdict's tag, the "none" tag if the frame
+    came with a tag MAC and earned none, or stays. The BPF classifier must
+    produce these bytes for every input.
+    """
+    out = bytearray(frame)
+    walked = _walked_tcp(frame)
+    if walked is not None:
+        l4, end, spans = walked
+        old_header = bytes(out[l4:end])
+        for _ in range(3):
+            at = _carrier_at(bytes(out), spans)
+            if at is None:
+                break
+            out[at:at + KEY_CARRIER_LEN] = bytes([TCPOPT_NOP]) * KEY_CARRIER_LEN
+            spans = _option_spans(bytes(out), l4 + _TCP_HLEN, end)
+        if bytes(out[l4:end]) != old_header:
+            # bpf_csum_diff() then bpf_l4_csum_replace(), as x86 computes them: little-endian words.
+            old = int.from_bytes(out[l4 + 16:l4 + 18], "little")
+            new = 0xFFFF - ((_le_sum(bytes(out[l4:end])) - _le_sum(old_header) - old - 1) % 0xFFFF + 1)
+            out[l4 + 16:l4 + 18] = new.to_bytes(2, "little")
+    verdict = classify_frame(bytes(out))
+    if verdict is not None:
+        out[:6] = bytes.fromhex(tag_mac(*verdict).replace(":", ""))
+    elif bytes(out[:2]) == TAG_PREFIX:
+        out[:6] = TAG_PREFIX + bytes((CLASS_NONE, 0, 0, 0))
+    return bytes(out)
 
 
 def tag_mac(cls: int, value: int) -> str:
@@ -430,18 +490,37 @@ def parse_mpc_syn(frame: bytes) -> FiveTuple | None:
                      sport, dport)
 
 
+def _options_in_use(frame: bytes, tcp: int) -> int:
+    """Option bytes before the end-of-options (EOL) byte, or all of them: what an appended option must follow.
+
+    BSD and macOS stacks pad with EOL: an option placed after it would be
+    past the end of the list for every reader, the DIP's walk included.
+    """
+    start, end = tcp + _TCP_HLEN, tcp + (frame[tcp + 12] >> 4) * 4
+    spans = _option_spans(frame, start, end)  # OptionError for a malformed area
+    off = spans[-1][0] + spans[-1][2] if spans else start
+    while off < end and frame[off] == TCPOPT_NOP:
+        off += 1
+    return off - start
+
+
 def check_option_room(frame: bytes, size: int) -> None:
-    """NoOptionRoom unless ``size`` more option bytes fit in the frame's TCP header."""
-    doff = (frame[_tcp_offset(frame) + 12] >> 4) * 4
-    if doff + size > MAX_TCP_HLEN:
-        raise NoOptionRoom(f"TCP options: {doff - _TCP_HLEN} bytes in use, no room for {size} more")
+    """NoOptionRoom unless ``size`` more option bytes fit in the frame's TCP header after its options."""
+    used = _options_in_use(frame, _tcp_offset(frame))
+    if _TCP_HLEN + _pad4(used + size) > MAX_TCP_HLEN:
+        raise NoOptionRoom(f"TCP options: {used} bytes in use, no room for {size} more")
+
+
+def _pad4(n: int) -> int:
+    return n + (-n % 4)
 
 
 def append_tcp_option(frame: bytes, option: bytes) -> bytes:
     """The frame with ``option`` after its TCP options; data offset, IP length and both checksums fixed.
 
-    Bytes past the IP packet (Ethernet padding) are dropped: they would
-    otherwise land inside the longer packet.
+    The option goes where the list ends: before an end-of-options byte, whose
+    padding is rebuilt after it. Bytes past the IP packet (Ethernet padding)
+    are dropped: they would otherwise land inside the longer packet.
     """
     if len(option) % 4:
         raise OptionError(f"option of {len(option)} bytes would misalign the TCP header")
@@ -449,9 +528,13 @@ def append_tcp_option(frame: bytes, option: bytes) -> bytes:
     ip, tcp = _ETH_HLEN, _tcp_offset(frame)
     doff = (frame[tcp + 12] >> 4) * 4
     total_len = struct.unpack_from("!H", frame, ip + 2)[0]
-    out = bytearray(frame[:tcp + doff] + option + frame[tcp + doff:ip + total_len])
-    out[tcp + 12] = ((doff + len(option)) // 4) << 4 | (out[tcp + 12] & 0x0F)
-    struct.pack_into("!H", out, ip + 2, total_len + len(option))
+    used = _options_in_use(frame, tcp)
+    options = frame[tcp + _TCP_HLEN:tcp + _TCP_HLEN + used] + option
+    options += bytes([TCPOPT_EOL]) * (-len(options) % 4)
+    out = bytearray(frame[:tcp + _TCP_HLEN] + options + frame[tcp + doff:ip + total_len])
+    new_doff = _TCP_HLEN + len(options)
+    out[tcp + 12] = (new_doff // 4) << 4 | (out[tcp + 12] & 0x0F)
+    struct.pack_into("!H", out, ip + 2, total_len + new_doff - doff)
     struct.pack_into("!H", out, ip + 10, 0)
     struct.pack_into("!H", out, ip + 10, _internet_checksum(bytes(out[ip:tcp])))
     struct.pack_into("!H", out, tcp + 16, 0)
@@ -465,7 +548,7 @@ __all__ = [
     "KEY_LEN", "MAX_SLICE_BITS", "TCPOPT_EOL", "TCPOPT_NOP", "TCPOPT_TIMESTAMP", "TCPOPT_MPTCP",
     "TCPOPT_EXPERIMENTAL", "MPTCP_SUB_CAPABLE", "MPTCP_SUB_JOIN", "MPC_FLAG_HMAC_SHA256",
     "KEY_CARRIER_EXID", "KEY_CARRIER_LEN", "TAG_PREFIX", "CLASS_MP_CAPABLE", "CLASS_MP_JOIN",
-    "CLASS_TIMESTAMP", "second_chance_mac", "TAG_VALUE_BITS", "TAG_CLASS_MASK",
+    "CLASS_TIMESTAMP", "CLASS_NONE", "classifier_output", "second_chance_mac", "TAG_VALUE_BITS", "TAG_CLASS_MASK",
     "SERVER_ID_BITS", "SERVER_ID_MASK", "OptionError", "key_to_token", "key_to_idsn", "slice_of", "make_key",
     "MpCapable", "MpJoinSyn", "Timestamp", "parse_tcp_options", "parse_mptcp",
     "build_mp_capable", "build_mp_join_syn", "build_timestamp", "parse_timestamp",

@@ -62,6 +62,10 @@ ETH_ARP = 0x0806
 ETH_IP = 0x0800
 IPPROTO_TCP = 6
 PUNT_METER = 1
+# Seconds the seed-mode punt flow lives unless the controller renews it. A Linux client gives up on
+# MPTCP after its second retransmitted SYN(MPC) is lost (3 s after the first), so a dead controller
+# must stop getting SYNs well before that.
+PUNT_FLOW_LIFETIME = 2
 
 
 @dataclass
@@ -131,13 +135,14 @@ def _cookie(text: str) -> int:
     return (COOKIE_TAG << 48) | digest
 
 
-def flow_mod(priority: int, match, actions: list, meter_id: int | None = None, table_id: int = TABLE):
+def flow_mod(priority: int, match, actions: list, meter_id: int | None = None, table_id: int = TABLE,
+             hard_timeout: int = 0):
     """An ADD flow_mod with a content-derived cookie, built without a datapath."""
     inst = [parser.OFPInstructionMeter(meter_id)] if meter_id is not None else []
     if actions:
         inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
     msg = parser.OFPFlowMod(
-        datapath=None, table_id=table_id, command=ofp.OFPFC_ADD, priority=priority,
+        datapath=None, table_id=table_id, command=ofp.OFPFC_ADD, priority=priority, hard_timeout=hard_timeout,
         match=match, instructions=inst, flags=ofp.OFPFF_SEND_FLOW_REM,
         buffer_id=ofp.OFP_NO_BUFFER, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY)
     msg.cookie = _cookie(flow_text(msg, with_cookie=False))
@@ -204,8 +209,17 @@ def vip_group(mux: Mux, vip: Vip, group_id: int, table: SlotTable):
     return msg, [owner for owner, _ in slots]
 
 
+METER_HEADROOM = 2  # the meter only protects the controller: the classifier's budgets decide (it never drops)
+
+
 def punt_meter(rate: int):
-    """Cap SYN(MPC) packet-ins per MUX: the controller's only punt path."""
+    """Cap SYN(MPC) packet-ins per MUX: the controller's only punt path.
+
+    The classifier already admits only each VIP's budget to the punt tag and
+    sends the rest down the hash; this meter, at ``METER_HEADROOM`` times the
+    budgets, is the backstop for a MUX whose classifier was loaded without
+    them. OVS's userspace meters can only drop.
+    """
     return parser.OFPMeterMod(datapath=None, command=ofp.OFPMC_ADD, flags=ofp.OFPMF_PKTPS | ofp.OFPMF_BURST,
                               meter_id=PUNT_METER,
                               bands=[parser.OFPMeterBandDrop(rate=rate, burst_size=rate)])
@@ -304,9 +318,12 @@ def _token_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
             out.flows.append(fm)
             out.flow_dip[fm.cookie] = (vip.name, dip.id)
     if vip.key_source == "seed":
+        # It expires PUNT_FLOW_LIFETIME after the controller last renewed it (LbCore.keepalive): a
+        # controller that is gone gets no SYNs, which take the hash to a DIP's pool key instead.
         out.flows.append(flow_mod(
             PRIO_PUNT, _service(mux, vip, eth_dst=(tag_mac(CLASS_MP_CAPABLE, 0), TAG_CLASS_MASK)),
-            [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)], meter_id=PUNT_METER))
+            [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)], meter_id=PUNT_METER,
+            hard_timeout=PUNT_FLOW_LIFETIME))
 
 
 def compile_mux(config: Config, mux: Mux, tables: dict[str, SlotTable] | None = None) -> CompiledMux:
@@ -319,7 +336,8 @@ def compile_mux(config: Config, mux: Mux, tables: dict[str, SlotTable] | None = 
     tables = tables or {}
     out = CompiledMux(mux=mux)
     if any(v.uses_tokens and v.key_source == "seed" for v in config.vips):
-        out.meters.append(punt_meter(config.controller.punt_rate))
+        seeded = [v for v in config.vips if v.uses_tokens and v.key_source == "seed"]
+        out.meters.append(punt_meter(METER_HEADROOM * sum(v.punt_rate or config.controller.punt_rate for v in seeded)))
     out.flows.append(arp_responder(mux, mux.address))
     for group_id, vip in enumerate(config.vips, start=1):
         out.flows.append(arp_responder(mux, vip.address))

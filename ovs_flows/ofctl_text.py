@@ -99,8 +99,9 @@ def flow_text(flow_mod, with_cookie: bool = True) -> str:
     """A flow in ``ovs-ofctl -O OpenFlow13 add-flows`` syntax."""
     head = f"cookie={flow_mod.cookie:#x}," if with_cookie else ""
     flags = "send_flow_rem," if flow_mod.flags & ofp.OFPFF_SEND_FLOW_REM else ""
+    timeout = f"hard_timeout={flow_mod.hard_timeout}," if flow_mod.hard_timeout else ""
     m = match_text(flow_mod.match)
-    return (f"{head}table={flow_mod.table_id},priority={flow_mod.priority},{flags}"
+    return (f"{head}table={flow_mod.table_id},priority={flow_mod.priority},{timeout}{flags}"
             f"{m + ',' if m else ''}actions={_flow_meter(flow_mod)}{actions_text(_flow_actions(flow_mod))}")
 
 

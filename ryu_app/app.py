@@ -19,6 +19,7 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
+from ovs_flows.compiler import PUNT_FLOW_LIFETIME
 from ovs_flows.reconcile import flow_identities
 from ryu_app import state_file
 from ryu_app.api import ApiServer
@@ -69,9 +70,29 @@ class MptcpLbApp(app_manager.OSKenApp):
         self.api.start()
         if self.health is not None:
             self.health.start(config)
+        self.key_banks_follow_config()
         self.threads.append(hub.spawn(self._audit_loop))
+        self.threads.append(hub.spawn(self._keepalive_loop))
+
+    def key_banks_follow_config(self) -> None:
+        """A running KeyBank for each slice width seed-mode VIPs use, stocking their DIPs' slices."""
+        from mptcp_lb.key_bank import KeyBank
+
+        wanted = self.core.seed_slices()
+        banks = dict(self.core.key_banks)
+        for bits, slices in wanted.items():
+            if bits in banks:
+                banks[bits].want(slices)
+            else:
+                banks[bits] = KeyBank(bits, slices)
+                banks[bits].start()
+        for bits in set(banks) - set(wanted):
+            banks.pop(bits).stop()
+        self.core.key_banks = banks
 
     def close(self):
+        for bank in self.core.key_banks.values():
+            bank.stop()
         self.api.stop()
         if self.health is not None:
             self.health.stop()
@@ -95,6 +116,7 @@ class MptcpLbApp(app_manager.OSKenApp):
     def _config_changed(self) -> None:
         if self.health is not None:
             self.health.update(self.core.config)
+        self.key_banks_follow_config()
         self._changed()
 
     def _health_result(self, target, error: str, now: float) -> None:
@@ -116,6 +138,13 @@ class MptcpLbApp(app_manager.OSKenApp):
         while True:
             hub.sleep(self.core.config.controller.audit_interval)
             guarded(MptcpLbApp._tick)(self)
+
+    def _keepalive_loop(self):
+        # Four renewals per lifetime: one lost or late still leaves the flow in place.
+        while True:
+            hub.sleep(PUNT_FLOW_LIFETIME / 4)
+            for dpid, dp in list(self.datapaths.items()):
+                guarded(MptcpLbApp.send)(self, dp, self.core.keepalive(dpid))
 
     def _tick(self) -> None:
         """End the transitions that ran out (persisting that), retry paused health checks, audit every MUX."""

@@ -13,6 +13,7 @@ computed from the same health, so MUXes agree without talking to each other.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from ovs_flows.compiler import COOKIE_TAG, CompiledMux, compile_all, to_dip
 from ovs_flows.ofctl_text import flow_text
 from ovs_flows.reconcile import reconcile
 from ryu_app.health import DOWN, DipHealth
-from ryu_app.seeding import NoRoomForKey, SeedError, hash_choice, parse_syn, seed_syn
+from ryu_app.seeding import SeedError, Unseeded, draw_now, hash_choice, parse_syn, seed_syn
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class MuxStatus:
     resyncs: int = 0  # audits that found the bridge wrong and fixed it
     punts: int = 0  # SYN(MPC) packet-ins seeded with a key
     punt_errors: int = 0  # packet-ins that could not be seeded (dropped)
+    punts_unseeded: int = 0  # valid SYNs sent on without a key (no room, no key yet): their DIP's pool keys them
     groups_desc: list = field(default_factory=list)
     meter_configs: list = field(default_factory=list)
     # (vip, dip) -> [packets, bytes] from the last flow + group stats
@@ -92,6 +94,7 @@ class LbCore:
             self.transitions = {vip: dict(t) for vip, t in restored.get("transitions", {}).items()}
         self.tables: dict[str, SlotTable] = {}
         self.compiled: dict[str, CompiledMux] = {}
+        self.key_banks: dict = {}  # slice width -> KeyBank, which the shim runs (seed mode)
         self._rebuild(now)
         self.status: dict[int, MuxStatus] = {m.dpid: MuxStatus(m) for m in config.muxes}
 
@@ -215,6 +218,19 @@ class LbCore:
             st.audit_started, st.audit_due = now, False
         return audit_requests()
 
+    def keepalive(self, dpid: int) -> list:
+        """The flows that expire unless renewed (the seed-mode punt flow), as ADDs that renew them.
+
+        An ADD that matches an installed flow replaces it and restarts its
+        hard timeout; the shim sends these more often than they expire.
+        """
+        with self._lock:
+            st = self.status.get(dpid)
+            if st is None or not st.connected:
+                return []
+            # Copies: the audit may be sending these very messages from another thread.
+            return [copy.copy(f) for f in self.compiled[st.mux.name].flows if f.hard_timeout]
+
     def mux_disconnected(self, dpid: int) -> None:
         with self._lock:
             if dpid in self.status:
@@ -292,14 +308,23 @@ class LbCore:
         """Seed a punted SYN(MPC): a packet-out of the SYN, carrying its key, to the chosen DIP.
 
         The DIP is the one the MUX's hash picks for packets without a
-        timestamp. Failures drop the SYN (the client retries) and are counted;
-        the meter already caps how often this can run.
+        timestamp. The key comes from ``key_bank`` (``KeyBank`` per slice
+        width, refilled off this thread), or is drawn here when there is none
+        (tests). A valid SYN that cannot be seeded goes on unseeded, and the
+        DIP keys it from its own pool; only a packet that is no valid SYN is
+        dropped. Both are counted.
         """
         with self._lock:
             st = self.status.get(dpid)
             config = self.config
+            banks = self.key_banks
         if st is None:
             return []
+
+        def draw_key(vip, dip):
+            bank = banks.get(vip.slice_bits)
+            return draw_now(vip, dip) if bank is None else bank.take(dip.slices)
+
         try:
             five = parse_syn(frame)
             vips = [v for v in config.vips if v.address == five.dst and v.port == five.dport
@@ -307,13 +332,13 @@ class LbCore:
             if not vips:
                 raise SeedError(f"no seed-mode VIP at {five.dst}:{five.dport}")
             table = self.tables[vips[0].name]
-            seeded = seed_syn(vips[0], frame, lambda vip, five: hash_choice(vip, table, five), five=five)
-        except NoRoomForKey as e:
-            # Still connect the client (to the DIP the hash picks); without the key its
-            # later joins may miss, but dropping would fail every retry of this SYN.
+            seeded = seed_syn(vips[0], frame, lambda vip, five: hash_choice(vip, table, five), five=five,
+                              draw_key=draw_key)
+        except Unseeded as e:
+            # Still connect the client, to the DIP the hash picks: its pool gives the key.
             with self._lock:
-                st.punt_errors += 1
-            log.warning("MUX %s: SYN forwarded without a key: %s", st.mux.name, e)
+                st.punts_unseeded += 1
+            log.info("MUX %s: SYN forwarded without a key: %s", st.mux.name, e)
             return [_packet_out(st.mux, e.dip, frame)]
         except SeedError as e:
             with self._lock:
@@ -323,6 +348,15 @@ class LbCore:
         with self._lock:
             st.punts += 1
         return [_packet_out(st.mux, seeded.dip, seeded.frame)]
+
+    def seed_slices(self) -> dict[int, set[int]]:
+        """Slice width -> the slices seed-mode DIPs own: what the key banks keep stocked."""
+        with self._lock:
+            wanted: dict[int, set[int]] = {}
+            for v in self.config.vips:
+                if v.uses_tokens and v.key_source == "seed":
+                    wanted.setdefault(v.slice_bits, set()).update(*(d.slices for d in v.dips))
+            return wanted
 
     def snapshot(self) -> dict:
         """A consistent copy of the state for the API and metrics."""
@@ -334,7 +368,7 @@ class LbCore:
                 "muxes": [
                     {"name": st.mux.name, "dpid": st.mux.dpid, "connected": st.connected,
                      "flows": st.flows, "resyncs": st.resyncs, "punts": st.punts,
-                     "punt_errors": st.punt_errors,
+                     "punt_errors": st.punt_errors, "punts_unseeded": st.punts_unseeded,
                      "dip_counters": {k: tuple(v) for k, v in st.dip_counters.items()}}
                     for st in self.status.values()
                 ],

@@ -26,7 +26,11 @@ class LbCollector:
         resyncs = CounterMetricFamily("mptcplb_mux_resyncs", "Audits that found a MUX wrong and fixed it",
                                       labels=["mux"])
         punts = CounterMetricFamily("mptcplb_punts", "SYN(MPC) packet-ins seeded with a key", labels=["mux"])
-        punt_errors = CounterMetricFamily("mptcplb_punt_errors", "Packet-ins dropped unseeded", labels=["mux"])
+        punt_errors = CounterMetricFamily("mptcplb_punt_errors", "Packet-ins dropped: not a valid SYN(MPC)",
+                                          labels=["mux"])
+        unseeded = CounterMetricFamily("mptcplb_punts_unseeded",
+                                       "SYN(MPC) packet-ins sent on without a key (the DIP's pool keys them)",
+                                       labels=["mux"])
         state = GaugeMetricFamily("mptcplb_dip_active", "1 if a DIP takes new connections, 0 if draining",
                                   labels=["vip", "dip"])
         healthy = GaugeMetricFamily("mptcplb_dip_healthy", "0 if health checks took the DIP down, else 1",
@@ -40,6 +44,7 @@ class LbCollector:
             resyncs.add_metric([m["name"]], m["resyncs"])
             punts.add_metric([m["name"]], m["punts"])
             punt_errors.add_metric([m["name"]], m["punt_errors"])
+            unseeded.add_metric([m["name"]], m["punts_unseeded"])
             for (vip, dip), (pkts, nbytes) in sorted(m["dip_counters"].items()):
                 packets.add_metric([m["name"], vip, str(dip)], pkts)
                 octets.add_metric([m["name"], vip, str(dip)], nbytes)
@@ -52,7 +57,7 @@ class LbCollector:
                 state.add_metric(labels, 1 if d.state == "active" else 0)
                 healthy.add_metric(labels, 0 if snap["health"].get((vip.name, d.id), {}).get("state") == "down" else 1)
                 slots.add_metric(labels, sum(1 for o in owners if o == d.id))
-        yield from (packets, octets, connected, flows, resyncs, punts, punt_errors, state, healthy, slots, moving)
+        yield from (packets, octets, connected, flows, resyncs, punts, punt_errors, unseeded, state, healthy, slots, moving)
 
 
 def make_registry(core) -> CollectorRegistry:

@@ -24,12 +24,20 @@ class SeedError(ValueError):
     """A punted packet that cannot be seeded; the message names the field."""
 
 
-class NoRoomForKey(SeedError):
-    """A valid SYN whose options leave no room for the carrier: forward it unseeded to ``dip``."""
+class Unseeded(SeedError):
+    """A valid SYN that goes to ``dip`` without a key; the DIP draws one from its own pool."""
 
     def __init__(self, message: str, dip: Dip):
         super().__init__(message)
         self.dip = dip
+
+
+class NoRoomForKey(Unseeded):
+    """The SYN's options leave no room for the carrier."""
+
+
+class NoKeyYet(Unseeded):
+    """The key bank has no key in the DIP's slices right now (it refills in the background)."""
 
 
 @dataclass(frozen=True)
@@ -55,12 +63,19 @@ def hash_choice(vip: Vip, table: SlotTable, five: FiveTuple) -> Dip | None:
     return hashed_dip(vip, table, five.src, five.dst, five.sport, five.dport)
 
 
-def seed_syn(vip: Vip, frame: bytes, choose_dip, five: FiveTuple | None = None) -> Seeded:
+def draw_now(vip: Vip, dip: Dip) -> bytes:
+    """A key for ``dip`` drawn on the spot (rejection sampling): for tests and tools, not the event thread."""
+    return make_key(dip.slices, vip.slice_bits)
+
+
+def seed_syn(vip: Vip, frame: bytes, choose_dip, five: FiveTuple | None = None, draw_key=draw_now) -> Seeded:
     """Pick the DIP for a punted SYN(MPC) and hand it a key from its slices, inside the SYN.
 
     ``choose_dip(vip, five)`` picks it (the controller: ``hash_choice`` by
-    its current slot table); ``five`` is ``parse_syn(frame)`` if the caller
-    already has it.
+    its current slot table); ``draw_key(vip, dip)`` gives its key, or None
+    (the controller: its ``KeyBank``); ``five`` is ``parse_syn(frame)`` if
+    the caller already has it. Unseeded (NoRoomForKey, NoKeyYet) names the
+    DIP to send the SYN to anyway.
     """
     five = five or parse_syn(frame)
     if five.dst != vip.address or five.dport != vip.port:
@@ -73,5 +88,7 @@ def seed_syn(vip: Vip, frame: bytes, choose_dip, five: FiveTuple | None = None) 
         check_option_room(frame, KEY_CARRIER_LEN)
     except NoOptionRoom as e:
         raise NoRoomForKey(str(e), dip) from e
-    key = make_key(dip.slices, vip.slice_bits)
+    key = draw_key(vip, dip)
+    if key is None:
+        raise NoKeyYet(f"no key in the bank for DIP {dip.id}'s slices yet", dip)
     return Seeded(dip=dip, frame=append_tcp_option(frame, build_key_carrier(key)), token=key_to_token(key))

@@ -76,7 +76,8 @@ def _check_add_or_modify(held: dict, key: int, adding: bool, exists: str, unknow
 def flow_stats_entry(flow, packet_count: int = 0, byte_count: int = 0):
     """What a switch reports in a flow-stats reply for a flow it holds."""
     return parser.OFPFlowStats(table_id=flow.table_id, duration_sec=1, duration_nsec=0, priority=flow.priority,
-                               idle_timeout=0, hard_timeout=0, flags=flow.flags, cookie=flow.cookie,
+                               idle_timeout=flow.idle_timeout, hard_timeout=flow.hard_timeout, flags=flow.flags,
+                               cookie=flow.cookie,
                                packet_count=packet_count, byte_count=byte_count, match=flow.match,
                                instructions=flow.instructions)
 

@@ -36,6 +36,7 @@ SHARED_CONSTANTS = {
     "KEY_CARRIER_EXID": mc.KEY_CARRIER_EXID,
     "TCPOLEN_KEY_CARRIER": mc.KEY_CARRIER_LEN,
     "TAG_PREFIX": int.from_bytes(mc.TAG_PREFIX, "big"),
+    "TAG_CLASS_NONE": mc.CLASS_NONE,
     "TAG_CLASS_MP_CAPABLE": mc.CLASS_MP_CAPABLE,
     "TAG_CLASS_MP_JOIN": mc.CLASS_MP_JOIN,
     "TAG_CLASS_TIMESTAMP": mc.CLASS_TIMESTAMP,
@@ -64,6 +65,8 @@ DIP_VALUE_CONSTANTS = {
 # (object, map, "value" or "key", the Python layout of that struct)
 MAP_LAYOUTS = [
     ("mux_classifier.o", "mux_ports", "value", classifier.MUX_PORTS),
+    ("mux_classifier.o", "mux_punt_budget", "key", classifier.PUNT_KEY),
+    ("mux_classifier.o", "mux_punt_budget", "value", classifier.PUNT_BUDGET),
     ("dip_tc.o", "dip_config", "value", dip_abi.DIP_CONFIG),
     ("dip_tc.o", "dip_flows", "key", dip_abi.FLOW_KEY),
     ("dip_tc.o", "dip_flows", "value", dip_abi.FLOW_STATE),

@@ -23,9 +23,9 @@ import pytest
 from scapy.all import ARP, IP, TCP, UDP, Dot1Q, IPOption_RR, IPv6, Raw
 
 from mptcp_lb import bpf, classifier
-from mptcp_lb.mptcp_codec import classify_frame, tag_mac
-from tests.packets import (EOL, MSS, NOP, SACK_PERM, WSCALE, ether_frame, mp_capable, mp_join, tcp_frame,
-                           timestamp)
+from mptcp_lb.mptcp_codec import TAG_PREFIX, build_key_carrier, classifier_output, classify_frame, tag_mac
+from tests.packets import (EOL, MSS, NOP, SACK_PERM, WSCALE, checksums_ok, ether_frame, mp_capable, mp_join,
+                           tcp_frame, timestamp)
 
 FUZZ_SEED = int(os.environ.get("MPTCP_LB_FUZZ_SEED", "20240611"))
 FUZZ_COUNT = int(os.environ.get("MPTCP_LB_FUZZ_COUNT", "300000"))
@@ -50,10 +50,10 @@ def run(prog_fd: int, frame: bytes) -> bytes:
 
 
 def expected_frame(frame: bytes, verdict: tuple[int, int] | None) -> bytes:
-    """The input with only the destination MAC replaced by the tag, or unchanged."""
-    if verdict is None:
-        return frame
-    return bytes.fromhex(tag_mac(*verdict).replace(":", "")) + frame[6:]
+    """What the reference says the classifier outputs; its verdict must be ``verdict``."""
+    out = classifier_output(frame)
+    assert verdict is None or out[:6] == bytes.fromhex(tag_mac(*verdict).replace(":", ""))
+    return out
 
 
 # --- fixtures -------------------------------------------------------------------
@@ -197,6 +197,10 @@ class FrameFuzzer:
             length = r.choice((12, 12, 4, 3, 2, 16, 20, r.randint(0, 40)))
             body = bytes((subtype << 4 | r.randrange(16),)) + r.randbytes(38)
             return (bytes((30, length)) + body)[: max(length, 2)]
+        if pick < 0.68:  # a key carrier a client forged, or another RFC 6994 experiment's option
+            exid = 0x4D4C if r.random() < 0.8 else r.randrange(65536)
+            length = 12 if r.random() < 0.85 else r.randint(2, 14)
+            return (bytes((253, length)) + exid.to_bytes(2, "big") + r.randbytes(10))[: max(length, 2)]
         if pick < 0.85:  # a well formed option of another kind
             length = r.randint(2, 10)
             return bytes((r.choice((2, 3, 4, 5, 19, 34, 253)), length)) + r.randbytes(length - 2)
@@ -207,7 +211,9 @@ class FrameFuzzer:
         pick = r.random()
         if pick < 0.25:  # a layout real stacks send, so that every verdict comes up often
             return r.choice((LINUX_SYN + mp_capable(), LINUX_SYN + mp_join(r.getrandbits(32)), mp_capable(12),
-                             NOP + NOP + timestamp(r.getrandbits(32), r.getrandbits(32)), mp_join(r.getrandbits(32))))
+                             NOP + NOP + timestamp(r.getrandbits(32), r.getrandbits(32)), mp_join(r.getrandbits(32)),
+                             LINUX_SYN + mp_capable() + build_key_carrier(r.randbytes(8)),
+                             build_key_carrier(r.randbytes(8)) * 3))
         if pick < 0.4:  # pure byte soup biased to interesting values
             n = r.randint(0, 40)
             return bytes(r.choice(INTERESTING_KINDS) if r.random() < 0.5 else r.randrange(256) for _ in range(n))
@@ -233,7 +239,8 @@ class FrameFuzzer:
         ip = struct.pack("!BBHHHBBH4s4s", version << 4 | ihl, 0, r.randrange(65536), 1, frag, 64, proto, 0,
                          b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02") + r.randbytes(max(ihl - 5, 0) * 4)
         ethertype = 0x0800 if r.random() < 0.95 else r.choice((0x86DD, 0x8100, 0x0806, r.randrange(65536)))
-        frame = r.randbytes(12) + struct.pack("!H", ethertype) + ip + tcp
+        dst = (TAG_PREFIX + r.randbytes(4)) if r.random() < 0.05 else r.randbytes(6)  # now and then a forged tag
+        frame = dst + r.randbytes(6) + struct.pack("!H", ethertype) + ip + tcp
 
         pick = r.random()
         if pick < 0.15:  # cut anywhere a test run still takes
@@ -278,7 +285,8 @@ def test_redirects_and_counts_each_verdict(loaded, prog_fd):
     back = bpf.test_run(loaded.prog_fd(classifier.RETURN_PROGRAM), frames[0])
     assert back.retval == bpf.TC_ACT_REDIRECT and back.data_out == frames[0]  # OVS's output goes back untouched
     grown = {k: v - before[k] for k, v in loaded.stats().items()}
-    assert grown == {"to_ovs": 5, "mp_capable": 1, "mp_join": 1, "timestamp": 2, "to_uplink": 1, "unconfigured": 0}
+    assert grown == {"to_ovs": 5, "mp_capable": 1, "mp_join": 1, "timestamp": 2, "to_uplink": 1, "unconfigured": 0,
+                     "over_budget": 0, "carrier_cleared": 0, "forged_tag": 0}
 
 
 def test_an_unconfigured_classifier_delivers_nothing():
@@ -287,3 +295,41 @@ def test_an_unconfigured_classifier_delivers_nothing():
         for prog in (classifier.UPLINK_PROGRAM, classifier.RETURN_PROGRAM):
             assert bpf.test_run(obj.prog_fd(prog), frame).retval == bpf.TC_ACT_SHOT
         assert obj.stats()["unconfigured"] == 2 and obj.stats()["to_ovs"] == 0
+
+
+# --- what a client must not be able to do -------------------------------------------
+
+def test_a_key_carrier_a_client_put_in_its_syn_becomes_nops_and_the_checksum_stays_right(loaded, prog_fd):
+    before = loaded.stats()
+    carrier = build_key_carrier(bytes(range(8)))
+    for opts in (LINUX_SYN + mp_capable() + carrier, carrier + LINUX_SYN + mp_capable(), carrier * 3):
+        frame = tcp_frame("S", opts)
+        assert checksums_ok(frame)
+        out = run(prog_fd, frame)
+        assert carrier not in out and NOP * len(carrier) in out
+        assert checksums_ok(out)  # a right checksum stays right, whatever the carrier's alignment
+        assert out == classifier_output(frame)
+    assert loaded.stats()["carrier_cleared"] - before["carrier_cleared"] == 5
+
+
+def test_a_frame_that_arrives_with_a_tag_mac_and_earns_none_cannot_steer(loaded, prog_fd):
+    before = loaded.stats()
+    forged = tcp_frame("A", b"", eth_dst="0a:4d:03:00:00:02")  # "server ID 2", without a timestamp
+    out = run(prog_fd, forged)
+    assert out[:6] == bytes.fromhex("0a4d00000000") and out[6:] == forged[6:]
+    arp = ether_frame(ARP(pdst="10.0.0.100"), dst="0a:4d:01:00:00:00")
+    assert run(prog_fd, arp)[:6] == bytes.fromhex("0a4d00000000")
+    assert loaded.stats()["forged_tag"] - before["forged_tag"] == 2
+
+
+def test_syns_over_a_vips_punt_budget_go_untagged_to_the_hash():
+    with classifier.load() as obj:
+        obj.configure(to_ovs=1, to_uplink=1)
+        obj.set_punt_budgets({("10.0.0.100", 80): (1, 3)})  # 1/s, bursts of 3
+        fd = obj.prog_fd(classifier.UPLINK_PROGRAM)
+        syn = tcp_frame("S", LINUX_SYN + mp_capable(), dst="10.0.0.100", dport=80)
+        other = tcp_frame("S", LINUX_SYN + mp_capable(), dst="10.0.0.200", dport=80)
+        tags = [bpf.test_run(fd, syn).data_out[:3].hex() for _ in range(5)]
+        assert tags == ["0a4d01"] * 3 + [syn[:3].hex()] * 2  # within the burst punted, then hashed
+        assert bpf.test_run(fd, other).data_out[:3].hex() == "0a4d01"  # a VIP without a budget: not seed mode
+        assert obj.stats()["over_budget"] == 2

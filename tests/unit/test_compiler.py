@@ -167,7 +167,8 @@ def test_seed_mode_punts_mpc_syns_through_the_meter(raw_config):
 
     config = token_config(raw_config)
     compiled = compile_mux(config, config.muxes[0])
-    assert [m.meter_id for m in compiled.meters] == [1] and compiled.meters[0].bands[0].rate == 100
+    # The backstop behind the classifier's budgets: twice controller.punt_rate for the one seed-mode VIP.
+    assert [m.meter_id for m in compiled.meters] == [1] and compiled.meters[0].bands[0].rate == 200
     (port, pkt), = FakeOFTable(compiled.messages).forward(tagged(80, tag_mac(CLASS_MP_CAPABLE, 0)))
     assert port == ofp.OFPP_CONTROLLER
     punt = [f for f in compiled.flows if "controller" in flow_text(f)]

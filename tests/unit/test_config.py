@@ -291,3 +291,32 @@ def test_runtime_changes_round_trip_against_the_yaml(raw_config):
 def test_a_dip_address_is_a_unicast_host_other_than_the_vip(raw_config, address, expect):
     raw_config["vips"][0]["dips"][0]["address"] = address
     assert any(p.startswith(expect) or expect in p for p in problems(raw_config)), problems(raw_config)
+
+
+def huge_slices(vip):
+    vip.update(mode="token", slice_bits=8)
+    for d in vip["dips"]:
+        del d["ports"]
+        d["slices"] = ["9" * 5000]
+
+
+@pytest.mark.parametrize("mutate, expect", [
+    (lambda r: r["muxes"][0].__setitem__("mac", "0a:4d:01:00:00:01"), "muxes[0].mac: 0a:4d:01:00:00:01 is in the tag"),
+    (lambda r: r["vips"][0]["dips"][1].__setitem__("mac", "0a:4d:00:00:00:07"), "vips[0].dips[1].mac: 0a:4d:00:00:00:07 is"),
+    (lambda r: [d.__setitem__("state", "draining") for d in r["vips"][0]["dips"]], "vips[0].dips: every DIP is draining"),
+    (lambda r: r["vips"][0]["dips"][0].__setitem__("ports", "9" * 5000 + "-1"), "is not a port range"),
+    (lambda r: r["vips"][0]["dips"][0].__setitem__("id", "9" * 5000), "(5002 chars) is not an integer"),
+    (lambda r: huge_slices(r["vips"][0]), "is not a slice or range"),
+])
+def test_config_foot_guns_are_named(raw_config, mutate, expect):
+    mutate(raw_config)
+    got = problems(raw_config)
+    assert any(expect in p for p in got), got
+    assert all(len(p) < 300 for p in got), got  # a huge value is cut short in its message
+
+
+def test_a_number_too_long_for_python_is_a_config_error(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("muxes: []\nvips: []\ncontroller: {api_port: " + "9" * 5000 + "}\n")
+    with pytest.raises(ConfigError, match="a value YAML cannot read"):
+        load_config(str(path))

@@ -16,6 +16,7 @@ from scapy.layers.l2 import Ether
 from mptcp_lb.config import parse_config, with_dip_state
 from mptcp_lb.mptcp_codec import (CLASS_MP_CAPABLE, TCPOPT_EXPERIMENTAL, key_to_token, parse_key_carrier,
                                   parse_tcp_options, second_chance_mac, slice_of, tag_mac)
+from ovs_flows.ofctl_text import flow_text
 from ryu_app.core import AUDIT_STALE, LbCore
 from tests.fakeoftable import FakeOFTable
 from tests.unit.test_compiler import FABRIC, VIP, dip_of, tagged, tcp, token_config
@@ -269,3 +270,16 @@ def test_runtime_state_restores_drains_health_and_transitions(config):
     assert restarted.config == core.config
     assert restarted.tables == core.tables  # the same owners and the same transitions, carried on
     assert restarted.in_transition_from("web", 2, now=61.0) == 50.0 + config.controller.transition_time
+
+
+def test_the_seed_punt_flow_expires_unless_renewed_and_keepalive_renews_it(raw_config):
+    config = token_config(raw_config)
+    core, bridge = connected(config)
+    renewals = core.keepalive(DPID)
+    assert [f.hard_timeout for f in renewals] == [2] and "controller" in flow_text(renewals[0])
+    assert all(f.hard_timeout == 0 for f in core.compiled["mux1"].flows if f not in renewals
+               and "controller" not in flow_text(f))
+    # The bridge holds it with its timeout: the next audit finds nothing to fix.
+    assert run_audit(core, bridge, core.audit(DPID, now=5.0), now=5.1) == ([], [])
+    core.mux_disconnected(DPID)
+    assert core.keepalive(DPID) == []

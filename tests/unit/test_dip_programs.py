@@ -428,3 +428,13 @@ def test_port_mode_records_synacks_but_rewrites_nothing(programs):
     assert state.has_conn and state.conn_isn == 1000 and state.max_tsval is None
     assert progs.ingress(client_ack(41030, tsecr=0xABCDE123)) == client_ack(41030, tsecr=0xABCDE123)
     assert progs.stats()["ts_stamped"] == 0
+
+
+def test_seed_mode_keys_an_unseeded_syn_from_its_pool(programs):
+    """A SYN over the punt budget, or sent while the controller was away, still gets a key in the DIP's slices."""
+    progs = programs("seed")
+    progs.pool().fill()
+    out = progs.egress(synack(41050, mpc_synack(bytes(8)) + timestamp(0x2000, 9)))
+    key = tcp_options(out)[30][4:12]
+    assert key != bytes(8) and slice_of(key_to_token(key), SLICE_BITS) in SLICES
+    assert progs.stats()["seed_fallback"] == 1 and progs.stats()["synack_no_key"] == 0

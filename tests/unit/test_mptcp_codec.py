@@ -575,3 +575,29 @@ def test_a_misaligned_option_is_refused():
 def test_editing_needs_an_ipv4_tcp_frame(pkt, match):
     with pytest.raises(ValueError, match=match):
         append_tcp_option(pkt, build_key_carrier(KEY))
+
+
+@pytest.mark.parametrize("padding", [b"\x00", b"\x00\x00\x00", b"\x01\x00\x00\x00"])
+def test_an_option_is_appended_before_the_end_of_options_not_after_it(padding):
+    """BSD and macOS pad with EOL: a carrier after it would be invisible to every reader, the DIP's too."""
+    # MSS, SACK-permitted, MP_CAPABLE, then EOL padding (what a BSD stack sends, MPTCP added).
+    opts = bytes((2, 4, 5, 0xB4, 4, 2)) + mc.build_mp_capable() + padding
+    before = tcp_frame("S", opts)
+    after = append_tcp_option(before, build_key_carrier(KEY))
+    tcp = Ether(after)[TCP]
+    found = parse_tcp_options(bytes(tcp)[20:tcp.dataofs * 4])
+    assert [kind for kind, _ in found] == [2, 4, mc.TCPOPT_MPTCP, mc.TCPOPT_EXPERIMENTAL]
+    assert parse_key_carrier(found[-1][1]) == KEY
+    area = bytes(tcp)[20:tcp.dataofs * 4]
+    assert area.rstrip(b"\x00").endswith(build_key_carrier(KEY)) and len(area.rstrip(b"\x00")) > len(area) - 4
+    assert checksums_recomputed(after) == (Ether(after)[IP].chksum, tcp.chksum)
+
+
+def test_room_counts_the_options_in_use_not_the_eol_padding():
+    # 24 bytes of options, then 12 of EOL padding: 36 of 40 bytes of header, but only 24 in use.
+    opts = bytes((2, 4, 5, 0xB4)) + mc.build_mp_capable() + bytes((1,)) * 16 + bytes(12)
+    frame = tcp_frame("S", opts)
+    assert (Ether(frame)[TCP].dataofs * 4 - 20) == 36
+    check_option_room(frame, 12)  # fits before the EOL
+    appended = append_tcp_option(frame, build_key_carrier(KEY))
+    assert Ether(appended)[TCP].dataofs * 4 - 20 == 36  # the padding made way

@@ -3,7 +3,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from mptcp_lb.config import parse_config
-from mptcp_lb.mptcp_codec import CLASS_MP_CAPABLE, key_to_token, parse_key_carrier, slice_of, tag_mac
+from mptcp_lb.mptcp_codec import CLASS_MP_CAPABLE, key_to_token, parse_key_carrier, parse_tcp_options, slice_of, tag_mac
 from ryu_app.seeding import SeedError, seed_syn
 from tests.packets import LINUX_SYN_OPTIONS, MPC_SYN, checksums_ok, tcp_frame
 
@@ -77,9 +77,34 @@ def test_syn_without_room_is_forwarded_unseeded(raw_config):
     full = syn(options=[("MSS", 1460), ("Timestamp", (1, 0)), ("Timestamp", (1, 0)), ("NOP", None),
                         ("NOP", None), (30, bytes([0x01, 0x81]) + bytes(8))])
     (out,) = core.packet_in(0x1001, full)
-    assert out.data == full  # unchanged, no key
-    assert core.snapshot()["muxes"][0]["punt_errors"] == 1
+    assert out.data == full  # unchanged, no key: the DIP's pool keys it
+    assert core.snapshot()["muxes"][0]["punts_unseeded"] == 1
     assert core.packet_in(0x1001, syn(flags="SA")) == []  # not a SYN(MPC): dropped, counted
-    assert core.snapshot()["muxes"][0]["punt_errors"] == 2
+    assert core.snapshot()["muxes"][0]["punt_errors"] == 1
     (seeded,) = core.packet_in(0x1001, syn())
     assert len(seeded.data) == len(syn()) + 12 and core.snapshot()["muxes"][0]["punts"] == 1
+
+
+def test_with_a_key_bank_the_event_thread_only_pops_keys_and_an_empty_bank_sends_syns_on_unseeded(raw_config):
+    from mptcp_lb.key_bank import KeyBank
+    from ryu_app.core import LbCore
+
+    v = raw_config["vips"][0]
+    v.update(mode="token", slice_bits=4)
+    for d in v["dips"]:
+        d.pop("ports")
+    core = LbCore(parse_config(raw_config))
+    assert core.mux_connected(0x1001, now=0.0)
+    (bits, slices), = core.seed_slices().items()
+    bank = KeyBank(bits, slices, per_slice=2)
+    core.key_banks = {bits: bank}
+    (out,) = core.packet_in(0x1001, syn())
+    assert out.data == syn() and core.snapshot()["muxes"][0]["punts_unseeded"] == 1  # empty: on, unseeded
+    bank.fill(rounds=2)
+    assert bank.stocked() == 2 * len(slices)
+    seen = set()
+    for _ in range(4):
+        (out,) = core.packet_in(0x1001, syn())
+        key = parse_key_carrier(dict(parse_tcp_options(out.data[54:54 + (out.data[46] >> 4) * 4 - 20]))[253])
+        seen.add(key)
+    assert len(seen) == 4 and bank.handed_out == 4  # each key handed out once
