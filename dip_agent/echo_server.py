@@ -100,6 +100,10 @@ class EchoServer:
             reply = echo_protocol.make_reply(self.dip_id, nbytes, digest, subflow_addrs(conn),
                                              connection_token(conn))
             conn.sendall(echo_protocol.encode_reply(reply))
+            # Close only once the client's end of the stream is in: closing with anything of its
+            # still unread makes the kernel reset the connection (TcpExtTCPAbortOnData).
+            conn.shutdown(socket.SHUT_WR)
+            echo_protocol.read_to_eof(conn)
             log.debug("served %s:%d: %d bytes over %d subflows", peer[0], peer[1], nbytes,
                       len(reply["subflows"]))
         except (echo_protocol.ProtocolError, OSError) as e:

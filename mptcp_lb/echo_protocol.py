@@ -105,6 +105,17 @@ def read_request(sock: socket.socket, max_payload: int = DEFAULT_MAX_PAYLOAD) ->
     return length, digest.hexdigest()
 
 
+def read_to_eof(sock: socket.socket, limit: int = MAX_REPLY) -> int:
+    """Read and drop what the peer still sends until it closes; the byte count (at most ``limit``)."""
+    n = 0
+    while n <= limit:
+        chunk = sock.recv(_CHUNK)
+        if not chunk:
+            return n
+        n += len(chunk)
+    raise ProtocolError(f"more than {limit} bytes after the request")
+
+
 def read_reply(sock: socket.socket) -> dict:
     """Read the reply line up to EOF (the server closes after replying)."""
     buf = bytearray()

@@ -114,3 +114,16 @@ def test_read_reply_rejects_truncated_line(pair):
     server.shutdown(socket.SHUT_WR)
     with pytest.raises(ep.ProtocolError, match="not a complete line"):
         ep.read_reply(client)
+
+
+def test_the_server_reads_the_client_out_before_it_closes(pair):
+    client, server = pair
+    client.sendall(b"late")
+    client.shutdown(socket.SHUT_WR)
+    assert ep.read_to_eof(server) == 4
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(b"y" * 100)
+        a.shutdown(socket.SHUT_WR)
+        with pytest.raises(ep.ProtocolError, match="more than 10 bytes"):
+            ep.read_to_eof(b, limit=10)
