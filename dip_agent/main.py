@@ -80,7 +80,8 @@ def default_interface() -> str:
                            f"({e})"]) from e
 
 
-def dip_programs(vip: Vip, dip: Dip, key_adoption: bool = True, interface: str | None = None):
+def dip_programs(vip: Vip, dip: Dip, key_adoption: bool = True, interface: str | None = None,
+                 flows: int | None = None):
     """The DIP's BPF programs (dip_agent/programs.py), in every mode.
 
     All modes: the second chance for a slot's connections while it moves.
@@ -98,15 +99,16 @@ def dip_programs(vip: Vip, dip: Dip, key_adoption: bool = True, interface: str |
     interfaces = interface.split(",") if interface else [default_interface()]
     return DipPrograms(interfaces, vip.address, port, dip.id,
                        mode=mode, slices=dip.slices, slice_bits=vip.slice_bits, stamp=tokens,
-                       self_address=dip.address, syncookies=2 if tokens and key_adoption else None)
+                       self_address=dip.address, syncookies=2 if tokens and key_adoption else None,
+                       flows=flows)
 
 
 def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: str | None = None,
-        key_adoption: bool = True, interface: str | None = None, echo: bool = False) -> int:
+        key_adoption: bool = True, interface: str | None = None, echo: bool = False, flows: int | None = None) -> int:
     """Run the agent until SIGTERM/SIGINT; return the process exit code."""
     try:
         vip, dip = find_dip(load_config(config_path), dip_id, vip_name)
-        programs = dip_programs(vip, dip, key_adoption, interface)
+        programs = dip_programs(vip, dip, key_adoption, interface, flows)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return EXIT_CONFIG

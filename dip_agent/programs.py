@@ -48,8 +48,21 @@ __all__ = ["DipPrograms", "OBJECT_PATH", "dip_object", "attached_stats"]
 
 
 def attached_stats(ifname: str) -> dict[str, int]:
-    """The counters of the DIP programs attached to ``ifname`` (by this process or the agent's)."""
-    return tc.attached_counters(ifname, tc.INGRESS, "dip_stats", STAT_NAMES)
+    """The counters of the DIP programs attached to ``ifname`` (by this process or the agent's).
+
+    With them, how full the flow table is: ``flow_entries`` now, of
+    ``flow_capacity``, and ``flows_evicted``, the entries the LRU dropped
+    to make room (nothing else ever deletes one).
+    """
+    with tc.attached_maps(ifname, tc.INGRESS) as maps:
+        if "dip_stats" not in maps or "dip_flows" not in maps:
+            raise LookupError(f"the program on {ifname} is not the DIP programs (maps: {sorted(maps)})")
+        stats = read_counters(maps["dip_stats"], STAT_NAMES)
+        flows = maps["dip_flows"]
+        stats["flow_entries"] = flows.count()
+        stats["flow_capacity"] = flows.max_entries
+        stats["flows_evicted"] = max(0, stats["flow_created"] - stats["flow_entries"])
+    return stats
 
 
 def dip_object(obj: Path = OBJECT_PATH) -> Path:
@@ -79,7 +92,7 @@ class DipPrograms:
                  mode: int | str, slices: Iterable[int] | None = None, slice_bits: int | None = None,
                  *, stamp: bool = True, self_address: str = "0.0.0.0", syncookies: int | None = 2,
                  object_path: str | os.PathLike | None = None, pool_size: int = POOL_SIZE,
-                 poll_interval: float = 0.02):
+                 poll_interval: float = 0.02, flows: int | None = None):
         self.ifnames = [ifname] if isinstance(ifname, str) else list(ifname)
         if not self.ifnames:
             raise ValueError("no interface given")
@@ -103,6 +116,9 @@ class DipPrograms:
         self.object_path = Path(object_path) if object_path is not None else OBJECT_PATH
         self.pool_size = pool_size
         self.poll_interval = poll_interval
+        if flows is not None and not 1024 <= flows <= 1 << 24:
+            raise ValueError(f"flows {flows!r} is not in 1024..{1 << 24}")
+        self.flows = flows  # dip_flows' size (None: the program's FLOWS_MAX)
         self.obj: BpfObject | None = None
         self.pool: KeyPool | None = None
         self._saved_sysctls: dict[str, str] = {}  # the values found before the first attach()
@@ -123,7 +139,8 @@ class DipPrograms:
         if self.obj is not None:
             return
         with self._rollback_on_failure():
-            self.obj = BpfObject(dip_object(self.object_path))
+            self.obj = BpfObject(dip_object(self.object_path),
+                                 max_entries={"dip_flows": self.flows, "dip_passed": self.flows} if self.flows else None)
             self.obj.map("dip_config").update(U32.pack(0), self._config)
             # Seed mode keeps a pool too, for the SYNs the controller could not seed (given the slices).
             if self.mode == KEY_MODE_POOL or (self.mode == KEY_MODE_SEED and self.slices):

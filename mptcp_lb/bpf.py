@@ -76,6 +76,9 @@ def _lib() -> ctypes.CDLL:
         "bpf_map__type": (i, [vp]),
         "bpf_map__key_size": (u32, [vp]),
         "bpf_map__value_size": (u32, [vp]),
+        "bpf_map__set_max_entries": (i, [vp, u32]),
+        "bpf_map__max_entries": (u32, [vp]),
+        "bpf_map_get_next_key": (i, [i, vp, vp]),
         "bpf_map_update_elem": (i, [i, vp, vp, ctypes.c_uint64]),
         "bpf_map_lookup_elem": (i, [i, vp, vp]),
         "bpf_map_delete_elem": (i, [i, vp]),
@@ -136,13 +139,14 @@ class BpfMap:
     """One map, read and written with raw bytes: of a loaded BpfObject, or found by id (``program_maps``)."""
 
     def __init__(self, fd: int, name: str, key_size: int, value_size: int, map_type: int,
-                 owner: object = None, owns_fd: bool = False):
+                 owner: object = None, owns_fd: bool = False, max_entries: int = 0):
         self._owner = owner  # an object that owns the fd; keep it alive as long as the map
         self._owns_fd = owns_fd
         self.fd = fd
         self.name = name
         self.key_size = key_size
         self.value_size = value_size
+        self.max_entries = max_entries
         self._lookup_size = value_size
         if map_type in _PERCPU_MAP_TYPES:
             self._lookup_size = (value_size + 7) // 8 * 8 * _check(
@@ -152,7 +156,8 @@ class BpfMap:
     def _of_object(cls, owner: BpfObject, ptr: int, name: str) -> BpfMap:
         lib = _lib()
         return cls(_check("bpf_map__fd", lib.bpf_map__fd(ptr)), name, lib.bpf_map__key_size(ptr),
-                   lib.bpf_map__value_size(ptr), lib.bpf_map__type(ptr), owner=owner)
+                   lib.bpf_map__value_size(ptr), lib.bpf_map__type(ptr), owner=owner,
+                   max_entries=lib.bpf_map__max_entries(ptr))
 
     def close(self) -> None:
         """Close the fd of a map found by id; a BpfObject's maps close with the object."""
@@ -182,6 +187,19 @@ class BpfMap:
 
     def delete(self, key: bytes) -> None:
         _check("bpf_map_delete_elem", _lib().bpf_map_delete_elem(self.fd, self._key(key)))
+
+    def count(self) -> int:
+        """How many keys the map holds now (a hash map's entries; walks them, so not per packet)."""
+        lib = _lib()
+        key, nxt = None, ctypes.create_string_buffer(self.key_size)
+        n = 0
+        while True:
+            ret = lib.bpf_map_get_next_key(self.fd, key, nxt)
+            if ret == -errno.ENOENT:
+                return n
+            _check("bpf_map_get_next_key", ret)
+            n += 1
+            key = ctypes.create_string_buffer(nxt.raw, self.key_size)
 
 
 _U64 = struct.Struct("=Q")
@@ -226,13 +244,21 @@ class StructLayout:
 
 
 class BpfObject:
-    """A BPF object file, opened and loaded into the kernel; close() unloads what nothing else holds."""
+    """A BPF object file, opened and loaded into the kernel; close() unloads what nothing else holds.
 
-    def __init__(self, path: str | os.PathLike):
+    ``max_entries`` resizes maps (by name) before the load, as a program's
+    own sizes are only its defaults.
+    """
+
+    def __init__(self, path: str | os.PathLike, max_entries: dict[str, int] | None = None):
         lib = _lib()
         self.path = Path(path)
         self._obj = _check_ptr("bpf_object__open_file", lib.bpf_object__open_file(os.fsencode(self.path), None))
         try:
+            for name, entries in (max_entries or {}).items():
+                ptr = _check_ptr("bpf_object__find_map_by_name",
+                                 lib.bpf_object__find_map_by_name(self._obj, name.encode()))
+                _check("bpf_map__set_max_entries", lib.bpf_map__set_max_entries(ptr, entries))
             _check("bpf_object__load", lib.bpf_object__load(self._obj))
         except BpfError:
             self.close()
@@ -324,7 +350,8 @@ def program_maps(prog_id: int) -> dict[str, BpfMap]:
                 os.close(fd)
                 raise
             name = minfo.name.decode()
-            maps[name] = BpfMap(fd, name, minfo.key_size, minfo.value_size, minfo.type, owns_fd=True)
+            maps[name] = BpfMap(fd, name, minfo.key_size, minfo.value_size, minfo.type, owns_fd=True,
+                                max_entries=minfo.max_entries)
     except BaseException:
         for m in maps.values():
             m.close()

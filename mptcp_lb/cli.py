@@ -67,7 +67,8 @@ def cmd_dip_agent(args) -> int:
     from dip_agent.main import run
 
     return run(args.config, args.dip, vip_name=args.vip, ready_file=args.ready_file,
-               key_adoption=not args.no_key_adoption, interface=args.interface, echo=args.echo)
+               key_adoption=not args.no_key_adoption, interface=args.interface, echo=args.echo,
+               flows=args.flows)
 
 
 def cmd_dip_stats(args) -> int:
@@ -149,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--echo", action="store_true",
                    help="also serve the test echo service on the VIP's service port (demo, tests, benchmarks); "
                         "without it the agent only configures the host and your application serves")
+    s.add_argument("--flows", type=int,
+                   help="entries of the DIP programs' flow table (default 65536): every live connection, plus "
+                        "the handshakes of a SYN flood for as long as a connection may stay idle")
     s.add_argument("--no-key-adoption", action="store_true",
                    help="token modes: keep the kernel's own keys (a control for tests; joins then break)")
     s.set_defaults(func=cmd_dip_agent)

@@ -9,6 +9,7 @@ killed process is found and replaced rather than stacked.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -104,11 +105,11 @@ def attached_prog_id(ipr: IPRoute, ifindex: int, hook: str) -> int | None:
     return None
 
 
-def attached_counters(ifname: str, hook: str, map_name: str, names) -> dict[str, int]:
-    """The per-CPU counters map ``map_name`` of the program our filter on ``ifname``'s hook runs, summed.
+@contextlib.contextmanager
+def attached_maps(ifname: str, hook: str):
+    """The maps, by name, of the program our filter on ``ifname``'s hook runs; closed on exit.
 
-    LookupError names what is missing: the interface, our filter, or a
-    program with that map (some other program sits there).
+    LookupError names what is missing: the interface or our filter.
     """
     from mptcp_lb import bpf
 
@@ -121,9 +122,17 @@ def attached_counters(ifname: str, hook: str, map_name: str, names) -> dict[str,
         raise LookupError(f"no program of ours is attached to {ifname}")
     maps = bpf.program_maps(prog_id)
     try:
-        if map_name not in maps:
-            raise LookupError(f"the program on {ifname} has no {map_name} map (maps: {sorted(maps)})")
-        return bpf.read_counters(maps[map_name], names)
+        yield maps
     finally:
         for m in maps.values():
             m.close()
+
+
+def attached_counters(ifname: str, hook: str, map_name: str, names) -> dict[str, int]:
+    """The per-CPU counters map ``map_name`` of the program on ``ifname``'s hook, summed (see attached_maps)."""
+    from mptcp_lb import bpf
+
+    with attached_maps(ifname, hook) as maps:
+        if map_name not in maps:
+            raise LookupError(f"the program on {ifname} has no {map_name} map (maps: {sorted(maps)})")
+        return bpf.read_counters(maps[map_name], names)

@@ -181,6 +181,8 @@ def test_moving_a_slot_keeps_every_connection_and_sends_new_ones_to_the_new_owne
         # SYN cookies leave no request socket: DIP 1 kept the handshakes it answered.
         assert stats[1]["sc_handshake"] >= 6, stats[1]
     assert stats[2]["sc_forwarded"] == 0  # DIP 2 got its packets unmarked: nothing passed on twice
+    # DIP 1 recorded its handshakes, in a table with room for them all.
+    assert stats[1]["flow_entries"] >= 6 and stats[1]["flows_evicted"] == 0 and stats[1]["flow_capacity"] == 65536
 
 
 def test_control_without_the_mark_the_moved_connections_are_reset(bed):
