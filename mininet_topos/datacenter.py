@@ -68,7 +68,8 @@ def mgmt_interface(prefix: str = "") -> str:
 def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080, mode: str = "port",
                     key_source: str = "seed", punt_rate: int = 100, prefix: str = "",
                     state_file: str | None = None, transition_time: float = 300.0,
-                    explicit_slices: bool = False) -> dict:
+                    explicit_slices: bool = False, api_token_file: str | None = None,
+                    metrics_port: int = 9180) -> dict:
     """The mptcp-lb config (as a YAML-ready dict) matching this topology.
 
     ``explicit_slices`` writes each DIP's token slices out (equal blocks by
@@ -91,7 +92,9 @@ def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080, mode
         "controller": {"openflow_host": "127.0.0.1", "openflow_port": of_port,
                        "api_host": "127.0.0.1", "api_port": api_port, "audit_interval": 1.0,
                        "punt_rate": punt_rate, "probe_interface": mgmt_interface(prefix),
-                       "transition_time": transition_time, **({"state_file": state_file} if state_file else {})},
+                       "transition_time": transition_time, "metrics_port": metrics_port,
+                       **({"state_file": state_file} if state_file else {}),
+                       **({"api_token_file": api_token_file} if api_token_file else {})},
         "muxes": [
             {"name": f"mux{i}", "dpid": 0x1000 + i, "address": f"{MUX_NETS[i - 1]}.1",
              "mac": mux_mac(i), "uplink_port": 1, "fabric_port": 2}

@@ -117,11 +117,13 @@ class Datacenter:
         self.mode = mode
         self.workdir = workdir or tempfile.mkdtemp(prefix="mptcp-lb-")
         self.state_file = os.path.join(self.workdir, "state.json")
+        self.token_file = os.path.join(self.workdir, "api.token")
         # The agents' config names every DIP; the controller's leaves the spare ones out.
         self.agent_config = topology_config(n_dips + spare_dips, of_port=free_port(), api_port=free_port(),
                                             mode=mode, key_source=key_source, punt_rate=punt_rate, prefix=prefix,
                                             state_file=self.state_file, transition_time=transition_time,
-                                            explicit_slices=spare_dips > 0)
+                                            explicit_slices=spare_dips > 0, api_token_file=self.token_file,
+                                            metrics_port=free_port())
         self.config = json.loads(json.dumps(self.agent_config))
         self.config["vips"][0]["dips"] = self.config["vips"][0]["dips"][:n_dips]
         self.key_adoption = key_adoption
@@ -186,6 +188,10 @@ class Datacenter:
         for path, config in ((self.config_path, self.config), (self.agent_config_path, self.agent_config)):
             with open(path, "w") as f:
                 yaml.safe_dump(config, f, sort_keys=False)
+        if not os.path.exists(self.token_file):
+            from ryu_app.api import write_token
+
+            write_token(self.token_file)
         from mptcp_lb.datapath import PMD_PORT_TYPES, place_pmd
 
         rps_cpus = 0
@@ -367,16 +373,26 @@ class Datacenter:
 
     # ------------------------------------------------------------ use
 
-    def api(self, method: str, path: str, body=None):
+    def api(self, method: str, path: str, body=None, headers: dict | None = None):
+        """A REST API call with the controller's token; the JSON reply, or {"status": code, "error": ...}."""
         port = self.config["controller"]["api_port"]
         data = json.dumps(body).encode() if body is not None else None
+        with open(self.token_file) as f:
+            token = f.read().strip()
         req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}",
+                                              **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=5) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as e:
             return {"status": e.code, **json.loads(e.read() or b"{}")}
+
+    def metrics(self, path: str = "/metrics") -> str:
+        """What the controller's metrics listener (no token) answers for ``path``."""
+        port = self.config["controller"]["metrics_port"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.read().decode()
 
     def mux_flow_counts(self) -> dict[str, int]:
         return {f"mux{i}": ofctl_flow_count(self.mux_bridge(i)) for i in (1, 2)}

@@ -50,6 +50,7 @@ def cmd_flows(args) -> int:
 def cmd_controller(args) -> int:
     import time
 
+    from ryu_app.api import TokenFileError, read_token
     from ryu_app.launch import run_controller
     from ryu_app.state_file import StateFileError, restore
 
@@ -58,6 +59,14 @@ def cmd_controller(args) -> int:
         restore(args.config, time.monotonic(), time.time())
     except (ConfigError, StateFileError) as e:
         print(f"{config.controller.state_file}: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if config.controller.api_token_file is None:
+            raise TokenFileError("controller.api_token_file: not set; the REST API takes no request without a "
+                                 "token (make one with `mptcp-lb api-token FILE`)")
+        read_token(config.controller.api_token_file)
+    except TokenFileError as e:
+        print(e, file=sys.stderr)
         return EXIT_CONFIG
     run_controller(config, args.config)
     return 0
@@ -69,6 +78,18 @@ def cmd_dip_agent(args) -> int:
     return run(args.config, args.dip, vip_name=args.vip, ready_file=args.ready_file,
                key_adoption=not args.no_key_adoption, interface=args.interface, echo=args.echo,
                flows=args.flows)
+
+
+def cmd_api_token(args) -> int:
+    from ryu_app.api import write_token
+
+    try:
+        write_token(args.file)
+    except OSError as e:
+        print(f"api-token {args.file}: {e.strerror}", file=sys.stderr)
+        return 1
+    print(f"a new token is in {args.file} (mode 0600); point controller.api_token_file at it")
+    return 0
 
 
 def cmd_dip_stats(args) -> int:
@@ -156,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-key-adoption", action="store_true",
                    help="token modes: keep the kernel's own keys (a control for tests; joins then break)")
     s.set_defaults(func=cmd_dip_agent)
+
+    s = sub.add_parser("api-token", help="write a new random REST API token to a file only its owner can read")
+    s.add_argument("file", help="where (it must not exist yet)")
+    s.set_defaults(func=cmd_api_token)
 
     s = sub.add_parser("dip-stats", help="the counters of the DIP programs on this host's fabric interface, as JSON")
     s.add_argument("interface", help="the interface dip-agent attached them to")

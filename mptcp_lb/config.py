@@ -151,6 +151,9 @@ class ControllerSettings:
     transition_time: float = 300.0  # seconds a moved slot's packets get a second chance at its old owner
     probe_interface: str | None = None  # where health probes leave for the DIPs; None: no health checks
     state_file: str | None = None  # runtime changes (drains, additions, health, transitions) survive restarts here
+    api_token_file: str | None = None  # the REST API's bearer token (0600); the controller needs one to start
+    metrics_host: str = "127.0.0.1"  # Prometheus's read-only listener
+    metrics_port: int = 9180
 
 
 @dataclass(frozen=True)
@@ -281,7 +284,8 @@ def _parse_controller(ck: _Checker, raw: Any) -> ControllerSettings:
         return ControllerSettings()
     obj = ck.mapping(raw, "controller", set(),
                      {"openflow_host", "openflow_port", "api_host", "api_port", "audit_interval", "punt_rate",
-                      "transition_time", "probe_interface", "state_file"})
+                      "transition_time", "probe_interface", "state_file", "api_token_file", "metrics_host",
+                      "metrics_port"})
     if obj is None:
         return ControllerSettings()
     d = ControllerSettings()
@@ -296,6 +300,9 @@ def _parse_controller(ck: _Checker, raw: Any) -> ControllerSettings:
         probe_interface=ck.text(obj, "probe_interface", "controller", r"[A-Za-z0-9_.:@-]{1,15}",
                                 "an interface name (1-15 characters)"),
         state_file=ck.text(obj, "state_file", "controller", r"/[^\0]*[^/]", "an absolute file path"),
+        api_token_file=ck.text(obj, "api_token_file", "controller", r"/[^\0]*[^/]", "an absolute file path"),
+        metrics_host=ck.ipv4(obj, "metrics_host", "controller", d.metrics_host) or d.metrics_host,
+        metrics_port=ck.integer(obj, "metrics_port", "controller", 0, 65535, d.metrics_port) or 0,
     )
 
 

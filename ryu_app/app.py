@@ -22,7 +22,7 @@ from os_ken.ofproto import ofproto_v1_3
 from ovs_flows.compiler import PUNT_FLOW_LIFETIME
 from ovs_flows.reconcile import flow_identities
 from ryu_app import state_file
-from ryu_app.api import ApiServer
+from ryu_app.api import ApiServer, MetricsServer, TokenFileError, read_token
 from ryu_app.core import LbCore
 from ryu_app.health import HealthChecks
 
@@ -66,8 +66,14 @@ class MptcpLbApp(app_manager.OSKenApp):
             else None
         if self.health is None:
             log.warning("no controller.probe_interface: health checks are off, a dead DIP keeps its slots")
-        self.api = ApiServer(self.core, settings.api_host, settings.api_port, on_change=self._config_changed)
+        if settings.api_token_file is None:
+            raise TokenFileError("controller.api_token_file: not set; the REST API takes no request without a "
+                                 "token (make one with `mptcp-lb api-token FILE`)")
+        self.api = ApiServer(self.core, settings.api_host, settings.api_port, read_token(settings.api_token_file),
+                             on_change=self._config_changed)
+        self.metrics = MetricsServer(self.core, settings.metrics_host, settings.metrics_port)
         self.api.start()
+        self.metrics.start()
         if self.health is not None:
             self.health.start(config)
         self.key_banks_follow_config()
@@ -94,6 +100,7 @@ class MptcpLbApp(app_manager.OSKenApp):
         for bank in self.core.key_banks.values():
             bank.stop()
         self.api.stop()
+        self.metrics.stop()
         if self.health is not None:
             self.health.stop()
         super().close()

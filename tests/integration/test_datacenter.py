@@ -68,9 +68,7 @@ def vip_datapath_flows(dc) -> list[str]:
 
 
 def metrics(dc) -> str:
-    port = dc.config["controller"]["api_port"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return r.read().decode()
+    return dc.metrics()
 
 
 def test_every_subflow_of_every_connection_lands_on_one_dip(dc):
@@ -265,3 +263,33 @@ def test_a_flow_edited_by_hand_in_place_is_put_back(dc):
     wait_for("the controller to put DIP 1's port flow back",
              lambda: f"set_field:{dip_mac(1)}->eth_dst" in dip1_flow() and
              dc.api("GET", "/muxes")[0]["resyncs"] > resyncs, 15)
+
+
+def test_the_api_takes_only_authenticated_json_from_its_own_origin_and_metrics_only_serves_metrics(dc):
+    port = dc.config["controller"]["api_port"]
+    with open(dc.token_file) as f:
+        token = f.read().strip()
+
+    def call(method, path, headers, body=None):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    good = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    assert call("GET", "/vips", {})[0] == 401
+    assert call("GET", "/vips", {"Authorization": "Bearer nottheone0123456789"})[0] == 401
+    status, body = call("POST", "/vips/web/dips/1/drain", {**good, "Content-Type": "text/plain"}, b"{}")
+    assert status == 415 and "application/json" in body["error"]
+    status, body = call("POST", "/vips/web/dips/1/drain", {**good, "Origin": "http://evil.example"}, b"{}")
+    assert status == 403 and "Origin" in body["error"]
+    assert dc.api("GET", "/vips")[0]["dips"][0]["state"] == "active"  # none of them changed anything
+    status, vips = call("GET", "/vips", {**good, "Origin": f"http://127.0.0.1:{port}"})
+    assert status == 200 and vips[0]["name"] == "web"
+    assert "mptcplb_muxes_connected" in dc.metrics()
+    for path in ("/vips", "/muxes"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            dc.metrics(path)
+        assert e.value.code == 404

@@ -5,25 +5,34 @@ import pytest
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from mptcp_lb.config import parse_config
-from ryu_app.api import ApiServer
+from ryu_app.api import ApiServer, MetricsServer, TokenFileError, read_token, write_token
 from ryu_app.core import LbCore
 from tests.unit.test_reconcile import as_descs, as_stats
+
+TOKEN = "t0k3n-for-tests-only-0123456789"
 
 
 @pytest.fixture
 def api(raw_config):
     core = LbCore(parse_config(raw_config))
     changes = []
-    server = ApiServer(core, "127.0.0.1", 0, on_change=lambda: changes.append(1))
+    server = ApiServer(core, "127.0.0.1", 0, TOKEN, on_change=lambda: changes.append(1))
+    metrics = MetricsServer(core, "127.0.0.1", 0)
     server.start()
+    metrics.start()
+    server.metrics = metrics
     yield server, core, changes
     server.stop()
+    metrics.stop()
 
 
-def call(server, method, path, body=None):
-    host, port = server.address
+def call(server, method, path, body=None, headers=None):
+    """A call as a client with the token makes it (JSON for every change); ``headers`` override."""
+    host, port = (server.metrics if path == "/metrics" else server).address
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"http://{host}:{port}{path}", data=data, method=method)
+    sent = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json", **(headers or {})}
+    req = urllib.request.Request(f"http://{host}:{port}{path}", data=data, method=method,
+                                 headers={k: v for k, v in sent.items() if v is not None})
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             raw = r.read()
@@ -137,3 +146,60 @@ def test_bad_content_length_is_refused(api, length):
     assert reply.startswith("HTTP/1.0 400") and "is not a byte count" in reply
     assert changes == []
 
+
+
+@pytest.mark.parametrize("method, path, headers, status, message", [
+    ("GET", "/vips", {"Authorization": None}, 401, "Authorization: Bearer"),
+    ("GET", "/vips", {"Authorization": "Bearer wrong-token-0123456789"}, 401, "API token"),
+    ("GET", "/vips", {"Authorization": f"Basic {TOKEN}"}, 401, "Bearer"),
+    ("POST", "/vips/web/dips/2/drain", {"Content-Type": "text/plain"}, 415, "application/json"),
+    ("DELETE", "/vips/web/dips/2", {"Content-Type": None}, 415, "application/json"),
+    ("POST", "/vips/web/dips/2/drain", {"Origin": "http://evil.example"}, 403, "is not this API's own"),
+    ("GET", "/vips", {"Origin": "http://127.0.0.1.evil.example:80"}, 403, "Origin"),
+    ("GET", "/metrics", {}, 404, "no route for GET /metrics"),  # metrics have a listener of their own
+])
+def test_unauthenticated_cross_origin_or_non_json_requests_are_refused(api, method, path, headers, status, message):
+    server, core, changes = api
+    before = core.config
+    host, port = server.address
+    sent = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json", **headers}
+    req = urllib.request.Request(f"http://{host}:{port}{path}", method=method,
+                                 headers={k: v for k, v in sent.items() if v is not None})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=5)
+    assert e.value.code == status and message in json.loads(e.value.read())["error"]
+    if status == 401:
+        assert e.value.headers["WWW-Authenticate"].startswith("Bearer")
+    assert core.config is before and changes == []
+
+
+def test_the_apis_own_origin_is_welcome_and_the_metrics_listener_serves_only_metrics(api):
+    server, _, _ = api
+    host, port = server.address
+    assert call(server, "GET", "/vips", headers={"Origin": f"http://{host}:{port}"})[0] == 200
+    status, body = call(server, "GET", "/metrics", headers={"Authorization": None})
+    assert status == 200 and b"mptcplb_muxes_connected" in body
+    mhost, mport = server.metrics.address
+    for method, path in (("GET", "/vips"), ("POST", "/vips/web/dips/2/drain")):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(urllib.request.Request(f"http://{mhost}:{mport}{path}", method=method,
+                                                          headers={"Authorization": f"Bearer {TOKEN}"}), timeout=5)
+        assert e.value.code == 404
+
+
+def test_the_token_file_must_be_private_and_hold_a_token(tmp_path):
+    path = tmp_path / "token"
+    write_token(str(path))
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and len(read_token(str(path))) >= 32
+    with pytest.raises(FileExistsError):
+        write_token(str(path))  # never overwrites one in use
+    path.chmod(0o644)
+    with pytest.raises(TokenFileError, match="readable by others"):
+        read_token(str(path))
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+    short.chmod(0o600)
+    with pytest.raises(TokenFileError, match="no token of at least 16"):
+        read_token(str(short))
+    with pytest.raises(TokenFileError, match="No such file"):
+        read_token(str(tmp_path / "absent"))
