@@ -39,7 +39,7 @@ def run_demo(args) -> int:
     progress(f"mode={args.mode}{f' key-source={key_source}' if key_source else ''} dips={args.dips} "
              f"conns={args.conns} payload={args.size} bytes")
     with Datacenter(n_dips=args.dips, progress=progress, mode=args.mode, key_source=key_source or "seed",
-                    port_type=args.port_type) as dc:
+                    port_type=args.port_type, tls=args.tls) as dc:
         before = dc.mux_flow_counts()
         dp_before = datapath_flow_count("tcp")
         progress(f"MUX flows before traffic: {before}")

@@ -96,6 +96,9 @@ class Datacenter:
       chance at their old DIP (``controller.transition_time``);
     - ``spare_dips``: DIP hosts (ids ``n_dips + 1``...) with their agents
       running, which the controller does not know until ``add_dip``;
+    - ``tls``: the MUXes speak OpenFlow to the controller over TLS with
+      certificates from a test PKI (``ovs-pki``) in ``workdir``, and each
+      MUX's dpid is pinned to the switch certificate and to 127.0.0.1;
     - ``progress``: called with a line of text at each step.
 
     The controller probes the DIPs' health through the topology's management
@@ -106,7 +109,7 @@ class Datacenter:
     def __init__(self, n_dips: int = 3, prefix: str = "", workdir: str | None = None,
                  progress=lambda msg: log.info("%s", msg), mode: str = "port", key_source: str = "seed",
                  punt_rate: int = 100, key_adoption: bool = True, port_type: str | None = None,
-                 echo: bool = True, transition_time: float = 300.0, spare_dips: int = 0):
+                 echo: bool = True, transition_time: float = 300.0, spare_dips: int = 0, tls: bool = False):
         from mptcp_lb.datapath import resolve_port_type
 
         self.n_dips = n_dips
@@ -128,6 +131,8 @@ class Datacenter:
         self.config["vips"][0]["dips"] = self.config["vips"][0]["dips"][:n_dips]
         self.key_adoption = key_adoption
         self.echo = echo
+        self.tls = tls
+        self.pki: TestPki | None = None
         self.classified: list[int] = []  # MUXes whose uplink has the classifier in front of OVS
         self._ovs_config: dict[str, str | None] = {}  # OVS settings place_pmd() changed
         self.config_path = os.path.join(self.workdir, "config.yaml")
@@ -185,6 +190,13 @@ class Datacenter:
         from mininet.node import RemoteController
 
         require_platform()
+        if self.tls:
+            self.pki = TestPki(os.path.join(self.workdir, "pki"))
+            self.pki.create()
+            self.config["controller"]["tls"] = self.pki.controller_settings()
+            for mux in self.config["muxes"]:
+                mux.update(pin_address="127.0.0.1", pin_cert_sha256=self.pki.switch_cert_sha256())
+            self.pki.use_for_ovs()
         for path, config in ((self.config_path, self.config), (self.agent_config_path, self.agent_config)):
             with open(path, "w") as f:
                 yaml.safe_dump(config, f, sort_keys=False)
@@ -207,8 +219,8 @@ class Datacenter:
             def checkListening(self):
                 pass
 
-        self.net.addController(f"{self.prefix}ctl", controller=StartedLater,
-                               ip="127.0.0.1", port=ctl["openflow_port"])
+        self.net.addController(f"{self.prefix}ctl", controller=StartedLater, ip="127.0.0.1",
+                               port=ctl["openflow_port"], protocol="ssl" if self.tls else "tcp")
         self.net.build()
         self.net.start()
         self.progress(f"topology up: 2 clients, router, 2 MUXes, fabric, {self.n_dips} DIPs; "
@@ -353,6 +365,9 @@ class Datacenter:
             restore_other_config(self._ovs_config)
             self._ovs_config = {}
         self.stop_controller()
+        if self.pki is not None:
+            self.pki.stop_using_for_ovs()
+            self.pki = None
         try:
             from ryu_app.health import ProbeRoutes
 
@@ -451,6 +466,59 @@ class Datacenter:
     def set_vip_route(self, only_mux: int | None = None) -> None:
         """The border router's ECMP route for the VIP over both MUXes, or over one (the other withdrawn)."""
         self.router.set_vip_route(only_mux)
+
+
+class TestPki:
+    """A throwaway OpenFlow PKI made with ``ovs-pki``: a controller and a switch certificate, each from its CA.
+
+    OVS's SSL settings are the whole ovsdb's: ``use_for_ovs`` sets them for
+    every bridge, ``stop_using_for_ovs`` puts back what was there.
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, directory: str):
+        self.dir = directory
+        self._previous: list[str] | None = None
+
+    def _file(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def create(self) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        subprocess.run(["ovs-pki", f"--dir={self.dir}/ca", "--force", "init"], check=True, capture_output=True)
+        for name, kind in (("ctl", "controller"), ("sw", "switch")):
+            subprocess.run(["ovs-pki", f"--dir={self.dir}/ca", "--force", "req+sign", name, kind], check=True,
+                           capture_output=True, cwd=self.dir)
+
+    def controller_settings(self) -> dict:
+        return {"privkey": self._file("ctl-privkey.pem"), "cert": self._file("ctl-cert.pem"),
+                "ca_cert": self._file("ca/switchca/cacert.pem")}
+
+    def switch_files(self) -> tuple[str, str]:
+        """(private key, certificate) of the switch: what a switch of this PKI presents."""
+        return self._file("sw-privkey.pem"), self._file("sw-cert.pem")
+
+    def switch_cert_sha256(self) -> str:
+        import hashlib
+        import ssl
+
+        with open(self._file("sw-cert.pem")) as f:
+            text = f.read()  # ovs-pki puts the certificate's text form before the PEM block
+        return hashlib.sha256(ssl.PEM_cert_to_DER_cert(text[text.index("-----BEGIN CERTIFICATE-----"):])).hexdigest()
+
+    def use_for_ovs(self) -> None:
+        current = subprocess.run(["ovs-vsctl", "get-ssl"], capture_output=True, text=True).stdout
+        self._previous = [line.split(": ", 1)[1].strip() for line in current.splitlines()
+                          if line.startswith(("Private key", "Certificate", "CA Certificate"))]
+        key, cert = self.switch_files()
+        subprocess.run(["ovs-vsctl", "set-ssl", key, cert, self._file("ca/controllerca/cacert.pem")], check=True)
+
+    def stop_using_for_ovs(self) -> None:
+        if self._previous and len(self._previous) == 3:
+            subprocess.run(["ovs-vsctl", "set-ssl", *self._previous], capture_output=True)
+        else:
+            subprocess.run(["ovs-vsctl", "del-ssl"], capture_output=True)
 
 
 class TrafficRun:

@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dips", type=int, default=3)
     s.add_argument("--port-type", choices=PORT_TYPES,
                    help="OVS port type of every bridge port (default: afxdp where supported, else system)")
+    s.add_argument("--tls", action="store_true",
+                   help="OpenFlow over TLS with mutual certificates (a test PKI from ovs-pki), MUX dpids pinned")
     s.add_argument("--conns", type=int, default=20)
     s.add_argument("--size", type=int, default=256 * 1024, help="payload bytes per connection")
     s.add_argument("--json", help="write the JSON report here")

@@ -138,6 +138,18 @@ class Mux:
     mac: str
     uplink_port: int
     fabric_port: int
+    # Who may claim this dpid: the OpenFlow peer's address, and/or its TLS certificate's SHA-256.
+    pin_address: str | None = None
+    pin_cert_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """The OpenFlow channel's TLS: this controller's key and certificate, and the CA its switches' are from."""
+
+    privkey: str
+    cert: str
+    ca_cert: str
 
 
 @dataclass(frozen=True)
@@ -154,6 +166,7 @@ class ControllerSettings:
     api_token_file: str | None = None  # the REST API's bearer token (0600); the controller needs one to start
     metrics_host: str = "127.0.0.1"  # Prometheus's read-only listener
     metrics_port: int = 9180
+    tls: TlsSettings | None = None  # None: OpenFlow over plain TCP
 
 
 @dataclass(frozen=True)
@@ -285,7 +298,7 @@ def _parse_controller(ck: _Checker, raw: Any) -> ControllerSettings:
     obj = ck.mapping(raw, "controller", set(),
                      {"openflow_host", "openflow_port", "api_host", "api_port", "audit_interval", "punt_rate",
                       "transition_time", "probe_interface", "state_file", "api_token_file", "metrics_host",
-                      "metrics_port"})
+                      "metrics_port", "tls"})
     if obj is None:
         return ControllerSettings()
     d = ControllerSettings()
@@ -303,7 +316,19 @@ def _parse_controller(ck: _Checker, raw: Any) -> ControllerSettings:
         api_token_file=ck.text(obj, "api_token_file", "controller", r"/[^\0]*[^/]", "an absolute file path"),
         metrics_host=ck.ipv4(obj, "metrics_host", "controller", d.metrics_host) or d.metrics_host,
         metrics_port=ck.integer(obj, "metrics_port", "controller", 0, 65535, d.metrics_port) or 0,
+        tls=_parse_tls(ck, obj.get("tls")),
     )
+
+
+def _parse_tls(ck: _Checker, raw: Any) -> TlsSettings | None:
+    if raw is None:
+        return None
+    obj = ck.mapping(raw, "controller.tls", {"privkey", "cert", "ca_cert"}, set())
+    if obj is None:
+        return None
+    paths = {k: ck.text(obj, k, "controller.tls", r"/[^\0]*[^/]", "an absolute file path")
+             for k in ("privkey", "cert", "ca_cert")}
+    return None if None in paths.values() else TlsSettings(**paths)
 
 
 def _parse_health(ck: _Checker, raw: Any, path: str) -> HealthCheck | None:
@@ -341,7 +366,8 @@ def _parse_health(ck: _Checker, raw: Any, path: str) -> HealthCheck | None:
 
 
 def _parse_mux(ck: _Checker, raw: Any, path: str) -> Mux | None:
-    obj = ck.mapping(raw, path, {"name", "dpid", "address", "mac", "uplink_port", "fabric_port"}, set())
+    obj = ck.mapping(raw, path, {"name", "dpid", "address", "mac", "uplink_port", "fabric_port"},
+                     {"pin_address", "pin_cert_sha256"})
     if obj is None:
         return None
     fields = dict(
@@ -352,6 +378,11 @@ def _parse_mux(ck: _Checker, raw: Any, path: str) -> Mux | None:
         uplink_port=ck.integer(obj, "uplink_port", path, 1, 0xFFFFFF00),
         fabric_port=ck.integer(obj, "fabric_port", path, 1, 0xFFFFFF00),
     )
+    pins = {"pin_address": ck.ipv4(obj, "pin_address", path),
+            "pin_cert_sha256": ck.text(obj, "pin_cert_sha256", path, r"(?:[0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}",
+                                       "a SHA-256 fingerprint (64 hex digits, colons allowed)")}
+    if pins["pin_cert_sha256"]:
+        pins["pin_cert_sha256"] = pins["pin_cert_sha256"].replace(":", "").lower()
     tag_space = ":".join(f"{b:02x}" for b in TAG_PREFIX)
     if fields["mac"] is not None and fields["mac"].startswith(tag_space):
         # Classifier tags (destination) and second-chance marks (source) live in 0a:4d:...
@@ -360,9 +391,9 @@ def _parse_mux(ck: _Checker, raw: Any, path: str) -> Mux | None:
     if fields["uplink_port"] is not None and fields["uplink_port"] == fields["fabric_port"]:
         ck.fail(f"{path}.fabric_port", f"{fields['fabric_port']} is also the uplink_port")
         return None
-    if any(v is None for v in fields.values()):
+    if any(v is None for v in fields.values()) or any(k in obj and v is None for k, v in pins.items()):
         return None
-    return Mux(**fields)
+    return Mux(**fields, **pins)
 
 
 def _slices(ck: _Checker, obj: dict, path: str, slice_bits: int) -> frozenset[int] | None:
@@ -749,6 +780,6 @@ def with_runtime_changes(base: Config, changes: Any, source: str = "state") -> C
     return config
 
 
-__all__ = ["Config", "ConfigError", "ControllerSettings", "Dip", "HealthCheck", "Mux", "PortRange", "Vip",
+__all__ = ["Config", "ConfigError", "ControllerSettings", "TlsSettings", "Dip", "HealthCheck", "Mux", "PortRange", "Vip",
            "load_config", "parse_config", "validated_dip", "dump_dip",
            "with_dip_added", "with_dip_state", "with_dip_removed", "runtime_changes", "with_runtime_changes"]

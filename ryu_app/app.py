@@ -9,8 +9,10 @@ core and sends back whatever messages it returns.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
+import ssl
 import time
 
 from os_ken.base import app_manager
@@ -25,6 +27,7 @@ from ryu_app import state_file
 from ryu_app.api import ApiServer, MetricsServer, TokenFileError, read_token
 from ryu_app.core import LbCore
 from ryu_app.health import HealthChecks
+from ryu_app.multipart import MultipartBuffer
 
 CONFIG_ENV = "MPTCP_LB_CONFIG"
 log = logging.getLogger(__name__)
@@ -46,6 +49,14 @@ def guarded(handler):
     return wrapper
 
 
+def peer_cert_sha256(sock) -> str | None:
+    """The SHA-256 (hex) of the certificate a TLS peer presented, or None on plain TCP."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    der = sock.getpeercert(binary_form=True)
+    return hashlib.sha256(der).hexdigest() if der else None
+
+
 class MptcpLbApp(app_manager.OSKenApp):
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
 
@@ -60,7 +71,7 @@ class MptcpLbApp(app_manager.OSKenApp):
             log.info("carrying on from %s", config.controller.state_file)
         self.core = LbCore(config, now, base=base, restored=restored)
         self.datapaths: dict[int, object] = {}
-        self._partial: dict[tuple[int, int], list] = {}  # (dpid, xid) -> multipart bodies so far
+        self._partial = MultipartBuffer()
         settings = config.controller
         self.health = HealthChecks(settings.probe_interface, self._health_result) if settings.probe_interface \
             else None
@@ -170,27 +181,30 @@ class MptcpLbApp(app_manager.OSKenApp):
         if dp.id is None:
             return
         if ev.state == MAIN_DISPATCHER:
+            held = self.datapaths.get(dp.id)
+            live = held is not None and held is not dp and held.is_active
+            if self.core.admit(dp.id, dp.address[0], peer_cert_sha256(dp.socket), live) is not None:
+                dp.close()
+                return
             msgs = self.core.mux_connected(dp.id, time.monotonic())
             if msgs:
                 self.datapaths[dp.id] = dp
                 self.send(dp, msgs)
         elif self.datapaths.get(dp.id) is dp:
             del self.datapaths[dp.id]
+            self._partial.forget(dp.id)
             self.core.mux_disconnected(dp.id)
 
     def _multipart_body(self, ev, extra=None) -> list | None:
-        """Collect a multipart reply split over several messages; None until complete.
+        """Collect a multipart reply split over several messages; None until complete (ryu_app/multipart.py).
 
         ``extra(msg)`` adds something per entry of each message (flow
         identities): the result is then a list of (entry, extra) pairs.
         """
         msg = ev.msg
-        key = (msg.datapath.id, msg.xid)
-        body = self._partial.setdefault(key, [])
-        body.extend(msg.body if extra is None else zip(msg.body, extra(msg)))
-        if msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE:
-            return None
-        return self._partial.pop(key)
+        entries = msg.body if extra is None else list(zip(msg.body, extra(msg)))
+        return self._partial.add(msg.datapath.id, msg.xid, entries, bool(msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE),
+                                 time.monotonic())
 
     @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
     @guarded

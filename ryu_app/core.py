@@ -41,6 +41,7 @@ class MuxStatus:
     punts: int = 0  # SYN(MPC) packet-ins seeded with a key
     punt_errors: int = 0  # packet-ins that could not be seeded (dropped)
     punts_unseeded: int = 0  # valid SYNs sent on without a key (no room, no key yet): their DIP's pool keys them
+    refused: int = 0  # connections that claimed this MUX's dpid and were refused (admit)
     groups_desc: list = field(default_factory=list)
     meter_configs: list = field(default_factory=list)
     # (vip, dip) -> [packets, bytes] from the last flow + group stats
@@ -190,6 +191,32 @@ class LbCore:
                            if h.state != "unknown"},
                 "transitions": {vip: dict(t) for vip, t in self.transitions.items() if t},
             }
+
+    def admit(self, dpid: int, peer_address: str, cert_sha256: str | None, live: bool) -> str | None:
+        """None to let a connection claiming ``dpid`` be that MUX; else why it is refused (and counted).
+
+        A MUX with ``pin_address`` must connect from there, one with
+        ``pin_cert_sha256`` must present that certificate (TLS); a dpid that a
+        live connection already holds is refused, so a rogue switch cannot
+        take a MUX over by claiming its dpid.
+        """
+        with self._lock:
+            st = self.status.get(dpid)
+            if st is None:
+                return None  # not a MUX: mux_connected leaves it alone
+            mux, why = st.mux, None
+            if mux.pin_address is not None and peer_address != mux.pin_address:
+                why = f"connects from {peer_address}, not its pinned address {mux.pin_address}"
+            elif mux.pin_cert_sha256 is not None and cert_sha256 != mux.pin_cert_sha256:
+                why = (f"presents certificate {cert_sha256 or 'none (no TLS)'}, not its pinned "
+                       f"{mux.pin_cert_sha256}")
+            elif live:
+                why = "a live connection already holds this dpid"
+            if why is not None:
+                st.refused += 1
+        if why is not None:
+            log.error("refused a connection claiming MUX %s (dpid=%#x): %s", mux.name, dpid, why)
+        return why
 
     def mux_connected(self, dpid: int, now: float) -> list:
         """A MUX (re)connected: forget any audit in flight and ask what it holds."""
@@ -368,7 +395,7 @@ class LbCore:
                 "muxes": [
                     {"name": st.mux.name, "dpid": st.mux.dpid, "connected": st.connected,
                      "flows": st.flows, "resyncs": st.resyncs, "punts": st.punts,
-                     "punt_errors": st.punt_errors, "punts_unseeded": st.punts_unseeded,
+                     "punt_errors": st.punt_errors, "punts_unseeded": st.punts_unseeded, "refused": st.refused,
                      "dip_counters": {k: tuple(v) for k, v in st.dip_counters.items()}}
                     for st in self.status.values()
                 ],

@@ -21,6 +21,17 @@ def run_controller(config: Config, config_path: str) -> None:
     cfg.CONF(args=[], project="os_ken")
     cfg.CONF.set_override("ofp_listen_host", config.controller.openflow_host)
     cfg.CONF.set_override("ofp_tcp_listen_port", config.controller.openflow_port)
+    tls = config.controller.tls
+    if tls is not None:
+        # os-ken then listens with TLS only, and requires a switch certificate from ca_cert.
+        cfg.CONF.set_override("ofp_ssl_listen_port", config.controller.openflow_port)
+        cfg.CONF.set_override("ctl_privkey", tls.privkey)
+        cfg.CONF.set_override("ctl_cert", tls.cert)
+        cfg.CONF.set_override("ca_certs", tls.ca_cert)
+    # A switch that vanished is noticed within ~3 s, so it can reconnect (admit() refuses a second
+    # connection for a dpid a live one holds).
+    cfg.CONF.set_override("echo_request_interval", 1.0)
+    cfg.CONF.set_override("maximum_unreplied_echo_requests", 3)
     # SIGTERM (systemd's stop) ends run_apps through its finally: the app closes its API and
     # removes its probe routes, where the default action would leave them behind.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))

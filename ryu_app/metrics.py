@@ -25,6 +25,8 @@ class LbCollector:
         flows = GaugeMetricFamily("mptcplb_mux_flows", "OpenFlow flows on a MUX at the last audit", labels=["mux"])
         resyncs = CounterMetricFamily("mptcplb_mux_resyncs", "Audits that found a MUX wrong and fixed it",
                                       labels=["mux"])
+        refused = CounterMetricFamily("mptcplb_mux_refused", "Connections refused that claimed a MUX's dpid",
+                                      labels=["mux"])
         punts = CounterMetricFamily("mptcplb_punts", "SYN(MPC) packet-ins seeded with a key", labels=["mux"])
         punt_errors = CounterMetricFamily("mptcplb_punt_errors", "Packet-ins dropped: not a valid SYN(MPC)",
                                           labels=["mux"])
@@ -42,6 +44,7 @@ class LbCollector:
         for m in snap["muxes"]:
             flows.add_metric([m["name"]], m["flows"])
             resyncs.add_metric([m["name"]], m["resyncs"])
+            refused.add_metric([m["name"]], m["refused"])
             punts.add_metric([m["name"]], m["punts"])
             punt_errors.add_metric([m["name"]], m["punt_errors"])
             unseeded.add_metric([m["name"]], m["punts_unseeded"])
@@ -57,7 +60,7 @@ class LbCollector:
                 state.add_metric(labels, 1 if d.state == "active" else 0)
                 healthy.add_metric(labels, 0 if snap["health"].get((vip.name, d.id), {}).get("state") == "down" else 1)
                 slots.add_metric(labels, sum(1 for o in owners if o == d.id))
-        yield from (packets, octets, connected, flows, resyncs, punts, punt_errors, unseeded, state, healthy, slots, moving)
+        yield from (packets, octets, connected, flows, resyncs, refused, punts, punt_errors, unseeded, state, healthy, slots, moving)
 
 
 def make_registry(core) -> CollectorRegistry:

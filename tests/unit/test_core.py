@@ -283,3 +283,17 @@ def test_the_seed_punt_flow_expires_unless_renewed_and_keepalive_renews_it(raw_c
     assert run_audit(core, bridge, core.audit(DPID, now=5.0), now=5.1) == ([], [])
     core.mux_disconnected(DPID)
     assert core.keepalive(DPID) == []
+
+
+def test_a_connection_claiming_a_mux_is_admitted_only_from_its_pins_and_only_once(raw_config):
+    pin = "ab" * 32
+    raw_config["muxes"][0].update(pin_address="127.0.0.1", pin_cert_sha256=pin.upper())
+    core = LbCore(parse_config(raw_config))
+    assert core.admit(DPID, "127.0.0.1", pin, live=False) is None
+    assert "not its pinned address 127.0.0.1" in core.admit(DPID, "10.9.9.9", pin, live=False)
+    assert "presents certificate none (no TLS)" in core.admit(DPID, "127.0.0.1", None, live=False)
+    assert "not its pinned" in core.admit(DPID, "127.0.0.1", "cd" * 32, live=False)
+    assert "a live connection already holds" in core.admit(DPID, "127.0.0.1", pin, live=True)
+    assert core.admit(0x1002, "10.9.9.9", None, live=False) is None  # mux2 has no pins
+    assert core.admit(0x9999, "10.9.9.9", None, live=True) is None  # not a MUX: left alone, not refused
+    assert mux_status(core)["refused"] == 4
