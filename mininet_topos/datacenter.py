@@ -158,6 +158,7 @@ class Client(Host):
     def config(self, nets=(), follows_add_addr=True, rps_cpus=0, **params):
         r = super().config(**params)
         tune_interfaces(self, rps_cpus)
+        self.nets = tuple(nets)
         for idx, net in enumerate(nets):
             intf, table = f"{self.name}-eth{idx}", 101 + idx
             self.cmd(f"ip route add default via {net}.254 dev {intf} table {table}")
@@ -169,6 +170,17 @@ class Client(Host):
         self.cmd(f"ip route add default via {nets[0]}.254")
         self.cmd(f"ip mptcp limits set subflows 4 add_addr_accepted {4 if follows_add_addr else 0}")
         return r
+
+    def set_path_mtu(self, mtu: int | None) -> None:
+        """Send at most ``mtu`` bytes per packet yet still offer the full MSS, as behind a tunnel it knows of.
+
+        None puts the plain routes back. The MSS stays 1460, so servers send
+        full-size packets towards this client and depend on path MTU discovery.
+        """
+        metrics = f"mtu {mtu} advmss 1460" if mtu else ""
+        for idx, net in enumerate(self.nets):
+            self.cmd(f"ip route replace default via {net}.254 dev {self.name}-eth{idx} table {101 + idx} {metrics}")
+        self.cmd(f"ip route replace default via {self.nets[0]}.254 dev {self.name}-eth0 {metrics}")
 
 
 class BorderRouter(Host):
@@ -184,6 +196,12 @@ class BorderRouter(Host):
             self.cmd(f"sysctl -qw net.ipv4.conf.{intf.name.replace('.', '/')}.rp_filter=0")
         self.set_vip_route()
         return r
+
+    def set_client_link_mtu(self, client: Host, mtu: int) -> None:
+        """The MTU of this router's links to ``client``: what it forwards to it in one packet."""
+        for intf in self.intfList():
+            if intf.link and client in (intf.link.intf1.node, intf.link.intf2.node):
+                self.cmd(f"ip link set dev {intf.name} mtu {mtu}")
 
     def set_vip_route(self, only_mux: int | None = None) -> None:
         """ECMP over both MUXes, or pin the VIP to one MUX (1 or 2) for a test."""

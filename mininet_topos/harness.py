@@ -463,6 +463,21 @@ class Datacenter:
         """SIGKILL the controller, as a crash would: no cleanup, the MUXes keep their flows."""
         self.stop_controller(kill=True)
 
+    def narrow_client_path(self, mtu: int | None, client: str = "c1") -> None:
+        """Give the router's links to a client a smaller MTU (None: back to 1500) that the client's MSS does not show.
+
+        DIPs then send that client packets the router cannot forward; only the
+        router's ICMP "fragmentation needed", sent to the VIP, tells them, so
+        this is how a scenario proves path MTU discovery through the MUXes.
+        The DIPs' learned path MTUs are flushed when the path is put back.
+        """
+        host = self.host(client)
+        host.set_path_mtu(mtu)
+        self.router.set_client_link_mtu(host, mtu or 1500)
+        if mtu is None:
+            for i in self.dip_ids():
+                self.dip_host(i).cmd("ip route flush cache")
+
     def set_vip_route(self, only_mux: int | None = None) -> None:
         """The border router's ECMP route for the VIP over both MUXes, or over one (the other withdrawn)."""
         self.router.set_vip_route(only_mux)

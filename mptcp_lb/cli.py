@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--groups", action="store_true",
                    help="print the select groups (for ovs-ofctl add-groups) instead of the flows")
     s.add_argument("--meters", action="store_true",
-                   help="print the punt meters (one ovs-ofctl add-meter argument per line) instead")
+                   help="print the meters (one ovs-ofctl add-meter argument per line) instead")
     s.set_defaults(func=cmd_flows)
 
     s = sub.add_parser("controller", help="run the os-ken controller, REST API and /metrics")

@@ -167,6 +167,7 @@ class ControllerSettings:
     metrics_host: str = "127.0.0.1"  # Prometheus's read-only listener
     metrics_port: int = 9180
     tls: TlsSettings | None = None  # None: OpenFlow over plain TCP
+    icmp_rate: int = 100  # path MTU messages to VIPs copied to their DIPs, per second per MUX
 
 
 @dataclass(frozen=True)
@@ -298,7 +299,7 @@ def _parse_controller(ck: _Checker, raw: Any) -> ControllerSettings:
     obj = ck.mapping(raw, "controller", set(),
                      {"openflow_host", "openflow_port", "api_host", "api_port", "audit_interval", "punt_rate",
                       "transition_time", "probe_interface", "state_file", "api_token_file", "metrics_host",
-                      "metrics_port", "tls"})
+                      "metrics_port", "tls", "icmp_rate"})
     if obj is None:
         return ControllerSettings()
     d = ControllerSettings()
@@ -317,6 +318,7 @@ def _parse_controller(ck: _Checker, raw: Any) -> ControllerSettings:
         metrics_host=ck.ipv4(obj, "metrics_host", "controller", d.metrics_host) or d.metrics_host,
         metrics_port=ck.integer(obj, "metrics_port", "controller", 0, 65535, d.metrics_port) or 0,
         tls=_parse_tls(ck, obj.get("tls")),
+        icmp_rate=ck.integer(obj, "icmp_rate", "controller", 1, 100_000, d.icmp_rate) or d.icmp_rate,
     )
 
 

@@ -62,6 +62,10 @@ ETH_ARP = 0x0806
 ETH_IP = 0x0800
 IPPROTO_TCP = 6
 PUNT_METER = 1
+ICMP_METER = 2  # path MTU messages to a VIP, per MUX
+PRIO_ICMP = 250
+ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED = 3, 4
+IPPROTO_ICMP = 1
 # Seconds the seed-mode punt flow lives unless the controller renews it. A Linux client gives up on
 # MPTCP after its second retransmitted SYN(MPC) is lost (3 s after the first), so a dead controller
 # must stop getting SYNs well before that.
@@ -225,6 +229,28 @@ def punt_meter(rate: int):
                               bands=[parser.OFPMeterBandDrop(rate=rate, burst_size=rate)])
 
 
+def icmp_meter(rate: int):
+    """Path MTU messages to the VIPs, at most ``rate`` per second per MUX: each is copied to every DIP."""
+    return parser.OFPMeterMod(datapath=None, command=ofp.OFPMC_ADD, flags=ofp.OFPMF_PKTPS | ofp.OFPMF_BURST,
+                              meter_id=ICMP_METER, bands=[parser.OFPMeterBandDrop(rate=rate, burst_size=rate)])
+
+
+def pmtu_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
+    """ICMP "fragmentation needed" to the VIP goes to all its DIPs, rate-limited (GLB's way).
+
+    The message quotes the DIP's packet to the client, but no OpenFlow match
+    reaches inside it, so every DIP gets a copy (one flow, one output per
+    DIP: no group to create first); the one that holds the quoted connection
+    lowers its path MTU, the others find no socket and drop it. Without this
+    the VIP's drop rule would eat them, and a client behind a smaller MTU
+    would hang (a PMTU black hole).
+    """
+    m = match(in_port=mux.uplink_port, eth_type=ETH_IP, ip_proto=IPPROTO_ICMP, ipv4_dst=vip.address,
+              icmpv4_type=ICMP_DEST_UNREACH, icmpv4_code=ICMP_FRAG_NEEDED)
+    actions = [a for d in vip.dips for a in to_dip(mux, d)]
+    out.flows.append(flow_mod(PRIO_ICMP, m, actions, meter_id=ICMP_METER))
+
+
 def _service(mux: Mux, vip: Vip, **extra):
     """VIP:service-port traffic from the router side (the fabric never sends to a VIP)."""
     return match(in_port=mux.uplink_port, eth_type=ETH_IP, ip_proto=IPPROTO_TCP, ipv4_dst=vip.address,
@@ -338,6 +364,7 @@ def compile_mux(config: Config, mux: Mux, tables: dict[str, SlotTable] | None = 
     if any(v.uses_tokens and v.key_source == "seed" for v in config.vips):
         seeded = [v for v in config.vips if v.uses_tokens and v.key_source == "seed"]
         out.meters.append(punt_meter(METER_HEADROOM * sum(v.punt_rate or config.controller.punt_rate for v in seeded)))
+    out.meters.append(icmp_meter(config.controller.icmp_rate))
     out.flows.append(arp_responder(mux, mux.address))
     for group_id, vip in enumerate(config.vips, start=1):
         out.flows.append(arp_responder(mux, vip.address))
@@ -354,6 +381,7 @@ def compile_mux(config: Config, mux: Mux, tables: dict[str, SlotTable] | None = 
             _port_flows(out, mux, vip)
         if vip.uses_tokens:
             _token_flows(out, mux, vip)
+        pmtu_flows(out, mux, vip)
         out.flows.append(flow_mod(PRIO_VIP_DROP, match(eth_type=ETH_IP, ipv4_dst=vip.address), []))
     out.flows.append(flow_mod(PRIO_MISS, match(), []))
     return out

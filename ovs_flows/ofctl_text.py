@@ -28,7 +28,9 @@ def _field_text(name: str, value) -> str:
     return f"{name}={value}"
 
 
-_OFCTL_FIELD = {"ipv4_dst": "nw_dst", "ipv4_src": "nw_src", "tcp_dst": "tp_dst", "tcp_src": "tp_src"}
+_OFCTL_FIELD = {"ipv4_dst": "nw_dst", "ipv4_src": "nw_src", "tcp_dst": "tp_dst", "tcp_src": "tp_src",
+                "icmpv4_type": "icmp_type", "icmpv4_code": "icmp_code"}
+IPPROTO_ICMP = 1
 
 
 def match_text(match) -> str:
@@ -41,6 +43,8 @@ def match_text(match) -> str:
         out.append("arp")
     elif eth_type == ETH_TYPE_IP and ip_proto == IPPROTO_TCP:
         out.append("tcp")
+    elif eth_type == ETH_TYPE_IP and ip_proto == IPPROTO_ICMP:
+        out.append("icmp")
     elif eth_type == ETH_TYPE_IP:
         out.append("ip")
         if ip_proto is not None:

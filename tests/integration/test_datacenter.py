@@ -13,14 +13,18 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 
 import pytest
+from scapy.all import ICMP, IP, TCP, Ether
 
-from mininet_topos.datacenter import SERVICE_PORT, VIP, dip_mac
+from mininet_topos.datacenter import CLIENT_NETS, MUX_NETS, SERVICE_PORT, VIP, dip_mac, mux_mac
 from mininet_topos.harness import Datacenter, datapath_port_numbers, ofctl_flow_count, wait_for
 from mininet_topos.report import connection_entry, summarize
-from mptcp_lb.config import DEFAULT_SLOTS
+from mptcp_lb.config import DEFAULT_SLOTS, ControllerSettings
+
+ICMP_RATE = ControllerSettings().icmp_rate
 
 N_DIPS = 3
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -217,28 +221,37 @@ def test_printed_flows_install_as_is_on_a_netdev_bridge(tmp_path):
     """`mptcp-lb flows` output goes straight into ovs-ofctl, with no controller."""
     bridge = f"tfl{os.getpid() % 100000}"
     cli = [sys.executable, "-m", "mptcp_lb.cli"]
+
+    def printed(config: str, *what: str) -> str:
+        return subprocess.run([*cli, "flows", config, *what], capture_output=True, text=True, check=True).stdout
+
+    def add_meters(config: str) -> None:
+        for meter in printed(config, "--meters").splitlines():  # add-meter takes one per call
+            subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "add-meter", bridge, meter], check=True)
+
+    def ofctl(verb: str, text: str) -> None:
+        subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", verb, bridge, "-"], input=text, text=True, check=True)
+
     subprocess.run(["ovs-vsctl", "add-br", bridge, "--", "set", "bridge", bridge, "datapath_type=netdev",
                     "fail_mode=secure", "protocols=OpenFlow13"], check=True)
     try:
-        for what, verb in (("--groups", "add-groups"), (None, "add-flows")):
-            text = subprocess.run([*cli, "flows", "examples/port.yaml", *([what] if what else [])],
-                                  capture_output=True, text=True, check=True).stdout
-            subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", verb, bridge, "-"], input=text, text=True, check=True)
-        printed = subprocess.run([*cli, "flows", "examples/port.yaml"], capture_output=True, text=True,
-                                 check=True).stdout
+        add_meters("examples/port.yaml")
+        ofctl("add-groups", printed("examples/port.yaml", "--groups"))
+        ofctl("add-flows", printed("examples/port.yaml"))
+        flows = printed("examples/port.yaml")
         dumped = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge], capture_output=True,
                                 text=True, check=True).stdout
         cookies = lambda text: sorted(re.findall(r"cookie=(0x[0-9a-f]+)", text))  # noqa: E731
-        assert cookies(dumped) == cookies(printed) and len(cookies(printed)) == ofctl_flow_count(bridge) == 8
-        # With `hash: multipath` every rule is a flow: one pipe installs it all.
-        subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "del-flows", bridge], check=True)
-        subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "del-groups", bridge], check=True)
-        text = subprocess.run([*cli, "flows", "examples/port-standalone.yaml"], capture_output=True, text=True,
-                              check=True).stdout
-        subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "add-flows", bridge, "-"], input=text, text=True,
-                       check=True)
-        # 8 + one per slot in table 1, where multipath's slot picks its owner
-        assert ofctl_flow_count(bridge) == len(text.splitlines()) == 8 + DEFAULT_SLOTS
+        # ARP x2, three DIP ranges, the hash, path MTU, VIP drop, miss
+        assert cookies(dumped) == cookies(flows) and len(cookies(flows)) == ofctl_flow_count(bridge) == 9
+        # With `hash: multipath` there is no group: the meters, then one pipe of flows.
+        for verb in ("del-flows", "del-groups", "del-meters"):
+            subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", verb, bridge], check=True)
+        add_meters("examples/port-standalone.yaml")
+        text = printed("examples/port-standalone.yaml")
+        ofctl("add-flows", text)
+        # 9 + one per slot in table 1, where multipath's slot picks its owner
+        assert ofctl_flow_count(bridge) == len(text.splitlines()) == 9 + DEFAULT_SLOTS
     finally:
         subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge])
 
@@ -293,3 +306,31 @@ def test_the_api_takes_only_authenticated_json_from_its_own_origin_and_metrics_o
         with pytest.raises(urllib.error.HTTPError) as e:
             dc.metrics(path)
         assert e.value.code == 404
+
+
+def test_fragmentation_needed_to_the_vip_reaches_every_dip_within_the_meter(dc):
+    """A router's ICMP "fragmentation needed" for a DIP's packet is addressed to the VIP: the MUX copies it
+    to all the VIP's DIPs (the one holding the quoted connection lowers its path MTU), at most
+    ``controller.icmp_rate`` per second, instead of its VIP drop rule eating it."""
+    router_if = f"{dc.prefix}r0-eth2"  # towards mux1
+    quoted = IP(src=VIP, dst=f"{CLIENT_NETS['c1'][0]}.1") / TCP(sport=SERVICE_PORT, dport=40000, flags="A")
+    frame = (Ether(src=dc.router.intf(router_if).MAC(), dst=mux_mac(1))
+             / IP(src=f"{MUX_NETS[0]}.254", dst=VIP) / ICMP(type=3, code=4, nexthopmtu=1280) / bytes(quoted)[:28])
+    burst = 400
+    received = lambda: [dc.nstat(f"d{i}").get("IcmpInDestUnreachs", 0) for i in range(1, N_DIPS + 1)]  # noqa: E731
+    before = received()
+    started = time.monotonic()
+    sender = dc.router.popen([sys.executable, os.path.join(HERE, "send_frames.py"), router_if,
+                              *[bytes(frame).hex()] * burst])
+    assert sender.wait(30) == 0
+    sent_for = time.monotonic() - started
+    wait_for("a copy on every DIP", lambda: all(a > b for a, b in zip(received(), before)), 10)
+    grown = [a - b for a, b in zip(received(), before)]
+    # ICMP_RATE per second with a burst of as many: what got through the meter while the burst was sent.
+    allowed = ICMP_RATE + ICMP_RATE * sent_for + 1
+    assert all(0 < g <= allowed for g in grown), (grown, allowed)
+    assert max(grown) < burst, grown  # the meter dropped the rest
+    meters = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "meter-stats", dc.mux_bridge(1)], capture_output=True,
+                            text=True, check=True).stdout
+    (dropped,) = re.findall(r"meter:2 .*?bands:\s+0: packet_count:(\d+)", meters, re.S)
+    assert int(dropped) >= burst - max(grown), meters

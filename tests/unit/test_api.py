@@ -7,7 +7,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from mptcp_lb.config import parse_config
 from ryu_app.api import ApiServer, MetricsServer, TokenFileError, read_token, write_token
 from ryu_app.core import LbCore
-from tests.unit.test_reconcile import as_descs, as_stats
+from tests.unit.test_reconcile import as_descs, as_meters, as_stats
 
 TOKEN = "t0k3n-for-tests-only-0123456789"
 
@@ -102,6 +102,7 @@ def test_metrics_report_per_dip_counters_and_connected_muxes(api):
         if s.cookie in compiled.flow_dip:
             s.packet_count, s.byte_count = 10, 1000
     assert core.mux_connected(0x1001, now=0.0)
+    core.meter_config_reply(0x1001, as_meters(compiled.meters))
     core.group_desc_reply(0x1001, as_descs(compiled.groups))
     assert core.flow_stats_reply(0x1001, stats) == []
     buckets = [parser.OFPBucketCounter(packet_count=5, byte_count=500)] * len(compiled.group_dips[1][1])

@@ -5,7 +5,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from mptcp_lb.config import ConfigError, parse_config, with_dip_state
 from mptcp_lb.slots import table_for as slot_table
-from ovs_flows.compiler import compile_mux
+from ovs_flows.compiler import ICMP_METER, compile_mux
 from ovs_flows.ofctl_text import flow_text, group_text
 from tests.fakeoftable import FakeOFTable
 
@@ -89,7 +89,7 @@ def test_dip_ranges_compile_to_fewest_masked_matches(config):
     dips[0] = replace(dips[0], ports=type(dips[0].ports)(4000, 8191), announce_port=4000)
     odd = config.with_vip(replace(config.vips[0], dips=tuple(dips)))
     texts = [flow_text(f) for f in compile_mux(odd, odd.muxes[0]).flows]
-    dip1 = [t for t in texts if "02:00:00:02:00:01->eth_dst" in t]
+    dip1 = [t for t in texts if "02:00:00:02:00:01->eth_dst" in t and "tcp," in t]
     # 4000-4095 = 4000/0xffe0 (4000-4031) + 4032/0xffc0 (4032-4095); then 4096-8191 in one.
     assert [t.split("tp_dst=")[1].split(",")[0] for t in dip1] == ["0xfa0/0xffe0", "0xfc0/0xffc0", "0x1000/0xf000"]
     table = FakeOFTable(compile_mux(odd, odd.muxes[0]).messages)
@@ -99,7 +99,8 @@ def test_dip_ranges_compile_to_fewest_masked_matches(config):
 def test_messages_need_no_datapath_and_cookies_identify_flows(config):
     compiled = compile_mux(config, config.muxes[0])
     assert all(m.datapath is None for m in compiled.messages)
-    assert compiled.messages[0] is compiled.groups[0]  # groups before the flows that use them
+    # meters, then groups, before the flows that use them
+    assert compiled.messages[:len(compiled.meters) + 1] == [*compiled.meters, compiled.groups[0]]
     cookies = [f.cookie for f in compiled.flows]
     assert len(set(cookies)) == len(cookies) and all(c >> 48 == 0x4D4C for c in cookies)
     assert all(f.flags & ofp.OFPFF_SEND_FLOW_REM for f in compiled.flows)
@@ -168,7 +169,7 @@ def test_seed_mode_punts_mpc_syns_through_the_meter(raw_config):
     config = token_config(raw_config)
     compiled = compile_mux(config, config.muxes[0])
     # The backstop behind the classifier's budgets: twice controller.punt_rate for the one seed-mode VIP.
-    assert [m.meter_id for m in compiled.meters] == [1] and compiled.meters[0].bands[0].rate == 200
+    assert [m.meter_id for m in compiled.meters] == [1, 2] and compiled.meters[0].bands[0].rate == 200
     (port, pkt), = FakeOFTable(compiled.messages).forward(tagged(80, tag_mac(CLASS_MP_CAPABLE, 0)))
     assert port == ofp.OFPP_CONTROLLER
     punt = [f for f in compiled.flows if "controller" in flow_text(f)]
@@ -208,7 +209,7 @@ def test_hybrid_keeps_announced_ports_and_adds_tokens(raw_config):
     # a JOIN to DIP 2's announced port whose token is DIP 1's is still steered by port
     assert dip_of(table, tagged(8192, tag_mac(CLASS_MP_JOIN, 0)), config) == 2
     assert dip_of(table, tagged(80, tag_mac(CLASS_TIMESTAMP, 3)), config) == 3
-    assert not compile_mux(config, config.muxes[0]).meters  # pool mode punts nothing
+    assert [m.meter_id for m in compile_mux(config, config.muxes[0]).meters] == [ICMP_METER]  # pool mode punts nothing
 
 
 def test_drained_dip_leaves_the_seed_hash_but_keeps_its_tags(raw_config):
@@ -229,8 +230,8 @@ def test_port_mode_with_multipath_needs_no_group(raw_config):
     raw_config["vips"][0]["hash"] = "multipath"
     config = parse_config(raw_config)
     compiled = compile_mux(config, config.muxes[0])
-    assert compiled.groups == [] and compiled.meters == []
-    table = FakeOFTable(compiled.flows)  # no group or meter has to exist first
+    assert compiled.groups == [] and [m.meter_id for m in compiled.meters] == [ICMP_METER]
+    table = FakeOFTable([*compiled.meters, *compiled.flows])  # no group has to exist first
     slots = slot_table(config.vips[0])
     seen = set()
     for sport in range(40000, 40060):
@@ -264,3 +265,26 @@ def test_fast_matches_serialize_as_os_ken_builds_them(raw_config, mode):
         flow.match.serialize(ours, 0)
         reference.serialize(theirs, 0)
         assert ours == theirs, flow_text(flow)
+
+
+def icmp(type_, code, in_port=UPLINK):
+    return {"in_port": in_port, "eth_src": "02:aa:00:00:00:01", "eth_dst": "02:00:00:01:00:01", "eth_type": 0x0800,
+            "ip_proto": 1, "ipv4_src": "10.0.9.1", "ipv4_dst": VIP, "icmpv4_type": type_, "icmpv4_code": code}
+
+
+@pytest.mark.parametrize("mode", ["port", "token"])
+def test_fragmentation_needed_to_the_vip_reaches_every_dip_through_its_meter(raw_config, mode):
+    raw_config["controller"] = {**raw_config.get("controller", {}), "icmp_rate": 50}
+    config = token_config(raw_config) if mode == "token" else parse_config(raw_config)
+    compiled = compile_mux(config, config.muxes[0])
+    table = FakeOFTable(compiled.messages)
+    copies = table.forward(icmp(3, 4))
+    assert [p for p, _ in copies] == [FABRIC] * 3
+    assert [pkt["eth_dst"] for _, pkt in copies] == [d.mac for d in config.vips[0].dips]
+    (pmtu,) = [f for f in compiled.flows if "icmp" in flow_text(f)]
+    assert flow_text(pmtu).count("meter:2") == 1
+    (meter,) = [m for m in compiled.meters if m.meter_id == ICMP_METER]
+    assert meter.bands[0].rate == 50
+    # Other ICMP to the VIP is dropped, and nothing from the fabric side is copied back.
+    assert table.forward(icmp(8, 0)) == [] and table.forward(icmp(3, 3)) == []
+    assert table.forward(icmp(3, 4, in_port=FABRIC)) == []

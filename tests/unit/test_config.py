@@ -55,6 +55,7 @@ def test_duplicate_dip_fields(raw_config, key, value, dup):
     (("muxes", 1, "fabric_port"), 1, "muxes[1].fabric_port: 1 is also the uplink_port"),
     (("muxes", 1, "dpid"), 0x1001, "muxes[1].dpid: duplicate dpid 4097"),
     (("controller", "audit_interval"), 0, "controller.audit_interval: 0 is not a number"),
+    (("controller", "icmp_rate"), 0, "controller.icmp_rate: 0 is not an integer in 1..100000"),
     (("vips", 0, "dips", 0, "announce_port"), 80, "vips[0].dips[0].announce_port: 80 is outside"),
 ])
 def test_bad_values_are_named(raw_config, path, value, expect):

@@ -16,6 +16,7 @@ from scapy.layers.l2 import Ether
 from mptcp_lb.config import parse_config, with_dip_state
 from mptcp_lb.mptcp_codec import (CLASS_MP_CAPABLE, TCPOPT_EXPERIMENTAL, key_to_token, parse_key_carrier,
                                   parse_tcp_options, second_chance_mac, slice_of, tag_mac)
+from ovs_flows.compiler import ICMP_METER, PUNT_METER
 from ovs_flows.ofctl_text import flow_text
 from ryu_app.core import AUDIT_STALE, LbCore
 from tests.fakeoftable import FakeOFTable
@@ -71,7 +72,8 @@ def test_connect_audit_converges_the_bridge_and_the_next_audit_sends_nothing(con
     core, bridge = LbCore(config), FakeOFTable([])
     requests = core.mux_connected(DPID, now=0.0)
     fixes, next_audit = run_audit(core, bridge, requests, now=0.1)
-    assert kinds(fixes[:2]) == [parser.OFPGroupMod, parser.OFPBarrierRequest]  # the group before its flows
+    # the meter and the group before their flows
+    assert kinds(fixes[:3]) == [parser.OFPMeterMod, parser.OFPGroupMod, parser.OFPBarrierRequest]
     assert next_audit == []
     for dip in config.vips[0].dips:
         assert dip_of(bridge, tcp(dip.announce_port), config) == dip.id
@@ -190,7 +192,7 @@ def syn_frame(sport: int) -> bytes:
 def test_a_punted_syn_is_seeded_for_the_dip_the_hash_picks(raw_config):
     config = token_config(raw_config)
     core, bridge = connected(config)
-    assert list(bridge.meters) == [1]
+    assert list(bridge.meters) == [PUNT_METER, ICMP_METER]
     seen = set()
     for sport in range(40000, 40030):
         punted = tagged(80, tag_mac(CLASS_MP_CAPABLE, 0), sport=sport)

@@ -23,10 +23,21 @@ def as_descs(group_mods):
     return [parser.OFPGroupDescStats(type_=g.type, group_id=g.group_id, buckets=g.buckets) for g in group_mods]
 
 
+def as_meters(meter_mods):
+    return [parser.OFPMeterConfigStats(flags=m.flags, meter_id=m.meter_id, bands=m.bands) for m in meter_mods]
+
+
+def current(compiled):
+    """What a correct bridge reports: its groups and meters."""
+    return as_descs(compiled.groups), as_meters(compiled.meters)
+
+
 def kinds(msgs):
     out = []
     for m in msgs:
-        if isinstance(m, parser.OFPGroupMod):
+        if isinstance(m, parser.OFPMeterMod):
+            out.append(("meter", {ofp.OFPMC_ADD: "add", ofp.OFPMC_MODIFY: "modify", ofp.OFPMC_DELETE: "delete"}[m.command]))
+        elif isinstance(m, parser.OFPGroupMod):
             out.append(("group", {ofp.OFPGC_ADD: "add", ofp.OFPGC_MODIFY: "modify", ofp.OFPGC_DELETE: "delete"}[m.command]))
         elif isinstance(m, parser.OFPFlowMod):
             out.append(("flow", {ofp.OFPFC_ADD: "add", ofp.OFPFC_DELETE_STRICT: "delete"}[m.command]))
@@ -35,20 +46,21 @@ def kinds(msgs):
     return out
 
 
-def test_empty_bridge_gets_groups_then_flows(compiled):
+def test_empty_bridge_gets_meters_and_groups_then_flows(compiled):
     msgs = reconcile(compiled, [], [])
-    assert kinds(msgs) == [("group", "add"), ("barrier",)] + [("flow", "add")] * len(compiled.flows)
+    assert kinds(msgs) == ([("meter", "add")] * len(compiled.meters) + [("group", "add"), ("barrier",)]
+                           + [("flow", "add")] * len(compiled.flows))
 
 
 def test_correct_bridge_gets_nothing(compiled):
-    assert reconcile(compiled, as_stats(compiled.flows), as_descs(compiled.groups)) == []
+    assert reconcile(compiled, as_stats(compiled.flows), *current(compiled)) == []
 
 
 def test_stale_foreign_and_missing_flows(compiled):
     foreign = flow_mod(5, parser.OFPMatch(eth_type=0x0800), [])
     foreign.cookie = 0x1234
     have = as_stats([*compiled.flows[1:], foreign])
-    msgs = reconcile(compiled, have, as_descs(compiled.groups))
+    msgs = reconcile(compiled, have, *current(compiled))
     assert kinds(msgs) == [("flow", "add"), ("flow", "delete")]  # add first: no gap
     assert msgs[1].cookie == 0x1234 and msgs[1].cookie_mask == 2**64 - 1
     assert msgs[0] is compiled.flows[0]
@@ -58,7 +70,7 @@ def test_flow_changed_by_hand_is_replaced(compiled):
     hacked = flow_mod(compiled.flows[2].priority, compiled.flows[2].match, [])
     hacked.cookie = compiled.flows[2].cookie  # same cookie, other actions
     have = as_stats([f if i != 2 else hacked for i, f in enumerate(compiled.flows)])
-    msgs = reconcile(compiled, have, as_descs(compiled.groups))
+    msgs = reconcile(compiled, have, *current(compiled))
     # The ADD replaces the hand-edited flow in place; a cookie-strict delete would remove the fix.
     assert kinds(msgs) == [("flow", "add")]
     assert msgs[0] is compiled.flows[2]
@@ -66,14 +78,14 @@ def test_flow_changed_by_hand_is_replaced(compiled):
 
 def test_duplicate_flow_is_removed(compiled):
     have = as_stats([*compiled.flows, compiled.flows[0]])
-    assert kinds(reconcile(compiled, have, as_descs(compiled.groups))) == [("flow", "delete")]
+    assert kinds(reconcile(compiled, have, *current(compiled))) == [("flow", "delete")]
 
 
 def test_changed_group_is_modified_and_stale_group_deleted_last(raw_config, compiled):
     config = parse_config(raw_config)
     drained = compile_mux(with_dip_state(config, "web", 1, "draining"), config.muxes[0])
     extra = parser.OFPGroupMod(datapath=None, command=ofp.OFPGC_ADD, type_=ofp.OFPGT_SELECT, group_id=9, buckets=[])
-    msgs = reconcile(drained, as_stats(drained.flows), as_descs([*compiled.groups, extra]))
+    msgs = reconcile(drained, as_stats(drained.flows), as_descs([*compiled.groups, extra]), as_meters(drained.meters))
     assert kinds(msgs) == [("group", "modify"), ("barrier",), ("barrier",), ("group", "delete")]
     assert len(msgs[0].buckets) == len(compiled.groups[0].buckets) and msgs[-1].group_id == 9
 
