@@ -28,6 +28,7 @@ Absolute numbers on this shared 2-core machine are noisy; the ratios are the poi
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import socket
@@ -352,8 +353,19 @@ def classifier_cost(repeat: int) -> dict:
     return {"repeat": repeat, "per_class": out}
 
 
+def _per_second(seconds: float, run) -> float:
+    """How many times ``run()`` completes per second, over about ``seconds``."""
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        run()
+        n += 1
+    return n / (time.perf_counter() - start)
+
+
 def controller_rates(seconds: float) -> dict:
+    """Seed-mode SYNs the controller's core seeds per second, and keys per second drawn on demand or banked."""
     from mptcp_lb.config import parse_config
+    from mptcp_lb.key_bank import BATCH, KeyBank
     from mptcp_lb.mptcp_codec import make_key
     from ryu_app.core import LbCore
     from scapy.layers.inet import IP, TCP
@@ -373,20 +385,19 @@ def controller_rates(seconds: float) -> dict:
     for sport in range(1024, 2048):  # built up front: scapy must not be what is measured
         syn[TCP].sport = sport
         frames.append(bytes(syn))
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        if not core.packet_in(config.muxes[0].dpid, frames[n % len(frames)]):
+    dpid, frame = config.muxes[0].dpid, itertools.cycle(frames)
+
+    def seed() -> None:
+        if not core.packet_in(dpid, next(frame)):
             raise RuntimeError("a benchmark SYN was not seeded")
-        n += 1
-    punt_rate = n / (time.perf_counter() - start)
-    keys = {}
-    for label, slices in (("one_third_of_256_slices", config.vips[0].dips[0].slices), ("one_of_256_slices", {7})):
-        k, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            make_key(slices, 8)
-            k += 1
-        keys[label] = k / (time.perf_counter() - start)
-    return {"seed_syn_per_s": punt_rate, "keys_per_s": keys, "punt_meter_default_pps": config.controller.punt_rate}
+    punt_rate = _per_second(seconds, seed)
+    keys = {f"on_demand_slice_bits_{bits}_one_slice": _per_second(seconds, lambda b=bits: make_key({7}, b))
+            for bits in (8, 12)}
+    for bits in (8, 12):
+        # One slice per DIP, every slice owned (256 or 4096 DIPs): each key drawn is filed somewhere.
+        bank = KeyBank(bits, range(1 << bits), per_slice=1 << 30)
+        keys[f"key_bank_slice_bits_{bits}"] = _per_second(seconds, bank.fill) * BATCH
+    return {"seed_syn_per_s": punt_rate, "keys_per_s": keys, "punt_budget_default_pps": config.controller.punt_rate}
 
 
 def _retrans_ratio(token: float, port: float) -> str:
@@ -486,8 +497,8 @@ def print_report(report: dict, args) -> None:
                   f"{row['redirect_ns']:3d} ns (ratio {row['ratio']:.1f})")
     if "controller" in report:
         ctl = report["controller"]
-        print(f"controller: {ctl['seed_syn_per_s']:.0f} SYN(MPC)/s seeded (meter caps punts at "
-              f"{ctl['punt_meter_default_pps']}/s per MUX); keys/s: "
+        print(f"controller: {ctl['seed_syn_per_s']:.0f} SYN(MPC)/s seeded (the classifier punts at most "
+              f"{ctl['punt_budget_default_pps']}/s per VIP and MUX by default); keys/s: "
               + ", ".join(f"{k} {v:.0f}" for k, v in ctl["keys_per_s"].items()))
 
 

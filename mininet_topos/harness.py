@@ -443,6 +443,11 @@ class Datacenter:
         """A host's kernel counters (nstat -a), by name: TcpEstabResets, TcpOutRsts, MPTcpExt..."""
         return json.loads(self.host(host).cmd("nstat -asz --json"))["kernel"]
 
+    def dip_stats(self, i: int) -> dict[str, int]:
+        """DIP i's program counters (``mptcp-lb dip-stats``): keys adopted, pool fallbacks, flow map use..."""
+        out = self.dip_host(i).cmd(f"{sys.executable} -m mptcp_lb.cli dip-stats {self.prefix}d{i}-eth0")
+        return json.loads(out)
+
     def established(self, dip: int) -> int:
         """TCP sockets (subflows) established on a DIP's VIP service port."""
         out = self.dip_host(dip).cmd(f"ss -tnH state established '( sport = :{SERVICE_PORT} )'")

@@ -491,17 +491,16 @@ def parse_mpc_syn(frame: bytes) -> FiveTuple | None:
 
 
 def _options_in_use(frame: bytes, tcp: int) -> int:
-    """Option bytes before the end-of-options (EOL) byte, or all of them: what an appended option must follow.
+    """Option bytes up to the end of the last option: what an appended option must follow.
 
-    BSD and macOS stacks pad with EOL: an option placed after it would be
-    past the end of the list for every reader, the DIP's walk included.
+    The padding after it goes: BSD and macOS stacks pad with EOL, and an
+    option placed after an EOL would be past the end of the list for every
+    reader, the DIP's walk included; trailing NOPs (a client's carrier the
+    classifier blanked, for one) would only take the room the carrier needs.
     """
     start, end = tcp + _TCP_HLEN, tcp + (frame[tcp + 12] >> 4) * 4
     spans = _option_spans(frame, start, end)  # OptionError for a malformed area
-    off = spans[-1][0] + spans[-1][2] if spans else start
-    while off < end and frame[off] == TCPOPT_NOP:
-        off += 1
-    return off - start
+    return spans[-1][0] + spans[-1][2] - start if spans else 0
 
 
 def check_option_room(frame: bytes, size: int) -> None:

@@ -32,6 +32,11 @@ import pytest
 
 from mptcp_lb.mptcp_codec import build_key_carrier, key_to_token, make_key, slice_of
 from tests.integration.netns import REPO, WAIT, Namespaces, in_ns, python_env, sh
+from tests.packets import MSS, NOP, SACK_PERM, WSCALE, mp_capable, timestamp
+
+# A Linux SYN's options with room for the key carrier after them: 28 bytes, 40 with the carrier.
+CARRIER_SYN_OPTIONS = (MSS + NOP + WSCALE + SACK_PERM + mp_capable(flags=0x81) + NOP + NOP + timestamp(12345, 0)
+                       + NOP + NOP)
 
 VIP = "10.78.9.100"
 CLIENT = "10.78.0.1"
@@ -317,8 +322,8 @@ def test_seed_mode_userspace_key_and_carrier_syn(netns, tmp_path):
         carrier_key = make_key(SLICES, SLICE_BITS)
         sport, seq = 41500, 0x1234567
         probe = subprocess.run(
-            ["ip", "netns", "exec", netns.client, sys.executable, str(HERE / "carrier_probe.py"), VIP, str(PORT),
-             str(sport), str(seq), build_key_carrier(carrier_key).hex()],
+            ["ip", "netns", "exec", netns.client, sys.executable, str(HERE / "syn_probe.py"), VIP, str(PORT),
+             str(sport), str(seq), (CARRIER_SYN_OPTIONS + build_key_carrier(carrier_key)).hex()],
             capture_output=True, text=True, env=python_env(), cwd=REPO)
         assert probe.returncode == 0, probe.stderr
         reply = json.loads(probe.stdout)

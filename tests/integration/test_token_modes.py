@@ -8,6 +8,7 @@ MPTCP token, SHA-256 of the bytes received).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -19,10 +20,12 @@ from mininet_topos.datacenter import SERVICE_PORT, VIP
 from mininet_topos.harness import Datacenter, datapath_flow_count, wait_for
 from mininet_topos.report import connection_entry, summarize
 from mptcp_lb.config import parse_config
-from mptcp_lb.mptcp_codec import slice_of
+from mptcp_lb.mptcp_codec import SERVER_ID_MASK, build_key_carrier, key_to_token, make_key, slice_of
+from tests.packets import EOL, MSS, NOP, SACK_PERM, WSCALE, mp_capable, timestamp
 
 N_DIPS = 3
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
 # What a wrong timestamp would break, and nothing else moves: PAWS drops (a stamped TSval going
 # backwards, an echoed TSecr the DIP never sent). Undo and spurious-RTO counters are not listed: real
 # reordering and loss in any datapath move them too, port mode without BPF included. That the DIP
@@ -113,13 +116,124 @@ def test_without_key_adoption_joins_land_on_the_wrong_dip():
         assert len(single) >= 8, connections
 
 
+def start_flood(dc, client: str, count: int, seconds: float, spoof: str | None = None) -> subprocess.Popen:
+    """``syn_flood.py`` from a client, in the background."""
+    return dc.host(client).popen([sys.executable, "-m", "tests.integration.syn_flood", VIP, str(SERVICE_PORT),
+                                  str(count), str(seconds), *([spoof] if spoof else [])],
+                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(flood: subprocess.Popen) -> tuple[float, float]:
+    """The SYNs a flood sent and the seconds it took."""
+    out, err = flood.communicate(timeout=120)
+    assert flood.returncode == 0, err
+    sent, seconds = (float(x) for x in out.split())
+    return sent, seconds
+
+
+def punt_meter_drops(dc) -> list[int]:
+    """Packets each MUX's punt meter dropped (OpenFlow meter 1's band)."""
+    drops = []
+    for i in (1, 2):
+        out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "meter-stats", dc.mux_bridge(i)], capture_output=True,
+                             text=True, check=True).stdout
+        (dropped,) = re.findall(r"meter:1 .*?bands:\s+0: packet_count:(\d+)", out, re.S)
+        drops.append(int(dropped))
+    return drops
+
+
+# What a client does when MPTCP SYNs go unanswered or come back plain: give MPTCP up, for an hour
+# after a blackhole (net.mptcp.blackhole_timeout).
+CLIENT_GAVE_UP = ("MPTcpExtBlackhole", "MPTcpExtMPCapableSYNTXDrop", "MPTcpExtMPCapableSYNTXDisabled",
+                  "MPTcpExtMPCapableFallbackSYNACK", "MPTcpExtMPCapableFallbackACK")
+FLOOD_PPS, FLOOD_SECONDS, SPOOFED = 3000, 12.0, "198.18.0.0/15"
+
+
+def test_seed_mode_under_a_spoofed_syn_flood_degrades_to_the_pools_and_drops_nothing():
+    """3,000 pps of spoofed SYN+MP_CAPABLE while a stock client opens 16 MPTCP connections, default budget.
+
+    Over its VIP's punt budget a SYN goes unseeded through the slot table
+    and its DIP keys it from its own pool: every connection still gets a
+    token in its DIP's slice, and the punt meter drops nothing.
+    """
+    from mptcp_lb import classifier
+
+    with build("token", "seed") as dc:
+        dc.router.cmd(f"ip route add blackhole {SPOOFED}")  # the DIPs' answers to the flood go nowhere
+        client, dips = dc.host("c2"), range(1, N_DIPS + 1)
+        client_before = nstat(client)
+        fallback_before = sum(dc.dip_stats(i)["seed_fallback"] for i in dips)
+        over_budget = lambda: sum(classifier.stats(dc.mux_uplink(i))["over_budget"] for i in (1, 2))  # noqa: E731
+        flood = start_flood(dc, "c1", int(FLOOD_PPS * FLOOD_SECONDS), FLOOD_SECONDS, SPOOFED)
+        try:
+            wait_for("the flood to exceed the punt budgets", lambda: over_budget() > 0, 30, interval=0.2)
+            results = dc.run_traffic(conns=16, size=256 * 1024, client="c2", min_subflows=2, parallel=16)
+            under_flood = flood.poll() is None
+        finally:
+            sent, seconds = finish(flood)
+        assert under_flood, "the connections outlasted the flood: raise FLOOD_SECONDS"
+        assert sent / seconds >= 0.9 * FLOOD_PPS, (sent, seconds)
+        check_token_steering(dc, results)  # every connection: verified, a join, its DIP's slice
+        grown = {k: nstat(client).get(k, 0) - client_before.get(k, 0) for k in CLIENT_GAVE_UP}
+        assert not any(grown.values()), grown
+        assert sum(nstat(dc.dip_host(i)).get("MPTcpExtMPJoinNoTokenFound", 0) for i in dips) == 0
+        # The flood went around the controller, to the pools, and not into a meter's drop band.
+        assert over_budget() > 0.5 * sent, (over_budget(), sent)
+        assert sum(dc.dip_stats(i)["seed_fallback"] for i in dips) - fallback_before > 0.5 * sent
+        assert punt_meter_drops(dc) == [0, 0]
+
+
+def syn_answer(dc, options: bytes, sport: int) -> tuple[bytes, int]:
+    """Send one SYN with these options from c2; the key the answering DIP adopted and its server ID."""
+    probe = dc.host("c2").popen([sys.executable, "-m", "tests.integration.syn_probe", VIP, str(SERVICE_PORT),
+                                 str(sport), "1000", options.hex()], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    out, err = probe.communicate(timeout=60)
+    reply = json.loads(out) if probe.returncode == 0 else err
+    assert isinstance(reply, dict) and reply["flags"] == "SA" and reply["ack"] == 1001, reply
+    opts = {k: v for k, v in reply["options"]}
+    tsval, _ = opts["Timestamp"]
+    return bytes.fromhex(opts[30])[2:10], tsval & SERVER_ID_MASK
+
+
+def test_seed_mode_keys_come_from_the_mux_only_and_a_syn_ending_in_eol_is_seeded():
+    """A BSD-style SYN (options padded with EOL) gets the controller's key; a carrier a client put in its
+    own SYN is blanked by the classifier, and the DIP never adopts its key."""
+    from mptcp_lb import classifier
+
+    with build("token", "seed") as dc:
+        vip = parse_config(dc.config).vips[0]
+        dips = range(1, N_DIPS + 1)
+
+        def counters() -> dict[str, int]:
+            dip = [dc.dip_stats(i) for i in dips]
+            mux = [classifier.stats(dc.mux_uplink(i)) for i in (1, 2)]
+            return {"punts": sum(m["punts"] for m in dc.api("GET", "/muxes")),
+                    "carrier_stored": sum(d["carrier_stored"] for d in dip),
+                    "seed_fallback": sum(d["seed_fallback"] for d in dip),
+                    "carrier_cleared": sum(m["carrier_cleared"] for m in mux)}
+
+        def grown(before: dict) -> dict:
+            return {k: v - before[k] for k, v in counters().items()}
+
+        linux = MSS + SACK_PERM + timestamp(1, 0) + NOP + WSCALE + mp_capable(flags=0x81)  # 24 bytes
+        before = counters()
+        key, dip = syn_answer(dc, linux + EOL * 4, sport=47001)
+        assert slice_of(key_to_token(key), vip.slice_bits) in vip.dip(dip).slices
+        assert grown(before) == {"punts": 1, "carrier_stored": 1, "seed_fallback": 0, "carrier_cleared": 0}
+
+        forged = make_key(vip.dip(1).slices, vip.slice_bits)  # a key DIP 1 would accept, were it seeded
+        before = counters()
+        key, dip = syn_answer(dc, linux + build_key_carrier(forged), sport=47002)
+        assert key != forged and slice_of(key_to_token(key), vip.slice_bits) in vip.dip(dip).slices
+        # Blanked, the carrier left room for the controller's own, and the SYN was seeded.
+        assert grown(before) == {"punts": 1, "carrier_stored": 1, "seed_fallback": 0, "carrier_cleared": 1}
+
+
 def test_punted_syns_are_capped_by_the_meter():
     with build("token", "seed", punt_rate=20) as dc:
         dc.router.set_vip_route(only_mux=1)
-        flood = dc.host("c2").popen([sys.executable, os.path.join(HERE, "syn_flood.py"), VIP, str(SERVICE_PORT),
-                                     "600", "2.0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        out, err = flood.communicate(timeout=60)
-        sent, seconds = (float(x) for x in out.split())
+        sent, seconds = finish(start_flood(dc, "c2", 600, 2.0))
         assert sent / seconds >= 5 * 20, (out, err)  # a flood: five times what the meter lets through
 
         last = []

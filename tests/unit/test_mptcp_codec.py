@@ -551,10 +551,10 @@ def test_ethernet_padding_is_not_carried_into_the_longer_packet():
 
 
 def test_option_room_ends_at_a_60_byte_header():
-    nops = [("NOP", None)] * 24  # 4 bytes of MP_CAPABLE + 24 = 28 bytes in use: 12 still fit
-    full = append_tcp_option(tcp_frame("S", [MPC, *nops]), build_key_carrier(KEY))
+    filler = (254, bytes(22))  # 4 bytes of MP_CAPABLE + 24 = 28 bytes in use: 12 still fit
+    full = append_tcp_option(tcp_frame("S", [MPC, filler]), build_key_carrier(KEY))
     assert Ether(full)[TCP].dataofs == 15
-    check_option_room(tcp_frame("S", [MPC, *nops]), 12)
+    check_option_room(tcp_frame("S", [MPC, filler]), 12)
     with pytest.raises(NoOptionRoom, match="40 bytes in use, no room for 4 more"):
         check_option_room(full, 4)
     with pytest.raises(NoOptionRoom, match="no room for 12 more"):
@@ -593,11 +593,13 @@ def test_an_option_is_appended_before_the_end_of_options_not_after_it(padding):
     assert checksums_recomputed(after) == (Ether(after)[IP].chksum, tcp.chksum)
 
 
-def test_room_counts_the_options_in_use_not_the_eol_padding():
-    # 24 bytes of options, then 12 of EOL padding: 36 of 40 bytes of header, but only 24 in use.
-    opts = bytes((2, 4, 5, 0xB4)) + mc.build_mp_capable() + bytes((1,)) * 16 + bytes(12)
+@pytest.mark.parametrize("padding", [bytes(28), bytes((1,)) * 28, bytes((1,)) * 16 + bytes(12)],
+                         ids=["EOL", "NOP (a blanked carrier)", "NOP then EOL"])
+def test_room_counts_the_options_in_use_not_the_padding_after_them(padding):
+    # 8 bytes of options, then 28 of padding: 36 of 40 bytes of header, but only 8 in use.
+    opts = bytes((2, 4, 5, 0xB4)) + mc.build_mp_capable() + padding
     frame = tcp_frame("S", opts)
     assert (Ether(frame)[TCP].dataofs * 4 - 20) == 36
-    check_option_room(frame, 12)  # fits before the EOL
+    check_option_room(frame, 12)  # fits where the padding was
     appended = append_tcp_option(frame, build_key_carrier(KEY))
-    assert Ether(appended)[TCP].dataofs * 4 - 20 == 36  # the padding made way
+    assert Ether(appended)[TCP].dataofs * 4 - 20 == 20  # the padding made way
