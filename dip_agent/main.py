@@ -24,6 +24,7 @@ from mptcp_lb.mptcp_sockopt import MptcpUnavailable
 
 from .echo_server import EchoServer
 from .host_setup import DipHostSetup
+from .metrics import serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,12 @@ def dip_programs(vip: Vip, dip: Dip, key_adoption: bool = True, interface: str |
 
 
 def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: str | None = None,
-        key_adoption: bool = True, interface: str | None = None, echo: bool = False, flows: int | None = None) -> int:
-    """Run the agent until SIGTERM/SIGINT; return the process exit code."""
+        key_adoption: bool = True, interface: str | None = None, echo: bool = False, flows: int | None = None,
+        metrics: tuple[str, int] | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT; return the process exit code.
+
+    ``metrics`` is the (host, port) to serve the programs' Prometheus metrics on; None serves none.
+    """
     try:
         vip, dip = find_dip(load_config(config_path), dip_id, vip_name)
         programs = dip_programs(vip, dip, key_adoption, interface, flows)
@@ -115,6 +120,7 @@ def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: 
     setup = DipHostSetup(vip.address, dip.announce_port, c_flag=not vip.uses_tokens)
     server = EchoServer(dip.id, vip.port) if echo else None
     stop = threading.Event()
+    exporter = None
     # Signals are caught from before apply() so a stop during setup still undoes it.
     with _stop_on_signals(stop):
         try:
@@ -129,6 +135,14 @@ def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: 
                      ", serving the echo service" if server else "")
             if server is not None:
                 server.start()
+            if metrics is not None:
+                try:
+                    exporter = serve_metrics(programs, vip.name, dip.id, *metrics)
+                except OSError as e:
+                    print(f"--metrics-host/--metrics-port {metrics[0]}:{metrics[1]}: {e.strerror or e}",
+                          file=sys.stderr)
+                    return EXIT_CONFIG
+                log.info("metrics on http://%s:%d/metrics", *metrics)
             if ready_file is not None:
                 with open(ready_file, "w", encoding="ascii") as f:
                     f.write("ready\n")
@@ -139,6 +153,8 @@ def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: 
                 os.unlink(ready_file)
             if server is not None:
                 server.stop()
+            if exporter is not None:
+                exporter.shutdown()
             try:
                 programs.undo()
             finally:

@@ -57,11 +57,15 @@ def attached_stats(ifname: str) -> dict[str, int]:
     with tc.attached_maps(ifname, tc.INGRESS) as maps:
         if "dip_stats" not in maps or "dip_flows" not in maps:
             raise LookupError(f"the program on {ifname} is not the DIP programs (maps: {sorted(maps)})")
-        stats = read_counters(maps["dip_stats"], STAT_NAMES)
-        flows = maps["dip_flows"]
-        stats["flow_entries"] = flows.count()
-        stats["flow_capacity"] = flows.max_entries
-        stats["flows_evicted"] = max(0, stats["flow_created"] - stats["flow_entries"])
+        return _usage(maps["dip_stats"], maps["dip_flows"])
+
+
+def _usage(stats_map, flows_map) -> dict[str, int]:
+    """The counters, and the flow table's fill: entries, capacity and LRU evictions."""
+    stats = read_counters(stats_map, STAT_NAMES)
+    stats["flow_entries"] = flows_map.count()
+    stats["flow_capacity"] = flows_map.max_entries
+    stats["flows_evicted"] = max(0, stats["flow_created"] - stats["flow_entries"])
     return stats
 
 
@@ -238,3 +242,10 @@ class DipPrograms:
     def stats(self) -> dict[str, int]:
         """The programs' counters, summed over CPUs."""
         return read_counters(self._live().map("dip_stats"), STAT_NAMES)
+
+    def usage(self) -> dict[str, int]:
+        """``attached_stats`` of these programs, and the keys the pool refilled (0 without a pool)."""
+        obj = self._live()
+        usage = _usage(obj.map("dip_stats"), obj.map("dip_flows"))
+        usage["pool_refilled"] = self.pool.refilled if self.pool is not None else 0
+        return usage

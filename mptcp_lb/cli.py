@@ -12,6 +12,17 @@ from mptcp_lb.datapath import PORT_TYPES
 EXIT_CONFIG = 2
 
 
+def _tcp_port(text: str) -> int:
+    """argparse type: a TCP port to listen on, 1..65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port in 1..65535")
+    return port
+
+
 def _load(path: str):
     try:
         return load_config(path)
@@ -77,7 +88,7 @@ def cmd_dip_agent(args) -> int:
 
     return run(args.config, args.dip, vip_name=args.vip, ready_file=args.ready_file,
                key_adoption=not args.no_key_adoption, interface=args.interface, echo=args.echo,
-               flows=args.flows)
+               flows=args.flows, metrics=(args.metrics_host, args.metrics_port) if args.metrics_port else None)
 
 
 def cmd_api_token(args) -> int:
@@ -174,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--flows", type=int,
                    help="entries of the DIP programs' flow table (default 65536): every live connection, plus "
                         "the handshakes of a SYN flood for as long as a connection may stay idle")
+    s.add_argument("--metrics-port", type=_tcp_port, help="serve the DIP programs' Prometheus metrics here "
+                                                    "(pool misses, flow table fill and evictions; default: none)")
+    s.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     s.add_argument("--no-key-adoption", action="store_true",
                    help="token modes: keep the kernel's own keys (a control for tests; joins then break)")
     s.set_defaults(func=cmd_dip_agent)

@@ -42,11 +42,15 @@ AGENT_SYSCTLS = {
 HERE = Path(__file__).resolve().parent
 
 
+METRICS_PORT = 9181
+
+
 def run_agent(ns: str, config: Path, dip_id: int, ready: Path, interfaces: list[str]) -> subprocess.Popen:
-    """``mptcp-lb dip-agent --echo`` in ``ns``, its DIP programs on ``interfaces``."""
+    """``mptcp-lb dip-agent --echo`` in ``ns``, its DIP programs on ``interfaces``, metrics on loopback."""
     return subprocess.Popen(
         ["ip", "netns", "exec", ns, sys.executable, "-m", "mptcp_lb.cli", "dip-agent", "--config", str(config),
-         "--dip", str(dip_id), "--ready-file", str(ready), "--interface", ",".join(interfaces), "--echo"],
+         "--dip", str(dip_id), "--ready-file", str(ready), "--interface", ",".join(interfaces), "--echo",
+         "--metrics-port", str(METRICS_PORT)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env(), cwd=REPO)
 
 
@@ -181,6 +185,13 @@ def test_echo_traffic_uses_announced_port_and_verifies_every_byte(netns, tmp_pat
             assert f"{VIP}:{ANNOUNCE_PORT}" in locals_, reply
             assert set(locals_) == {f"{VIP}:{SERVICE_PORT}", f"{VIP}:{ANNOUNCE_PORT}"}, reply
             assert remotes == {"10.77.0.1", "10.77.1.1"}, reply  # fullmesh used both client interfaces
+
+        # The agent's metrics, on the DIP's loopback: the programs' events and the flow table's fill.
+        scrape = in_ns(netns.server, sys.executable, "-c", "import sys, urllib.request; sys.stdout.write("
+                       f"urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics', timeout=5).read().decode())")
+        assert f'mptcplb_dip_flow_capacity{{dip="{DIP_ID}",vip="web"}} 65536.0' in scrape, scrape
+        assert f'mptcplb_dip_program_events_total{{dip="{DIP_ID}",event="pool_empty",vip="web"}} 0.0' in scrape, scrape
+        assert f'mptcplb_dip_flows_evicted_total{{dip="{DIP_ID}",vip="web"}} 0.0' in scrape, scrape
     finally:
         if agent.poll() is None:
             agent.send_signal(signal.SIGTERM)  # reaches the agent: ip netns exec execs it
@@ -205,6 +216,21 @@ def test_agent_exit_codes(netns, tmp_path):
     _, err = agent.communicate(timeout=WAIT)
     assert agent.returncode == 2, err
     assert "--dip 9: VIP web has no DIP with that id (ids: 1)" in err
+
+    # Its metrics port taken: named, and nothing left behind.
+    holder = subprocess.Popen(["ip", "netns", "exec", netns.server, sys.executable, "-c",
+                               "import socket, sys; s = socket.create_server(('127.0.0.1', int(sys.argv[1]))); "
+                               "print('up', flush=True); sys.stdin.read()", str(METRICS_PORT)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "up\n"
+        agent = run_agent(netns.server, config, DIP_ID, ready, netns.server_ifs)
+        _, err = agent.communicate(timeout=WAIT)
+        assert agent.returncode == 2, err
+        assert f"--metrics-host/--metrics-port 127.0.0.1:{METRICS_PORT}: Address already in use" in err, err
+    finally:
+        holder.communicate("")
+    assert server_state(netns.server) == before
 
     in_ns(netns.server, "sysctl", "-q", "net.mptcp.enabled=0")
     agent = run_agent(netns.server, config, DIP_ID, ready, netns.server_ifs)

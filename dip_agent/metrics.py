@@ -1,0 +1,55 @@
+"""Prometheus view of a DIP's programs, read from their maps at scrape time.
+
+What an operator watches for exhaustion under a flood: ``pool_empty`` and
+``synack_no_key`` (a SYN/ACK found no key ready and kept the kernel's own,
+so that connection's joins will not find their DIP) and the flow table's
+fill and LRU evictions (an evicted live flow loses its timestamp offset).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .dip_abi import STAT_NAMES
+
+# dip_stats entries that are not events worth a series of their own
+_NOT_EVENTS = {"flow_created"}
+
+
+class DipCollector:
+    def __init__(self, programs, vip: str, dip: int):
+        self.programs = programs
+        self.labels = [vip, str(dip)]
+
+    def collect(self):
+        usage = self.programs.usage()
+        events = CounterMetricFamily("mptcplb_dip_program_events", "What the DIP's tc programs did, by event "
+                                     "(dip_structs.h names each)", labels=["vip", "dip", "event"])
+        for name in STAT_NAMES:
+            if name not in _NOT_EVENTS:
+                events.add_metric([*self.labels, name], usage[name])
+        yield events
+        gauges = (("flow_entries", "mptcplb_dip_flow_entries", "Entries in the DIP programs' flow table"),
+                  ("flow_capacity", "mptcplb_dip_flow_capacity", "Size of the DIP programs' flow table (--flows)"))
+        for key, name, doc in gauges:
+            g = GaugeMetricFamily(name, doc, labels=["vip", "dip"])
+            g.add_metric(self.labels, usage[key])
+            yield g
+        counters = (("flows_evicted", "mptcplb_dip_flows_evicted", "Flow table entries the LRU dropped for room"),
+                    ("pool_refilled", "mptcplb_dip_pool_refilled", "Key pool slots refilled with fresh keys"))
+        for key, name, doc in counters:
+            c = CounterMetricFamily(name, doc, labels=["vip", "dip"])
+            c.add_metric(self.labels, usage[key])
+            yield c
+
+
+def serve_metrics(programs, vip: str, dip: int, host: str, port: int):
+    """Serve the DIP's metrics on ``host:port`` in a thread; returns the server (``shutdown()`` it)."""
+    registry = CollectorRegistry()
+    registry.register(DipCollector(programs, vip, dip))
+    server, _thread = start_http_server(port, host, registry)
+    return server
+
+
+__all__ = ["DipCollector", "serve_metrics"]
