@@ -211,6 +211,15 @@ def test_a_punted_syn_is_seeded_for_the_dip_the_hash_picks(raw_config):
     assert mux_status(core)["punts"] == 30 and mux_status(core)["punt_errors"] == 0
 
 
+@pytest.mark.parametrize("total_length", [20, 1500, 0xFFFF])
+def test_a_punted_syn_whose_ip_total_length_lies_is_a_counted_punt_error(raw_config, total_length):
+    core, _ = connected(token_config(raw_config))
+    frame = bytearray(syn_frame(40000))
+    frame[16:18] = total_length.to_bytes(2, "big")
+    assert core.packet_in(DPID, bytes(frame)) == []
+    assert mux_status(core)["punt_errors"] == 1 and mux_status(core)["punts"] == 0
+
+
 def test_a_packet_in_for_no_seed_mode_vip_is_dropped_and_counted(raw_config):
     config = token_config(raw_config, key_source="pool")
     core, _ = connected(config)
