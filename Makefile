@@ -1,13 +1,12 @@
 # Quick start: `make demo` and `make test`. Both bootstrap what a fresh Debian 12 machine lacks.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# nginx-light, curl and mptcpd: stock servers and clients (made MPTCP by mptcpize) for the tests and `make bench`.
 APT_PACKAGES := openvswitch-switch mininet iproute2 ethtool tcpdump procps clang llvm libbpf-dev \
-	python3-venv
-# What `make bench` downloads with: stock nginx and curl, made MPTCP by mptcpd's mptcpize.
-BENCH_PACKAGES := nginx-light curl mptcpd
+	python3-venv nginx-light curl mptcpd
 OUT ?= out
 
-.PHONY: all bootstrap deps bench-deps venv ovs bpf demo test unit bench clean
+.PHONY: all bootstrap deps venv ovs bpf demo test unit bench clean
 
 all: test
 
@@ -25,9 +24,6 @@ endef
 
 deps:
 	$(call apt_install,$(APT_PACKAGES))
-
-bench-deps: deps
-	$(call apt_install,$(BENCH_PACKAGES))
 
 venv: $(VENV)/.installed
 
@@ -50,7 +46,7 @@ test: bootstrap
 unit: venv
 	$(PY) -m pytest -ra tests/unit
 
-bench: bootstrap bench-deps
+bench: bootstrap
 	mkdir -p $(OUT)
 	$(PY) -m bench.run_bench --json $(OUT)/bench.json
 

@@ -40,15 +40,15 @@ import time
 
 import yaml
 
-from bench.download import Blob, StockWebServers, checked_download, route_vip_to, warm_up
+from bench.download import checked_download, route_vip_to, warm_up
 from mininet_topos.harness import Datacenter, require_platform
+from mininet_topos.stock import Blob, StockWebServers
 from mptcp_lb.datapath import PORT_TYPES
 
 BENCH_VIP = "10.9.0.100"
 CLIENT_IP, SERVER_IP, MUX_IP = "10.9.0.1", "10.9.0.2", "10.9.0.254"
 SERVER_MAC = "02:00:00:09:00:02"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def bench_config(mode: str = "port") -> dict:
     """One MUX, one VIP, one DIP (the server host), in the given steering mode."""
@@ -64,11 +64,9 @@ def bench_config(mode: str = "port") -> dict:
         "vips": [vip],
     }
 
-
 def ofctl(*args, stdin: str | None = None) -> str:
     return subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", *args], input=stdin, capture_output=True,
                           text=True, check=True).stdout
-
 
 def install_pipeline(bridge: str, mode: str) -> None:
     """The compiled MUX pipeline for ``mode`` (port or token), as ``mptcp-lb flows`` prints it."""
@@ -84,12 +82,10 @@ def install_pipeline(bridge: str, mode: str) -> None:
     ofctl("add-flows", bridge, "-", stdin="\n".join(flow_text(f) for f in compiled.flows))
     ofctl("add-flow", bridge, "priority=50,in_port=2,actions=output:1")  # DSR return path
 
-
 def install_l2(bridge: str) -> None:
     ofctl("del-flows", bridge)
     ofctl("del-groups", bridge)
     ofctl("add-flow", bridge, "priority=0,actions=NORMAL")
-
 
 def throughput(seconds: float, rounds: int) -> dict:
     """Goodput client -> VIP through one bridge: plain L2 vs the port pipeline vs the token pipeline.
@@ -166,7 +162,6 @@ def throughput(seconds: float, rounds: int) -> dict:
             net.stop()
             restore_other_config(changed)
 
-
 def downloads(size: int, rounds: int, port_types: list[str]) -> dict:
     """Port and token downloads through the demo topology on each port type, each next to plain L2.
 
@@ -224,7 +219,6 @@ def downloads(size: int, rounds: int, port_types: list[str]) -> dict:
                                                / runs[f"{mode}/system"]["lb"]["median_gbps"])
     return out
 
-
 def datapath_flows(few: int, many: int) -> dict:
     from mininet_topos.datacenter import VIP
 
@@ -244,7 +238,6 @@ def datapath_flows(few: int, many: int) -> dict:
         raise RuntimeError(f"{len(failed)} benchmark connections failed: {failed[:3]}")
     return {"connections": [few, many], "vip_datapath_flows": [after_few, after_many],
             "growth_ratio": after_many / max(after_few, 1), "openflow_flows": openflow}
-
 
 def compile_time() -> dict:
     from mptcp_lb.config import DEFAULT_SLOTS, parse_config
@@ -280,7 +273,6 @@ def compile_time() -> dict:
     out["per_dip_ratio_4096_vs_3"] = (out["4096"]["seconds"] / 4096) / (out["3"]["seconds"] / 3)
     return out
 
-
 def consistency(n_dips: int = 8) -> dict:
     """How the slot table moves for ``n_dips`` equal DIPs: removing one, adding a ninth."""
     from mptcp_lb.config import DEFAULT_SLOTS
@@ -297,7 +289,6 @@ def consistency(n_dips: int = 8) -> dict:
             "moved_on_add": len(moved(before, added)) / DEFAULT_SLOTS,
             "expected_on_add": 1 / (n_dips + 1),
             "balance": balance(before)}
-
 
 def failure_detection(rounds: int = 3) -> dict:
     """Seconds from a DIP's link going down to its slots leaving both MUXes, on the demo topology."""
@@ -322,7 +313,6 @@ def failure_detection(rounds: int = 3) -> dict:
         check = dc.config["vips"][0].get("health", {})
     return {"seconds": times, "median_s": statistics.median(times),
             "interval_s": check.get("interval", 0.5), "fall": check.get("fall", 3)}
-
 
 def classifier_cost(repeat: int) -> dict:
     """ns per frame of the classifier (parse, tag, redirect) vs the tap's bare redirect, same frames."""
@@ -352,7 +342,6 @@ def classifier_cost(repeat: int) -> dict:
             out[name] = {"classifier_ns": cls_ns, "redirect_ns": base_ns, "ratio": cls_ns / max(base_ns, 1)}
     return {"repeat": repeat, "per_class": out}
 
-
 def _per_second(seconds: float, run) -> float:
     """How many times ``run()`` completes per second, over about ``seconds``."""
     n, start = 0, time.perf_counter()
@@ -360,7 +349,6 @@ def _per_second(seconds: float, run) -> float:
         run()
         n += 1
     return n / (time.perf_counter() - start)
-
 
 def controller_rates(seconds: float) -> dict:
     """Seed-mode SYNs the controller's core seeds per second, and keys per second drawn on demand or banked."""
@@ -399,10 +387,8 @@ def controller_rates(seconds: float) -> dict:
         keys[f"key_bank_slice_bits_{bits}"] = _per_second(seconds, bank.fill) * BATCH
     return {"seed_syn_per_s": punt_rate, "keys_per_s": keys, "punt_budget_default_pps": config.controller.punt_rate}
 
-
 def _retrans_ratio(token: float, port: float) -> str:
     return "both 0" if token == port == 0 else ("port 0" if port == 0 else f"{token / port:.2f}")
-
 
 def print_downloads(dl: dict, args) -> None:
     print(f"\nDownloads of {args.download_mb} MiB through the demo topology (medians of {args.download_rounds}; "
@@ -419,7 +405,6 @@ def print_downloads(dl: dict, args) -> None:
         print(f"  token / port on {port_type}: goodput {r['goodput']:.2f}, retransmissions/MB "
               f"{_retrans_ratio(*r['sender_retrans_per_mb'])} ({r['sender_retrans_per_mb'][0]:.2f} vs "
               f"{r['sender_retrans_per_mb'][1]:.2f})")
-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -463,7 +448,6 @@ def main(argv=None) -> int:
     print(f"written to {args.json}")
     return 0
 
-
 def print_report(report: dict, args) -> None:
     """The figures, ratios first; sections that did not run are left out."""
     if "downloads" in report:
@@ -500,7 +484,6 @@ def print_report(report: dict, args) -> None:
         print(f"controller: {ctl['seed_syn_per_s']:.0f} SYN(MPC)/s seeded (the classifier punts at most "
               f"{ctl['punt_budget_default_pps']}/s per VIP and MUX by default); keys/s: "
               + ", ".join(f"{k} {v:.0f}" for k, v in ctl["keys_per_s"].items()))
-
 
 if __name__ == "__main__":
     sys.exit(main())

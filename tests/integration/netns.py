@@ -7,6 +7,7 @@ through ``mininet_topos.harness.wait_for``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -29,6 +30,11 @@ def sh(*cmd: str, check: bool = True) -> str:
 def in_ns(ns: str, *cmd: str, check: bool = True) -> str:
     """``sh`` inside network namespace ``ns``."""
     return sh("ip", "netns", "exec", ns, *cmd, check=check)
+
+
+def nstat(ns: str) -> dict[str, int]:
+    """Absolute kernel counters in namespace ``ns`` by name, as ``Datacenter.nstat`` gives a host's."""
+    return json.loads(in_ns(ns, "nstat", "-asz", "--json"))["kernel"]
 
 
 def python_env() -> dict:

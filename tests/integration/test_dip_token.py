@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from mptcp_lb.mptcp_codec import build_key_carrier, key_to_token, make_key, slice_of
-from tests.integration.netns import REPO, WAIT, Namespaces, in_ns, python_env, sh
+from tests.integration.netns import REPO, WAIT, Namespaces, in_ns, nstat, python_env, sh
 from tests.packets import MSS, NOP, SACK_PERM, WSCALE, mp_capable, timestamp
 
 # A Linux SYN's options with room for the key carrier after them: 28 bytes, 40 with the carrier.
@@ -159,10 +159,6 @@ class Capture:
             self.proc.send_signal(signal.SIGTERM)  # ip netns exec execs tcpdump: this reaches it
         self.proc.wait(timeout=WAIT)
         return list(rdpcap(str(self.path)))
-
-
-def nstat(ns: str) -> dict[str, int]:
-    return json.loads(in_ns(ns, "nstat", "-asz", "--json"))["kernel"]
 
 
 def nstat_delta(before: dict, after: dict) -> dict[str, int]:

@@ -25,7 +25,7 @@ import yaml
 
 from mininet_topos.harness import wait_for
 from mptcp_lb.mptcp_codec import second_chance_mac
-from tests.integration.netns import REPO, WAIT, in_ns, python_env, sh
+from tests.integration.netns import REPO, WAIT, in_ns, nstat, python_env, sh
 
 VIP, PORT = "10.77.9.100", 80
 CLIENT_IP, CLIENT_MAC = "10.77.0.100", "02:00:00:77:00:64"
@@ -44,10 +44,6 @@ def config(mode: str) -> dict:
         vip["key_source"] = "pool"
     return {"muxes": [{"name": "mux1", "dpid": 1, "address": "10.77.1.1", "mac": MUX_MAC, "uplink_port": 1,
                        "fabric_port": 2}], "vips": [vip]}
-
-
-def nstat(ns: str) -> dict[str, int]:
-    return json.loads(in_ns(ns, "nstat", "-asz", "--json"))["kernel"]
 
 
 class Bed:
