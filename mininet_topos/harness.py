@@ -364,16 +364,18 @@ class Datacenter:
 
             restore_other_config(self._ovs_config)
             self._ovs_config = {}
-        self.stop_controller()
-        if self.pki is not None:
-            self.pki.stop_using_for_ovs()
-            self.pki = None
         try:
-            from ryu_app.health import ProbeRoutes
+            self.stop_controller()
+        finally:
+            if self.pki is not None:
+                self.pki.stop_using_for_ovs()
+                self.pki = None
+            try:
+                from ryu_app.health import ProbeRoutes
 
-            ProbeRoutes(mgmt_interface(self.prefix)).clear()  # what a killed controller left
-        except Exception:
-            log.exception("removing probe routes")
+                ProbeRoutes(mgmt_interface(self.prefix)).clear()  # what a killed controller left
+            except Exception:
+                log.exception("removing probe routes")
 
     def stop_controller(self, kill: bool = False) -> None:
         """Stop the controller: SIGTERM (it cleans up), or with ``kill`` SIGKILL (a crash)."""
@@ -384,6 +386,8 @@ class Datacenter:
             except subprocess.TimeoutExpired:
                 os.killpg(self.controller.pid, signal.SIGKILL)
                 self.controller.wait()
+                self.controller = None
+                raise RuntimeError("the controller ignored SIGTERM for 10 s (systemd would kill it too)")
         self.controller = None
 
     # ------------------------------------------------------------ use

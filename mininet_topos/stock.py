@@ -7,7 +7,11 @@ is random; the copy curl saved is compared with it byte for byte by
 SHA-256, and the DIPs' own kernel counters say which DIP served the
 download and that every join found its token there.
 
-    with Datacenter(echo=False) as dc, Blob(64 << 20) as blob, StockWebServers(dc, blob) as web:
+Until nginx serves, the health checks hold the DIPs down; ``StockWebServers``
+waits for them to come up and for the slots' move back to end, which takes
+the Datacenter's ``transition_time`` (300 s by default: pass a short one).
+
+    with Datacenter(echo=False, transition_time=5) as dc, Blob(64 << 20) as blob, StockWebServers(dc, blob) as web:
         result = download(dc, "c2", web)
         assert result["verified"] and result["join_token_not_found"] == 0
 """

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import ssl
+import threading
 import time
 
 from os_ken.base import app_manager
@@ -88,6 +89,7 @@ class MptcpLbApp(app_manager.OSKenApp):
         if self.health is not None:
             self.health.start(config)
         self.key_banks_follow_config()
+        self._stopping = threading.Event()
         self.threads.append(hub.spawn(self._audit_loop))
         self.threads.append(hub.spawn(self._keepalive_loop))
 
@@ -106,6 +108,11 @@ class MptcpLbApp(app_manager.OSKenApp):
         for bits in set(banks) - set(wanted):
             banks.pop(bits).stop()
         self.core.key_banks = banks
+
+    def stop(self):
+        # os-ken's native hub cannot kill a thread and stop() joins them all: our loops must end themselves.
+        self._stopping.set()
+        super().stop()
 
     def close(self):
         for bank in self.core.key_banks.values():
@@ -153,14 +160,12 @@ class MptcpLbApp(app_manager.OSKenApp):
             self.send(dp, self.core.audit(dpid, time.monotonic()))
 
     def _audit_loop(self):
-        while True:
-            hub.sleep(self.core.config.controller.audit_interval)
+        while not self._stopping.wait(self.core.config.controller.audit_interval):
             guarded(MptcpLbApp._tick)(self)
 
     def _keepalive_loop(self):
         # Four renewals per lifetime: one lost or late still leaves the flow in place.
-        while True:
-            hub.sleep(PUNT_FLOW_LIFETIME / 4)
+        while not self._stopping.wait(PUNT_FLOW_LIFETIME / 4):
             for dpid, dp in list(self.datapaths.items()):
                 guarded(MptcpLbApp.send)(self, dp, self.core.keepalive(dpid))
 

@@ -19,6 +19,9 @@ from mininet_topos.stock import Blob, StockWebServers, download
 N_DIPS = 3
 SIZE = 16 << 20
 DOWNLOADS = 4
+# The DIPs are down until nginx serves, and their slots' return to them is waited out (no traffic is in
+# flight then, so a short second chance is enough).
+TRANSITION = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,8 @@ def build(mode: str, key_source: str = "pool") -> Datacenter:
     from mininet.log import setLogLevel
 
     setLogLevel("warning")
-    return Datacenter(n_dips=N_DIPS, prefix=f"w{os.getpid() % 1000}", mode=mode, key_source=key_source, echo=False)
+    return Datacenter(n_dips=N_DIPS, prefix=f"w{os.getpid() % 1000}", mode=mode, key_source=key_source, echo=False,
+                      transition_time=TRANSITION)
 
 
 def check_steered(result: dict) -> None:
