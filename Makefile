@@ -1,9 +1,10 @@
 # Quick start: `make demo` and `make test`. Both bootstrap what a fresh Debian 12 machine lacks.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# nginx-light, curl and mptcpd: stock servers and clients (made MPTCP by mptcpize) for the tests and `make bench`.
+# nginx-light, curl and mptcpd: stock servers and clients (made MPTCP by mptcpize) for the tests and `make bench`;
+# systemd: systemd-analyze checks the shipped units.
 APT_PACKAGES := openvswitch-switch mininet iproute2 ethtool tcpdump procps clang llvm libbpf-dev \
-	python3-venv nginx-light curl mptcpd
+	python3-venv nginx-light curl mptcpd systemd
 OUT ?= out
 
 .PHONY: all bootstrap deps venv ovs bpf demo test unit bench clean

@@ -38,6 +38,13 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def cmd_config_reference(args) -> int:
+    from mptcp_lb.config_schema import reference
+
+    sys.stdout.write(reference())
+    return 0
+
+
 def cmd_flows(args) -> int:
     from ovs_flows.compiler import compile_mux
     from ovs_flows.ofctl_text import flow_text, group_text, meter_text
@@ -158,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check-config", help="validate a config file; non-zero exit names each problem")
     s.add_argument("config")
     s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("config-reference", help="print the configuration reference (docs/config.md) in Markdown")
+    s.set_defaults(func=cmd_config_reference)
 
     s = sub.add_parser("flows", help="print a MUX's OpenFlow 1.3 rules in ovs-ofctl syntax")
     s.add_argument("config")

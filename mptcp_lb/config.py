@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
-from mptcp_lb.mptcp_codec import MAX_SLICE_BITS, SERVER_ID_MASK, TAG_PREFIX
+from mptcp_lb import config_schema as schema
+from mptcp_lb.config_schema import MODES, PORT_MODES, TOKEN_MODES
+from mptcp_lb.mptcp_codec import SERVER_ID_MASK, TAG_PREFIX
 
-MODES = ("port", "token", "hybrid")
-PORT_MODES = ("port", "hybrid")  # DIPs own port ranges and announce one port
-TOKEN_MODES = ("token", "hybrid")  # DIPs own token slices and stamp timestamps
+__all__ = ["MODES", "PORT_MODES", "TOKEN_MODES"]  # re-exported: the modes' home is config_schema
 KEY_SOURCES = ("seed", "pool")  # who makes a connection's key: the controller (seed mode), or the DIP's pool
 RENAMED_KEY_SOURCES = {"mux": "seed"}  # old value -> its name now, so an old config says what to write
 # How a MUX hashes packets that carry no steering information:
@@ -86,19 +86,19 @@ class HealthCheck:
     failures ``interval`` apart, each given ``timeout``, then one audit.
     """
 
-    kind: str = "tcp"
+    kind: str = schema.default("vips[].health", "kind")
     port: int | None = None  # default: the VIP's service port
-    path: str = "/"  # http: the request path
-    expect_status: int = 200  # http: the status a healthy DIP answers with
-    interval: float = 0.5
-    timeout: float = 0.5
-    rise: int = 2  # successes in a row that bring a down DIP back
-    fall: int = 3  # failures in a row that take a DIP down
+    path: str = schema.default("vips[].health", "path")  # http: the request path
+    expect_status: int = schema.default("vips[].health", "expect_status")  # http: a healthy DIP's answer
+    interval: float = schema.default("vips[].health", "interval")
+    timeout: float = schema.default("vips[].health", "timeout")
+    rise: int = schema.default("vips[].health", "rise")  # successes in a row that bring a down DIP back
+    fall: int = schema.default("vips[].health", "fall")  # failures in a row that take a DIP down
 
 
-DEFAULT_SLICE_BITS = 8
-DEFAULT_SLOTS = 256  # OVS 3.1: a dp_hash select group stays stable up to 256 buckets
-MAX_MULTIPATH_SLOTS = 4096
+DEFAULT_SLICE_BITS = schema.default("vips[]", "slice_bits")
+DEFAULT_SLOTS = schema.default("vips[]", "slots")  # OVS 3.1: a dp_hash select group stays stable up to 256 buckets
+MAX_MULTIPATH_SLOTS = schema.bounds("vips[]", "slots")[1]
 
 
 @dataclass(frozen=True)
@@ -154,20 +154,22 @@ class TlsSettings:
 
 @dataclass(frozen=True)
 class ControllerSettings:
-    openflow_host: str = "127.0.0.1"
-    openflow_port: int = 6653
-    api_host: str = "127.0.0.1"
-    api_port: int = 8080
-    audit_interval: float = 2.0
-    punt_rate: int = 100  # a seed-mode VIP's SYN(MPC) punts per second per MUX, unless the VIP says (vips[].punt_rate)
-    transition_time: float = 300.0  # seconds a moved slot's packets get a second chance at its old owner
-    probe_interface: str | None = None  # where health probes leave for the DIPs; None: no health checks
-    state_file: str | None = None  # runtime changes (drains, additions, health, transitions) survive restarts here
-    api_token_file: str | None = None  # the REST API's bearer token (0600); the controller needs one to start
-    metrics_host: str = "127.0.0.1"  # Prometheus's read-only listener
-    metrics_port: int = 9180
-    tls: TlsSettings | None = None  # None: OpenFlow over plain TCP
-    icmp_rate: int = 100  # path MTU messages to VIPs copied to their DIPs, per second per MUX
+    """``controller:``; what each setting means, and its default, is in config_schema."""
+
+    openflow_host: str = schema.default("controller", "openflow_host")
+    openflow_port: int = schema.default("controller", "openflow_port")
+    api_host: str = schema.default("controller", "api_host")
+    api_port: int = schema.default("controller", "api_port")
+    audit_interval: float = schema.default("controller", "audit_interval")
+    punt_rate: int = schema.default("controller", "punt_rate")
+    transition_time: float = schema.default("controller", "transition_time")
+    probe_interface: str | None = None
+    state_file: str | None = None
+    api_token_file: str | None = None
+    metrics_host: str = schema.default("controller", "metrics_host")
+    metrics_port: int = schema.default("controller", "metrics_port")
+    tls: TlsSettings | None = None
+    icmp_rate: int = schema.default("controller", "icmp_rate")
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,24 @@ class _Checker:
         for key in sorted(required - set(obj)):
             self.fail(f"{path}.{key}" if path else key, "missing required key")
         return obj
+
+    def keys(self, obj: Any, path: str, section: str, mode: str | None = None) -> dict | None:
+        """``obj`` as a mapping of ``section``'s keys (config_schema), those required present."""
+        return self.mapping(obj, path, *schema.allowed(section, mode))
+
+    def for_mode(self, obj: dict, path: str, section: str, mode: str) -> bool:
+        """No key of ``section`` that belongs to other modes than ``mode``."""
+        wrong = [k for k in obj if k in schema.SECTIONS[section] and mode not in schema.key(section, k).modes]
+        for k in wrong:
+            self.fail(f"{path}.{k}", f"{_r(obj[k])}: only for modes {', '.join(schema.key(section, k).modes)} (mode is {mode})")
+        return not wrong
+
+    def int_key(self, obj: dict, name: str, path: str, section: str) -> int | None:
+        """An integer key within the schema's bounds, or the schema's default."""
+        return self.integer(obj, name, path, *schema.bounds(section, name), schema.default(section, name))
+
+    def seconds_key(self, obj: dict, name: str, path: str, section: str) -> float:
+        return self.number(obj, name, path, *schema.bounds(section, name), schema.default(section, name))
 
     def integer(self, obj: dict, key: str, path: str, lo: int, hi: int, default: int | None = None) -> int | None:
         value = obj.get(key, default)
@@ -296,36 +316,34 @@ class _Checker:
 def _parse_controller(ck: _Checker, raw: Any) -> ControllerSettings:
     if raw is None:
         return ControllerSettings()
-    obj = ck.mapping(raw, "controller", set(),
-                     {"openflow_host", "openflow_port", "api_host", "api_port", "audit_interval", "punt_rate",
-                      "transition_time", "probe_interface", "state_file", "api_token_file", "metrics_host",
-                      "metrics_port", "tls", "icmp_rate"})
+    obj = ck.keys(raw, "controller", "controller")
     if obj is None:
         return ControllerSettings()
     d = ControllerSettings()
+    c = "controller"
     return ControllerSettings(
-        openflow_host=ck.ipv4(obj, "openflow_host", "controller", d.openflow_host) or d.openflow_host,
-        openflow_port=ck.integer(obj, "openflow_port", "controller", 1, 65535, d.openflow_port) or d.openflow_port,
-        api_host=ck.ipv4(obj, "api_host", "controller", d.api_host) or d.api_host,
-        api_port=ck.integer(obj, "api_port", "controller", 0, 65535, d.api_port) or 0,
-        audit_interval=ck.number(obj, "audit_interval", "controller", 0.1, 3600, d.audit_interval),
-        punt_rate=ck.integer(obj, "punt_rate", "controller", 1, 1_000_000, d.punt_rate) or d.punt_rate,
-        transition_time=ck.number(obj, "transition_time", "controller", 0, 86400, d.transition_time),
+        openflow_host=ck.ipv4(obj, "openflow_host", c, d.openflow_host) or d.openflow_host,
+        openflow_port=ck.int_key(obj, "openflow_port", c, c) or d.openflow_port,
+        api_host=ck.ipv4(obj, "api_host", c, d.api_host) or d.api_host,
+        api_port=ck.int_key(obj, "api_port", c, c) or 0,
+        audit_interval=ck.seconds_key(obj, "audit_interval", c, c),
+        punt_rate=ck.int_key(obj, "punt_rate", c, c) or d.punt_rate,
+        transition_time=ck.seconds_key(obj, "transition_time", c, c),
         probe_interface=ck.text(obj, "probe_interface", "controller", r"[A-Za-z0-9_.:@-]{1,15}",
                                 "an interface name (1-15 characters)"),
         state_file=ck.text(obj, "state_file", "controller", r"/[^\0]*[^/]", "an absolute file path"),
         api_token_file=ck.text(obj, "api_token_file", "controller", r"/[^\0]*[^/]", "an absolute file path"),
         metrics_host=ck.ipv4(obj, "metrics_host", "controller", d.metrics_host) or d.metrics_host,
-        metrics_port=ck.integer(obj, "metrics_port", "controller", 0, 65535, d.metrics_port) or 0,
+        metrics_port=ck.int_key(obj, "metrics_port", c, c) or 0,
         tls=_parse_tls(ck, obj.get("tls")),
-        icmp_rate=ck.integer(obj, "icmp_rate", "controller", 1, 100_000, d.icmp_rate) or d.icmp_rate,
+        icmp_rate=ck.int_key(obj, "icmp_rate", c, c) or d.icmp_rate,
     )
 
 
 def _parse_tls(ck: _Checker, raw: Any) -> TlsSettings | None:
     if raw is None:
         return None
-    obj = ck.mapping(raw, "controller.tls", {"privkey", "cert", "ca_cert"}, set())
+    obj = ck.keys(raw, "controller.tls", "controller.tls")
     if obj is None:
         return None
     paths = {k: ck.text(obj, k, "controller.tls", r"/[^\0]*[^/]", "an absolute file path")
@@ -337,8 +355,8 @@ def _parse_health(ck: _Checker, raw: Any, path: str) -> HealthCheck | None:
     d = HealthCheck()
     if raw is None:
         return d
-    obj = ck.mapping(raw, path, set(), {"kind", "port", "path", "expect_status", "interval", "timeout",
-                                        "rise", "fall"})
+    h = "vips[].health"
+    obj = ck.keys(raw, path, h)
     if obj is None:
         return None
     kind = obj.get("kind", d.kind)
@@ -351,34 +369,34 @@ def _parse_health(ck: _Checker, raw: Any, path: str) -> HealthCheck | None:
                 ck.fail(f"{path}.{key}", f"{_r(obj[key])}: only for kind http (kind is {kind})")
                 return None
     before = len(ck.problems)
-    interval = ck.number(obj, "interval", path, 0.05, 3600, d.interval)
-    timeout = ck.number(obj, "timeout", path, 0.01, 3600, d.timeout)
+    interval = ck.seconds_key(obj, "interval", path, h)
+    timeout = ck.seconds_key(obj, "timeout", path, h)
     if len(ck.problems) == before and timeout > interval:
         ck.fail(f"{path}.timeout", f"{timeout:g} is longer than the interval {interval:g}")
     check = HealthCheck(
         kind=kind,
-        port=ck.integer(obj, "port", path, 1, 65535),
+        port=ck.int_key(obj, "port", path, h),
         path=ck.text(obj, "path", path, r"/[\x21-\x7e]{0,255}", "a request path like /healthz") or d.path,
-        expect_status=ck.integer(obj, "expect_status", path, 100, 599, d.expect_status) or d.expect_status,
+        expect_status=ck.int_key(obj, "expect_status", path, h) or d.expect_status,
         interval=interval, timeout=timeout,
-        rise=ck.integer(obj, "rise", path, 1, 100, d.rise) or d.rise,
-        fall=ck.integer(obj, "fall", path, 1, 100, d.fall) or d.fall,
+        rise=ck.int_key(obj, "rise", path, h) or d.rise,
+        fall=ck.int_key(obj, "fall", path, h) or d.fall,
     )
     return None if len(ck.problems) > before else check
 
 
 def _parse_mux(ck: _Checker, raw: Any, path: str) -> Mux | None:
-    obj = ck.mapping(raw, path, {"name", "dpid", "address", "mac", "uplink_port", "fabric_port"},
-                     {"pin_address", "pin_cert_sha256"})
+    m = "muxes[]"
+    obj = ck.keys(raw, path, m)
     if obj is None:
         return None
     fields = dict(
         name=ck.name(obj, "name", path),
-        dpid=ck.integer(obj, "dpid", path, 1, 2**64 - 1),
+        dpid=ck.int_key(obj, "dpid", path, m),
         address=ck.ipv4(obj, "address", path),
         mac=ck.mac(obj, "mac", path),
-        uplink_port=ck.integer(obj, "uplink_port", path, 1, 0xFFFFFF00),
-        fabric_port=ck.integer(obj, "fabric_port", path, 1, 0xFFFFFF00),
+        uplink_port=ck.int_key(obj, "uplink_port", path, m),
+        fabric_port=ck.int_key(obj, "fabric_port", path, m),
     )
     pins = {"pin_address": ck.ipv4(obj, "pin_address", path),
             "pin_cert_sha256": ck.text(obj, "pin_cert_sha256", path, r"(?:[0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}",
@@ -420,14 +438,11 @@ def _slices(ck: _Checker, obj: dict, path: str, slice_bits: int) -> frozenset[in
 
 def parse_dip(ck: _Checker, raw: Any, path: str, mode: str = "port", slice_bits: int = 8) -> Dip | None:
     uses_ports = mode in PORT_MODES
-    optional = {"announce_port", "state", "weight", "ports"} if not uses_ports else {"announce_port", "state", "weight"}
-    if mode in TOKEN_MODES:
-        optional.add("slices")
-    required = {"id", "address", "mac"} | ({"ports"} if uses_ports else set())
-    obj = ck.mapping(raw, path, required, optional)
-    if obj is None:
+    sec = "vips[].dips[]"
+    obj = ck.keys(raw, path, sec, mode)
+    if obj is None or not ck.for_mode(obj, path, sec, mode):
         return None
-    dip_id = ck.integer(obj, "id", path, 1, MAX_DIP_ID)
+    dip_id = ck.int_key(obj, "id", path, sec)
     address = ck.ipv4(obj, "address", path)
     if address is not None and not ck.unicast_host(address, f"{path}.address"):
         address = None
@@ -438,14 +453,10 @@ def parse_dip(ck: _Checker, raw: Any, path: str, mode: str = "port", slice_bits:
         return None
     slices = _slices(ck, obj, path, slice_bits)
     ports = announce = None
-    if not uses_ports:
-        for key in ("ports", "announce_port"):
-            if key in obj:
-                ck.fail(f"{path}.{key}", f"{_r(obj[key])}: mode {mode} announces no ports (remove {key})")
-                return None
-    else:
+    if uses_ports:
         ports = ck.port_range(obj, "ports", path)
-        announce = ck.integer(obj, "announce_port", path, 1, 65535, ports.start if ports else None)
+        announce = ck.integer(obj, "announce_port", path, *schema.bounds(sec, "announce_port"),
+                              ports.start if ports else None)
         if ports is not None and announce is not None and announce not in ports:
             ck.fail(f"{path}.announce_port", f"{announce} is outside the DIP's ports {ports}")
             return None
@@ -453,7 +464,7 @@ def parse_dip(ck: _Checker, raw: Any, path: str, mode: str = "port", slice_bits:
             return None
     if None in (dip_id, address, mac, slices):
         return None
-    weight = ck.integer(obj, "weight", path, 1, 1000, 1)
+    weight = ck.int_key(obj, "weight", path, sec)
     if weight is None:
         return None
     return Dip(id=dip_id, address=address, mac=mac, ports=ports, announce_port=announce, state=state,
@@ -513,29 +524,27 @@ def assign_slices(dips: list[Dip], slice_bits: int) -> list[Dip]:
 
 
 def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
-    obj = ck.mapping(raw, path, {"name", "address", "port", "dips"},
-                     {"mode", "key_source", "slice_bits", "hash", "slots", "health", "punt_rate"})
+    sec = "vips[]"
+    obj = ck.keys(raw, path, sec)
     if obj is None:
         return None
     name = ck.name(obj, "name", path)
     address = ck.ipv4(obj, "address", path)
-    port = ck.integer(obj, "port", path, 1, 65535)
-    mode = obj.get("mode", "port")
+    port = ck.int_key(obj, "port", path, sec)
+    mode = obj.get("mode", schema.default(sec, "mode"))
     if mode not in MODES:
         ck.fail(f"{path}.mode", f"{_r(mode)} is not one of {', '.join(MODES)}")
         return None
-    key_source = obj.get("key_source", "seed")
+    key_source = obj.get("key_source", schema.default(sec, "key_source"))
     if key_source in RENAMED_KEY_SOURCES:
         ck.fail(f"{path}.key_source", f"{_r(key_source)} was renamed {_r(RENAMED_KEY_SOURCES[key_source])}")
         return None
     if key_source not in KEY_SOURCES:
         ck.fail(f"{path}.key_source", f"{_r(key_source)} is not one of {', '.join(KEY_SOURCES)}")
         return None
-    for key in ("key_source", "slice_bits"):
-        if key in obj and mode not in TOKEN_MODES:
-            ck.fail(f"{path}.{key}", f"{_r(obj[key])}: only for modes {', '.join(TOKEN_MODES)} (mode is {mode})")
-            return None
-    slice_bits = ck.integer(obj, "slice_bits", path, 1, MAX_SLICE_BITS, DEFAULT_SLICE_BITS)
+    if not ck.for_mode(obj, path, sec, mode):
+        return None
+    slice_bits = ck.int_key(obj, "slice_bits", path, sec)
     if slice_bits is None:
         return None
     seeded = mode in TOKEN_MODES and key_source == "seed"
@@ -551,14 +560,14 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
         # Fewer buckets than 256 would map OVS's power-of-two hash values onto them unevenly.
         slots = ck.integer(obj, "slots", path, DEFAULT_SLOTS, DEFAULT_SLOTS, DEFAULT_SLOTS)
     else:
-        slots = ck.integer(obj, "slots", path, 1, MAX_MULTIPATH_SLOTS, DEFAULT_SLOTS)
+        slots = ck.int_key(obj, "slots", path, sec)
     health = _parse_health(ck, obj.get("health"), f"{path}.health")
     if slots is None or health is None:
         return None
     if "punt_rate" in obj and not seeded:
         ck.fail(f"{path}.punt_rate", f"{_r(obj['punt_rate'])}: only for key_source seed")
         return None
-    punt_rate = ck.integer(obj, "punt_rate", path, 1, 1_000_000)
+    punt_rate = ck.int_key(obj, "punt_rate", path, sec)
     raw_dips = obj.get("dips")
     dips: list[Dip] = []
     if raw_dips is not None:
@@ -615,7 +624,7 @@ def _check_unique(ck: _Checker, items: list, key: str, what: str) -> None:
 def parse_config(raw: Any) -> Config:
     """Validate a parsed YAML document; raise ConfigError naming every problem."""
     ck = _Checker()
-    if ck.mapping(raw, "", {"muxes", "vips"}, {"controller"}) is None:
+    if ck.keys(raw, "", "") is None:
         raise ConfigError(ck.problems)
     controller = _parse_controller(ck, raw.get("controller"))
     muxes = _parse_list(ck, raw, "muxes", _parse_mux)

@@ -109,10 +109,10 @@ class MptcpLbApp(app_manager.OSKenApp):
             banks.pop(bits).stop()
         self.core.key_banks = banks
 
-    def stop(self):
-        # os-ken's native hub cannot kill a thread and stop() joins them all: our loops must end themselves.
+    def shut_down(self) -> None:
+        """End the loops, close the listeners, stop the key banks and probing (ryu_app/launch.py, on SIGTERM)."""
         self._stopping.set()
-        super().stop()
+        self.close()
 
     def close(self):
         for bank in self.core.key_banks.values():

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
-import sys
 
 from mptcp_lb.config import Config
 
@@ -32,7 +32,26 @@ def run_controller(config: Config, config_path: str) -> None:
     # connection for a dpid a live one holds).
     cfg.CONF.set_override("echo_request_interval", 1.0)
     cfg.CONF.set_override("maximum_unreplied_echo_requests", 3)
-    # SIGTERM (systemd's stop) ends run_apps through its finally: the app closes its API and
-    # removes its probe routes, where the default action would leave them behind.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    # SIGTERM (systemd's stop) and SIGINT: the app closes its listeners and removes its probe routes,
+    # then the process ends. os-ken's own teardown cannot be used: with its native hub it joins
+    # threads it has no way to stop (a connected switch's), then calls a kill() its threads lack.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _shut_down)
     AppManager.run_apps([APP_MODULE])
+
+
+def _shut_down(signum, frame) -> None:
+    from os_ken.base.app_manager import AppManager
+
+    log = logging.getLogger(__name__)
+    log.info("%s: shutting down", signal.Signals(signum).name)
+    code = 0
+    try:
+        for app in list(AppManager.get_instance().applications.values()):
+            if hasattr(app, "shut_down"):
+                app.shut_down()
+    except Exception:
+        log.exception("shutting down")
+        code = 1
+    logging.shutdown()
+    os._exit(code)

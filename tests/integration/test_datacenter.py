@@ -334,3 +334,25 @@ def test_fragmentation_needed_to_the_vip_reaches_every_dip_within_the_meter(dc):
                             text=True, check=True).stdout
     (dropped,) = re.findall(r"meter:2 .*?bands:\s+0: packet_count:(\d+)", meters, re.S)
     assert int(dropped) >= burst - max(grown), meters
+
+
+def probe_rules() -> list[str]:
+    from ryu_app.health import RULE_PRIORITY
+
+    out = subprocess.run(["ip", "rule", "show"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.startswith(f"{RULE_PRIORITY}:")]
+
+
+def test_sigterm_stops_the_controller_at_once_and_takes_its_probe_routes_with_it(dc):
+    """systemd's stop, with both MUXes connected: exit status 0 (the harness fails a controller it must
+    SIGKILL), no policy rule left behind; started again, it carries on and the routes come back."""
+    assert probe_rules(), "the health checks' policy rules are in place while the controller runs"
+    controller = dc.controller
+    dc.stop_controller()
+    assert controller.returncode == 0, dc.controller_log()[-2000:]
+    assert "SIGTERM: shutting down" in dc.controller_log()
+    assert probe_rules() == []
+    dc.start_controller()
+    dc.wait_programmed()
+    dc.wait_healthy()
+    assert probe_rules()

@@ -159,7 +159,7 @@ def test_mode_specific_keys(raw_config):
     raw = token_vip(raw_config)
     raw["vips"][0].pop("key_source")
     raw["vips"][0]["dips"][0]["ports"] = "4096-8191"
-    assert problems(raw) == ["vips[0].dips[0].ports: '4096-8191': mode token announces no ports (remove ports)"]
+    assert problems(raw) == ["vips[0].dips[0].ports: '4096-8191': only for modes port, hybrid (mode is token)"]
     raw["vips"][0]["dips"][0].pop("ports")
     raw["vips"][0]["key_source"] = "dice"
     assert problems(raw) == ["vips[0].key_source: 'dice' is not one of seed, pool"]
