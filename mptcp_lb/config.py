@@ -19,7 +19,6 @@ from mptcp_lb import config_schema as schema
 from mptcp_lb.config_schema import MODES, PORT_MODES, TOKEN_MODES
 from mptcp_lb.mptcp_codec import SERVER_ID_MASK, TAG_PREFIX
 
-__all__ = ["MODES", "PORT_MODES", "TOKEN_MODES"]  # re-exported: the modes' home is config_schema
 KEY_SOURCES = ("seed", "pool")  # who makes a connection's key: the controller (seed mode), or the DIP's pool
 RENAMED_KEY_SOURCES = {"mux": "seed"}  # old value -> its name now, so an old config says what to write
 # How a MUX hashes packets that carry no steering information:
@@ -222,7 +221,8 @@ class _Checker:
         """No key of ``section`` that belongs to other modes than ``mode``."""
         wrong = [k for k in obj if k in schema.SECTIONS[section] and mode not in schema.key(section, k).modes]
         for k in wrong:
-            self.fail(f"{path}.{k}", f"{_r(obj[k])}: only for modes {', '.join(schema.key(section, k).modes)} (mode is {mode})")
+            modes = ", ".join(schema.key(section, k).modes)
+            self.fail(f"{path}.{k}", f"{_r(obj[k])}: only for modes {modes} (mode is {mode})")
         return not wrong
 
     def int_key(self, obj: dict, name: str, path: str, section: str) -> int | None:
