@@ -378,7 +378,10 @@ class Datacenter:
                 log.exception("removing probe routes")
 
     def stop_controller(self, kill: bool = False) -> None:
-        """Stop the controller: SIGTERM (it cleans up), or with ``kill`` SIGKILL (a crash)."""
+        """Stop the controller: SIGTERM (it cleans up), or with ``kill`` SIGKILL (a crash).
+
+        A controller still running 10 s after SIGTERM is killed, and RuntimeError says so: a bug.
+        """
         if self.controller is not None and self.controller.poll() is None:
             os.killpg(self.controller.pid, signal.SIGKILL if kill else signal.SIGTERM)
             try:
