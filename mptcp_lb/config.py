@@ -17,7 +17,7 @@ import yaml
 
 from mptcp_lb import config_schema as schema
 from mptcp_lb.config_schema import MODES, PORT_MODES, TOKEN_MODES
-from mptcp_lb.mptcp_codec import SERVER_ID_MASK, TAG_PREFIX
+from mptcp_lb.mptcp_codec import TAG_PREFIX
 
 KEY_SOURCES = ("seed", "pool")  # who makes a connection's key: the controller (seed mode), or the DIP's pool
 RENAMED_KEY_SOURCES = {"mux": "seed"}  # old value -> its name now, so an old config says what to write
@@ -26,7 +26,6 @@ RENAMED_KEY_SOURCES = {"mux": "seed"}  # old value -> its name now, so an old co
 #  multipath: a plain flow (installable without groups) whose choice the controller can
 #             predict exactly (ovs_flows/ovs_hash.py); megaflows then match the L4 ports.
 HASH_METHODS = ("dp_hash", "multipath")
-MAX_DIP_ID = SERVER_ID_MASK  # the server ID a DIP stamps into TCP timestamps
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
 
@@ -440,8 +439,9 @@ def parse_dip(ck: _Checker, raw: Any, path: str, mode: str = "port", slice_bits:
     uses_ports = mode in PORT_MODES
     sec = "vips[].dips[]"
     obj = ck.keys(raw, path, sec, mode)
-    if obj is None or not ck.for_mode(obj, path, sec, mode):
+    if obj is None:
         return None
+    for_mode = ck.for_mode(obj, path, sec, mode)  # and go on: every other problem is named too
     dip_id = ck.int_key(obj, "id", path, sec)
     address = ck.ipv4(obj, "address", path)
     if address is not None and not ck.unicast_host(address, f"{path}.address"):
@@ -462,7 +462,7 @@ def parse_dip(ck: _Checker, raw: Any, path: str, mode: str = "port", slice_bits:
             return None
         if ports is None or announce is None:
             return None
-    if None in (dip_id, address, mac, slices):
+    if None in (dip_id, address, mac, slices) or not for_mode:
         return None
     weight = ck.int_key(obj, "weight", path, sec)
     if weight is None:

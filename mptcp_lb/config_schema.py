@@ -63,7 +63,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         Key("punt_rate", "integer", "The default punt budget of a seed-mode VIP: SYN + MP_CAPABLE per second per "
             "MUX.", 100, (1, 1_000_000)),
         Key("icmp_rate", "integer", "ICMP \"fragmentation needed\" messages to a VIP that a MUX copies to the "
-            "VIP's DIPs, per second (an OpenFlow meter).", 100, (1, 100_000)),
+            "VIP's DIPs, per second per MUX (an OpenFlow meter).", 100, (1, 100_000)),
         Key("transition_time", "seconds", "How long a moved slot gives its connections a second chance at their "
             "old DIP (0 turns second chance off).", 300.0, (0, 86400)),
         Key("probe_interface", "interface name", "The controller host's interface on the DIPs' L2 network, where "
@@ -98,7 +98,8 @@ SECTIONS: dict[str, dict[str, Key]] = {
         Key("mode", "`port`, `token` or `hybrid`", "The steering scheme.", "port"),
         Key("hash", "`dp_hash` or `multipath`", "How packets without steering information are hashed. `dp_hash` "
             "uses an OVS select group (megaflows do not grow per connection); `multipath` a plain flow whose "
-            "choice the controller can predict, required by seed mode (then also the default).", "dp_hash"),
+            "choice the controller can predict, required by seed mode (then also the default). MUX hosts must "
+            "agree on the hash: on the kernel datapath use `multipath` (docs/operating.md).", "dp_hash"),
         Key("slots", "integer", "The slot table's size: exactly 256 with `dp_hash` (the most OVS 3.1 keeps "
             "stable), 1..4096 with `multipath`. No more active DIPs than slots.", 256, (1, 4096)),
         Key("health", "mapping", "How the controller probes the DIPs (defaults: TCP connect every 0.5 s)."),

@@ -24,7 +24,7 @@ from os_ken.ofproto import ofproto_v1_3
 
 from ovs_flows.compiler import PUNT_FLOW_LIFETIME
 from ovs_flows.reconcile import flow_identities
-from ryu_app import state_file
+from ryu_app import launch, state_file
 from ryu_app.api import ApiServer, MetricsServer, TokenFileError, read_token
 from ryu_app.core import LbCore
 from ryu_app.health import HealthChecks
@@ -63,6 +63,9 @@ class MptcpLbApp(app_manager.OSKenApp):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._stopping = threading.Event()
+        self.api = self.metrics = self.health = None
+        launch.at_shutdown(self.shut_down)  # from here on: a SIGTERM while starting undoes what is started
         path = os.environ.get(CONFIG_ENV)
         if not path:
             raise RuntimeError(f"set {CONFIG_ENV} to the mptcp-lb YAML config path")
@@ -89,9 +92,8 @@ class MptcpLbApp(app_manager.OSKenApp):
         if self.health is not None:
             self.health.start(config)
         self.key_banks_follow_config()
-        self._stopping = threading.Event()
-        self.threads.append(hub.spawn(self._audit_loop))
-        self.threads.append(hub.spawn(self._keepalive_loop))
+        self._loops = [hub.spawn(self._audit_loop), hub.spawn(self._keepalive_loop)]
+        self.threads.extend(self._loops)
 
     def key_banks_follow_config(self) -> None:
         """A running KeyBank for each slice width seed-mode VIPs use, stocking their DIPs' slices."""
@@ -112,16 +114,24 @@ class MptcpLbApp(app_manager.OSKenApp):
     def shut_down(self) -> None:
         """End the loops, close the listeners, stop the key banks and probing (ryu_app/launch.py, on SIGTERM)."""
         self._stopping.set()
+        for loop in getattr(self, "_loops", []):
+            loop.join(2)  # one mid-audit finishes it
         self.close()
 
     def close(self):
-        for bank in self.core.key_banks.values():
-            bank.stop()
-        self.api.stop()
-        self.metrics.stop()
-        if self.health is not None:
-            self.health.stop()
+        """Every part is stopped even if one fails to; the probe routes go last, after anything that adds them."""
+        parts = [bank.stop for bank in getattr(getattr(self, "core", None), "key_banks", {}).values()]
+        parts += [part.stop for part in (self.api, self.metrics, self.health) if part is not None]
+        failed = None
+        for stop in parts:
+            try:
+                stop()
+            except Exception as e:
+                log.exception("stopping %s", stop)
+                failed = failed or e
         super().close()
+        if failed is not None:
+            raise failed
 
     # ------------------------------------------------------------ runtime changes
 

@@ -294,9 +294,15 @@ class HealthChecks:
         self.prober = Prober(report, clock=time.monotonic)
         self.ready = False  # the routes are in place
         self._said_paused = False  # say so once, not every retry
+        self._lock = threading.Lock()  # update() against stop(): no route may come back after stop() cleared
+        self._stopped = False
 
     def update(self, config) -> bool:
         """Routes and targets for ``config``; False (logged) when the routes cannot be set up yet."""
+        with self._lock:
+            return False if self._stopped else self._update(config)
+
+    def _update(self, config) -> bool:
         from pyroute2.netlink.exceptions import NetlinkError
 
         checked = [v for v in config.vips if v.health.kind != "none"]
@@ -330,8 +336,12 @@ class HealthChecks:
         self.prober.start()
 
     def stop(self) -> None:
-        self.prober.stop()
-        self.routes.clear()
+        with self._lock:
+            self._stopped = True
+        try:
+            self.prober.stop()
+        finally:
+            self.routes.clear()
 
 
 __all__ = ["DipHealth", "Target", "probe", "ProbeRoutes", "Prober", "HealthChecks", "UNKNOWN", "UP", "DOWN"]

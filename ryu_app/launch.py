@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from typing import Callable
 
 from mptcp_lb.config import Config
 
@@ -40,18 +41,23 @@ def run_controller(config: Config, config_path: str) -> None:
     AppManager.run_apps([APP_MODULE])
 
 
-def _shut_down(signum, frame) -> None:
-    from os_ken.base.app_manager import AppManager
+_shutdown_hooks: list[Callable[[], None]] = []
 
+
+def at_shutdown(hook: Callable[[], None]) -> None:
+    """Run ``hook`` on SIGTERM/SIGINT, before the process ends (the app registers as it starts)."""
+    _shutdown_hooks.append(hook)
+
+
+def _shut_down(signum, frame) -> None:
     log = logging.getLogger(__name__)
     log.info("%s: shutting down", signal.Signals(signum).name)
     code = 0
-    try:
-        for app in list(AppManager.get_instance().applications.values()):
-            if hasattr(app, "shut_down"):
-                app.shut_down()
-    except Exception:
-        log.exception("shutting down")
-        code = 1
+    for hook in _shutdown_hooks:
+        try:
+            hook()
+        except Exception:
+            log.exception("shutting down")
+            code = 1
     logging.shutdown()
     os._exit(code)

@@ -102,10 +102,11 @@ def test_stat_names_follow_the_enum(header, enum, names):
 
 
 def test_python_limits_derive_from_the_shared_constants():
-    from mptcp_lb import config
+    from mptcp_lb import config_schema
     from ovs_flows import compiler
 
-    assert config.MAX_DIP_ID == mc.SERVER_ID_MASK
+    assert config_schema.bounds("vips[].dips[]", "id") == (1, mc.SERVER_ID_MASK)
+    assert config_schema.bounds("vips[]", "slice_bits") == (1, mc.MAX_SLICE_BITS)
     assert compiler.TAG_CLASS_MASK == mc.TAG_CLASS_MASK == "ff:ff:ff:00:00:00"
 
 
