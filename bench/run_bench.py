@@ -72,12 +72,15 @@ def install_pipeline(bridge: str, mode: str) -> None:
     """The compiled MUX pipeline for ``mode`` (port or token), as ``mptcp-lb flows`` prints it."""
     from mptcp_lb.config import parse_config
     from ovs_flows.compiler import compile_mux
-    from ovs_flows.ofctl_text import flow_text, group_text
+    from ovs_flows.ofctl_text import flow_text, group_text, meter_text
 
     config = parse_config(bench_config(mode))
     compiled = compile_mux(config, config.muxes[0])
     ofctl("del-flows", bridge)
     ofctl("del-groups", bridge)
+    ofctl("del-meters", bridge)
+    for meter in compiled.meters:  # meters, then groups, then the flows that use them; one meter per call
+        ofctl("add-meter", bridge, meter_text(meter))
     ofctl("add-groups", bridge, "-", stdin="\n".join(group_text(g) for g in compiled.groups))
     ofctl("add-flows", bridge, "-", stdin="\n".join(flow_text(f) for f in compiled.flows))
     ofctl("add-flow", bridge, "priority=50,in_port=2,actions=output:1")  # DSR return path
