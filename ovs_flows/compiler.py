@@ -224,15 +224,18 @@ def punt_meter(rate: int):
     budgets, is the backstop for a MUX whose classifier was loaded without
     them. OVS's userspace meters can only drop.
     """
-    return parser.OFPMeterMod(datapath=None, command=ofp.OFPMC_ADD, flags=ofp.OFPMF_PKTPS | ofp.OFPMF_BURST,
-                              meter_id=PUNT_METER,
-                              bands=[parser.OFPMeterBandDrop(rate=rate, burst_size=rate)])
+    return _drop_meter(PUNT_METER, rate)
 
 
 def icmp_meter(rate: int):
     """Path MTU messages to the VIPs, at most ``rate`` per second per MUX: each is copied to every DIP."""
+    return _drop_meter(ICMP_METER, rate)
+
+
+def _drop_meter(meter_id: int, rate: int):
+    """A meter passing ``rate`` packets per second, with a burst of one second's worth, and dropping the rest."""
     return parser.OFPMeterMod(datapath=None, command=ofp.OFPMC_ADD, flags=ofp.OFPMF_PKTPS | ofp.OFPMF_BURST,
-                              meter_id=ICMP_METER, bands=[parser.OFPMeterBandDrop(rate=rate, burst_size=rate)])
+                              meter_id=meter_id, bands=[parser.OFPMeterBandDrop(rate=rate, burst_size=rate)])
 
 
 def pmtu_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
