@@ -2,9 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # nginx-light, curl and mptcpd: stock servers and clients (made MPTCP by mptcpize) for the tests and `make bench`;
-# systemd: systemd-analyze checks the shipped units.
+# systemd: systemd-analyze checks the shipped units; bird2: the router's and the MUXes' BGP speakers (`demo --bgp`).
 APT_PACKAGES := openvswitch-switch mininet iproute2 ethtool tcpdump procps clang llvm libbpf-dev \
-	python3-venv nginx-light curl mptcpd systemd
+	python3-venv nginx-light curl mptcpd systemd bird2
 OUT ?= out
 
 .PHONY: all bootstrap deps venv ovs bpf demo test unit bench clean

@@ -37,6 +37,17 @@ CLIENT_NETS = {  # one /24 per client path
 MUX_NETS = ("10.1.1", "10.1.2")  # router <-> mux link nets; .1 is the MUX, .254 the router
 FABRIC_NET = "10.2.0"  # DIPs are .1..N, the controller's management port .250, the router .254
 MGMT_ADDRESS = f"{FABRIC_NET}.250"
+# BGP (``bgp=True``): each MUX's speaker is .2 on its link net, on port 3 of its bridge.
+ROUTER_ASN, MUX_ASN = 65000, 65001
+SPEAKER_PORT = 3
+
+
+def speaker_address(i: int) -> str:
+    return f"{MUX_NETS[i - 1]}.2"
+
+
+def speaker_mac(i: int) -> str:
+    return f"02:00:00:01:01:{i:02x}"
 
 
 def dip_mac(i: int) -> str:
@@ -69,8 +80,10 @@ def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080, mode
                     key_source: str = "seed", punt_rate: int = 100, prefix: str = "",
                     state_file: str | None = None, transition_time: float = 300.0,
                     explicit_slices: bool = False, api_token_file: str | None = None,
-                    metrics_port: int = 9180) -> dict:
+                    metrics_port: int = 9180, bgp: bool = False) -> dict:
     """The mptcp-lb config (as a YAML-ready dict) matching this topology.
+
+    ``bgp`` gives each MUX its BGP speaker (``muxes[].bgp``), as ``DatacenterTopo(bgp=True)`` wires them.
 
     ``explicit_slices`` writes each DIP's token slices out (equal blocks by
     id, what validation assigns anyway), so a config that leaves some DIPs
@@ -97,7 +110,9 @@ def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080, mode
                        **({"api_token_file": api_token_file} if api_token_file else {})},
         "muxes": [
             {"name": f"mux{i}", "dpid": 0x1000 + i, "address": f"{MUX_NETS[i - 1]}.1",
-             "mac": mux_mac(i), "uplink_port": 1, "fabric_port": 2}
+             "mac": mux_mac(i), "uplink_port": 1, "fabric_port": 2,
+             **({"bgp": {"speaker_port": SPEAKER_PORT, "address": speaker_address(i), "mac": speaker_mac(i),
+                         "peer": f"{MUX_NETS[i - 1]}.254", "asn": MUX_ASN, "peer_asn": ROUTER_ASN}} if bgp else {})}
             for i in (1, 2)
         ],
         "vips": [vip],
@@ -184,9 +199,13 @@ class Client(Host):
 
 
 class BorderRouter(Host):
-    """Routes the VIP to both MUXes with ECMP on an L4 hash, and DSR replies to the client."""
+    """Routes the VIP to both MUXes with ECMP on an L4 hash, and DSR replies to the client.
 
-    def config(self, rps_cpus=0, **params):
+    The VIP's route is static (``set_vip_route``), or with ``bgp`` learnt from
+    the MUXes' speakers by the BIRD that ``router_bird_config`` configures.
+    """
+
+    def config(self, rps_cpus=0, bgp=False, **params):
         r = super().config(**params)
         tune_interfaces(self, rps_cpus)
         for key in ("ip_forward=1", "conf.all.rp_filter=0", "conf.default.rp_filter=0",
@@ -194,7 +213,8 @@ class BorderRouter(Host):
             self.cmd(f"sysctl -qw net.ipv4.{key}")
         for intf in self.intfList():
             self.cmd(f"sysctl -qw net.ipv4.conf.{intf.name.replace('.', '/')}.rp_filter=0")
-        self.set_vip_route()
+        if not bgp:
+            self.set_vip_route()
         return r
 
     def set_client_link_mtu(self, client: Host, mtu: int) -> None:
@@ -208,6 +228,46 @@ class BorderRouter(Host):
         hops = [(i, net) for i, net in enumerate(MUX_NETS, start=1) if only_mux in (None, i)]
         nexthops = " ".join(f"nexthop via {net}.1 dev {self.name}-eth{1 + i}" for i, net in hops)
         self.cmd(f"ip route replace {VIP}/32 {nexthops}")
+
+
+def router_bird_config(prefix: str = "") -> str:
+    """The border router's BIRD 2: an eBGP session with BFD to each MUX's speaker, their routes merged into ECMP.
+
+    ``merge paths`` puts every equally good route to the VIP into the
+    kernel as one multipath route, which the kernel hashes on L4
+    (``fib_multipath_hash_policy=1``) as the static route does.
+    """
+    sessions = "".join(f"""
+protocol bgp mux{i} {{
+	local {net}.254 as {ROUTER_ASN};
+	neighbor {speaker_address(i)} as {MUX_ASN};
+	hold time 3;
+	keepalive time 1;
+	connect retry time 1;
+	error wait time 1, 4;
+	bfd on;
+	ipv4 {{ import all; export none; }};
+}}
+""" for i, net in enumerate(MUX_NETS, start=1))
+    return f"""router id {MUX_NETS[0]}.254;
+protocol device {{ }}
+protocol kernel {{
+	ipv4 {{ import none; export all; }};
+	merge paths on;
+}}
+protocol bfd {{
+	interface "{prefix}r0-eth*" {{ interval 100 ms; multiplier 3; }};
+}}
+{sessions}"""
+
+
+class BgpSpeakerHost(Host):
+    """A MUX's BGP speaker: one interface, on a port of the MUX bridge, that reaches the router through it."""
+
+    def config(self, **params):
+        r = super().config(**params)
+        tune_interfaces(self)
+        return r
 
 
 class MgmtHost(Host):
@@ -258,13 +318,16 @@ class DatacenterTopo(Topo):
     unique, so tests can build topologies without clashing. ``port_type``
     is the OVS port type of every bridge port (None: the host's default).
     ``rps_cpus`` is where hosts process what they receive (``tune_interfaces``;
-    ``Datacenter`` passes the CPUs its PMD thread leaves free).
+    ``Datacenter`` passes the CPUs its PMD thread leaves free). ``bgp`` adds
+    each MUX's BGP speaker host ``bgpN`` on port 3 of its bridge, and leaves
+    the router without a static VIP route.
     """
 
-    def build(self, n_dips: int = 3, prefix: str = "", port_type: str | None = None, rps_cpus: int = 0):
+    def build(self, n_dips: int = 3, prefix: str = "", port_type: str | None = None, rps_cpus: int = 0,
+              bgp: bool = False):
         p = prefix
         port_type = resolve_port_type(port_type)
-        router = self.addHost(f"{p}r0", cls=BorderRouter, ip=None, rps_cpus=rps_cpus)
+        router = self.addHost(f"{p}r0", cls=BorderRouter, ip=None, rps_cpus=rps_cpus, bgp=bgp)
         router_ports = iter((0, 1, 5, 6))  # 2-4 face the MUXes and the fabric
         for name, nets in CLIENT_NETS.items():
             client = self.addHost(f"{p}{name}", cls=Client, ip=None, nets=nets, follows_add_addr=name == "c1",
@@ -279,6 +342,10 @@ class DatacenterTopo(Topo):
                                  protocols="OpenFlow13", dpid="%016x" % (0x1000 + i), port_type=port_type)
             self.addLink(router, mux, port1=1 + i, port2=1, params1={"ip": f"{net}.254/24"})
             self.addLink(mux, fab, port1=2, port2=i)
+            if bgp:
+                speaker = self.addHost(f"{p}bgp{i}", cls=BgpSpeakerHost, ip=f"{speaker_address(i)}/24",
+                                       mac=speaker_mac(i))
+                self.addLink(speaker, mux, port1=0, port2=SPEAKER_PORT)
         self.addLink(router, fab, port1=4, port2=10, params1={"ip": f"{FABRIC_NET}.254/24"})
         for i in range(1, n_dips + 1):
             dip = self.addHost(f"{p}d{i}", cls=DipHost, ip=f"{FABRIC_NET}.{i}/24", mac=dip_mac(i), rps_cpus=rps_cpus)

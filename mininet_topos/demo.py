@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from mininet_topos.harness import Datacenter, datapath_flow_count
+from mininet_topos.harness import Datacenter, datapath_flow_count, wait_for
 from mininet_topos.report import connection_entry, format_table, plot, summarize
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,33 @@ def progress(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def run_with_mux_failure(dc, args, routing: dict) -> tuple[list[dict], dict]:
+    """Paced connections from the mode's clients; MUX ``args.fail_mux`` fails while all are in flight.
+
+    Each connection is paced to last about 6 s, so every one is carrying data
+    when the MUX goes. The failover time is from the failure until the
+    router's routing table no longer has that MUX as a next hop for the VIP.
+    """
+    rate = args.size / 6
+    runs = []
+    for client, conns in clients_for(args.mode, args.conns):
+        progress(f"{conns} connections from {client} ({CLIENT_KINDS[client]}), paced to {rate / 1000:.0f} kB/s each")
+        runs.append((client, dc.start_traffic(conns, args.size, min_subflows=MIN_SUBFLOWS[client], parallel=conns,
+                                              timeout=30, client=client, rate=rate)))
+    # c1's joins go to its DIP's announced port; c2's join the service port, which ``established`` counts.
+    on_service_port = {"c1": 1, "c2": MIN_SUBFLOWS["c2"]}
+    in_flight = sum(conns * on_service_port[c] for c, conns in clients_for(args.mode, args.conns))
+    wait_for("every connection established", lambda: sum(dc.established(i) for i in dc.dip_ids()) >= in_flight, 30)
+    progress(f"failing MUX {args.fail_mux} (its bridge deleted, its links left up)")
+    failover = dc.fail_mux_and_time_withdrawal(args.fail_mux)
+    routing = {**routing, "nexthops_after": dc.vip_nexthops(), "failover_s": round(failover, 3)}
+    progress(f"withdrawn after {routing['failover_s']} s; the router's next hops: {routing['nexthops_after']}")
+    results = []
+    for client, run in runs:
+        results += [{**r, "client_host": client} for r in run.results()]
+    return results, routing
+
+
 def run_demo(args) -> int:
     from mininet.log import setLogLevel
 
@@ -38,17 +65,26 @@ def run_demo(args) -> int:
     key_source = args.key_source if args.mode != "port" else None
     progress(f"mode={args.mode}{f' key-source={key_source}' if key_source else ''} dips={args.dips} "
              f"conns={args.conns} payload={args.size} bytes")
+    routing = None
     with Datacenter(n_dips=args.dips, progress=progress, mode=args.mode, key_source=key_source or "seed",
-                    port_type=args.port_type, tls=args.tls) as dc:
+                    port_type=args.port_type, tls=args.tls, bgp=args.bgp) as dc:
         before = dc.mux_flow_counts()
         dp_before = datapath_flow_count("tcp")
         progress(f"MUX flows before traffic: {before}")
+        if args.bgp:
+            routing = {"protocol": "bgp", "nexthops_before": dc.vip_nexthops()}
         results = []
-        for client, conns in clients_for(args.mode, args.conns):
-            progress(f"{conns} connections from {client} ({CLIENT_KINDS[client]})")
-            results += [{**r, "client_host": client} for r in dc.run_traffic(conns, args.size, client=client,
-                                                                             min_subflows=MIN_SUBFLOWS[client])]
+        if args.fail_mux:
+            results, routing = run_with_mux_failure(dc, args, routing)
+        else:
+            for client, conns in clients_for(args.mode, args.conns):
+                progress(f"{conns} connections from {client} ({CLIENT_KINDS[client]})")
+                results += [{**r, "client_host": client}
+                            for r in dc.run_traffic(conns, args.size, client=client, min_subflows=MIN_SUBFLOWS[client])]
+        if routing is not None and "nexthops_after" not in routing:
+            routing.update(nexthops_after=dc.vip_nexthops(), failover_s=None)
         after = dc.mux_flow_counts()
+        before = {k: v for k, v in before.items() if k in after}  # a failed MUX has no flows left to compare
         dp_after = datapath_flow_count("tcp")
         progress(f"{len(results)} connections done; MUX flows after: {after}")
         workdir = dc.workdir
@@ -63,11 +99,17 @@ def run_demo(args) -> int:
         "mux_flows": {"before": before, "after": after},
         "datapath_tcp_flows": {"before": dp_before, "after": dp_after},
         "summary": summary,
+        **({"routing": routing} if routing is not None else {}),
         "logs": workdir,
     }
     print(format_table(summary))
     ok = all(summary[k] for k in ("all_verified", "all_multipath", "all_one_dip", "all_dips_used"))
     ok = ok and before == after
+    if routing is not None:
+        progress(f"routing: {json.dumps(routing)}")
+        if args.fail_mux:
+            survivor = [h for h in routing["nexthops_before"] if h != dc.mux_address(args.fail_mux)]
+            ok = ok and routing["nexthops_after"] == survivor and routing["failover_s"] is not None
     print(f"verified={summary['all_verified']} multipath={summary['all_multipath']} "
           f"one-DIP-per-connection={summary['all_one_dip']} all-DIPs-used={summary['all_dips_used']} "
           f"MUX-flows-unchanged={before == after}")

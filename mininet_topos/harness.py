@@ -22,7 +22,8 @@ import urllib.request
 
 import yaml
 
-from mininet_topos.datacenter import SERVICE_PORT, VIP, DatacenterTopo, mgmt_interface, topology_config
+from mininet_topos.datacenter import (MUX_NETS, SERVICE_PORT, VIP, DatacenterTopo, mgmt_interface, router_bird_config,
+                                      speaker_address, topology_config)
 from mptcp_lb.config import parse_config
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,10 @@ class Datacenter:
     - ``tls``: the MUXes speak OpenFlow to the controller over TLS with
       certificates from a test PKI (``ovs-pki``) in ``workdir``, and each
       MUX's dpid is pinned to the switch certificate and to 127.0.0.1;
+    - ``bgp``: the router learns the VIP over BGP (BIRD 2, BFD) from a speaker
+      on each MUX bridge (``muxes[].bgp``, ``mptcp-lb bird-config``) instead
+      of a static route; ``vip_nexthops`` reads the router's route and
+      ``fail_mux`` takes a MUX's datapath away;
     - ``progress``: called with a line of text at each step.
 
     The controller probes the DIPs' health through the topology's management
@@ -109,7 +114,8 @@ class Datacenter:
     def __init__(self, n_dips: int = 3, prefix: str = "", workdir: str | None = None,
                  progress=lambda msg: log.info("%s", msg), mode: str = "port", key_source: str = "seed",
                  punt_rate: int = 100, key_adoption: bool = True, port_type: str | None = None,
-                 echo: bool = True, transition_time: float = 300.0, spare_dips: int = 0, tls: bool = False):
+                 echo: bool = True, transition_time: float = 300.0, spare_dips: int = 0, tls: bool = False,
+                 bgp: bool = False):
         from mptcp_lb.datapath import resolve_port_type
 
         self.n_dips = n_dips
@@ -126,12 +132,15 @@ class Datacenter:
                                             mode=mode, key_source=key_source, punt_rate=punt_rate, prefix=prefix,
                                             state_file=self.state_file, transition_time=transition_time,
                                             explicit_slices=spare_dips > 0, api_token_file=self.token_file,
-                                            metrics_port=free_port())
+                                            metrics_port=free_port(), bgp=bgp)
         self.config = json.loads(json.dumps(self.agent_config))
         self.config["vips"][0]["dips"] = self.config["vips"][0]["dips"][:n_dips]
         self.key_adoption = key_adoption
         self.echo = echo
         self.tls = tls
+        self.bgp = bgp
+        self.birds: dict[str, subprocess.Popen] = {}  # host name -> its BIRD
+        self.failed_muxes: list[int] = []
         self.pki: TestPki | None = None
         self.classified: list[int] = []  # MUXes whose uplink has the classifier in front of OVS
         self._ovs_config: dict[str, str | None] = {}  # OVS settings place_pmd() changed
@@ -210,7 +219,7 @@ class Datacenter:
         if self.port_type in PMD_PORT_TYPES:
             rps_cpus, self._ovs_config = place_pmd()
         topo = DatacenterTopo(n_dips=self.n_dips + self.spare_dips, prefix=self.prefix, port_type=self.port_type,
-                              rps_cpus=rps_cpus)
+                              rps_cpus=rps_cpus, bgp=self.bgp)
         ctl = self.config["controller"]
         self.net = Mininet(topo=topo, controller=None, autoSetMacs=False, build=False, waitConnected=False)
         class StartedLater(RemoteController):
@@ -233,6 +242,8 @@ class Datacenter:
                                   budgets=classifier.punt_budgets(parse_config(self.config)))
                 self.classified.append(i)
             self.progress("MPTCP classifier in front of both MUX bridges (tc ingress of their uplinks)")
+        if self.bgp:
+            self.start_birds()
         # The agents first: a controller that probed DIPs whose agents were not up yet would
         # take them down, and move their slots back and forth once they came up.
         for i in self.all_dips:
@@ -246,6 +257,9 @@ class Datacenter:
             self.wait_healthy()
         self.progress("controller connected to both MUXes, flows installed"
                       + (", every DIP healthy" if self.echo else ""))
+        if self.bgp:
+            self.wait_announced([1, 2])
+            self.progress(f"BGP: the router routes the VIP over {', '.join(self.vip_nexthops())}")
 
     def wait_programmed(self, timeout: float = 30) -> None:
         """Until the controller has programmed both MUXes."""
@@ -330,6 +344,87 @@ class Datacenter:
                 proc.kill()
                 proc.wait()
 
+    # ------------------------------------------------------------ BGP
+
+    def start_birds(self) -> None:
+        """A BIRD in the router and in each MUX's speaker host, each logging to ``workdir``."""
+        from mptcp_lb.bgp import speaker_config
+
+        confs = {"r0": router_bird_config(self.prefix)}
+        parsed = parse_config(self.config)
+        for i, mux in enumerate(parsed.muxes, start=1):
+            confs[f"bgp{i}"] = speaker_config(parsed, mux)
+        for name, text in confs.items():
+            path = os.path.join(self.workdir, f"bird-{name}.conf")
+            with open(path, "w") as f:
+                f.write("log stderr all;\n" + text)
+            logf = open(os.path.join(self.workdir, f"bird-{name}.log"), "w")
+            self.birds[name] = self.host(name).popen(
+                ["bird", "-f", "-c", path, "-s", self._bird_socket(name), "-P",
+                 os.path.join(self.workdir, f"bird-{name}.pid")], stdout=logf, stderr=subprocess.STDOUT)
+            logf.close()
+
+    def _bird_socket(self, name: str) -> str:
+        return os.path.join(self.workdir, f"bird-{name}.ctl")
+
+    def birdc(self, name: str, command: str) -> str:
+        """A ``birdc`` command to the BIRD of host ``name`` (``r0``, ``bgp1``, ``bgp2``); its output."""
+        return subprocess.run(["birdc", "-s", self._bird_socket(name), *command.split()],
+                              capture_output=True, text=True, timeout=10).stdout
+
+    def stop_birds(self) -> None:
+        for name, proc in self.birds.items():
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.birds = {}
+
+    def vip_nexthops(self) -> list[str]:
+        """The router's next hops for the VIP, as its kernel routing table shows them (sorted)."""
+        routes = json.loads(self.router.cmd(f"ip -j route show {VIP}/32") or "[]")
+        hops = [h["gateway"] for r in routes for h in r.get("nexthops", [r]) if "gateway" in h]
+        return sorted(hops)
+
+    def bfd_up(self) -> list[str]:
+        """The speakers whose BFD session with the router is up, as the router's BIRD shows them (sorted)."""
+        lines = self.birdc("r0", "show bfd sessions").splitlines()
+        return sorted(f.split()[0] for f in lines if len(f.split()) > 2 and f.split()[2] == "Up")
+
+    def wait_announced(self, muxes: list[int], timeout: float = 30) -> None:
+        """Until the router routes the VIP over exactly these MUXes, and BFD watches each of their speakers.
+
+        Before BFD is up, only the BGP hold time (3 s) would notice a failure.
+        """
+        want = sorted(self.mux_address(i) for i in muxes)
+        speakers = sorted(speaker_address(i) for i in muxes)
+        wait_for(f"the router to route the VIP over {want}, with BFD up to {speakers}",
+                 lambda: self.vip_nexthops() == want and set(speakers) <= set(self.bfd_up()), timeout)
+
+    def mux_address(self, i: int) -> str:
+        """MUX i's address: the router's next hop through it."""
+        return f"{MUX_NETS[i - 1]}.1"
+
+    def fail_mux(self, i: int) -> None:
+        """MUX i's datapath is gone (its bridge deleted) while its links stay up, as when its host hangs.
+
+        Only BFD can tell the router: nothing takes a link down.
+        """
+        subprocess.run(["ovs-vsctl", "del-br", self.mux_bridge(i)], check=True, capture_output=True)
+        self.failed_muxes.append(i)
+
+    def fail_mux_and_time_withdrawal(self, i: int, timeout: float = 30) -> float:
+        """``fail_mux(i)``; the seconds until the router's routing table no longer routes the VIP through it."""
+        failed = self.mux_address(i)
+        t0 = time.monotonic()
+        self.fail_mux(i)
+        wait_for(f"the router to withdraw MUX {i} ({failed})", lambda: failed not in self.vip_nexthops(), timeout,
+                 interval=0.01)
+        return time.monotonic() - t0
+
     def stop(self) -> None:
         """Tear everything down; every step runs even if an earlier one fails."""
         for i in list(self.agents):
@@ -337,6 +432,10 @@ class Datacenter:
                 self.stop_agent(i)
             except Exception:  # keep cleaning
                 log.exception("stopping agent d%d", i)
+        try:
+            self.stop_birds()
+        except Exception:
+            log.exception("stopping BIRD")
         for i in self.classified:
             try:
                 from mptcp_lb import classifier
@@ -417,7 +516,8 @@ class Datacenter:
             return r.read().decode()
 
     def mux_flow_counts(self) -> dict[str, int]:
-        return {f"mux{i}": ofctl_flow_count(self.mux_bridge(i)) for i in (1, 2)}
+        """Flows on each MUX bridge (but those ``fail_mux`` took away)."""
+        return {f"mux{i}": ofctl_flow_count(self.mux_bridge(i)) for i in (1, 2) if i not in self.failed_muxes}
 
     def run_traffic(self, conns: int, size: int, min_subflows: int = 3, parallel: int = 4,
                     timeout: float = 20.0, source_port: int = 0, client: str = "c1", rate: float = 0) -> list[dict]:

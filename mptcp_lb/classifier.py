@@ -302,7 +302,8 @@ def remove(bridge: str, uplink: str) -> Tap:
     """Take the classifier and its tap away and put the uplink back as it was; return what was removed.
 
     Nothing changes until the uplink is back in the bridge: if OVS refuses,
-    the tap stays in place and working, and a second try can finish.
+    the tap stays in place and working, and a second try can finish. If the
+    bridge is gone, there is nothing to put back: the tap and classifier go.
     """
     uplink_ifindex = _ifindex(uplink)
     near = tap_names(uplink_ifindex)[0]
@@ -314,7 +315,8 @@ def remove(bridge: str, uplink: str) -> Tap:
         if tap.bridge != bridge:
             raise ClassifierError(f"the classifier tap of {uplink} stands in for a port of bridge {tap.bridge}, "
                                   f"not {bridge}")
-        _undo(ipr, tap, uplink_ifindex, ["tap", "port", "classifier"])
+        bridge_there = subprocess.run(["ovs-vsctl", "--timeout=10", "br-exists", bridge]).returncode == 0
+        _undo(ipr, tap, uplink_ifindex, ["tap", "port", "classifier"] if bridge_there else ["tap", "classifier"])
     log.info("classifier removed from %s%s", uplink,
              f"; it is OVS port {tap.ofport} of {bridge} again" if tap.uplink_was_port else "")
     return tap

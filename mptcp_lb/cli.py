@@ -1,4 +1,4 @@
-"""The ``mptcp-lb`` command: controller, dip-agent, demo, check-config, flows."""
+"""The ``mptcp-lb`` command: controller, dip-agent, demo, check-config, flows, bird-config."""
 
 from __future__ import annotations
 
@@ -62,6 +62,19 @@ def cmd_flows(args) -> int:
     else:
         lines = [flow_text(f) for f in compiled.flows]
     print("\n".join(lines))
+    return 0
+
+
+def cmd_bird_config(args) -> int:
+    from mptcp_lb.bgp import speaker_config
+
+    config = _load(args.config)
+    muxes = [m for m in config.muxes if m.name == args.mux]
+    if not muxes or muxes[0].bgp is None:
+        what = "is not a MUX" if not muxes else "has no bgp section"
+        print(f"--mux: {args.mux!r} {what} in {args.config}", file=sys.stderr)
+        return EXIT_CONFIG
+    sys.stdout.write(speaker_config(config, muxes[0]))
     return 0
 
 
@@ -178,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the meters (one ovs-ofctl add-meter argument per line) instead")
     s.set_defaults(func=cmd_flows)
 
+    s = sub.add_parser("bird-config", help="print the BIRD 2 config of a MUX's BGP speaker (muxes[].bgp)")
+    s.add_argument("config")
+    s.add_argument("--mux", required=True, help="MUX name")
+    s.set_defaults(func=cmd_bird_config)
+
     s = sub.add_parser("controller", help="run the os-ken controller, REST API and /metrics")
     s.add_argument("--config", required=True)
     s.set_defaults(func=cmd_controller)
@@ -231,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OVS port type of every bridge port (default: afxdp where supported, else system)")
     s.add_argument("--tls", action="store_true",
                    help="OpenFlow over TLS with mutual certificates (a test PKI from ovs-pki), MUX dpids pinned")
+    s.add_argument("--bgp", action="store_true",
+                   help="the router learns the VIP from each MUX's BGP speaker (BIRD 2, BFD) instead of a static "
+                        "ECMP route")
+    s.add_argument("--fail-mux", type=int, choices=[1, 2],
+                   help="with --bgp: take this MUX's datapath away while connections are in flight, and time "
+                        "the router's withdrawal")
     s.add_argument("--conns", type=int, default=20)
     s.add_argument("--size", type=int, default=256 * 1024, help="payload bytes per connection")
     s.add_argument("--json", help="write the JSON report here")
@@ -244,6 +268,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "classifier" and args.action != "stats" and not args.bridge:
         parser.error(f"classifier {args.action} needs --bridge")
+    if args.command == "demo" and args.fail_mux and not args.bgp:
+        parser.error("--fail-mux needs --bgp: without it nothing withdraws the failed MUX's route")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.func(args)

@@ -129,6 +129,22 @@ class Vip:
 
 
 @dataclass(frozen=True)
+class BgpSpeaker:
+    """``muxes[].bgp``: the MUX's BGP speaker, on a port of its bridge (config_schema says what each is)."""
+
+    speaker_port: int
+    address: str
+    mac: str
+    peer: str
+    asn: int
+    peer_asn: int
+    hold_time: int = schema.default("muxes[].bgp", "hold_time")
+    bfd_interval: float = schema.default("muxes[].bgp", "bfd_interval")
+    bfd_multiplier: int = schema.default("muxes[].bgp", "bfd_multiplier")
+    lease_time: int = schema.default("muxes[].bgp", "lease_time")
+
+
+@dataclass(frozen=True)
 class Mux:
     name: str
     dpid: int
@@ -139,6 +155,7 @@ class Mux:
     # Who may claim this dpid: the OpenFlow peer's address, and/or its TLS certificate's SHA-256.
     pin_address: str | None = None
     pin_cert_sha256: str | None = None
+    bgp: BgpSpeaker | None = None
 
 
 @dataclass(frozen=True)
@@ -410,9 +427,47 @@ def _parse_mux(ck: _Checker, raw: Any, path: str) -> Mux | None:
     if fields["uplink_port"] is not None and fields["uplink_port"] == fields["fabric_port"]:
         ck.fail(f"{path}.fabric_port", f"{fields['fabric_port']} is also the uplink_port")
         return None
+    bgp = _parse_bgp(ck, obj.get("bgp"), f"{path}.bgp", fields) if "bgp" in obj else None
     if any(v is None for v in fields.values()) or any(k in obj and v is None for k, v in pins.items()):
         return None
-    return Mux(**fields, **pins)
+    if "bgp" in obj and bgp is None:
+        return None
+    return Mux(**fields, **pins, bgp=bgp)
+
+
+def _parse_bgp(ck: _Checker, raw: Any, path: str, mux: dict) -> BgpSpeaker | None:
+    b = "muxes[].bgp"
+    obj = ck.keys(raw, path, b)
+    if obj is None:
+        return None
+    before = len(ck.problems)
+    fields = dict(
+        speaker_port=ck.int_key(obj, "speaker_port", path, b),
+        address=ck.ipv4(obj, "address", path),
+        mac=ck.mac(obj, "mac", path),
+        peer=ck.ipv4(obj, "peer", path),
+        asn=ck.int_key(obj, "asn", path, b),
+        peer_asn=ck.int_key(obj, "peer_asn", path, b),
+        hold_time=ck.int_key(obj, "hold_time", path, b),
+        bfd_interval=ck.seconds_key(obj, "bfd_interval", path, b),
+        bfd_multiplier=ck.int_key(obj, "bfd_multiplier", path, b),
+        lease_time=ck.int_key(obj, "lease_time", path, b),
+    )
+    if len(ck.problems) > before or None in fields.values():
+        return None
+    for port in ("uplink_port", "fabric_port"):
+        if fields["speaker_port"] == mux[port]:
+            ck.fail(f"{path}.speaker_port", f"{fields['speaker_port']} is also the MUX's {port}")
+    for key, value in (("address", mux["address"]), ("mac", mux["mac"]), ("peer", mux["address"])):
+        if fields[key] == value:
+            ck.fail(f"{path}.{key}", f"{value} is the MUX's own {'mac' if key == 'mac' else 'address'}")
+    if fields["address"] == fields["peer"]:
+        ck.fail(f"{path}.peer", f"{fields['peer']} is the speaker's own address")
+    if fields["mac"].startswith(":".join(f"{x:02x}" for x in TAG_PREFIX)):
+        ck.fail(f"{path}.mac", f"{fields['mac']} is in the tag MAC space")
+    if fields["asn"] == fields["peer_asn"]:
+        ck.fail(f"{path}.peer_asn", f"{fields['peer_asn']} is the speaker's own AS: the session is eBGP")
+    return None if len(ck.problems) > before else BgpSpeaker(**fields)
 
 
 def _slices(ck: _Checker, obj: dict, path: str, slice_bits: int) -> frozenset[int] | None:
@@ -639,6 +694,10 @@ def parse_config(raw: Any) -> Config:
         for i, v in enumerate(vips):
             if v.address in mux_addresses:
                 ck.fail(f"vips[{i}].address", f"{v.address} is also muxes[{mux_addresses[v.address]}].address")
+        speakers = {m.bgp.address: i for i, m in enumerate(muxes) if m is not None and m.bgp is not None}
+        for i, v in enumerate(vips):
+            if v.address in speakers:
+                ck.fail(f"vips[{i}].address", f"{v.address} is also muxes[{speakers[v.address]}].bgp.address")
     if ck.problems:
         raise ConfigError(ck.problems)
     return Config(controller=controller, muxes=tuple(muxes), vips=tuple(vips))

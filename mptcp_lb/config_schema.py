@@ -89,6 +89,30 @@ SECTIONS: dict[str, dict[str, Key]] = {
         Key("pin_address", ADDRESS, "Only an OpenFlow connection from this address may claim the dpid."),
         Key("pin_cert_sha256", "SHA-256 fingerprint", "Only a switch with this certificate (`ovs-pki "
             "fingerprint`) may claim the dpid. A second connection for a connected dpid is always refused."),
+        Key("bgp", "mapping", "The MUX's BGP speaker (docs/bgp.md): a BIRD 2 on a port of this bridge that "
+            "announces the VIPs with this MUX's `address` as next hop. Its session runs through flows the "
+            "controller leases, so the VIPs are withdrawn when the bridge stops forwarding or loses the "
+            "controller. Unset: the router's route to the MUXes is configured by hand."),
+    ),
+    "muxes[].bgp": _section(
+        Key("speaker_port", "integer", "The OpenFlow port of the speaker's interface on this bridge.", REQUIRED,
+            (1, 0xFFFFFF00)),
+        Key("address", ADDRESS, "The speaker's own address, on the uplink's network (not the MUX's).", REQUIRED),
+        Key("mac", "MAC address", "The speaker interface's MAC (unicast, not the MUX's, outside the tag space).",
+            REQUIRED),
+        Key("peer", ADDRESS, "The router's address on the uplink's network: the BGP neighbour.", REQUIRED),
+        Key("asn", "integer", "The speaker's AS number.", REQUIRED, (1, 2**32 - 1)),
+        Key("peer_asn", "integer", "The router's AS number (another AS: eBGP).", REQUIRED, (1, 2**32 - 1)),
+        Key("hold_time", "integer", "The BGP hold time in seconds, the fallback when BFD is not running.", 3,
+            (3, 65535)),
+        Key("bfd_interval", "seconds", "BFD's transmit and receive interval; a session is down after "
+            "`bfd_multiplier` of them without a packet.", 0.1, (0.01, 10)),
+        Key("bfd_multiplier", "integer", "BFD's detection multiplier.", 3, (1, 255)),
+        Key("lease_time", "integer", "Seconds the speaker's flows outlive the controller's last renewal (it "
+            "renews them every 0.5 s): a MUX cut off from its controller is withdrawn this long, plus BFD's "
+            "detection time, after. One controller leases every MUX's flows, so a controller that stays away "
+            "longer withdraws every MUX: a longer lease rides out restarts, a shorter one withdraws a cut-off MUX "
+            "sooner.", 2, (2, 3600)),
     ),
     "vips[]": _section(
         Key("name", "name", "The service (1-32 letters, digits, `_`, `.`, `-`); unique.", REQUIRED),

@@ -246,7 +246,7 @@ class LbCore:
         return audit_requests()
 
     def keepalive(self, dpid: int) -> list:
-        """The flows that expire unless renewed (the seed-mode punt flow), as ADDs that renew them.
+        """The leased flows (seed-mode punt, BGP speaker): they expire unless renewed; ADDs that renew them.
 
         An ADD that matches an installed flow replaces it and restarts its
         hard timeout; the shim sends these more often than they expire.

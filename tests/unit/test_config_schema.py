@@ -34,6 +34,10 @@ def section_object(raw: dict, section: str, mode: str) -> tuple[dict, str]:
         return raw.setdefault("controller", {}), "controller"
     if section == "muxes[]":
         return raw["muxes"][0], "muxes[0]"
+    if section == "muxes[].bgp":
+        speaker = {"speaker_port": 3, "address": "10.1.1.2", "mac": "02:00:00:01:01:01", "peer": "10.1.1.254",
+                   "asn": 65001, "peer_asn": 65000}
+        return raw["muxes"][0].setdefault("bgp", speaker), "muxes[0].bgp"
     if section == "vips[]":
         return vip, "vips[0]"
     if section == "vips[].health":
@@ -68,7 +72,7 @@ def test_a_value_just_outside_the_schemas_bounds_is_refused_by_name(raw_config, 
 
 
 @pytest.mark.parametrize("section, key", keys_where(
-    lambda s, k: s in ("controller", "muxes[]", "vips[]", "vips[].health", "vips[].dips[]")
+    lambda s, k: s in ("controller", "muxes[]", "muxes[].bgp", "vips[]", "vips[].health", "vips[].dips[]")
     and k.default not in (None, REQUIRED)))
 def test_writing_a_default_out_changes_nothing(raw_config, section, key):
     written = copy.deepcopy(raw_config)

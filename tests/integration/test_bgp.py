@@ -1,0 +1,132 @@
+"""BGP on the real topology: BIRD 2 on the router and on each MUX, BFD, ECMP by ``merge paths``.
+
+The router learns the VIP from the speakers on both MUX bridges; a MUX whose
+datapath goes (its bridge deleted, its links left up, so only BFD can tell)
+is withdrawn within 3 s while paced uploads cross it, and not one
+connection is lost: the remaining MUX hashes them to the same DIPs. A MUX
+cut off from its controller is withdrawn once its leased flows lapse, and
+announced again when the controller has it back. Judged from the router's
+kernel routing table, the client's and DIPs' kernel counters, and the bytes
+every DIP hashed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mininet_topos.harness import Datacenter, free_port, wait_for
+from ovs_flows.compiler import LEASE_LIFETIME
+
+CLIENT = {"port": ("c1", 3), "token": ("c2", 2)}  # mode -> (client, subflows per connection)
+UPLOADS, SIZE, RATE = 12, 600_000, 100_000  # 6 s each, all at once
+WITHDRAWAL_LIMIT = 3.0  # the issue's bound: BFD (3 x 100 ms) is what meets it
+
+
+@pytest.fixture
+def bgp_dc(request):
+    with Datacenter(prefix=f"b{os.getpid() % 1000}", mode=request.param, key_source="pool", bgp=True) as dc:
+        yield dc
+
+
+def counters(dc, client: str) -> dict:
+    return {"client": dc.nstat(client), **{i: dc.nstat(f"d{i}") for i in dc.dip_ids()}}
+
+
+def grown(before: dict, after: dict, counter: str) -> dict:
+    return {k: after[k].get(counter, 0) - before[k].get(counter, 0) for k in before}
+
+
+def vip_packets(dc, i: int) -> int:
+    """Packets MUX i's bridge has handed towards the DIPs (its flows to the VIP, group and tag flows alike)."""
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", dc.mux_bridge(i), "table=0"],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(int(line.split("n_packets=")[1].split(",")[0]) for line in out.splitlines()
+               if "nw_dst=10.0.0.100" in line and "actions=drop" not in line)
+
+
+def uploads(dc, client: str, subflows: int):
+    run = dc.start_traffic(UPLOADS, SIZE, min_subflows=subflows, parallel=UPLOADS, timeout=30, client=client,
+                           rate=RATE)
+    on_service_port = 1 if client == "c1" else subflows  # c1's joins go to its DIP's own port
+    wait_for("every upload established", lambda: sum(dc.established(i) for i in dc.dip_ids())
+             >= UPLOADS * on_service_port, 30)
+    return run
+
+
+def judge(dc, results, before: dict, after: dict, subflows: int) -> None:
+    assert all(r.get("verified") for r in results), results
+    assert all(len(r["reply"]["subflows"]) >= subflows for r in results), results
+    assert all(v == 0 for v in grown(before, after, "TcpEstabResets").values()), grown(before, after, "TcpEstabResets")
+    assert all(v == 0 for k, v in grown(before, after, "TcpOutRsts").items() if k != "client")
+    assert all(v == 0 for v in grown(before, after, "MPTcpExtMPJoinNoTokenFound").values())
+
+
+@pytest.mark.parametrize("bgp_dc", ["port", "token"], indirect=True)
+def test_a_failed_mux_is_withdrawn_within_3s_and_no_connection_is_lost(bgp_dc):
+    dc = bgp_dc
+    client, subflows = CLIENT[dc.mode]
+    assert dc.vip_nexthops() == ["10.1.1.1", "10.1.2.1"]  # learnt over BGP from both MUXes, merged into ECMP
+    assert dc.router.cmd("ip route show 10.0.0.100/32").split()[1:3] == ["proto", "bird"]
+    before = counters(dc, client)
+    run = uploads(dc, client, subflows)
+    crossing = vip_packets(dc, 1)
+    wait_for("uploads crossing MUX 1", lambda: vip_packets(dc, 1) > crossing + 50, 10)  # data in flight through it
+    failover = dc.fail_mux_and_time_withdrawal(1)
+    print(f"\n[bgp failover {dc.mode}] {failover:.3f} s")
+    assert failover <= WITHDRAWAL_LIMIT
+    assert dc.vip_nexthops() == ["10.1.2.1"]
+    results = run.results()
+    after = counters(dc, client)
+    print(json.dumps({"retransmitted": grown(before, after, "TcpRetransSegs")["client"]}))
+    judge(dc, results, before, after, subflows)
+    fresh = dc.run_traffic(conns=6, size=32 * 1024, min_subflows=subflows, client=client)
+    assert all(r.get("verified") for r in fresh), fresh
+
+
+@pytest.mark.parametrize("bgp_dc", ["port"], indirect=True)
+def test_a_mux_cut_off_from_its_controller_is_withdrawn_then_announced_again(bgp_dc):
+    """Its flows stay (fail secure) and keep forwarding, but their lease lapses: routing takes it out."""
+    dc = bgp_dc
+    client, subflows = CLIENT[dc.mode]
+    before = counters(dc, client)
+    run = uploads(dc, client, subflows)
+    bridge = dc.mux_bridge(2)
+    target = subprocess.run(["ovs-vsctl", "get-controller", bridge], capture_output=True, text=True,
+                            check=True).stdout.split()
+    t0 = time.monotonic()
+    # Point it at a port nothing listens on: it keeps its flows (fail secure), and its controller is gone.
+    # (del-controller would not do: a bridge left with no controller at all has its flows flushed.)
+    subprocess.run(["ovs-vsctl", "set-controller", bridge, f"tcp:127.0.0.1:{free_port()}"], check=True)
+    dc.wait_announced([1], timeout=10)
+    cut_off = time.monotonic() - t0
+    lease = dc.config["muxes"][1]["bgp"].get("lease_time", 2)
+    print(f"\n[bgp controller loss] withdrawn {cut_off:.3f} s after the MUX lost its controller (lease {lease} s)")
+    # The lease ran out (it was last renewed up to one renewal period before the cut): nothing else took it away.
+    assert lease - LEASE_LIFETIME / 4 <= cut_off <= lease + WITHDRAWAL_LIMIT
+    assert dc.mux_flow_counts()["mux2"] > 0  # the VIP's flows are still there, only the leased ones lapsed
+    subprocess.run(["ovs-vsctl", "set-controller", bridge, *target], check=True)
+    dc.wait_announced([1, 2], timeout=30)  # the controller renews the lease: BGP and BFD come back up
+    results = run.results()
+    judge(dc, results, before, counters(dc, client), subflows)
+
+
+def test_the_bgp_demo_fails_a_mux_under_load_and_reports_the_withdrawal(tmp_path):
+    """``mptcp-lb demo --bgp --fail-mux 1`` in hybrid mode: both kinds of client, one MUX gone mid-transfer."""
+    report_path = tmp_path / "report.json"
+    demo = subprocess.run([sys.executable, "-m", "mptcp_lb.cli", "demo", "--bgp", "--fail-mux", "1", "--mode",
+                           "hybrid", "--key-source", "pool", "--conns", "10", "--json", str(report_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    routing = report["routing"]
+    assert routing["protocol"] == "bgp"
+    assert routing["nexthops_before"] == ["10.1.1.1", "10.1.2.1"] and routing["nexthops_after"] == ["10.1.2.1"]
+    assert 0 < routing["failover_s"] <= WITHDRAWAL_LIMIT
+    assert all(report["summary"][k] for k in ("all_verified", "all_multipath", "all_one_dip", "all_dips_used"))
+    assert {c["client_host"] for c in report["connections"]} == {"c1", "c2"} and len(report["connections"]) == 10
