@@ -46,6 +46,7 @@ from mininet_topos.stock import Blob, StockWebServers
 from mptcp_lb.datapath import PORT_TYPES
 
 BENCH_VIP = "10.9.0.100"
+BENCH_VIP6 = "2001:db8:9::100"
 CLIENT_IP, SERVER_IP, MUX_IP = "10.9.0.1", "10.9.0.2", "10.9.0.254"
 SERVER_MAC = "02:00:00:09:00:02"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -318,12 +319,21 @@ def failure_detection(rounds: int = 3) -> dict:
             "interval_s": check.get("interval", 0.5), "fall": check.get("fall", 3)}
 
 def classifier_cost(repeat: int) -> dict:
-    """ns per frame of the classifier (parse, tag, redirect) vs the tap's bare redirect, same frames."""
+    """ns per frame of the classifier (parse, tag, redirect) vs the tap's bare redirect, same frames.
+
+    Each TCP segment is measured over IPv4 and over IPv6 (``*_ipv6``), and
+    once more over IPv6 behind a hop-by-hop and a destination options
+    header (``*_ipv6_ext``), which the classifier walks to reach TCP.
+    """
     from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
     from scapy.layers.l2 import Ether
 
     from mptcp_lb import bpf, classifier
-    base = Ether(dst="02:00:00:01:00:01") / IP(src="10.0.1.1", dst=BENCH_VIP)
+    bases = {"": Ether(dst="02:00:00:01:00:01") / IP(src="10.0.1.1", dst=BENCH_VIP),
+             "_ipv6": Ether(dst="02:00:00:01:00:01") / IPv6(src="2001:db8:1::1", dst=BENCH_VIP6),
+             "_ipv6_ext": Ether(dst="02:00:00:01:00:01") / IPv6(src="2001:db8:1::1", dst=BENCH_VIP6)
+             / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()}
     ts = ("Timestamp", (0x12345678, 0x0ABC0003))
     frames = {
         "syn_mp_capable": TCP(flags="S", options=[("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)),
@@ -338,11 +348,13 @@ def classifier_cost(repeat: int) -> dict:
     out = {}
     with classifier.load() as obj:
         obj.configure(to_ovs=1, to_uplink=1)  # test runs never really redirect
-        for name, tcp in frames.items():
-            frame = bytes(base / tcp)
-            cls_ns = bpf.test_run(obj.prog_fd(classifier.UPLINK_PROGRAM), frame, repeat=repeat).duration_ns
-            base_ns = bpf.test_run(obj.prog_fd(classifier.RETURN_PROGRAM), frame, repeat=repeat).duration_ns
-            out[name] = {"classifier_ns": cls_ns, "redirect_ns": base_ns, "ratio": cls_ns / max(base_ns, 1)}
+        for family, base in bases.items():
+            for name, tcp in frames.items():
+                frame = bytes(base / tcp)
+                cls_ns = bpf.test_run(obj.prog_fd(classifier.UPLINK_PROGRAM), frame, repeat=repeat).duration_ns
+                base_ns = bpf.test_run(obj.prog_fd(classifier.RETURN_PROGRAM), frame, repeat=repeat).duration_ns
+                out[name + family] = {"classifier_ns": cls_ns, "redirect_ns": base_ns,
+                                      "ratio": cls_ns / max(base_ns, 1)}
     return {"repeat": repeat, "per_class": out}
 
 def _per_second(seconds: float, run) -> float:
@@ -480,7 +492,7 @@ def print_report(report: dict, args) -> None:
               f"{len(f['seconds'])}; probes every {f['interval_s']} s, {f['fall']} failures)")
     if "classifier" in report:
         for name, row in report["classifier"]["per_class"].items():
-            print(f"classifier {name:>20}: {row['classifier_ns']:4d} ns/packet vs bare redirect "
+            print(f"classifier {name:>29}: {row['classifier_ns']:4d} ns/packet vs bare redirect "
                   f"{row['redirect_ns']:3d} ns (ratio {row['ratio']:.1f})")
     if "controller" in report:
         ctl = report["controller"]

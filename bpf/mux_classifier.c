@@ -43,6 +43,7 @@ static __always_inline struct mux_ports *ports(void)
 }
 
 DEFINE_TCP_OPTS_WALK(mux_opts_walk, struct __sk_buff)
+DEFINE_IPV6_WALK(mux_ipv6_tcp_offset, struct __sk_buff)
 
 /* Overwrite the Ethernet destination with the tag MAC 0a:4d:CLASS:VALUE. */
 static __always_inline void write_tag(struct __sk_buff *skb, __u8 class, __u32 value)
@@ -141,6 +142,25 @@ static __always_inline void clear_carriers(struct __sk_buff *skb, __u32 tcp_off,
 		bpf_l4_csum_replace(skb, tcp_off + offsetof(struct tcphdr, check), 0, diff, 0);
 }
 
+/*
+ * The TCP header the classifier parses, IPv4 or IPv6, with its frame offset
+ * in *tcp_off; *ip is the IPv4 header, NULL for IPv6. NULL: no verdict.
+ */
+static __always_inline struct tcphdr *parse_l4(struct __sk_buff *skb, void *data, void *data_end, struct iphdr **ip,
+						__u32 *tcp_off)
+{
+	struct tcphdr *tcp;
+
+	*ip = parse_ipv4(data, data_end);
+	if (*ip) {
+		tcp = parse_tcp(*ip, data_end);
+		*tcp_off = ETH_HLEN + (*ip)->ihl * 4;
+		return tcp;
+	}
+	*tcp_off = mux_ipv6_tcp_offset(skb);
+	return *tcp_off ? parse_tcp_at(data, *tcp_off, data_end) : NULL;
+}
+
 /* The verdict of docs/token-steering.md §2, written as a tag; no verdict leaves the frame alone. */
 static __always_inline void classify(struct __sk_buff *skb)
 {
@@ -157,13 +177,9 @@ static __always_inline void classify(struct __sk_buff *skb)
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 
-	ip = parse_ipv4(data, data_end);
-	if (!ip)
-		goto none;
-	tcp = parse_tcp(ip, data_end);
+	tcp = parse_l4(skb, data, data_end, &ip, &tcp_off);
 	if (!tcp)
 		goto none;
-	tcp_off = ETH_HLEN + ip->ihl * 4;
 	if (mux_opts_walk(skb, tcp_off, tcp->doff * 4, &opts))
 		goto none;
 	if (opts.carrier) {
@@ -171,10 +187,7 @@ static __always_inline void classify(struct __sk_buff *skb)
 		/* A store invalidates every packet pointer: find the headers again. */
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
-		ip = parse_ipv4(data, data_end);
-		if (!ip)
-			goto none;
-		tcp = parse_tcp(ip, data_end);
+		tcp = parse_l4(skb, data, data_end, &ip, &tcp_off);
 		if (!tcp)
 			goto none;
 	}
@@ -186,7 +199,8 @@ static __always_inline void classify(struct __sk_buff *skb)
 		if (!opts.mptcp)
 			goto none;
 		if (opts.mptcp_subtype == MPTCP_SUB_CAPABLE) {
-			if (!within_punt_budget(ip, tcp))
+			/* IPv6 has no seed mode: its SYN takes the hash to a DIP that keys it from its pool. */
+			if (!ip || !within_punt_budget(ip, tcp))
 				goto none;
 			write_tag(skb, TAG_CLASS_MP_CAPABLE, 0);
 			return;

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Bounds-checked Ethernet / IPv4 / TCP parsing shared by the BPF programs,
+ * Bounds-checked Ethernet / IPv4 / IPv6 / TCP parsing shared by the BPF programs,
  * following docs/token-steering.md §2 "Parsing rules". Every helper checks
  * each read against data_end and gives up (NULL or -1) rather than read past
  * it, so the callers work on any byte sequence and pass the verifier.
@@ -13,6 +13,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
@@ -22,8 +23,19 @@
 #define IPV4_HLEN_MAX 60          /* ihl <= 15 */
 #define TCP_HLEN_MAX 60           /* doff <= 15 */
 #define TCP_OPTS_MAX (TCP_HLEN_MAX - sizeof(struct tcphdr))
-/* Ethernet + the longest IPv4 header + the longest TCP header: all a verdict or a rewrite reads. */
-#define MAX_HEADERS (ETH_HLEN + IPV4_HLEN_MAX + TCP_HLEN_MAX)
+/*
+ * IPv6 (docs/token-steering.md §2): at most IPV6_EXT_HEADERS_MAX extension
+ * headers, and the TCP header at most IPV6_EXT_BYTES_MAX bytes after the
+ * fixed header; a packet with more earns no verdict.
+ */
+#define IPV6_HLEN 40
+#define IPV6_EXT_HEADERS_MAX 8
+#define IPV6_EXT_BYTES_MAX 128
+#define IPV6_FRAG_OFFSET_AND_MF 0xfff9 /* the fragment header's offset (13 bits) and M flag */
+/* Ethernet + the longest IP headers + the longest TCP header: all a verdict or a rewrite reads. */
+#define MAX_HEADERS_IPV4 (ETH_HLEN + IPV4_HLEN_MAX + TCP_HLEN_MAX)
+#define MAX_HEADERS_IPV6 (ETH_HLEN + IPV6_HLEN + IPV6_EXT_BYTES_MAX + TCP_HLEN_MAX)
+#define MAX_HEADERS (MAX_HEADERS_IPV6 > MAX_HEADERS_IPV4 ? MAX_HEADERS_IPV6 : MAX_HEADERS_IPV4)
 /* Masks a frame offset below MAX_HEADERS into itself: a bound the verifier can see, nothing more. */
 #define HEADER_OFF_MASK 0xff
 _Static_assert(MAX_HEADERS <= HEADER_OFF_MASK + 1, "HEADER_OFF_MASK must cover every header offset");
@@ -78,6 +90,112 @@ static __always_inline struct tcphdr *parse_tcp(struct iphdr *ip, void *data_end
 	return tcp;
 }
 
+static __always_inline __u16 load_be16(const __u8 *p)
+{
+	return (__u16)p[0] << 8 | p[1];
+}
+
+static __always_inline __u32 load_be32(const __u8 *p)
+{
+	return (__u32)p[0] << 24 | (__u32)p[1] << 16 | (__u32)p[2] << 8 | p[3];
+}
+
+/* Where an IPv6 extension header walk is: the next header's frame offset and type, and how many came before. */
+struct ipv6_walk {
+	__u32 off;
+	__u32 next;
+	__u32 i;
+};
+
+/*
+ * One step of the walk over an IPv6 packet's extension headers: 0 when the
+ * TCP header is at w->off, 1 to go on, -1 for no verdict. Hop-by-hop
+ * options only directly after the fixed header (RFC 8200 §4.1); routing and
+ * destination options ((len + 1) * 8 bytes); authentication headers
+ * ((len + 2) * 4); a fragment header only if the packet is not really a
+ * fragment (offset 0, M clear: an atomic fragment). Anything else (ESP, no
+ * next header, another protocol) gives no verdict, and so do more than
+ * IPV6_EXT_HEADERS_MAX headers or a TCP header beyond IPV6_EXT_BYTES_MAX.
+ */
+static __always_inline int ipv6_ext_step(void *data, void *data_end, struct ipv6_walk *w)
+{
+	__u32 off = w->off, next = w->next, len;
+	__u8 *p;
+
+	if (off > ETH_HLEN + IPV6_HLEN + IPV6_EXT_BYTES_MAX)
+		return -1;
+	if (next == IPPROTO_TCP)
+		return 0;
+	if (w->i >= IPV6_EXT_HEADERS_MAX)
+		return -1;
+	p = data + (off & HEADER_OFF_MASK);
+	if ((void *)(p + 8) > data_end) /* every extension header is at least 8 bytes */
+		return -1;
+	if ((next == IPPROTO_HOPOPTS && w->i == 0) || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS)
+		len = (p[1] + 1) * 8;
+	else if (next == IPPROTO_AH)
+		len = (p[1] + 2) * 4;
+	else if (next == IPPROTO_FRAGMENT && !(load_be16(p + 2) & IPV6_FRAG_OFFSET_AND_MF))
+		len = 8;
+	else
+		return -1;
+	w->next = p[0];
+	w->off = off + len;
+	w->i++;
+	return 1;
+}
+
+/*
+ * DEFINE_IPV6_WALK(name, ctx_type) defines, for one program type,
+ *
+ *   __u32 name(ctx_type *ctx)
+ *
+ * the frame offset of the TCP header of an IPv6 packet after an untagged
+ * Ethernet header, past its extension headers (ipv6_ext_step), or 0. The
+ * payload length is ignored, as IPv4's total length is: the frame's end
+ * bounds everything. Each step is a global function for the reason the
+ * options walk's are (DEFINE_TCP_OPTS_WALK): inlined, every chain of header
+ * types and lengths was a verifier state of its own.
+ */
+#define DEFINE_IPV6_WALK(name, ctx_type)                                                        \
+	__attribute__((noinline)) int name##_step(ctx_type *ctx, struct ipv6_walk *w)           \
+	{                                                                                       \
+		if (!w)                                                                         \
+			return -1;                                                              \
+		return ipv6_ext_step((void *)(long)ctx->data, (void *)(long)ctx->data_end, w);  \
+	}                                                                                       \
+                                                                                                \
+	static __always_inline __u32 name(ctx_type *ctx)                                        \
+	{                                                                                       \
+		void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;  \
+		struct ethhdr *eth = data;                                                      \
+		struct ipv6hdr *ip6 = (void *)(eth + 1);                                        \
+		struct ipv6_walk w = {};                                                        \
+		int i, ret = -1;                                                                \
+                                                                                                \
+		if ((void *)(ip6 + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IPV6) ||    \
+		    ip6->version != 6)                                                          \
+			return 0;                                                               \
+		w.off = ETH_HLEN + IPV6_HLEN;                                                   \
+		w.next = ip6->nexthdr;                                                          \
+		for (i = 0; i <= IPV6_EXT_HEADERS_MAX; i++) {                                   \
+			ret = name##_step(ctx, &w);                                             \
+			if (ret <= 0)                                                           \
+				break;                                                          \
+		}                                                                               \
+		return ret == 0 ? w.off : 0;                                                    \
+	}
+
+/* The TCP header at frame offset tcp_off, with all doff*4 bytes in the frame, or NULL. */
+static __always_inline struct tcphdr *parse_tcp_at(void *data, __u32 tcp_off, void *data_end)
+{
+	struct tcphdr *tcp = data + (tcp_off & HEADER_OFF_MASK);
+
+	if ((void *)(tcp + 1) > data_end || tcp->doff < 5 || (void *)tcp + tcp->doff * 4 > data_end)
+		return NULL;
+	return tcp;
+}
+
 /*
  * What the options walk found. Offsets are from the start of the TCP header
  * and 0 when the option is absent (an option never starts at 0).
@@ -100,16 +218,6 @@ struct tcp_opts_cursor {
 	__u32 end;  /* the end of the option area */
 	struct tcp_opts o;
 };
-
-static __always_inline __u16 load_be16(const __u8 *p)
-{
-	return (__u16)p[0] << 8 | p[1];
-}
-
-static __always_inline __u32 load_be32(const __u8 *p)
-{
-	return (__u32)p[0] << 24 | (__u32)p[1] << 16 | (__u32)p[2] << 8 | p[3];
-}
 
 /*
  * Parse the option at c->pos. Returns 1 to go on, 0 when the walk is done and

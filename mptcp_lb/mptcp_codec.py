@@ -49,7 +49,13 @@ SERVER_ID_MASK = (1 << SERVER_ID_BITS) - 1
 
 _ETH_HLEN = 14
 _ETH_P_IP = 0x0800
+_ETH_P_IPV6 = 0x86DD
 _IPPROTO_TCP = 6
+# IPv6 as the classifier parses it (bpf/parse.h: ipv6_tcp_offset).
+_IPV6_HLEN = 40
+IPV6_EXT_HEADERS_MAX = 8
+IPV6_EXT_BYTES_MAX = 128
+_IPPROTO_HOPOPTS, _IPPROTO_ROUTING, _IPPROTO_FRAGMENT, _IPPROTO_AH, _IPPROTO_DSTOPTS = 0, 43, 44, 51, 60
 _TCP_HLEN = 20
 MAX_TCP_HLEN = 60  # data offset is 4 bits of 32-bit words
 _TCP_SYN = 0x02
@@ -291,15 +297,10 @@ def parse_key_carrier(opt: bytes) -> bytes | None:
 
 # --- classifier reference -----------------------------------------------------
 
-def _walked_tcp(frame: bytes) -> tuple[int, int, list[tuple[int, int, int]]] | None:
-    """(TCP offset, option area end, option spans) of a frame the classifier parses, else None.
-
-    The classifier's preconditions (docs/token-steering.md §2): Ethernet,
-    IPv4 without fragmentation, TCP whose whole header is in the frame, and a
-    well-formed option area.
-    """
+def _ipv4_tcp_offset(frame: bytes) -> int | None:
+    """Where the TCP header of an unfragmented IPv4 packet starts, else None."""
     n = len(frame)
-    if n < _ETH_HLEN + 20 or (frame[12] << 8 | frame[13]) != _ETH_P_IP:
+    if n < _ETH_HLEN + 20:
         return None
     version, ihl = frame[14] >> 4, frame[14] & 0x0F
     if version != 4 or ihl < 5:
@@ -309,9 +310,56 @@ def _walked_tcp(frame: bytes) -> tuple[int, int, list[tuple[int, int, int]]] | N
         return None
     if frame[20] & 0x3F or frame[21]:  # MF flag, fragment offset
         return None
-    if frame[23] != _IPPROTO_TCP:
+    return l4 if frame[23] == _IPPROTO_TCP else None
+
+
+def _ipv6_tcp_offset(frame: bytes) -> int | None:
+    """Where the TCP header of an IPv6 packet starts, past the extension headers the classifier walks, else None.
+
+    Hop-by-hop options only first, routing and destination options, AH, an
+    atomic fragment header; at most IPV6_EXT_HEADERS_MAX of them and the TCP
+    header within IPV6_EXT_BYTES_MAX bytes of the fixed header.
+    """
+    if len(frame) < _ETH_HLEN + _IPV6_HLEN or frame[14] >> 4 != 6:
         return None
-    if l4 + _TCP_HLEN > n:
+    off, nxt = _ETH_HLEN + _IPV6_HLEN, frame[20]
+    for i in range(IPV6_EXT_HEADERS_MAX + 1):
+        if off > _ETH_HLEN + _IPV6_HLEN + IPV6_EXT_BYTES_MAX:
+            return None
+        if nxt == _IPPROTO_TCP:
+            return off
+        if i == IPV6_EXT_HEADERS_MAX or off + 8 > len(frame):
+            return None
+        if (nxt == _IPPROTO_HOPOPTS and i == 0) or nxt in (_IPPROTO_ROUTING, _IPPROTO_DSTOPTS):
+            length = (frame[off + 1] + 1) * 8
+        elif nxt == _IPPROTO_AH:
+            length = (frame[off + 1] + 2) * 4
+        elif nxt == _IPPROTO_FRAGMENT and not int.from_bytes(frame[off + 2:off + 4], "big") & 0xFFF9:
+            length = 8  # offset 0 and M clear: an atomic fragment, the whole packet
+        else:
+            return None
+        nxt, off = frame[off], off + length
+    return None
+
+
+def _walked_tcp(frame: bytes) -> tuple[int, int, list[tuple[int, int, int]], bool] | None:
+    """(TCP offset, option area end, option spans, is IPv6) of a frame the classifier parses, else None.
+
+    The classifier's preconditions (docs/token-steering.md §2): Ethernet,
+    IPv4 without fragmentation or IPv6 with the extension headers it walks,
+    TCP whose whole header is in the frame, and a well-formed option area.
+    """
+    n = len(frame)
+    if n < _ETH_HLEN:
+        return None
+    ethertype = frame[12] << 8 | frame[13]
+    if ethertype == _ETH_P_IP:
+        l4 = _ipv4_tcp_offset(frame)
+    elif ethertype == _ETH_P_IPV6:
+        l4 = _ipv6_tcp_offset(frame)
+    else:
+        return None
+    if l4 is None or l4 + _TCP_HLEN > n:
         return None
     doff = frame[l4 + 12] >> 4
     if doff < 5 or l4 + doff * 4 > n:
@@ -322,7 +370,7 @@ def _walked_tcp(frame: bytes) -> tuple[int, int, list[tuple[int, int, int]]] | N
         return None
     if any(kind == TCPOPT_TIMESTAMP and length != TIMESTAMP_LEN for _, kind, length in spans):
         return None  # the walk calls a timestamp of another length malformed
-    return l4, l4 + doff * 4, spans
+    return l4, l4 + doff * 4, spans, ethertype == _ETH_P_IPV6
 
 
 def classify_frame(frame: bytes) -> tuple[int, int] | None:
@@ -334,7 +382,7 @@ def classify_frame(frame: bytes) -> tuple[int, int] | None:
     walked = _walked_tcp(frame)
     if walked is None:
         return None
-    l4, _, spans = walked
+    l4, _, spans, ipv6 = walked
     timestamp = mptcp = None
     for off, kind, length in spans:
         if kind == TCPOPT_TIMESTAMP:
@@ -349,7 +397,7 @@ def classify_frame(frame: bytes) -> tuple[int, int] | None:
         off, length = mptcp
         subtype = frame[off + 2] >> 4
         if subtype == MPTCP_SUB_CAPABLE:
-            return CLASS_MP_CAPABLE, 0
+            return None if ipv6 else (CLASS_MP_CAPABLE, 0)  # IPv6 has no seed mode: the hash, a pool key
         if subtype == MPTCP_SUB_JOIN and length == MP_JOIN_SYN_LEN:
             return CLASS_MP_JOIN, int.from_bytes(frame[off + 4:off + 8], "big") >> (32 - TAG_VALUE_BITS)
         return None
@@ -386,7 +434,7 @@ def classifier_output(frame: bytes) -> bytes:
     out = bytearray(frame)
     walked = _walked_tcp(frame)
     if walked is not None:
-        l4, end, spans = walked
+        l4, end, spans, _ = walked
         old_header = bytes(out[l4:end])
         for _ in range(3):
             at = _carrier_at(bytes(out), spans)

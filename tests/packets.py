@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from scapy.all import IP, TCP, Ether, Raw
+from scapy.all import IP, TCP, Ether, IPv6, Raw
 from scapy.utils import checksum
 
 from mptcp_lb.mptcp_codec import (MPC_FLAG_HMAC_SHA256, MPTCP_SUB_CAPABLE, MPTCP_SUB_JOIN, TCPOPT_MPTCP,
@@ -83,6 +83,17 @@ def tcp_frame(flags: str, options: bytes | list = b"", *, doff: int | None = Non
     """An Ethernet/IPv4/TCP frame with right checksums (``tcp_segment`` behind an Ethernet header)."""
     return ether_frame(_ipv4_tcp(flags, options, doff, payload, src, dst, sport, dport, seq, ack, ip),
                        src=eth_src, dst=eth_dst)
+
+
+def tcp6_frame(flags: str, options: bytes = b"", *, ext: tuple = (), payload: bytes = b"", src: str = "2001:db8:1::1",
+               dst: str = "2001:db8::100", sport: int = 40000, dport: int = 80) -> bytes:
+    """An Ethernet/IPv6/TCP frame, ``ext`` the scapy extension headers between IPv6 and TCP, in order."""
+    options = bytes(options) + EOL * (-len(options) % 4)
+    pkt = IPv6(src=src, dst=dst)
+    for header in ext:
+        pkt = pkt / header
+    tcp = TCP(sport=sport, dport=dport, flags=flags, dataofs=5 + len(options) // 4) / Raw(options + payload)
+    return ether_frame(pkt / tcp)
 
 
 def ether_frame(payload, src: str = SRC_MAC, dst: str = DST_MAC, **fields) -> bytes:

@@ -20,12 +20,13 @@ import time
 from collections import Counter
 
 import pytest
-from scapy.all import ARP, IP, TCP, UDP, Dot1Q, IPOption_RR, IPv6, Raw
+from scapy.all import (AH, ARP, IP, TCP, UDP, Dot1Q, IPOption_RR, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
+                       IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, PadN, Raw)
 
 from mptcp_lb import bpf, classifier
 from mptcp_lb.mptcp_codec import TAG_PREFIX, build_key_carrier, classifier_output, classify_frame, tag_mac
 from tests.packets import (EOL, MSS, NOP, SACK_PERM, WSCALE, checksums_ok, ether_frame, mp_capable, mp_join,
-                           tcp_frame, timestamp)
+                           tcp6_frame, tcp_frame, timestamp)
 
 FUZZ_SEED = int(os.environ.get("MPTCP_LB_FUZZ_SEED", "20240611"))
 FUZZ_COUNT = int(os.environ.get("MPTCP_LB_FUZZ_COUNT", "300000"))
@@ -63,6 +64,44 @@ TSECR = 0x12345ABC
 LINUX_SYN = MSS + SACK_PERM + timestamp(0x11111111, 0) + NOP + WSCALE  # 20 bytes, as Linux sends them
 
 TS_OPTS = NOP + NOP + timestamp(7, TSECR)  # a timestamp as Linux lays it out
+
+HBH, DSTOPTS = IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt()
+PADDED_DSTOPTS = IPv6ExtHdrDestOpt(options=[PadN(optdata=bytes(14 * 8 - 2 + 6))])  # (14 + 1) * 8 = 120 bytes
+
+
+def atomic_fragment(**kw):
+    return IPv6ExtHdrFragment(offset=0, m=0, id=7, **kw)
+
+
+IPV6_FIXTURES = [
+    # Verdicts: the rules of IPv4, past the extension headers the classifier walks
+    ("ipv6 ack with timestamp", tcp6_frame("A", TS_OPTS), (3, TSECR & 0xFFF)),
+    ("ipv6 syn mp_join", tcp6_frame("S", LINUX_SYN + mp_join(TOKEN)), (2, TOKEN >> 8)),
+    ("ipv6 hop-by-hop, routing, destination options, atomic fragment",
+     tcp6_frame("A", TS_OPTS, ext=(HBH, IPv6ExtHdrRouting(), DSTOPTS, atomic_fragment())), (3, TSECR & 0xFFF)),
+    ("ipv6 authentication header", tcp6_frame("S", mp_join(TOKEN), ext=(AH(nh=6, payloadlen=4, spi=1, icv=bytes(12)),)),
+     (2, TOKEN >> 8)),
+    ("ipv6 tcp exactly 128 bytes after the fixed header",
+     tcp6_frame("A", TS_OPTS, ext=(PADDED_DSTOPTS, DSTOPTS)), (3, TSECR & 0xFFF)),
+    ("ipv6 8 extension headers", tcp6_frame("A", TS_OPTS, ext=(DSTOPTS,) * 8), (3, TSECR & 0xFFF)),
+    ("ipv6 reserved bits of an atomic fragment", tcp6_frame("A", TS_OPTS, ext=(atomic_fragment(res1=0xFF, res2=3),)),
+     (3, TSECR & 0xFFF)),
+    # No verdict
+    ("ipv6 syn mp_capable: no seed mode", tcp6_frame("S", LINUX_SYN + mp_capable()), None),
+    ("ipv6 syn/ack", tcp6_frame("SA", mp_capable(12) + NOP + NOP + timestamp(7, 9)), None),
+    ("ipv6 first fragment (M set)", tcp6_frame("A", TS_OPTS, ext=(IPv6ExtHdrFragment(m=1),)), None),
+    ("ipv6 later fragment", tcp6_frame("A", TS_OPTS, ext=(IPv6ExtHdrFragment(offset=1),)), None),
+    ("ipv6 hop-by-hop not first", tcp6_frame("A", TS_OPTS, ext=(DSTOPTS, HBH)), None),
+    ("ipv6 9 extension headers", tcp6_frame("A", TS_OPTS, ext=(DSTOPTS,) * 9), None),
+    ("ipv6 tcp 136 bytes after the fixed header", tcp6_frame("A", TS_OPTS, ext=(PADDED_DSTOPTS, DSTOPTS, DSTOPTS)),
+     None),
+    ("ipv6 esp", ether_frame(IPv6(nh=50) / Raw(bytes(8) + TS_OPTS)), None),
+    ("ipv6 no next header", ether_frame(IPv6(nh=59) / Raw(bytes(40))), None),
+    ("ipv6 udp", ether_frame(IPv6() / UDP() / Raw(TS_OPTS)), None),
+    ("ipv6 version 4 in an ipv6 frame", tcp6_frame("A", TS_OPTS)[:14] + b"\x40" + tcp6_frame("A", TS_OPTS)[15:], None),
+    ("ipv6 extension header cut short", tcp6_frame("A", b"", ext=(DSTOPTS,))[:14 + 40 + 6], None),
+    ("ipv6 tcp header cut short", tcp6_frame("A", TS_OPTS)[:14 + 40 + 30], None),
+]
 
 FIXTURES = [
     # Verdicts
@@ -113,7 +152,9 @@ FIXTURES = [
     ("non-first fragment", tcp_frame("A", TS_OPTS, ip={"frag": 1}), None),
     ("udp", ether_frame(IP() / UDP() / Raw(TS_OPTS)), None),
     ("arp", ether_frame(ARP()), None),
-    ("ipv6 tcp with timestamp", ether_frame(IPv6() / TCP(flags="A", options=[("Timestamp", (7, 9))])), None),
+    ("ipv6 tcp with timestamp, scapy layout", ether_frame(IPv6() / TCP(flags="A", options=[("Timestamp", (7, 9))])),
+     (3, 9)),
+    *IPV6_FIXTURES,
     ("vlan-tagged ipv4", ether_frame(Dot1Q(vlan=5) / IP() / TCP(flags="S", dataofs=6) / Raw(mp_capable())), None),
 ]
 
@@ -176,8 +217,11 @@ def test_classify_bytes_uses_the_built_object(prog_fd):
 INTERESTING_KINDS = (0, 1, 2, 3, 4, 5, 8, 8, 8, 30, 30, 30, 253, 255)
 
 
+IPV6_EXT_TYPES = (0, 0, 43, 60, 60, 44, 44, 51, 50, 59, 6)  # hop-by-hop, routing, destination, fragment, AH, ESP...
+
+
 class FrameFuzzer:
-    """Random Ethernet/IPv4/TCP frames, mostly near-valid so that every rule gets exercised."""
+    """Random Ethernet/IPv4/TCP and IPv6/TCP frames, mostly near-valid so that every rule gets exercised."""
 
     def __init__(self, rng: random.Random):
         self.rng = rng
@@ -232,13 +276,12 @@ class FrameFuzzer:
         tcp = struct.pack("!HHIIBBHHH", r.randrange(65536), 80, r.getrandbits(32), r.getrandbits(32),
                           doff << 4 | r.randrange(16), flags, 65535, 0, 0) + opts + r.randbytes(r.choice((0, 0, 5)))
 
-        ihl = 5 if r.random() < 0.8 else r.randrange(16)
-        version = 4 if r.random() < 0.97 else r.randrange(16)
-        frag = r.choice((0, 0, 0, 0x4000, 0x2000, 0x0001, r.randrange(65536)))
-        proto = 6 if r.random() < 0.95 else r.choice((17, 1, r.randrange(256)))
-        ip = struct.pack("!BBHHHBBH4s4s", version << 4 | ihl, 0, r.randrange(65536), 1, frag, 64, proto, 0,
-                         b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02") + r.randbytes(max(ihl - 5, 0) * 4)
-        ethertype = 0x0800 if r.random() < 0.95 else r.choice((0x86DD, 0x8100, 0x0806, r.randrange(65536)))
+        if r.random() < 0.3:
+            ip, ethertype = self.ipv6_headers(), 0x86DD
+        else:
+            ip, ethertype = self.ipv4_header(), 0x0800
+        if r.random() < 0.05:
+            ethertype = r.choice((0x86DD, 0x0800, 0x8100, 0x0806, r.randrange(65536)))
         dst = (TAG_PREFIX + r.randbytes(4)) if r.random() < 0.05 else r.randbytes(6)  # now and then a forged tag
         frame = dst + r.randbytes(6) + struct.pack("!H", ethertype) + ip + tcp
 
@@ -248,9 +291,41 @@ class FrameFuzzer:
         elif pick < 0.25:  # flip a few bytes in the headers
             buf = bytearray(frame)
             for _ in range(r.randint(1, 3)):
-                buf[r.randrange(14, min(len(buf), 14 + 60 + 60))] = r.randrange(256)
+                buf[r.randrange(14, min(len(buf), 14 + len(ip) + 60))] = r.randrange(256)
             frame = bytes(buf)
         return frame
+
+    def ipv4_header(self) -> bytes:
+        r = self.rng
+        ihl = 5 if r.random() < 0.8 else r.randrange(16)
+        version = 4 if r.random() < 0.97 else r.randrange(16)
+        frag = r.choice((0, 0, 0, 0x4000, 0x2000, 0x0001, r.randrange(65536)))
+        proto = 6 if r.random() < 0.95 else r.choice((17, 1, r.randrange(256)))
+        return struct.pack("!BBHHHBBH4s4s", version << 4 | ihl, 0, r.randrange(65536), 1, frag, 64, proto, 0,
+                           b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02") + r.randbytes(max(ihl - 5, 0) * 4)
+
+    def ipv6_headers(self) -> bytes:
+        """The fixed IPv6 header and a chain of extension headers, mostly ending in TCP."""
+        r = self.rng
+        types = [r.choice(IPV6_EXT_TYPES[:-1]) for _ in range(r.choice((0, 0, 1, 1, 2, 3, r.randint(0, 10))))]
+        nexts = types[1:] + [6 if r.random() < 0.9 else r.choice(IPV6_EXT_TYPES + (17, r.randrange(256)))]
+        chain = b""
+        for kind, nxt in zip(types, nexts):
+            if kind in (0, 43, 60):
+                units = r.choice((0, 0, 0, 1, 2, 3, r.randint(0, 18)))
+                chain += bytes((nxt, units)) + r.randbytes(units * 8 + 6)
+            elif kind == 44:
+                frag = r.choice((0, 0, 0, 1, 6, 8, 0xFFF8, r.randrange(65536)))
+                chain += bytes((nxt, r.randrange(256))) + frag.to_bytes(2, "big") + r.randbytes(4)
+            elif kind == 51:
+                words = r.choice((1, 4, 4, r.randint(0, 30)))
+                chain += bytes((nxt, words)) + r.randbytes(words * 4 + 6)
+            else:
+                chain += bytes((nxt,)) + r.randbytes(7)
+        version = 6 if r.random() < 0.97 else r.randrange(16)
+        first = types[0] if types else nexts[0]
+        return struct.pack("!IHBB16s16s", version << 28 | r.getrandbits(20), r.randrange(65536), first, 64,
+                           r.randbytes(16), r.randbytes(16)) + chain
 
 
 def test_differential_fuzz_against_python_reference(prog_fd):
@@ -262,6 +337,8 @@ def test_differential_fuzz_against_python_reference(prog_fd):
         frame = fuzzer.frame()
         verdict = classify_frame(frame)
         verdicts[verdict[0] if verdict else None] += 1
+        if frame[12:14] == b"\x86\xdd":
+            verdicts[("ipv6", verdict[0] if verdict else None)] += 1
         out = run(prog_fd, frame)
         if out != expected_frame(frame, verdict):
             mismatches.append(f"{frame.hex()} python={verdict} bpf_dst={out[:6].hex()}")
@@ -269,9 +346,11 @@ def test_differential_fuzz_against_python_reference(prog_fd):
     print(f"fuzz: {FUZZ_COUNT} frames, seed {FUZZ_SEED}, {elapsed:.1f}s, verdicts {dict(verdicts)}")
     assert not mismatches, (f"{len(mismatches)} mismatches (seed {FUZZ_SEED}), first ones:\n"
                             + "\n".join(mismatches[:20]))
-    # The generator must reach every verdict often enough for the agreement to mean something.
+    # The generator must reach every verdict often enough for the agreement to mean something, IPv6's too.
     for cls in (None, 1, 2, 3):
         assert verdicts[cls] > FUZZ_COUNT // 100, f"verdict {cls} seen only {verdicts[cls]} times"
+    for cls in (None, 2, 3):
+        assert verdicts[("ipv6", cls)] > FUZZ_COUNT // 1000, f"IPv6 verdict {cls} seen only {verdicts[('ipv6', cls)]}"
 
 
 # --- redirects and counters ----------------------------------------------------------
