@@ -103,7 +103,7 @@ static __always_inline int parse_seg(struct __sk_buff *skb, struct seg *s)
 		 */
 		if (ip->protocol != IPPROTO_TCP || ip->frag_off & bpf_htons(IPV4_MF_AND_OFFSET))
 			return -1;
-		if (pull_headers(skb))
+		if (pull_headers(skb, MAX_HEADERS_IPV4)) /* the DIP programs parse IPv4 only */
 			return -1;
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;

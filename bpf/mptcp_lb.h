@@ -34,6 +34,16 @@
 #define TAG_VALUE_BITS 24
 
 /*
+ * What the classifier walks of IPv6 (docs/token-steering.md §2): at most
+ * IPV6_EXT_HEADERS_MAX extension headers, the TCP header at most
+ * IPV6_EXT_BYTES_MAX bytes after the fixed header, and a fragment header
+ * only when its offset and M flag (this mask of its u16 at +2) are 0.
+ */
+#define IPV6_EXT_HEADERS_MAX 8
+#define IPV6_EXT_BYTES_MAX 128
+#define IPV6_FRAG_OFFSET_AND_MF 0xfff9
+
+/*
  * Second chance (mptcp_lb/slots.py). A MUX marks a packet of a slot in
  * transition in its source MAC: TAG_PREFIX, then the previous owner's IPv4
  * address; the new owner passes on what it holds no connection for. A DIP

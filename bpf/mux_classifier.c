@@ -173,7 +173,7 @@ static __always_inline void classify(struct __sk_buff *skb)
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 	if (data + MAX_HEADERS > data_end && skb->len > data_end - data)
-		pull_headers(skb);
+		pull_headers(skb, MAX_HEADERS);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 

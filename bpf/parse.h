@@ -23,15 +23,7 @@
 #define IPV4_HLEN_MAX 60          /* ihl <= 15 */
 #define TCP_HLEN_MAX 60           /* doff <= 15 */
 #define TCP_OPTS_MAX (TCP_HLEN_MAX - sizeof(struct tcphdr))
-/*
- * IPv6 (docs/token-steering.md §2): at most IPV6_EXT_HEADERS_MAX extension
- * headers, and the TCP header at most IPV6_EXT_BYTES_MAX bytes after the
- * fixed header; a packet with more earns no verdict.
- */
 #define IPV6_HLEN 40
-#define IPV6_EXT_HEADERS_MAX 8
-#define IPV6_EXT_BYTES_MAX 128
-#define IPV6_FRAG_OFFSET_AND_MF 0xfff9 /* the fragment header's offset (13 bits) and M flag */
 /* Ethernet + the longest IP headers + the longest TCP header: all a verdict or a rewrite reads. */
 #define MAX_HEADERS_IPV4 (ETH_HLEN + IPV4_HLEN_MAX + TCP_HLEN_MAX)
 #define MAX_HEADERS_IPV6 (ETH_HLEN + IPV6_HLEN + IPV6_EXT_BYTES_MAX + TCP_HLEN_MAX)
@@ -57,12 +49,13 @@ _Static_assert(MAX_HEADERS <= HEADER_OFF_MASK + 1, "HEADER_OFF_MASK must cover e
 
 /*
  * Make the headers linear when part of them sits in paged data (a NIC's GRO,
- * for one): pull MAX_HEADERS bytes, or the whole packet if it is shorter.
+ * for one): pull ``max`` bytes (MAX_HEADERS, or MAX_HEADERS_IPV4 for a
+ * program that parses IPv4 only), or the whole packet if it is shorter.
  * This invalidates every packet pointer; 0 or a negative errno.
  */
-static __always_inline long pull_headers(struct __sk_buff *skb)
+static __always_inline long pull_headers(struct __sk_buff *skb, __u32 max)
 {
-	return bpf_skb_pull_data(skb, skb->len < MAX_HEADERS ? skb->len : MAX_HEADERS);
+	return bpf_skb_pull_data(skb, skb->len < max ? skb->len : max);
 }
 
 /* The IPv4 header (options included) after an untagged Ethernet header, or NULL. */
@@ -284,7 +277,7 @@ static __always_inline int tcp_opts_step(void *data, void *data_end, struct tcp_
  *   int name(ctx_type *ctx, __u32 tcp_off, __u32 tcp_len, struct tcp_opts *o)
  *
  * which walks the options of the TCP header at frame offset tcp_off, tcp_len
- * (doff * 4) bytes long, that parse_tcp() accepted, into *o, and returns 0,
+ * (doff * 4) bytes long, that parse_tcp() or parse_tcp_at() accepted, into *o, and returns 0,
  * or -1 when the layout is malformed. Both programs walk with it: the MUX
  * classifier and the DIP's (whose headers parse_tcp() has put in the linear
  * data too).

@@ -42,6 +42,11 @@ ROUTER_ASN, MUX_ASN = 65000, 65001
 SPEAKER_PORT = 3
 
 
+def mux_address(i: int) -> str:
+    """MUX i's own address (1 or 2): the router's next hop through it."""
+    return f"{MUX_NETS[i - 1]}.1"
+
+
 def speaker_address(i: int) -> str:
     return f"{MUX_NETS[i - 1]}.2"
 
@@ -80,10 +85,11 @@ def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080, mode
                     key_source: str = "seed", punt_rate: int = 100, prefix: str = "",
                     state_file: str | None = None, transition_time: float = 300.0,
                     explicit_slices: bool = False, api_token_file: str | None = None,
-                    metrics_port: int = 9180, bgp: bool = False) -> dict:
+                    metrics_port: int = 9180, bgp: bool = False, bgp_lease_time: int | None = None) -> dict:
     """The mptcp-lb config (as a YAML-ready dict) matching this topology.
 
-    ``bgp`` gives each MUX its BGP speaker (``muxes[].bgp``), as ``DatacenterTopo(bgp=True)`` wires them.
+    ``bgp`` gives each MUX its BGP speaker (``muxes[].bgp``), as ``DatacenterTopo(bgp=True)`` wires them,
+    with ``bgp_lease_time`` as their ``lease_time`` (None: the default).
 
     ``explicit_slices`` writes each DIP's token slices out (equal blocks by
     id, what validation assigns anyway), so a config that leaves some DIPs
@@ -109,10 +115,11 @@ def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080, mode
                        **({"state_file": state_file} if state_file else {}),
                        **({"api_token_file": api_token_file} if api_token_file else {})},
         "muxes": [
-            {"name": f"mux{i}", "dpid": 0x1000 + i, "address": f"{MUX_NETS[i - 1]}.1",
+            {"name": f"mux{i}", "dpid": 0x1000 + i, "address": mux_address(i),
              "mac": mux_mac(i), "uplink_port": 1, "fabric_port": 2,
              **({"bgp": {"speaker_port": SPEAKER_PORT, "address": speaker_address(i), "mac": speaker_mac(i),
-                         "peer": f"{MUX_NETS[i - 1]}.254", "asn": MUX_ASN, "peer_asn": ROUTER_ASN}} if bgp else {})}
+                         "peer": f"{MUX_NETS[i - 1]}.254", "asn": MUX_ASN, "peer_asn": ROUTER_ASN,
+                         **({"lease_time": bgp_lease_time} if bgp_lease_time else {})}} if bgp else {})}
             for i in (1, 2)
         ],
         "vips": [vip],
@@ -225,8 +232,8 @@ class BorderRouter(Host):
 
     def set_vip_route(self, only_mux: int | None = None) -> None:
         """ECMP over both MUXes, or pin the VIP to one MUX (1 or 2) for a test."""
-        hops = [(i, net) for i, net in enumerate(MUX_NETS, start=1) if only_mux in (None, i)]
-        nexthops = " ".join(f"nexthop via {net}.1 dev {self.name}-eth{1 + i}" for i, net in hops)
+        hops = [i for i in range(1, len(MUX_NETS) + 1) if only_mux in (None, i)]
+        nexthops = " ".join(f"nexthop via {mux_address(i)} dev {self.name}-eth{1 + i}" for i in hops)
         self.cmd(f"ip route replace {VIP}/32 {nexthops}")
 
 

@@ -22,8 +22,8 @@ import urllib.request
 
 import yaml
 
-from mininet_topos.datacenter import (MUX_NETS, SERVICE_PORT, VIP, DatacenterTopo, mgmt_interface, router_bird_config,
-                                      speaker_address, topology_config)
+from mininet_topos.datacenter import (SERVICE_PORT, VIP, DatacenterTopo, mgmt_interface, mux_address,
+                                      router_bird_config, speaker_address, topology_config)
 from mptcp_lb.config import parse_config
 
 log = logging.getLogger(__name__)
@@ -66,11 +66,11 @@ def datapath_flow_count(match: str = "") -> int:
     return sum(1 for line in out.splitlines() if match in line)
 
 
-def require_platform() -> None:
-    """Fail early, naming what is missing, instead of half-building a topology."""
+def require_platform(bird: bool = False) -> None:
+    """Fail early, naming what is missing, instead of half-building a topology (``bird``: BIRD 2 too)."""
     if os.geteuid() != 0:
         raise RuntimeError("needs root (network namespaces, Open vSwitch)")
-    for tool in ("ovs-vsctl", "mnexec", "ethtool", "ip"):
+    for tool in ("ovs-vsctl", "mnexec", "ethtool", "ip", *(("bird", "birdc") if bird else ())):
         if subprocess.run(["which", tool], capture_output=True).returncode:
             raise RuntimeError(f"{tool} not found: run `make bootstrap` (apt packages)")
     if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True).returncode:
@@ -103,7 +103,8 @@ class Datacenter:
     - ``bgp``: the router learns the VIP over BGP (BIRD 2, BFD) from a speaker
       on each MUX bridge (``muxes[].bgp``, ``mptcp-lb bird-config``) instead
       of a static route; ``vip_nexthops`` reads the router's route and
-      ``fail_mux`` takes a MUX's datapath away;
+      ``fail_mux`` takes a MUX's datapath away. ``bgp_lease_time`` is the
+      speakers' ``lease_time`` (None: the default);
     - ``progress``: called with a line of text at each step.
 
     The controller probes the DIPs' health through the topology's management
@@ -115,7 +116,7 @@ class Datacenter:
                  progress=lambda msg: log.info("%s", msg), mode: str = "port", key_source: str = "seed",
                  punt_rate: int = 100, key_adoption: bool = True, port_type: str | None = None,
                  echo: bool = True, transition_time: float = 300.0, spare_dips: int = 0, tls: bool = False,
-                 bgp: bool = False):
+                 bgp: bool = False, bgp_lease_time: int | None = None):
         from mptcp_lb.datapath import resolve_port_type
 
         self.n_dips = n_dips
@@ -132,7 +133,7 @@ class Datacenter:
                                             mode=mode, key_source=key_source, punt_rate=punt_rate, prefix=prefix,
                                             state_file=self.state_file, transition_time=transition_time,
                                             explicit_slices=spare_dips > 0, api_token_file=self.token_file,
-                                            metrics_port=free_port(), bgp=bgp)
+                                            metrics_port=free_port(), bgp=bgp, bgp_lease_time=bgp_lease_time)
         self.config = json.loads(json.dumps(self.agent_config))
         self.config["vips"][0]["dips"] = self.config["vips"][0]["dips"][:n_dips]
         self.key_adoption = key_adoption
@@ -198,7 +199,7 @@ class Datacenter:
         from mininet.net import Mininet
         from mininet.node import RemoteController
 
-        require_platform()
+        require_platform(bird=self.bgp)
         if self.tls:
             self.pki = TestPki(os.path.join(self.workdir, "pki"))
             self.pki.create()
@@ -358,11 +359,10 @@ class Datacenter:
             path = os.path.join(self.workdir, f"bird-{name}.conf")
             with open(path, "w") as f:
                 f.write("log stderr all;\n" + text)
-            logf = open(os.path.join(self.workdir, f"bird-{name}.log"), "w")
-            self.birds[name] = self.host(name).popen(
-                ["bird", "-f", "-c", path, "-s", self._bird_socket(name), "-P",
-                 os.path.join(self.workdir, f"bird-{name}.pid")], stdout=logf, stderr=subprocess.STDOUT)
-            logf.close()
+            with open(os.path.join(self.workdir, f"bird-{name}.log"), "w") as logf:
+                self.birds[name] = self.host(name).popen(
+                    ["bird", "-f", "-c", path, "-s", self._bird_socket(name), "-P",
+                     os.path.join(self.workdir, f"bird-{name}.pid")], stdout=logf, stderr=subprocess.STDOUT)
 
     def _bird_socket(self, name: str) -> str:
         return os.path.join(self.workdir, f"bird-{name}.ctl")
@@ -389,7 +389,7 @@ class Datacenter:
         hops = [h["gateway"] for r in routes for h in r.get("nexthops", [r]) if "gateway" in h]
         return sorted(hops)
 
-    def bfd_up(self) -> list[str]:
+    def bfd_up_speakers(self) -> list[str]:
         """The speakers whose BFD session with the router is up, as the router's BIRD shows them (sorted)."""
         lines = self.birdc("r0", "show bfd sessions").splitlines()
         return sorted(f.split()[0] for f in lines if len(f.split()) > 2 and f.split()[2] == "Up")
@@ -399,14 +399,10 @@ class Datacenter:
 
         Before BFD is up, only the BGP hold time (3 s) would notice a failure.
         """
-        want = sorted(self.mux_address(i) for i in muxes)
+        want = sorted(mux_address(i) for i in muxes)
         speakers = sorted(speaker_address(i) for i in muxes)
         wait_for(f"the router to route the VIP over {want}, with BFD up to {speakers}",
-                 lambda: self.vip_nexthops() == want and set(speakers) <= set(self.bfd_up()), timeout)
-
-    def mux_address(self, i: int) -> str:
-        """MUX i's address: the router's next hop through it."""
-        return f"{MUX_NETS[i - 1]}.1"
+                 lambda: self.vip_nexthops() == want and set(speakers) <= set(self.bfd_up_speakers()), timeout)
 
     def fail_mux(self, i: int) -> None:
         """MUX i's datapath is gone (its bridge deleted) while its links stay up, as when its host hangs.
@@ -418,11 +414,11 @@ class Datacenter:
 
     def fail_mux_and_time_withdrawal(self, i: int, timeout: float = 30) -> float:
         """``fail_mux(i)``; the seconds until the router's routing table no longer routes the VIP through it."""
-        failed = self.mux_address(i)
+        survivors = [h for h in self.vip_nexthops() if h != mux_address(i)]
         t0 = time.monotonic()
         self.fail_mux(i)
-        wait_for(f"the router to withdraw MUX {i} ({failed})", lambda: failed not in self.vip_nexthops(), timeout,
-                 interval=0.01)
+        wait_for(f"the router to route the VIP over {survivors} only", lambda: self.vip_nexthops() == survivors,
+                 timeout, interval=0.01)
         return time.monotonic() - t0
 
     def stop(self) -> None:
@@ -592,6 +588,8 @@ class Datacenter:
 
     def set_vip_route(self, only_mux: int | None = None) -> None:
         """The border router's ECMP route for the VIP over both MUXes, or over one (the other withdrawn)."""
+        if self.bgp:
+            raise RuntimeError("with bgp=True the router's VIP route is BGP's: fail_mux() takes a MUX out")
         self.router.set_vip_route(only_mux)
 
 

@@ -315,8 +315,10 @@ def remove(bridge: str, uplink: str) -> Tap:
         if tap.bridge != bridge:
             raise ClassifierError(f"the classifier tap of {uplink} stands in for a port of bridge {tap.bridge}, "
                                   f"not {bridge}")
-        bridge_there = subprocess.run(["ovs-vsctl", "--timeout=10", "br-exists", bridge]).returncode == 0
-        _undo(ipr, tap, uplink_ifindex, ["tap", "port", "classifier"] if bridge_there else ["tap", "classifier"])
+        exists = subprocess.run(["ovs-vsctl", "--timeout=10", "br-exists", bridge], capture_output=True, text=True)
+        if exists.returncode not in (0, 2):  # 2: no such bridge; anything else: OVS did not answer
+            raise ClassifierError(f"ovs-vsctl br-exists {bridge}: {exists.stderr.strip() or exists.returncode}")
+        _undo(ipr, tap, uplink_ifindex, ["tap", "port", "classifier"] if exists.returncode == 0 else ["tap", "classifier"])
     log.info("classifier removed from %s%s", uplink,
              f"; it is OVS port {tap.ofport} of {bridge} again" if tap.uplink_was_port else "")
     return tap

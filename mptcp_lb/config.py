@@ -419,6 +419,8 @@ def _parse_mux(ck: _Checker, raw: Any, path: str) -> Mux | None:
                                        "a SHA-256 fingerprint (64 hex digits, colons allowed)")}
     if pins["pin_cert_sha256"]:
         pins["pin_cert_sha256"] = pins["pin_cert_sha256"].replace(":", "").lower()
+    # Before the MUX's own checks, which return early: a bad speaker is named along with them.
+    bgp = _parse_bgp(ck, obj.get("bgp"), f"{path}.bgp", fields) if "bgp" in obj else None
     tag_space = ":".join(f"{b:02x}" for b in TAG_PREFIX)
     if fields["mac"] is not None and fields["mac"].startswith(tag_space):
         # Classifier tags (destination) and second-chance marks (source) live in 0a:4d:...
@@ -427,7 +429,6 @@ def _parse_mux(ck: _Checker, raw: Any, path: str) -> Mux | None:
     if fields["uplink_port"] is not None and fields["uplink_port"] == fields["fabric_port"]:
         ck.fail(f"{path}.fabric_port", f"{fields['fabric_port']} is also the uplink_port")
         return None
-    bgp = _parse_bgp(ck, obj.get("bgp"), f"{path}.bgp", fields) if "bgp" in obj else None
     if any(v is None for v in fields.values()) or any(k in obj and v is None for k, v in pins.items()):
         return None
     if "bgp" in obj and bgp is None:
@@ -455,6 +456,8 @@ def _parse_bgp(ck: _Checker, raw: Any, path: str, mux: dict) -> BgpSpeaker | Non
     )
     if len(ck.problems) > before or None in fields.values():
         return None
+    for key in ("address", "peer"):
+        ck.unicast_host(fields[key], f"{path}.{key}")
     for port in ("uplink_port", "fabric_port"):
         if fields["speaker_port"] == mux[port]:
             ck.fail(f"{path}.speaker_port", f"{fields['speaker_port']} is also the MUX's {port}")
@@ -676,6 +679,25 @@ def _check_unique(ck: _Checker, items: list, key: str, what: str) -> None:
         seen.setdefault(value, i)
 
 
+def _check_speakers(ck: _Checker, muxes: list[Mux], vips: list[Vip]) -> None:
+    """BGP speakers' addresses and MACs are theirs alone: no MUX's, VIP's, DIP's or other speaker's."""
+    addresses = {m.address: f"muxes[{i}].address" for i, m in enumerate(muxes)}
+    macs = {m.mac: f"muxes[{i}].mac" for i, m in enumerate(muxes)}
+    for v in vips:
+        addresses[v.address] = f"vips[{v.name}].address"
+        macs.update({d.mac: f"vips[{v.name}].dips[{d.id}].mac" for d in v.dips})
+    for i, m in enumerate(muxes):
+        if m.bgp is None:
+            continue
+        path = f"muxes[{i}].bgp"
+        for key, value, taken in (("address", m.bgp.address, addresses), ("mac", m.bgp.mac, macs)):
+            if value in taken:
+                ck.fail(f"{path}.{key}", f"{value} is also {taken[value]}")
+            taken[value] = f"{path}.{key}"
+        if any(m.bgp.peer == v.address for v in vips):
+            ck.fail(f"{path}.peer", f"{m.bgp.peer} is a VIP")
+
+
 def parse_config(raw: Any) -> Config:
     """Validate a parsed YAML document; raise ConfigError naming every problem."""
     ck = _Checker()
@@ -694,10 +716,7 @@ def parse_config(raw: Any) -> Config:
         for i, v in enumerate(vips):
             if v.address in mux_addresses:
                 ck.fail(f"vips[{i}].address", f"{v.address} is also muxes[{mux_addresses[v.address]}].address")
-        speakers = {m.bgp.address: i for i, m in enumerate(muxes) if m is not None and m.bgp is not None}
-        for i, v in enumerate(vips):
-            if v.address in speakers:
-                ck.fail(f"vips[{i}].address", f"{v.address} is also muxes[{speakers[v.address]}].bgp.address")
+        _check_speakers(ck, [m for m in muxes if m is not None], vips)
     if ck.problems:
         raise ConfigError(ck.problems)
     return Config(controller=controller, muxes=tuple(muxes), vips=tuple(vips))

@@ -110,9 +110,10 @@ SECTIONS: dict[str, dict[str, Key]] = {
         Key("bfd_multiplier", "integer", "BFD's detection multiplier.", 3, (1, 255)),
         Key("lease_time", "integer", "Seconds the speaker's flows outlive the controller's last renewal (it "
             "renews them every 0.5 s): a MUX cut off from its controller is withdrawn this long, plus BFD's "
-            "detection time, after. One controller leases every MUX's flows, so a controller that stays away "
-            "longer withdraws every MUX: a longer lease rides out restarts, a shorter one withdraws a cut-off MUX "
-            "sooner.", 2, (2, 3600)),
+            "detection time, after; one whose datapath stops is withdrawn by BFD alone. One controller leases "
+            "every MUX's flows, so a controller away for longer withdraws every MUX and the VIPs with them: the "
+            "default rides out a restart (systemd's 2 s, OVS's reconnection backoff of up to 8 s, start-up).",
+            30, (2, 3600)),
     ),
     "vips[]": _section(
         Key("name", "name", "The service (1-32 letters, digits, `_`, `.`, `-`); unique.", REQUIRED),

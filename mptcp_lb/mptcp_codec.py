@@ -51,10 +51,11 @@ _ETH_HLEN = 14
 _ETH_P_IP = 0x0800
 _ETH_P_IPV6 = 0x86DD
 _IPPROTO_TCP = 6
-# IPv6 as the classifier parses it (bpf/parse.h: ipv6_tcp_offset).
+# IPv6 as the classifier walks it (bpf/parse.h: ipv6_ext_step; the limits are bpf/mptcp_lb.h's).
 _IPV6_HLEN = 40
 IPV6_EXT_HEADERS_MAX = 8
 IPV6_EXT_BYTES_MAX = 128
+IPV6_FRAG_OFFSET_AND_MF = 0xFFF9  # of the fragment header's u16 at +2: an atomic fragment has neither
 _IPPROTO_HOPOPTS, _IPPROTO_ROUTING, _IPPROTO_FRAGMENT, _IPPROTO_AH, _IPPROTO_DSTOPTS = 0, 43, 44, 51, 60
 _TCP_HLEN = 20
 MAX_TCP_HLEN = 60  # data offset is 4 bits of 32-bit words
@@ -334,7 +335,8 @@ def _ipv6_tcp_offset(frame: bytes) -> int | None:
             length = (frame[off + 1] + 1) * 8
         elif nxt == _IPPROTO_AH:
             length = (frame[off + 1] + 2) * 4
-        elif nxt == _IPPROTO_FRAGMENT and not int.from_bytes(frame[off + 2:off + 4], "big") & 0xFFF9:
+        elif nxt == _IPPROTO_FRAGMENT and not int.from_bytes(frame[off + 2:off + 4], "big") \
+                & IPV6_FRAG_OFFSET_AND_MF:
             length = 8  # offset 0 and M clear: an atomic fragment, the whole packet
         else:
             return None

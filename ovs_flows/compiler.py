@@ -2,7 +2,7 @@
 
 The pipeline is a single table:
 
-  prio 310  the BGP speaker's ARP and IP, to and from the uplink (leased)  (muxes[].bgp)
+  prio 310  the BGP speaker's ARP and IP with the router, via the uplink (leased)  (muxes[].bgp)
   prio 300  ARP request for the MUX's or a VIP's address -> ARP reply by flows
   prio 230  VIP:service-port, classifier tag "server ID"  -> that DIP        (token, hybrid)
   prio 230  VIP:service-port, tag "JOIN, token slice"     -> slice's owner   (token, hybrid)
@@ -69,9 +69,12 @@ ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED = 3, 4
 IPPROTO_ICMP = 1
 # Seconds the seed-mode punt flow lives unless the controller renews it. A Linux client gives up on
 # MPTCP after its second retransmitted SYN(MPC) is lost (3 s after the first), so a dead controller
-# must stop getting SYNs well before that. The controller renews every leased flow (this one, the
-# BGP speaker's, which live muxes[].bgp.lease_time) four times in this time.
-LEASE_LIFETIME = 2
+# must stop getting SYNs well before that.
+PUNT_FLOW_LIFETIME = 2
+# Seconds between the controller's renewals of every leased flow (the punt flow, the BGP speaker's,
+# which live muxes[].bgp.lease_time): four per punt flow lifetime, so one lost or late renewal
+# still leaves it in place.
+RENEW_INTERVAL = PUNT_FLOW_LIFETIME / 4
 PRIO_SPEAKER = 310
 
 
@@ -350,38 +353,41 @@ def _token_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
             out.flows.append(fm)
             out.flow_dip[fm.cookie] = (vip.name, dip.id)
     if vip.key_source == "seed":
-        # It expires LEASE_LIFETIME after the controller last renewed it (LbCore.keepalive): a
+        # It expires PUNT_FLOW_LIFETIME after the controller last renewed it (LbCore.keepalive): a
         # controller that is gone gets no SYNs, which take the hash to a DIP's pool key instead.
         out.flows.append(flow_mod(
             PRIO_PUNT, _service(mux, vip, eth_dst=(tag_mac(CLASS_MP_CAPABLE, 0), TAG_CLASS_MASK)),
             [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)], meter_id=PUNT_METER,
-            hard_timeout=LEASE_LIFETIME))
+            hard_timeout=PUNT_FLOW_LIFETIME))
 
 
 def speaker_flows(mux: Mux) -> list:
-    """The BGP speaker's own traffic between its port and the uplink, leased like the punt flow.
+    """The BGP speaker's sessions with the router, between its port and the uplink, leased like the punt flow.
 
     Its BGP and BFD sessions cross this bridge's datapath, so they end when
     the bridge stops forwarding, and ``muxes[].bgp.lease_time`` after the
     controller last renewed these flows: the router withdraws the MUX either
-    way. IP that comes in for the speaker gets the speaker's MAC back (the
-    classifier may have tagged it); what it sends may only carry its own
-    addresses.
+    way. Only the router reaches the speaker and the speaker only the
+    router, each with its own addresses; IP for the speaker gets the
+    speaker's MAC back (the classifier may have tagged it).
     """
     bgp = mux.bgp
     if bgp is None:
         return []
     to_speaker = [parser.OFPActionSetField(eth_dst=bgp.mac), parser.OFPActionOutput(bgp.speaker_port)]
     to_uplink = [parser.OFPActionOutput(mux.uplink_port)]
+    lease = bgp.lease_time
     return [
-        flow_mod(PRIO_SPEAKER, match(in_port=mux.uplink_port, eth_type=ETH_ARP, arp_tpa=bgp.address),
-                 [parser.OFPActionOutput(bgp.speaker_port)], hard_timeout=bgp.lease_time),
-        flow_mod(PRIO_SPEAKER, match(in_port=mux.uplink_port, eth_type=ETH_IP, ipv4_dst=bgp.address), to_speaker,
-                 hard_timeout=bgp.lease_time),
+        flow_mod(PRIO_SPEAKER, match(in_port=mux.uplink_port, eth_type=ETH_ARP, arp_spa=bgp.peer,
+                                     arp_tpa=bgp.address), [parser.OFPActionOutput(bgp.speaker_port)],
+                 hard_timeout=lease),
+        flow_mod(PRIO_SPEAKER, match(in_port=mux.uplink_port, eth_type=ETH_IP, ipv4_src=bgp.peer,
+                                     ipv4_dst=bgp.address), to_speaker, hard_timeout=lease),
         flow_mod(PRIO_SPEAKER, match(in_port=bgp.speaker_port, eth_src=bgp.mac, eth_type=ETH_ARP,
-                                     arp_spa=bgp.address), to_uplink, hard_timeout=bgp.lease_time),
+                                     arp_spa=bgp.address, arp_sha=bgp.mac, arp_tpa=bgp.peer), to_uplink,
+                 hard_timeout=lease),
         flow_mod(PRIO_SPEAKER, match(in_port=bgp.speaker_port, eth_src=bgp.mac, eth_type=ETH_IP,
-                                     ipv4_src=bgp.address), to_uplink, hard_timeout=bgp.lease_time),
+                                     ipv4_src=bgp.address, ipv4_dst=bgp.peer), to_uplink, hard_timeout=lease),
     ]
 
 

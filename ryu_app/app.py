@@ -22,7 +22,7 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
-from ovs_flows.compiler import LEASE_LIFETIME
+from ovs_flows.compiler import RENEW_INTERVAL
 from ovs_flows.reconcile import flow_identities
 from ryu_app import launch, state_file
 from ryu_app.api import ApiServer, MetricsServer, TokenFileError, read_token
@@ -174,8 +174,7 @@ class MptcpLbApp(app_manager.OSKenApp):
             guarded(MptcpLbApp._tick)(self)
 
     def _keepalive_loop(self):
-        # Four renewals per lifetime: one lost or late still leaves the flow in place.
-        while not self._stopping.wait(LEASE_LIFETIME / 4):
+        while not self._stopping.wait(RENEW_INTERVAL):
             for dpid, dp in list(self.datapaths.items()):
                 guarded(MptcpLbApp.send)(self, dp, self.core.keepalive(dpid))
 

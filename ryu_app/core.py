@@ -49,6 +49,9 @@ class MuxStatus:
     flow_texts: dict[bytes, str] = field(default_factory=dict)  # flow identity -> text, from the last audit
     audit_started: float | None = None  # monotonic time of the audit in flight, if any
     audit_due: bool = False  # another audit was asked for while one was in flight
+    # An audit has ended since the MUX connected: what it found wrong was fixed before anything else
+    # went out. Until then no leased flow is renewed, so no speaker announces a bridge being programmed.
+    programmed: bool = False
 
 
 AUDIT_STALE = 10.0  # seconds after which an unanswered audit no longer blocks a new one
@@ -225,7 +228,7 @@ class LbCore:
             if st is None:
                 log.warning("bridge dpid=%#x is not a MUX in the config; leaving it alone", dpid)
                 return []
-            st.connected, st.audit_started, st.audit_due = True, None, False
+            st.connected, st.audit_started, st.audit_due, st.programmed = True, None, False, False
         log.info("MUX %s (dpid=%#x) connected", st.mux.name, dpid)
         return self.audit(dpid, now)
 
@@ -249,11 +252,15 @@ class LbCore:
         """The leased flows (seed-mode punt, BGP speaker): they expire unless renewed; ADDs that renew them.
 
         An ADD that matches an installed flow replaces it and restarts its
-        hard timeout; the shim sends these more often than they expire.
+        hard timeout; the shim sends these more often than they expire. None
+        before the first audit since the MUX connected has ended: its fixes
+        go out first (the shim sends them as it handles the flow stats reply,
+        before the group stats reply that ends the audit), so a renewal never
+        reaches a bridge ahead of the flows the leased ones depend on.
         """
         with self._lock:
             st = self.status.get(dpid)
-            if st is None or not st.connected:
+            if st is None or not st.connected or not st.programmed:
                 return []
             # Copies: the audit may be sending these very messages from another thread.
             return [copy.copy(f) for f in self.compiled[st.mux.name].flows if f.hard_timeout]
@@ -261,7 +268,7 @@ class LbCore:
     def mux_disconnected(self, dpid: int) -> None:
         with self._lock:
             if dpid in self.status:
-                self.status[dpid].connected = False
+                self.status[dpid].connected = self.status[dpid].programmed = False
                 log.info("MUX %s disconnected", self.status[dpid].mux.name)
 
     def meter_config_reply(self, dpid: int, configs: list) -> None:
@@ -312,7 +319,7 @@ class LbCore:
             st = self.status.get(dpid)
             if st is None:
                 return []
-            due, st.audit_started = st.audit_due, None
+            due, st.audit_started, st.programmed = st.audit_due, None, st.connected
             compiled = self.compiled[st.mux.name]
             for g in stats:
                 owner = compiled.group_dips.get(g.group_id)

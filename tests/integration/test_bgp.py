@@ -21,15 +21,22 @@ import time
 import pytest
 
 from mininet_topos.harness import Datacenter, free_port, wait_for
+from mptcp_lb.config import parse_config
 
 CLIENT = {"port": ("c1", 3), "token": ("c2", 2)}  # mode -> (client, subflows per connection)
 UPLOADS, SIZE, RATE = 12, 600_000, 100_000  # 6 s each, all at once
 WITHDRAWAL_LIMIT = 3.0  # the issue's bound: BFD (3 x 100 ms) is what meets it
 
 
+CUT_OFF_LEASE = 3  # lease_time where a test waits for a cut-off MUX to be withdrawn
+
+
 @pytest.fixture
 def bgp_dc(request):
-    with Datacenter(prefix=f"b{os.getpid() % 1000}", mode=request.param, key_source="pool", bgp=True) as dc:
+    """The demo topology with BGP; the parameter is the mode, or (mode, lease_time)."""
+    mode, lease = request.param if isinstance(request.param, tuple) else (request.param, None)
+    with Datacenter(prefix=f"b{os.getpid() % 1000}", mode=mode, key_source="pool", bgp=True,
+                    bgp_lease_time=lease) as dc:
         yield dc
 
 
@@ -88,7 +95,7 @@ def test_a_failed_mux_is_withdrawn_within_3s_and_no_connection_is_lost(bgp_dc):
     assert all(r.get("verified") for r in fresh), fresh
 
 
-@pytest.mark.parametrize("bgp_dc", ["port"], indirect=True)
+@pytest.mark.parametrize("bgp_dc", [("port", CUT_OFF_LEASE)], indirect=True)
 def test_a_mux_cut_off_from_its_controller_is_withdrawn_then_announced_again(bgp_dc):
     """Its flows stay (fail secure) and keep forwarding, but their lease lapses: routing takes it out."""
     dc = bgp_dc
@@ -105,13 +112,40 @@ def test_a_mux_cut_off_from_its_controller_is_withdrawn_then_announced_again(bgp
     subprocess.run(["ovs-vsctl", "set-controller", bridge, f"tcp:127.0.0.1:{free_port()}"], check=True)
     dc.wait_announced([1], timeout=10)
     cut_off = time.monotonic() - t0
-    lease = dc.config["muxes"][1]["bgp"].get("lease_time", 2)
+    lease = parse_config(dc.config).muxes[1].bgp.lease_time
+    assert lease == CUT_OFF_LEASE
     print(f"\n[bgp controller loss] withdrawn {cut_off:.3f} s after the MUX lost its controller (lease {lease} s)")
     assert cut_off <= lease + WITHDRAWAL_LIMIT
     # The lease ran out and nothing else went: the speaker's 4 flows lapsed, the VIP's are all still there.
     assert dc.mux_flow_counts()["mux2"] == flows - 4
     subprocess.run(["ovs-vsctl", "set-controller", bridge, *target], check=True)
     dc.wait_announced([1, 2], timeout=30)  # the controller renews the lease: BGP and BFD come back up
+    results = run.results()
+    judge(dc, results, before, counters(dc, client), subflows)
+
+
+@pytest.mark.parametrize("bgp_dc", ["token"], indirect=True)
+def test_a_controller_restart_withdraws_nothing_and_resets_nothing(bgp_dc):
+    """SIGKILLed and back 2 s later: the default lease outlives it, so both MUXes stay announced throughout."""
+    dc = bgp_dc
+    client, subflows = CLIENT[dc.mode]
+    before = counters(dc, client)
+    run = uploads(dc, client, subflows)
+    both = dc.vip_nexthops()
+    seen = []
+    dc.kill_controller()
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:  # the scenario: the controller stays away 2 s
+        seen.append(dc.vip_nexthops())
+        time.sleep(0.05)
+    dc.start_controller()
+    dc.wait_programmed()
+    deadline = time.monotonic() + 2  # and renews the leases: BFD and BGP never noticed
+    while time.monotonic() < deadline:
+        seen.append(dc.vip_nexthops())
+        time.sleep(0.05)
+    assert all(hops == both for hops in seen), [h for h in seen if h != both][:3]
+    assert sorted(dc.bfd_up_speakers()) == ["10.1.1.2", "10.1.2.2"]
     results = run.results()
     judge(dc, results, before, counters(dc, client), subflows)
 

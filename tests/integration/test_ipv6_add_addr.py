@@ -16,36 +16,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.integration.netns import Namespaces, in_ns, nstat
 
 ANNOUNCED_PORT = 5000
-SERVER = """
-import socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::", 80))
-s.listen()
-print("ready", flush=True)
-conn, _ = s.accept()
-n = 0
-while (chunk := conn.recv(65536)):
-    n += len(chunk)
-print(n, flush=True)
-"""
-CLIENT = """
-import socket, sys, time
-family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-c = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
-c.connect((sys.argv[1], 80))
-for _ in range(40):  # 2 s of data: time for the ADD_ADDR, and for the join it asks for
-    c.sendall(b"x" * 16384)
-    time.sleep(0.05)
-c.close()
-"""
-PAYLOAD = 40 * 16384
+PEER = str(Path(__file__).with_name("mptcp_peer.py"))
+CHUNKS = 40  # 2 s of data: time for the ADD_ADDR, and for the join it asks for
 
 
 @pytest.mark.parametrize("family, timestamps, announced", [
@@ -67,13 +46,13 @@ def test_an_add_addr_with_a_port_fits_beside_timestamps_over_ipv4_only(family, t
         in_ns(ns.server, "ip", "mptcp", "endpoint", "add", server_addr, "dev", server_if, "port",
               str(ANNOUNCED_PORT), "signal")
         in_ns(ns.client, "ip", "mptcp", "limits", "set", "subflows", "2", "add_addr_accepted", "2")
-        server = subprocess.Popen(["ip", "netns", "exec", ns.server, sys.executable, "-c", SERVER],
+        server = subprocess.Popen(["ip", "netns", "exec", ns.server, sys.executable, PEER, "serve"],
                                   stdout=subprocess.PIPE, text=True)
         try:
             assert server.stdout.readline().strip() == "ready"
-            subprocess.run(["ip", "netns", "exec", ns.client, sys.executable, "-c", CLIENT, server_addr],
+            subprocess.run(["ip", "netns", "exec", ns.client, sys.executable, PEER, "send", server_addr, str(CHUNKS)],
                            check=True, timeout=30)
-            assert int(server.stdout.readline()) == PAYLOAD  # every byte arrived, announced or not
+            assert int(server.stdout.readline()) == CHUNKS * 16384  # every byte arrived, announced or not
         finally:
             server.kill()
             server.wait()

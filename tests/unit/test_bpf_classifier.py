@@ -99,7 +99,7 @@ IPV6_FIXTURES = [
     ("ipv6 no next header", ether_frame(IPv6(nh=59) / Raw(bytes(40))), None),
     ("ipv6 udp", ether_frame(IPv6() / UDP() / Raw(TS_OPTS)), None),
     ("ipv6 version 4 in an ipv6 frame", tcp6_frame("A", TS_OPTS)[:14] + b"\x40" + tcp6_frame("A", TS_OPTS)[15:], None),
-    ("ipv6 extension header cut short", tcp6_frame("A", b"", ext=(DSTOPTS,))[:14 + 40 + 6], None),
+    ("ipv6 cut inside an extension header", tcp6_frame("A", b"", ext=(DSTOPTS,))[:14 + 40 + 6], None),
     ("ipv6 tcp header cut short", tcp6_frame("A", TS_OPTS)[:14 + 40 + 30], None),
 ]
 
@@ -192,13 +192,14 @@ def test_frames_shorter_than_ethernet_are_refused_by_the_kernel(prog_fd):
     assert err.value.call == "bpf_prog_test_run_opts"
 
 
-@pytest.mark.parametrize("n", range(14, 14 + 20))
-def test_ipv4_runts_pass_untouched_where_the_kernel_runs_them(prog_fd, n):
-    """An IPv4 frame cut inside its IP header gets no verdict: a live uplink delivers such runts.
+@pytest.mark.parametrize("whole, n", [*((tcp_frame("A", TS_OPTS), n) for n in range(14, 14 + 20)),
+                                      *((tcp6_frame("A", TS_OPTS), n) for n in range(14, 14 + 40))])
+def test_runts_pass_untouched_where_the_kernel_runs_them(prog_fd, whole, n):
+    """An IPv4 or IPv6 frame cut inside its IP header gets no verdict: a live uplink delivers such runts.
 
     This kernel's test run refuses them (EINVAL) instead; one that runs them must see them pass untouched.
     """
-    frame = tcp_frame("A", TS_OPTS)[:n]
+    frame = whole[:n]
     try:
         result = bpf.test_run(prog_fd, frame)
     except bpf.BpfError as e:
@@ -351,6 +352,7 @@ def test_differential_fuzz_against_python_reference(prog_fd):
         assert verdicts[cls] > FUZZ_COUNT // 100, f"verdict {cls} seen only {verdicts[cls]} times"
     for cls in (None, 2, 3):
         assert verdicts[("ipv6", cls)] > FUZZ_COUNT // 1000, f"IPv6 verdict {cls} seen only {verdicts[('ipv6', cls)]}"
+    assert verdicts[("ipv6", 1)] == 0  # no seed mode over IPv6
 
 
 # --- redirects and counters ----------------------------------------------------------
