@@ -41,7 +41,13 @@ SYSCTLS = {
     "net/mptcp/allow_join_initial_addr_port": "0",
 }
 
-__all__ = ["DipHostSetup", "MptcpUnavailable", "SYSCTLS", "check_mptcp_available"]
+# Seconds before the kernel sends an ADD_ADDR again that the client has not echoed. Its default is
+# 120: one lost ACK carrying the announcement left a connection without its announced-port
+# subflows for two minutes (a test caught it). A DIP announces once per connection, so resending
+# after a second costs nothing.
+ADD_ADDR_RESEND = "1"
+
+__all__ = ["ADD_ADDR_RESEND", "DipHostSetup", "MptcpUnavailable", "SYSCTLS", "check_mptcp_available"]
 
 
 def check_mptcp_available() -> None:
@@ -88,8 +94,9 @@ def _limits(pm: MPTCP) -> dict:
 class DipHostSetup:
     """Idempotent setup of the current network namespace as a DIP.
 
-    Port scheme: announce ``VIP:announce_port`` and set the C flag so clients
-    join only there. Token scheme: ``announce_port=None, c_flag=False`` so
+    Port scheme: announce ``VIP:announce_port`` (again after ADD_ADDR_RESEND
+    seconds until the client echoes it) and set the C flag so clients join
+    only there. Token scheme: ``announce_port=None, c_flag=False`` so
     clients join VIP:service-port. Hybrid: announce, without the C flag.
     """
 
@@ -100,7 +107,8 @@ class DipHostSetup:
             raise ValueError(f"subflows {subflows} is not in 0..8 (the kernel's limit)")
         self.vip = vip_address
         self.announce_port = announce_port
-        self.sysctls = {**SYSCTLS, "net/mptcp/allow_join_initial_addr_port": "0" if c_flag else "1"}
+        self.sysctls = {**SYSCTLS, "net/mptcp/allow_join_initial_addr_port": "0" if c_flag else "1",
+                        **({"net/mptcp/add_addr_timeout": ADD_ADDR_RESEND} if announce_port is not None else {})}
         self.subflows = subflows
         # What apply() changed, with the values found before the first apply().
         self._saved_sysctls: dict[str, str] = {}

@@ -37,6 +37,7 @@ AGENT_SYSCTLS = {
     "net.ipv4.conf.lo.arp_ignore": "1",
     "net.ipv4.conf.lo.arp_announce": "2",
     "net.mptcp.allow_join_initial_addr_port": "0",
+    "net.mptcp.add_addr_timeout": "1",  # a lost ADD_ADDR goes again after a second, not 120
 }
 
 HERE = Path(__file__).resolve().parent
