@@ -42,9 +42,10 @@ SYSCTLS = {
 }
 
 # Seconds before the kernel sends an ADD_ADDR again that the client has not echoed. Its default is
-# 120: one lost ACK carrying the announcement left a connection without its announced-port
-# subflows for two minutes (a test caught it). A DIP announces once per connection, so resending
-# after a second costs nothing.
+# 120, so a lost ACK carrying the announcement leaves a connection without its announced-port
+# subflows for two minutes (the likely cause of a hybrid-mode test run in which one connection of
+# twelve never joined its announced port). A DIP announces once per connection: resending after a
+# second costs nothing.
 ADD_ADDR_RESEND = "1"
 
 __all__ = ["ADD_ADDR_RESEND", "DipHostSetup", "MptcpUnavailable", "SYSCTLS", "check_mptcp_available"]
