@@ -193,8 +193,13 @@ def test_200_concurrent_connections_through_two_muxes(dc):
     results = dc.run_traffic(conns=200, size=64 * 1024, min_subflows=subflows, parallel=200, timeout=60,
                              client=client, rate=64 * 1024)
     after = counters(dc)
+    # What a reset would come from, for the report: a join at a DIP without its token, or data aborted at close.
+    why = {k: {c: _grown(before, after, c, k) for c in ("MPTcpExtMPJoinNoTokenFound", "TcpExtTCPAbortOnData")}
+           for k in before}
     report(f"200 concurrent {dc.mode}", resets=resets(before, after), rsts_sent=rsts_sent(before, after),
-           per_dip={i: sum(r.get("reply", {}).get("dip") == i for r in results) for i in dc.all_dips})
+           per_dip={i: sum(r.get("reply", {}).get("dip") == i for r in results) for i in dc.all_dips},
+           reset_causes={str(k): v for k, v in why.items() if any(v.values())},
+           short_of_subflows=[r.get("client_subflows") for r in results if r.get("client_subflows", 0) < subflows])
     assert len(results) == 200 and all(r.get("verified") for r in results), [r for r in results
                                                                             if not r.get("verified")][:3]
     assert all(r["client_subflows"] >= subflows for r in results)
