@@ -9,6 +9,9 @@
 #include "dip_structs.h"
 
 #define FLOWS_MAX 65536
+#define TIME_WAIT_PENDING_MAX 4096
+/* A 4-tuple's SYN is dropped for TIME_WAIT at most once in this long (dip_agent/time_wait.py: WINDOW_NS). */
+#define TIME_WAIT_RETRY_NS (5ULL * 1000000000ULL)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -30,6 +33,14 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, struct passed_to);
 } dip_passed SEC(".maps");
+
+/* SYNs dropped because their 4-tuple was in TIME_WAIT here (dip_tc.c: reopens_time_wait), for the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TIME_WAIT_PENDING_MAX);
+	__type(key, struct flow_key);
+	__type(value, __u64); /* bpf_ktime_get_ns() of the SYN */
+} dip_time_wait SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

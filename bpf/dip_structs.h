@@ -108,6 +108,7 @@ enum dip_stat {
 	STAT_SC_CHAINED,       /* second chance: passed on again, to where this DIP passed the flow before */
 	STAT_SEED_FALLBACK,    /* seed mode: a SYN the controller did not seed, keyed from the pool */
 	STAT_FLOW_CREATED,     /* dip_flows entries made (the LRU evicts the oldest when it is full) */
+	STAT_SYN_TIME_WAIT,    /* SYN(MP_CAPABLE)s dropped: their 4-tuple was in TIME_WAIT, handed to the agent */
 	STAT_MAX,
 };
 

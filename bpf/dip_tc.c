@@ -387,6 +387,25 @@ static __always_inline void egress(struct __sk_buff *skb)
 	}
 }
 
+/* The state of the socket the packet's 4-tuple finds here (the listener if nothing more specific), or -1. */
+static __always_inline int socket_state(struct __sk_buff *skb, struct dip_packet *pkt)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_sock *sk;
+	int state;
+
+	tuple.ipv4.saddr = pkt->seg.saddr;
+	tuple.ipv4.daddr = pkt->seg.daddr;
+	tuple.ipv4.sport = pkt->seg.sport;
+	tuple.ipv4.dport = pkt->seg.dport;
+	sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return -1;
+	state = sk->state;
+	bpf_sk_release(sk);
+	return state;
+}
+
 /*
  * Second chance (mptcp_lb/slots.py). A packet whose source MAC carries a
  * previous owner's address belongs to a slot in transition. A SYN starts a
@@ -407,23 +426,12 @@ static __always_inline void egress(struct __sk_buff *skb)
  */
 static __always_inline int held_here(struct __sk_buff *skb, struct dip_packet *pkt)
 {
-	struct bpf_sock_tuple tuple = {};
 	struct flow_state *st;
-	struct bpf_sock *sk;
+	int state = socket_state(skb, pkt);
 
-	tuple.ipv4.saddr = pkt->seg.saddr;
-	tuple.ipv4.daddr = pkt->seg.daddr;
-	tuple.ipv4.sport = pkt->seg.sport;
-	tuple.ipv4.dport = pkt->seg.dport;
-	sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
-	if (sk) {
-		__u32 state = sk->state;
-
-		bpf_sk_release(sk);
-		if (state != BPF_TCP_LISTEN) {
-			stat_inc(STAT_SC_LOCAL);
-			return 1;
-		}
+	if (state >= 0 && state != BPF_TCP_LISTEN) {
+		stat_inc(STAT_SC_LOCAL);
+		return 1;
 	}
 	st = bpf_map_lookup_elem(&dip_flows, &pkt->flow);
 	if (st && st->has_conn && (__s32)(pkt->seg.seq - (st->conn_isn + 1)) >= 0 &&
@@ -492,6 +500,34 @@ static __always_inline int second_chance(struct __sk_buff *skb, struct dip_packe
 	return pass_on(skb, pkt, previous, 1);
 }
 
+/*
+ * A SYN(MP_CAPABLE) for a 4-tuple this DIP holds in TIME_WAIT (a client
+ * reusing its port after the server closed first) would reopen it with a
+ * request socket and never a SYN cookie (tcp_conn_request: "TW buckets are
+ * converted to open requests"), so the listener would keep its own key while
+ * the client learns the adopted one from the SYN/ACK: every join then finds no
+ * token. Such a SYN is dropped and its 4-tuple put in dip_time_wait; the agent
+ * destroys that TIME_WAIT socket (dip_agent/time_wait.py), which the kernel
+ * would have retired for this SYN anyway, and the client's retransmitted SYN
+ * is answered with a cookie. Nonzero: drop.
+ */
+static __always_inline int reopens_time_wait(struct __sk_buff *skb, struct dip_packet *pkt)
+{
+	__u64 now, *dropped;
+
+	if (!pkt->opts.mptcp || pkt->opts.mptcp_subtype != MPTCP_SUB_CAPABLE ||
+	    socket_state(skb, pkt) != BPF_TCP_TIME_WAIT)
+		return 0;
+	now = bpf_ktime_get_ns();
+	dropped = bpf_map_lookup_elem(&dip_time_wait, &pkt->flow);
+	if (dropped && now - *dropped < TIME_WAIT_RETRY_NS)
+		return 0; /* dropped once and the TIME_WAIT is still here: better a kernel key than a lost SYN */
+	if (bpf_map_update_elem(&dip_time_wait, &pkt->flow, &now, BPF_ANY))
+		return 0;
+	stat_inc(STAT_SYN_TIME_WAIT);
+	return 1;
+}
+
 static __always_inline int ingress(struct __sk_buff *skb)
 {
 	struct dip_packet pkt = {.dir = DIR_INGRESS};
@@ -508,7 +544,7 @@ static __always_inline int ingress(struct __sk_buff *skb)
 	if (verdict != TC_ACT_OK)
 		return verdict;
 	cfg = pkt.cfg;
-	if (!(cfg->flags & DIP_FLAG_STAMP) && cfg->key_mode != KEY_MODE_SEED)
+	if (!(cfg->flags & DIP_FLAG_STAMP) && cfg->key_mode == KEY_MODE_NONE)
 		return TC_ACT_OK; /* port mode: nothing to read or restore */
 	if (load_options(skb, &pkt))
 		return TC_ACT_OK;
@@ -517,6 +553,8 @@ static __always_inline int ingress(struct __sk_buff *skb)
 	ts = (cfg->flags & DIP_FLAG_STAMP) ? pkt.opts.ts : 0;
 
 	if ((pkt.seg.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+		if (cfg->key_mode != KEY_MODE_NONE && reopens_time_wait(skb, &pkt))
+			return TC_ACT_SHOT;
 		/* A SYN echoes no timestamp (TSecr is 0): only the carrier matters. */
 		if (cfg->key_mode != KEY_MODE_SEED || !carrier || carrier > TCP_HLEN_MAX - TCPOLEN_KEY_CARRIER)
 			return TC_ACT_OK;

@@ -41,7 +41,7 @@ INVALID_SEQ = (1 << 64) - 1  # a pool slot being rewritten: matches no pool inde
 STAT_NAMES = ("synack_key_set", "synack_no_key", "pool_empty", "carrier_stored", "ts_stamped",
               "tsecr_exact", "tsecr_restored", "tsecr_unmatched", "malformed", "no_state",
               "sc_forwarded", "sc_local", "sc_handshake", "sc_syn", "sc_self", "sc_chained", "seed_fallback",
-              "flow_created")
+              "flow_created", "syn_time_wait")
 
 # The map values (dip_structs.h); addresses and ports stay in network order, as bytes.
 DIP_CONFIG = StructLayout("dip_config", [("vip", "4s"), ("port", "2s"), ("server_id", "H"), ("key_mode", "I"),

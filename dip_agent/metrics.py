@@ -37,7 +37,9 @@ class DipCollector:
             g.add_metric(self.labels, usage[key])
             yield g
         counters = (("flows_evicted", "mptcplb_dip_flows_evicted", "Flow table entries the LRU dropped for room"),
-                    ("pool_refilled", "mptcplb_dip_pool_refilled", "Key pool slots refilled with fresh keys"))
+                    ("pool_refilled", "mptcplb_dip_pool_refilled", "Key pool slots refilled with fresh keys"),
+                    ("time_wait_reaped", "mptcplb_dip_time_wait_reaped",
+                     "TIME_WAIT sockets destroyed so a reconnecting client's SYN gets a cookie (dip_agent/time_wait.py)"))
         for key, name, doc in counters:
             c = CounterMetricFamily(name, doc, labels=["vip", "dip"])
             c.add_metric(self.labels, usage[key])

@@ -33,9 +33,10 @@ from mptcp_lb import tc
 from mptcp_lb.bpf import BPF_DIR, BpfObject, built_object, read_counters
 from mptcp_lb.mptcp_codec import make_key
 
-from .dip_abi import (KEY_MODE_POOL, KEY_MODE_SEED, KEY_MODES, POOL_SIZE, STAT_NAMES, U32, FlowState, check_port, key_mode,
+from .dip_abi import (KEY_MODE_NONE, KEY_MODE_POOL, KEY_MODE_SEED, KEY_MODES, POOL_SIZE, STAT_NAMES, U32, FlowState, check_port, key_mode,
                       pack_config, pack_flow_key, pack_seeded_flow_state)
 from .key_pool import KeyPool
+from .time_wait import TimeWaitReaper
 from .sysctl import change_sysctl, restore_sysctls
 from .undo import Undo, rollback_on_failure
 
@@ -125,6 +126,7 @@ class DipPrograms:
         self.flows = flows  # dip_flows' size (None: the program's FLOWS_MAX)
         self.obj: BpfObject | None = None
         self.pool: KeyPool | None = None
+        self.reaper: TimeWaitReaper | None = None
         self._saved_sysctls: dict[str, str] = {}  # the values found before the first attach()
         self._attached: list[tuple[int, str]] = []  # (ifindex, hook) of each filter we added
         self._own_clsact: list[int] = []  # ifindexes where we created clsact
@@ -153,6 +155,9 @@ class DipPrograms:
                                     interval=self.poll_interval)
                 self.pool.fill()
                 self.pool.start()
+            if self.mode != KEY_MODE_NONE:
+                self.reaper = TimeWaitReaper(self.obj.map("dip_time_wait"), interval=self.poll_interval)
+                self.reaper.start()
 
     def attach(self) -> None:
         """Set syncookies and attach both programs on every interface; on failure roll back all and re-raise."""
@@ -197,6 +202,9 @@ class DipPrograms:
             if self.pool is not None:
                 undo.attempt("stopping the key pool", self.pool.stop)
                 self.pool = None
+            if self.reaper is not None:
+                undo.attempt("stopping the TIME_WAIT reaper", self.reaper.stop)
+                self.reaper = None
             restore_sysctls(self._saved_sysctls, undo.attempt)
             if self.obj is not None:
                 self.obj.close()
@@ -248,4 +256,5 @@ class DipPrograms:
         obj = self._live()
         usage = _usage(obj.map("dip_stats"), obj.map("dip_flows"))
         usage["pool_refilled"] = self.pool.refilled if self.pool is not None else 0
+        usage["time_wait_reaped"] = self.reaper.reaped if self.reaper is not None else 0
         return usage

@@ -188,18 +188,22 @@ class BpfMap:
     def delete(self, key: bytes) -> None:
         _check("bpf_map_delete_elem", _lib().bpf_map_delete_elem(self.fd, self._key(key)))
 
-    def count(self) -> int:
-        """How many keys the map holds now (a hash map's entries; walks them, so not per packet)."""
+    def keys(self) -> list[bytes]:
+        """The keys the map holds now (a hash map's entries; walks them, so not per packet)."""
         lib = _lib()
         key, nxt = None, ctypes.create_string_buffer(self.key_size)
-        n = 0
+        found = []
         while True:
             ret = lib.bpf_map_get_next_key(self.fd, key, nxt)
             if ret == -errno.ENOENT:
-                return n
+                return found
             _check("bpf_map_get_next_key", ret)
-            n += 1
+            found.append(nxt.raw)
             key = ctypes.create_string_buffer(nxt.raw, self.key_size)
+
+    def count(self) -> int:
+        """How many keys the map holds now."""
+        return len(self.keys())
 
 
 _U64 = struct.Struct("=Q")

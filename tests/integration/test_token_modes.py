@@ -77,6 +77,36 @@ def test_stock_clients_joining_the_service_port_stay_on_one_dip(key_source):
             assert punts == 0  # pool mode: no packet reaches the controller
 
 
+def test_a_client_reusing_a_4_tuple_the_dip_holds_in_time_wait_still_joins():
+    """A SYN that finds TIME_WAIT would get a request socket, not a cookie, so no adopted key (dip_agent/time_wait.py).
+
+    The DIP's echo service closes first, so the first connection leaves its
+    4-tuple in TIME_WAIT there; the second, from the same client port, must
+    still adopt a key of its DIP's slices and join, its first SYN dropped once.
+    """
+    with build("token", "pool") as dc:
+        port = 40000 + os.getpid() % 1000
+
+        def connect():
+            out = dc.host("c2").cmd([sys.executable, os.path.join(HERE, "echo_client.py"), VIP, str(SERVICE_PORT),
+                                     "1", str(16 * 1024), "2", str(port), "0.5"])
+            return json.loads(out.strip().splitlines()[-1])
+
+        first = connect()
+        dip = first[0]["reply"]["dip"]
+        check_token_steering(dc, first, dips=[dip])
+        in_time_wait = f"ss -Htn state time-wait '( sport = :{SERVICE_PORT} and dport = :{port} )'"
+        wait_for("the DIP to hold the 4-tuple in TIME_WAIT", lambda: dc.dip_host(dip).cmd(in_time_wait).strip(), 10)
+        before, stats_before = dc.nstat(f"d{dip}"), dc.dip_stats(dip)
+        again = connect()
+        check_token_steering(dc, again, dips=[dip])  # verified, joined, on one DIP, a key of its slices
+        after, stats_after = dc.nstat(f"d{dip}"), dc.dip_stats(dip)
+        assert again[0]["reply"]["dip"] == dip
+        assert stats_after["syn_time_wait"] - stats_before["syn_time_wait"] == 1
+        assert after.get("MPTcpExtMPJoinNoTokenFound", 0) == before.get("MPTcpExtMPJoinNoTokenFound", 0)
+        assert after.get("TcpExtSyncookiesSent", 0) > before.get("TcpExtSyncookiesSent", 0)
+
+
 def test_hybrid_serves_both_client_kinds_at_once():
     import threading
 
