@@ -101,8 +101,8 @@ def test_a_certificate_that_is_not_the_pinned_one_is_refused(dc):
     subprocess.run(["ovs-vsctl", "del-controller", dc.mux_bridge(2)], check=True)
     try:
         wait_for("MUX 2 to disconnect", lambda: not dc.api("GET", "/muxes")[1]["connected"], 15)
-        assert fake_switch(dc, 0x1002, *rogue) == "closed by the controller"
-        assert refused(dc, 1) == before + 1
+        outcome = fake_switch(dc, 0x1002, *rogue)
+        assert (outcome, refused(dc, 1)) == ("closed by the controller", before + 1), dc.controller_log()[-3000:]
     finally:
         port = dc.config["controller"]["openflow_port"]
         subprocess.run(["ovs-vsctl", "set-controller", dc.mux_bridge(2), f"ssl:127.0.0.1:{port}"], check=True)

@@ -193,15 +193,27 @@ def test_200_concurrent_connections_through_two_muxes(dc):
     results = dc.run_traffic(conns=200, size=64 * 1024, min_subflows=subflows, parallel=200, timeout=60,
                              client=client, rate=64 * 1024)
     after = counters(dc)
-    # What a reset would come from, for the report: a join at a DIP without its token, or data aborted at close.
-    why = {k: {c: _grown(before, after, c, k) for c in ("MPTcpExtMPJoinNoTokenFound", "TcpExtTCPAbortOnData")}
-           for k in before}
+    # What a reset would come from: a join at a DIP without its token (mis-steered), data aborted at close,
+    # or a join lost in the kernel's SYN-cookie join table (below).
+    causes = ("MPTcpExtMPJoinNoTokenFound", "TcpExtTCPAbortOnData", "MPTcpExtMPJoinAckHMacFailure",
+              "TcpExtSyncookiesFailed")
+    why = {k: {c: _grown(before, after, c, k) for c in causes} for k in before}
+    short = [r.get("client_subflows") for r in results if r.get("client_subflows", 0) < subflows]
     report(f"200 concurrent {dc.mode}", resets=resets(before, after), rsts_sent=rsts_sent(before, after),
            per_dip={i: sum(r.get("reply", {}).get("dip") == i for r in results) for i in dc.all_dips},
-           reset_causes={str(k): v for k, v in why.items() if any(v.values())},
-           short_of_subflows=[r.get("client_subflows") for r in results if r.get("client_subflows", 0) < subflows])
+           reset_causes={str(k): {c: v for c, v in w.items() if v} for k, w in why.items() if any(w.values())},
+           short_of_subflows=short)
     assert len(results) == 200 and all(r.get("verified") for r in results), [r for r in results
                                                                             if not r.get("verified")][:3]
-    assert all(r["client_subflows"] >= subflows for r in results)
-    assert all(v == 0 for v in resets(before, after).values()), resets(before, after)
-    assert all(v == 0 for v in rsts_sent(before, after).values()), rsts_sent(before, after)
+    assert not any(why[i]["MPTcpExtMPJoinNoTokenFound"] for i in dc.all_dips), why  # every join found its DIP
+    # Token mode answers every SYN with a cookie (key adoption), joins too, and the kernel keeps a
+    # cookie join's state in one best-effort table of 1024 slots (net/mptcp/syncookies.c), shared by
+    # every network namespace of the host: two joins in flight in one slot lose one of them, which
+    # the DIP counts (MPJoinAckHMacFailure, or SyncookiesFailed for the reset of its next segment).
+    # 25 rounds of this test drew one. Only such a counted loss may cost a subflow.
+    lost_in_cookie_table = sum(why[i]["MPTcpExtMPJoinAckHMacFailure"] + why[i]["TcpExtSyncookiesFailed"]
+                               for i in dc.all_dips)
+    assert len(short) <= lost_in_cookie_table, (short, why)
+    assert resets(before, after)["client"] <= lost_in_cookie_table, (resets(before, after), why)
+    assert all(resets(before, after)[f"d{i}"] == 0 for i in dc.all_dips), resets(before, after)
+    assert sum(rsts_sent(before, after).values()) <= lost_in_cookie_table, (rsts_sent(before, after), why)
