@@ -9,8 +9,8 @@
 #include "dip_structs.h"
 
 #define FLOWS_MAX 65536
-#define TIME_WAIT_PENDING_MAX 4096
-/* A 4-tuple's SYN is dropped for TIME_WAIT at most once in this long (dip_agent/time_wait.py: WINDOW_NS). */
+#define TIME_WAIT_MAX 4096
+/* How long a drop is remembered: a retransmission of a dropped SYN within it is let through. */
 #define TIME_WAIT_RETRY_NS (5ULL * 1000000000ULL)
 
 struct {
@@ -37,9 +37,9 @@ struct {
 /* SYNs dropped because their 4-tuple was in TIME_WAIT here (dip_tc.c: reopens_time_wait), for the agent. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, TIME_WAIT_PENDING_MAX);
+	__uint(max_entries, TIME_WAIT_MAX);
 	__type(key, struct flow_key);
-	__type(value, __u64); /* bpf_ktime_get_ns() of the SYN */
+	__type(value, struct time_wait_drop);
 } dip_time_wait SEC(".maps");
 
 struct {

@@ -75,6 +75,13 @@ struct pool_entry {
 	__u64 seq; /* 1 + the pool index this key is for (0: never filled); other indices find the pool empty */
 };
 
+/* dip_time_wait's value: a SYN dropped because its 4-tuple was in TIME_WAIT here. */
+struct time_wait_drop {
+	__u64 ns;  /* bpf_ktime_get_ns() when it was dropped */
+	__u32 isn; /* its sequence number: a retransmission of it is not dropped again */
+	__u32 reserved;
+};
+
 struct pool_state {
 	__u64 next; /* the next pool index to hand out; only ever incremented, here */
 };

@@ -506,23 +506,26 @@ static __always_inline int second_chance(struct __sk_buff *skb, struct dip_packe
  * request socket and never a SYN cookie (tcp_conn_request: "TW buckets are
  * converted to open requests"), so the listener would keep its own key while
  * the client learns the adopted one from the SYN/ACK: every join then finds no
- * token. Such a SYN is dropped and its 4-tuple put in dip_time_wait; the agent
- * destroys that TIME_WAIT socket (dip_agent/time_wait.py), which the kernel
- * would have retired for this SYN anyway, and the client's retransmitted SYN
- * is answered with a cookie. Nonzero: drop.
+ * token. With an agent to retire it (DIP_FLAG_REAP_TIME_WAIT), such a SYN is
+ * dropped and its 4-tuple put in dip_time_wait; the agent destroys that
+ * TIME_WAIT socket (dip_agent/time_wait.py) and the client's retransmitted SYN
+ * is answered with a cookie. Should the TIME_WAIT still be there when the
+ * retransmission comes, it goes through: a kernel key rather than a lost SYN.
+ * Nonzero: drop.
  */
 static __always_inline int reopens_time_wait(struct __sk_buff *skb, struct dip_packet *pkt)
 {
-	__u64 now, *dropped;
+	struct time_wait_drop drop = {}, *before;
 
-	if (!pkt->opts.mptcp || pkt->opts.mptcp_subtype != MPTCP_SUB_CAPABLE ||
-	    socket_state(skb, pkt) != BPF_TCP_TIME_WAIT)
+	if (!(pkt->cfg->flags & DIP_FLAG_REAP_TIME_WAIT) || !pkt->opts.mptcp ||
+	    pkt->opts.mptcp_subtype != MPTCP_SUB_CAPABLE || socket_state(skb, pkt) != BPF_TCP_TIME_WAIT)
 		return 0;
-	now = bpf_ktime_get_ns();
-	dropped = bpf_map_lookup_elem(&dip_time_wait, &pkt->flow);
-	if (dropped && now - *dropped < TIME_WAIT_RETRY_NS)
-		return 0; /* dropped once and the TIME_WAIT is still here: better a kernel key than a lost SYN */
-	if (bpf_map_update_elem(&dip_time_wait, &pkt->flow, &now, BPF_ANY))
+	drop.ns = bpf_ktime_get_ns();
+	drop.isn = pkt->seg.seq;
+	before = bpf_map_lookup_elem(&dip_time_wait, &pkt->flow);
+	if (before && before->isn == drop.isn && drop.ns - before->ns < TIME_WAIT_RETRY_NS)
+		return 0;
+	if (bpf_map_update_elem(&dip_time_wait, &pkt->flow, &drop, BPF_ANY))
 		return 0;
 	stat_inc(STAT_SYN_TIME_WAIT);
 	return 1;
@@ -553,7 +556,7 @@ static __always_inline int ingress(struct __sk_buff *skb)
 	ts = (cfg->flags & DIP_FLAG_STAMP) ? pkt.opts.ts : 0;
 
 	if ((pkt.seg.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
-		if (cfg->key_mode != KEY_MODE_NONE && reopens_time_wait(skb, &pkt))
+		if (reopens_time_wait(skb, &pkt))
 			return TC_ACT_SHOT;
 		/* A SYN echoes no timestamp (TSecr is 0): only the carrier matters. */
 		if (cfg->key_mode != KEY_MODE_SEED || !carrier || carrier > TCP_HLEN_MAX - TCPOLEN_KEY_CARRIER)

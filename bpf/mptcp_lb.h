@@ -71,5 +71,6 @@
 
 /* struct dip_config.flags */
 #define DIP_FLAG_STAMP 1 /* stamp the server ID into TSval and restore TSecr (the token modes) */
+#define DIP_FLAG_REAP_TIME_WAIT 2 /* the agent destroys TIME_WAIT sockets: drop a SYN(MP_CAPABLE) that finds one */
 
 #endif /* MPTCP_LB_H */

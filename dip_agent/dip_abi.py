@@ -28,6 +28,7 @@ POOL_SIZE = 1024  # entries of dip_pool (mptcp_lb.h)
 
 # struct dip_config.flags (mptcp_lb.h)
 DIP_FLAG_STAMP = 1  # stamp the server ID into TSval and restore TSecr (the token modes)
+DIP_FLAG_REAP_TIME_WAIT = 2  # the agent destroys TIME_WAIT sockets: drop a SYN(MP_CAPABLE) that finds one
 
 # struct flow_state.has_key (dip_structs.h)
 KEY_NONE = 0
@@ -54,13 +55,14 @@ FLOW_STATE = StructLayout("flow_state", [("key", f"{KEY_LEN}s"), ("key_isn", "I"
 PASSED_TO = StructLayout("passed_to", [("to", "4s"), ("reserved", "I"), ("ns", "Q")])
 POOL_ENTRY = StructLayout("pool_entry", [("key", f"{KEY_LEN}s"), ("seq", "Q")])
 POOL_STATE = StructLayout("pool_state", [("next", "Q")])
-MAP_VALUES = (DIP_CONFIG, FLOW_KEY, FLOW_STATE, PASSED_TO, POOL_ENTRY, POOL_STATE)
+TIME_WAIT_DROP = StructLayout("time_wait_drop", [("ns", "Q"), ("isn", "I"), ("reserved", "I")])
+MAP_VALUES = (DIP_CONFIG, FLOW_KEY, FLOW_STATE, PASSED_TO, POOL_ENTRY, POOL_STATE, TIME_WAIT_DROP)
 
 U32 = struct.Struct("=I")  # the key of every array map
 
-__all__ = ["KEY_MODES", "KEY_MODE_NONE", "KEY_MODE_SEED", "KEY_MODE_POOL", "POOL_SIZE", "DIP_FLAG_STAMP", "KEY_NONE", "KEY_FOR_ISN",
+__all__ = ["KEY_MODES", "KEY_MODE_NONE", "KEY_MODE_SEED", "KEY_MODE_POOL", "POOL_SIZE", "DIP_FLAG_STAMP", "DIP_FLAG_REAP_TIME_WAIT", "KEY_NONE", "KEY_FOR_ISN",
            "KEY_ANY_ISN", "MAX_VALID", "INVALID_SEQ", "STAT_NAMES", "DIP_CONFIG", "FLOW_KEY", "FLOW_STATE",
-           "PASSED_TO", "POOL_ENTRY", "POOL_STATE", "MAP_VALUES", "U32", "FlowState", "key_mode", "check_port", "pack_config",
+           "PASSED_TO", "POOL_ENTRY", "POOL_STATE", "TIME_WAIT_DROP", "MAP_VALUES", "U32", "FlowState", "key_mode", "check_port", "pack_config",
            "pack_flow_key", "pack_seeded_flow_state"]
 
 
@@ -85,18 +87,20 @@ def key_mode(mode: int | str) -> int:
 
 
 def pack_config(vip: str, port: int, server_id: int, mode: int | str, *, stamp: bool = True,
-                self_address: str = "0.0.0.0") -> bytes:
+                self_address: str = "0.0.0.0", reap_time_wait: bool = False) -> bytes:
     """struct dip_config: VIP and port in network order (port 0: every port of the VIP).
 
     ``stamp``: the token modes' TSval stamping and TSecr restoration.
+    ``reap_time_wait``: an agent destroys the TIME_WAIT sockets SYNs find (dip_agent/time_wait.py).
     ``self_address``: the DIP's own fabric address, which a second-chance
     mark never names for a DIP to pass a packet to.
     """
     check_port(port, "port", allow_zero=True)
     if not isinstance(server_id, int) or not 0 <= server_id <= SERVER_ID_MASK:
         raise ValueError(f"server_id {server_id!r} does not fit {SERVER_ID_BITS} bits")
-    return DIP_CONFIG.pack(_ipv4(vip), port.to_bytes(2, "big"), server_id, key_mode(mode),
-                           DIP_FLAG_STAMP if stamp else 0, _ipv4(self_address))
+    flags = (DIP_FLAG_STAMP if stamp else 0) | (DIP_FLAG_REAP_TIME_WAIT if reap_time_wait else 0)
+    return DIP_CONFIG.pack(_ipv4(vip), port.to_bytes(2, "big"), server_id, key_mode(mode), flags,
+                           _ipv4(self_address))
 
 
 def pack_flow_key(client_ip: str, client_port: int, vip: str, vip_port: int) -> bytes:

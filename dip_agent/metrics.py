@@ -4,6 +4,10 @@ What an operator watches for exhaustion under a flood: ``pool_empty`` and
 ``synack_no_key`` (a SYN/ACK found no key ready and kept the kernel's own,
 so that connection's joins will not find their DIP) and the flow table's
 fill and LRU evictions (an evicted live flow loses its timestamp offset).
+``syn_time_wait`` counts SYNs dropped because their 4-tuple was in TIME_WAIT
+(each costs its client one SYN retransmission); ``time_wait_reaped`` should
+follow it, and ``time_wait_reap_failed`` stay 0 (a failure there lets the
+retransmitted SYN go on with the kernel's key).
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ class DipCollector:
         counters = (("flows_evicted", "mptcplb_dip_flows_evicted", "Flow table entries the LRU dropped for room"),
                     ("pool_refilled", "mptcplb_dip_pool_refilled", "Key pool slots refilled with fresh keys"),
                     ("time_wait_reaped", "mptcplb_dip_time_wait_reaped",
-                     "TIME_WAIT sockets destroyed so a reconnecting client's SYN gets a cookie (dip_agent/time_wait.py)"))
+                     "TIME_WAIT sockets destroyed so a reconnecting client's SYN gets a cookie (dip_agent/time_wait.py)"),
+                    ("time_wait_reap_failed", "mptcplb_dip_time_wait_reap_failed",
+                     "TIME_WAIT sockets the kernel refused to destroy: those SYNs went on with the kernel's key"))
         for key, name, doc in counters:
             c = CounterMetricFamily(name, doc, labels=["vip", "dip"])
             c.add_metric(self.labels, usage[key])

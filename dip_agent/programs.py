@@ -7,8 +7,9 @@ they also adopt keys and stamp timestamps (``stamp=True``, a key mode).
 ``DipPrograms`` separates loading from attaching, as Katran's
 ``loadBpfProgs`` / ``attachBpfProgs`` do. ``load()`` loads ``bpf/dip_tc.o``
 (as ``make bpf`` built it), writes the configuration map and, in pool mode,
-fills the key pool and starts its refill thread (dip_agent/key_pool.py),
-without touching an interface: the programs can run on test packets then.
+fills the key pool and starts its refill thread (dip_agent/key_pool.py); with
+a key mode it starts the TIME_WAIT reaper (dip_agent/time_wait.py). It
+touches no interface: the programs can run on test packets then.
 ``attach()`` sets ``net.ipv4.tcp_syncookies=2`` in the current network
 namespace, so that the listener adopts the MPTCP key the tc egress program
 writes into its SYN/ACK (docs/token-steering.md §5), and attaches
@@ -33,11 +34,11 @@ from mptcp_lb import tc
 from mptcp_lb.bpf import BPF_DIR, BpfObject, built_object, read_counters
 from mptcp_lb.mptcp_codec import make_key
 
-from .dip_abi import (KEY_MODE_NONE, KEY_MODE_POOL, KEY_MODE_SEED, KEY_MODES, POOL_SIZE, STAT_NAMES, U32, FlowState, check_port, key_mode,
-                      pack_config, pack_flow_key, pack_seeded_flow_state)
+from .dip_abi import (KEY_MODE_NONE, KEY_MODE_POOL, KEY_MODE_SEED, KEY_MODES, POOL_SIZE, STAT_NAMES, U32, FlowState,
+                      check_port, key_mode, pack_config, pack_flow_key, pack_seeded_flow_state)
 from .key_pool import KeyPool
-from .time_wait import TimeWaitReaper
 from .sysctl import change_sysctl, restore_sysctls
+from .time_wait import TimeWaitReaper
 from .undo import Undo, rollback_on_failure
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def dip_object(obj: Path = OBJECT_PATH) -> Path:
 
 
 class DipPrograms:
-    """This namespace's DIP programs: tc programs, maps, key pool and syncookies.
+    """This namespace's DIP programs: tc programs, maps, key pool, TIME_WAIT reaper and syncookies.
 
     ``ifname`` is the fabric interface, or a list of them (all share one
     object, so one flow table and one pool). ``mode`` is "none", "seed" or
@@ -107,8 +108,10 @@ class DipPrograms:
         self.server_id = server_id
         self.mode = key_mode(mode)
         self.stamp = stamp
-        self._config = pack_config(self.vip, port, server_id, self.mode, stamp=stamp,
-                                   self_address=self_address)  # validates server_id and the address
+        self._config_args = dict(vip=self.vip, port=port, server_id=server_id, mode=self.mode, stamp=stamp,
+                                 self_address=self_address)
+        # Key adoption has the reaper retire the TIME_WAIT sockets that would cost a SYN its cookie.
+        self._config = pack_config(**self._config_args, reap_time_wait=self.mode != KEY_MODE_NONE)  # validates
         self.slices = frozenset(slices) if slices is not None else None
         self.slice_bits = slice_bits
         if self.mode == KEY_MODE_POOL:
@@ -156,8 +159,14 @@ class DipPrograms:
                 self.pool.fill()
                 self.pool.start()
             if self.mode != KEY_MODE_NONE:
-                self.reaper = TimeWaitReaper(self.obj.map("dip_time_wait"), interval=self.poll_interval)
+                self.reaper = TimeWaitReaper(self.obj.map("dip_time_wait"), self._stop_dropping_for_time_wait,
+                                             interval=self.poll_interval)
                 self.reaper.start()
+
+    def _stop_dropping_for_time_wait(self) -> None:
+        """The kernel cannot destroy sockets: clear DIP_FLAG_REAP_TIME_WAIT, so SYNs that find TIME_WAIT go on."""
+        self._config = pack_config(**self._config_args, reap_time_wait=False)
+        self._live().map("dip_config").update(U32.pack(0), self._config)
 
     def attach(self) -> None:
         """Set syncookies and attach both programs on every interface; on failure roll back all and re-raise."""
@@ -252,9 +261,10 @@ class DipPrograms:
         return read_counters(self._live().map("dip_stats"), STAT_NAMES)
 
     def usage(self) -> dict[str, int]:
-        """``attached_stats`` of these programs, and the keys the pool refilled (0 without a pool)."""
+        """``attached_stats`` of these programs, the keys the pool refilled and the TIME_WAIT sockets reaped."""
         obj = self._live()
         usage = _usage(obj.map("dip_stats"), obj.map("dip_flows"))
         usage["pool_refilled"] = self.pool.refilled if self.pool is not None else 0
         usage["time_wait_reaped"] = self.reaper.reaped if self.reaper is not None else 0
+        usage["time_wait_reap_failed"] = self.reaper.failed if self.reaper is not None else 0
         return usage

@@ -2,148 +2,170 @@
 
 Key adoption needs every SYN(MP_CAPABLE) answered with a SYN cookie, but a
 SYN for a 4-tuple the DIP holds in TIME_WAIT (the client reused its port
-after the server closed first) reopens that TIME_WAIT with a request socket
-instead, which keeps the kernel's own key: the client's joins then carry a
-token no socket has. dip_tc.c drops such a SYN and names its 4-tuple in
-``dip_time_wait`` with the time it did; ``TimeWaitReaper`` destroys that TIME_WAIT socket (netlink
-SOCK_DESTROY, as ``ss -K`` does) so the client's retransmitted SYN, a second
-later, finds only the listener and gets a cookie. The kernel retires a
-TIME_WAIT for a new SYN itself (TCP_TW_SYN): only the order changes. The
-program drops a 4-tuple's SYN at most once per ``WINDOW_NS``: should the
-TIME_WAIT survive (a kernel without CONFIG_INET_DIAG_DESTROY), the
-retransmitted SYN goes through with the kernel's key rather than be lost.
+after the server closed first, as HTTP servers do) reopens that TIME_WAIT
+with a request socket instead, which keeps the kernel's own key: the
+client's joins then carry a token no socket has. With
+``DIP_FLAG_REAP_TIME_WAIT`` set, dip_tc.c drops such a SYN and records it in
+``dip_time_wait``; ``TimeWaitReaper`` destroys that TIME_WAIT socket
+(netlink SOCK_DESTROY, as ``ss -K`` does) and forgets the record, so the
+client's retransmitted SYN, a second later, finds only the listener and gets
+a cookie. The kernel retires a TIME_WAIT for a SYN it accepts itself
+(TCP_TW_SYN): what changes is that the listener, not the TIME_WAIT, answers.
 
-Before destroying, the socket is looked up exactly and must be in TIME_WAIT;
-the destroy then names its cookie, so a 4-tuple whose TIME_WAIT is already
-gone can never take the listener (which the same lookup falls back to) with
-it. Netlink is spoken directly: pyroute2's DiagSocket has no SOCK_DESTROY,
-and parses every reply by address family, errors included.
+A record the reaper could not act on stays for ``TIME_WAIT_RETRY_NS``: the
+program then lets that SYN's retransmission through (a kernel key rather than
+a lost SYN). A kernel without CONFIG_INET_DIAG_DESTROY clears the flag, so
+nothing is dropped for it again.
+
+Before destroying, the socket is looked up exactly and must be a TIME_WAIT
+(its timer says so); the destroy then names its cookie, so a 4-tuple whose
+TIME_WAIT is already gone can never take the listener (which the same lookup
+falls back to) with it. Netlink is spoken directly: pyroute2's DiagSocket
+has no SOCK_DESTROY and parses every reply by address family, errors
+included.
 """
 
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 from mptcp_lb.bpf import BpfMap
 
-from .dip_abi import FLOW_KEY
+from .dip_abi import FLOW_KEY, TIME_WAIT_DROP
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TimeWaitReaper", "destroy_time_wait"]
+__all__ = ["TimeWaitReaper", "destroy_time_wait", "TIME_WAIT_RETRY_NS"]
 
+TIME_WAIT_RETRY_NS = 5_000_000_000  # dip_maps.h
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY, SOCK_DESTROY = 20, 21
 NLMSG_ERROR, NLM_F_REQUEST, NLM_F_ACK = 2, 0x1, 0x4
-TCP_TIME_WAIT = 6
+TCP_FIN_WAIT2, TCP_TIME_WAIT = 5, 6  # a TIME_WAIT socket reports its substate, one of these
+TIMER_TIME_WAIT = 3  # inet_diag_msg.idiag_timer of a TIME_WAIT socket
 INET_DIAG_NOCOOKIE = 0xFFFFFFFF
 NLMSG = struct.Struct("=IHHII")
 # struct inet_diag_req_v2: family, protocol, ext, pad, states; then struct inet_diag_sockid.
 DIAG_REQ = struct.Struct("=BBBxI2s2s16s16sI2I")
 # struct inet_diag_msg, as far as the sockid's cookie.
 DIAG_MSG_HEAD = struct.Struct("=BBBB2s2s16s16sI2I")
-WINDOW_NS = 5_000_000_000  # dip_maps.h: TIME_WAIT_RETRY_NS
+WARN_EVERY = 10.0  # seconds between warnings of failed destroys
 
 
-def _request(sock: socket.socket, kind: int, flags: int, local: tuple[str, int], remote: tuple[str, int],
-             cookie: tuple[int, int]) -> list[tuple[int, bytes]]:
-    """Send one inet_diag request for the TCP socket local<->remote; the (type, payload) of each reply."""
-    src = ipaddress.IPv4Address(local[0]).packed.ljust(16, b"\0")
-    dst = ipaddress.IPv4Address(remote[0]).packed.ljust(16, b"\0")
-    body = DIAG_REQ.pack(socket.AF_INET, socket.IPPROTO_TCP, 0, 1 << TCP_TIME_WAIT, local[1].to_bytes(2, "big"),
-                         remote[1].to_bytes(2, "big"), src, dst, 0, *cookie)
+def _request(sock: socket.socket, kind: int, flags: int, vip: bytes, vip_port: bytes, client: bytes,
+             client_port: bytes, cookie: tuple[int, int]) -> list[tuple[int, bytes]]:
+    """Send one inet_diag request for the TCP socket VIP<->client; the (type, payload) of each reply."""
+    body = DIAG_REQ.pack(socket.AF_INET, socket.IPPROTO_TCP, 0, 1 << TCP_TIME_WAIT, vip_port, client_port,
+                         vip.ljust(16, b"\0"), client.ljust(16, b"\0"), 0, *cookie)
     sock.send(NLMSG.pack(NLMSG.size + len(body), kind, NLM_F_REQUEST | flags, 1, 0) + body)
     data = sock.recv(65536)
     replies, off = [], 0
     while off + NLMSG.size <= len(data):
         length, mtype, _, _, _ = NLMSG.unpack_from(data, off)
+        if length < NLMSG.size or off + length > len(data):
+            raise OSError(errno.EBADMSG, f"inet_diag: a reply of {length} bytes in {len(data) - off}")
         replies.append((mtype, data[off + NLMSG.size:off + length]))
         off += (length + 3) & ~3
     return replies
 
 
-def _error(payload: bytes) -> int:
+def _errno(payload: bytes) -> int:
+    """The errno of an NLMSG_ERROR payload (0: an acknowledgement)."""
     return -struct.unpack_from("=i", payload)[0]
 
 
-def destroy_time_wait(local: tuple[str, int], remote: tuple[str, int]) -> bool:
-    """Destroy the TIME_WAIT socket local<->remote of this network namespace; False if there is none.
+def destroy_time_wait(vip: bytes, vip_port: bytes, client: bytes, client_port: bytes) -> bool:
+    """Destroy the TIME_WAIT socket VIP<->client of this network namespace; False if there is none.
 
-    Raises OSError when the kernel refuses (EOPNOTSUPP without CONFIG_INET_DIAG_DESTROY).
+    Addresses and ports in network order, as a flow key holds them. Raises
+    OSError when the kernel refuses (EOPNOTSUPP without CONFIG_INET_DIAG_DESTROY).
     """
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as sock:
         sock.settimeout(1.0)
+        tuple_ = (vip, vip_port, client, client_port)
         cookie = None
-        for mtype, payload in _request(sock, SOCK_DIAG_BY_FAMILY, 0, local, remote,
-                                       (INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE)):
+        for mtype, payload in _request(sock, SOCK_DIAG_BY_FAMILY, 0, *tuple_, (INET_DIAG_NOCOOKIE,) * 2):
             if mtype == NLMSG_ERROR:
-                if _error(payload) == errno.ENOENT:
+                code = _errno(payload)
+                if code == errno.ENOENT:
                     return False
-                raise OSError(_error(payload), f"inet_diag lookup: {errno.errorcode.get(_error(payload))}")
-            fields = DIAG_MSG_HEAD.unpack_from(payload)
-            if fields[1] != TCP_TIME_WAIT:
+                raise OSError(code, f"inet_diag lookup: {errno.errorcode.get(code, code)}")
+            _, state, timer, *_, c0, c1 = DIAG_MSG_HEAD.unpack_from(payload)
+            if timer != TIMER_TIME_WAIT or state not in (TCP_FIN_WAIT2, TCP_TIME_WAIT):
                 return False  # gone already: the lookup found the listener, or a new connection
-            cookie = fields[-2:]
+            cookie = (c0, c1)
         if cookie is None:
             return False
-        for mtype, payload in _request(sock, SOCK_DESTROY, NLM_F_ACK, local, remote, cookie):
-            if mtype == NLMSG_ERROR and _error(payload) not in (0, errno.ENOENT):
-                raise OSError(_error(payload), f"SOCK_DESTROY: {errno.errorcode.get(_error(payload))}")
+        for mtype, payload in _request(sock, SOCK_DESTROY, NLM_F_ACK, *tuple_, cookie):
+            code = _errno(payload) if mtype == NLMSG_ERROR else 0
+            if code == errno.ENOENT:
+                return False  # it expired between the lookup and the destroy
+            if code:
+                raise OSError(code, f"SOCK_DESTROY: {errno.errorcode.get(code, code)}")
         return True
 
 
 class TimeWaitReaper:
-    """Polls ``dip_time_wait`` and destroys the TIME_WAIT socket of each 4-tuple in it (module docstring)."""
+    """Polls ``dip_time_wait`` and destroys the TIME_WAIT socket of each SYN dropped for one (module docstring).
 
-    def __init__(self, pending: BpfMap, *, interval: float = 0.02):
+    ``unsupported`` is called once if the kernel cannot destroy sockets (the
+    caller clears DIP_FLAG_REAP_TIME_WAIT, so the program stops dropping).
+    """
+
+    def __init__(self, pending: BpfMap, unsupported: Callable[[], None], *, interval: float = 0.02):
         self._pending = pending
+        self._unsupported = unsupported
         self.interval = interval
-        self.reaped = 0
-        self._handled: dict[bytes, int] = {}  # 4-tuple -> the drop time it was handled for
-        self._refused = False  # logged once: the kernel cannot destroy sockets
+        self.reaped = 0  # TIME_WAIT sockets destroyed
+        self.failed = 0  # destroys the kernel refused
+        self._kept: dict[bytes, int] = {}  # 4-tuple -> the drop (ns) kept after a failed destroy
+        self._warned = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def poll_once(self) -> int:
-        """Destroy the TIME_WAIT of every 4-tuple newly dropped for one; return how many were destroyed.
-
-        Entries stay for ``WINDOW_NS`` (the program reads them to drop a
-        4-tuple's SYN only once), then go.
-        """
+        """Act on every new drop; return how many TIME_WAIT sockets were destroyed."""
         done, now = 0, time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC too
-        for key in self._pending.keys():
+        keys = list(self._pending.keys())  # a walk that deletes as it goes would start over
+        for key in keys:
             raw = self._pending.lookup(key)
             if raw is None:
                 continue
-            (dropped,) = struct.unpack("=Q", raw)
-            if now - dropped >= WINDOW_NS:
+            dropped = TIME_WAIT_DROP.unpack(raw)[0]
+            if now - dropped >= TIME_WAIT_RETRY_NS:
                 self._forget(key)
-                continue
-            if self._handled.get(key) == dropped:
-                continue
-            self._handled[key] = dropped
-            client_ip, vip, client_port, vip_port = FLOW_KEY.unpack(key)
-            local = (str(ipaddress.IPv4Address(vip)), int.from_bytes(vip_port, "big"))
-            remote = (str(ipaddress.IPv4Address(client_ip)), int.from_bytes(client_port, "big"))
-            try:
-                done += destroy_time_wait(local, remote)
-            except OSError as e:
-                if not self._refused:
-                    self._refused = True
-                    log.error("cannot destroy TIME_WAIT sockets (%s): a client reusing a 4-tuple this DIP "
-                              "closed first gets the kernel's key, not an adopted one, and its joins find "
-                              "no token", e)
+            elif self._kept.get(key) != dropped:
+                done += self._reap(key, dropped)
+        self._kept = {k: v for k, v in self._kept.items() if k in keys}
         self.reaped += done
         return done
 
+    def _reap(self, key: bytes, dropped: int) -> bool:
+        client, vip, client_port, vip_port = FLOW_KEY.unpack(key)
+        try:
+            destroyed = destroy_time_wait(vip, vip_port, client, client_port)
+        except OSError as e:
+            self.failed += 1
+            self._kept[key] = dropped  # the program lets this SYN's retransmission through
+            if e.errno == errno.EOPNOTSUPP:
+                log.error("this kernel cannot destroy sockets (%s): SYNs that find TIME_WAIT go on to it, and "
+                          "their connections keep the kernel's key, so their joins find no token", e)
+                self._unsupported()
+            elif time.monotonic() - self._warned >= WARN_EVERY:
+                self._warned = time.monotonic()
+                log.warning("destroying a TIME_WAIT socket failed (%s); %d failures so far", e, self.failed)
+            return False
+        self._forget(key)
+        return destroyed
+
     def _forget(self, key: bytes) -> None:
-        self._handled.pop(key, None)
+        self._kept.pop(key, None)
         try:
             self._pending.delete(key)
         except OSError:

@@ -14,7 +14,7 @@ import ctypes
 import errno
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -188,22 +188,21 @@ class BpfMap:
     def delete(self, key: bytes) -> None:
         _check("bpf_map_delete_elem", _lib().bpf_map_delete_elem(self.fd, self._key(key)))
 
-    def keys(self) -> list[bytes]:
-        """The keys the map holds now (a hash map's entries; walks them, so not per packet)."""
+    def keys(self) -> Iterator[bytes]:
+        """The keys the map holds (a hash map's entries; walks them, so not per packet)."""
         lib = _lib()
         key, nxt = None, ctypes.create_string_buffer(self.key_size)
-        found = []
         while True:
             ret = lib.bpf_map_get_next_key(self.fd, key, nxt)
             if ret == -errno.ENOENT:
-                return found
+                return
             _check("bpf_map_get_next_key", ret)
-            found.append(nxt.raw)
+            yield nxt.raw
             key = ctypes.create_string_buffer(nxt.raw, self.key_size)
 
     def count(self) -> int:
         """How many keys the map holds now."""
-        return len(self.keys())
+        return sum(1 for _ in self.keys())
 
 
 _U64 = struct.Struct("=Q")

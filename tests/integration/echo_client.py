@@ -41,10 +41,8 @@ def one(vip: str, port: int, size: int, min_subflows: int, source_port: int, i: 
             sock.sendall(payload)
             if not linger:
                 sock.shutdown(socket.SHUT_WR)
-            reply = echo_protocol.read_reply(sock)
-            if linger:  # the DIP's DATA_FIN first: its end of the connection closes first
-                echo_protocol.read_to_eof(sock)
-                time.sleep(linger)
+            reply = echo_protocol.read_reply(sock)  # to the DIP's DATA_FIN: with linger, the first one sent
+            time.sleep(linger)
     except Exception as e:
         return {"error": repr(e)}
     return {"verified": reply["sha256"] == hashlib.sha256(payload).hexdigest() and reply["bytes"] == size,

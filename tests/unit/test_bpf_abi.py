@@ -51,6 +51,7 @@ SHARED_CONSTANTS = {
     "KEY_MODE_POOL": dip_abi.KEY_MODE_POOL,
     "POOL_SIZE": dip_abi.POOL_SIZE,
     "DIP_FLAG_STAMP": dip_abi.DIP_FLAG_STAMP,
+    "DIP_FLAG_REAP_TIME_WAIT": dip_abi.DIP_FLAG_REAP_TIME_WAIT,
     "SECOND_CHANCE_ADDR_OFF": mc.SECOND_CHANCE_ADDR_OFF,
     "SECOND_CHANCE_PASSED_ID": mc.SECOND_CHANCE_PASSED_ID,
     "SECOND_CHANCE_HOPS_MASK": mc.SECOND_CHANCE_HOPS_MASK,
@@ -77,6 +78,8 @@ MAP_LAYOUTS = [
     ("dip_tc.o", "dip_passed", "value", dip_abi.PASSED_TO),
     ("dip_tc.o", "dip_pool", "value", dip_abi.POOL_ENTRY),
     ("dip_tc.o", "dip_pool_state", "value", dip_abi.POOL_STATE),
+    ("dip_tc.o", "dip_time_wait", "key", dip_abi.FLOW_KEY),
+    ("dip_tc.o", "dip_time_wait", "value", dip_abi.TIME_WAIT_DROP),
 ]
 
 
@@ -102,6 +105,12 @@ def test_flow_state_constants_match():
 ])
 def test_stat_names_follow_the_enum(header, enum, names):
     assert stat_names(header, enum) == names
+
+
+def test_the_time_wait_window_is_the_programs():
+    from dip_agent import time_wait
+
+    assert header_defines(BPF_DIR / "dip_maps.h")["TIME_WAIT_RETRY_NS"] == time_wait.TIME_WAIT_RETRY_NS
 
 
 def test_python_limits_derive_from_the_shared_constants():

@@ -8,7 +8,7 @@ class Programs:
     def usage(self):
         stats = {name: i for i, name in enumerate(STAT_NAMES)}
         return {**stats, "flow_entries": 900, "flow_capacity": 1024, "flows_evicted": 7, "pool_refilled": 4096,
-                "time_wait_reaped": 2}
+                "time_wait_reaped": 2, "time_wait_reap_failed": 1}
 
 
 def test_every_program_event_and_the_flow_table_fill_are_exported():
@@ -23,3 +23,4 @@ def test_every_program_event_and_the_flow_table_fill_are_exported():
     assert 'mptcplb_dip_flows_evicted_total{dip="3",vip="web"} 7.0' in text
     assert 'mptcplb_dip_pool_refilled_total{dip="3",vip="web"} 4096.0' in text
     assert 'mptcplb_dip_time_wait_reaped_total{dip="3",vip="web"} 2.0' in text
+    assert 'mptcplb_dip_time_wait_reap_failed_total{dip="3",vip="web"} 1.0' in text
