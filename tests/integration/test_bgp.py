@@ -22,9 +22,8 @@ import pytest
 
 from mininet_topos.harness import Datacenter, free_port, wait_for
 from mptcp_lb.config import parse_config
+from tests.integration.in_flight import client_of, counters, grown, resets, rsts_sent, uploads
 
-CLIENT = {"port": ("c1", 3), "token": ("c2", 2)}  # mode -> (client, subflows per connection)
-UPLOADS, SIZE, RATE = 12, 600_000, 100_000  # 6 s each, all at once
 WITHDRAWAL_LIMIT = 3.0  # the issue's bound: BFD (3 x 100 ms) is what meets it
 
 
@@ -40,14 +39,6 @@ def bgp_dc(request):
         yield dc
 
 
-def counters(dc, client: str) -> dict:
-    return {"client": dc.nstat(client), **{i: dc.nstat(f"d{i}") for i in dc.dip_ids()}}
-
-
-def grown(before: dict, after: dict, counter: str) -> dict:
-    return {k: after[k].get(counter, 0) - before[k].get(counter, 0) for k in before}
-
-
 def vip_packets(dc, i: int) -> int:
     """Packets MUX i's bridge has handed towards the DIPs (its flows to the VIP, group and tag flows alike)."""
     out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", dc.mux_bridge(i), "table=0"],
@@ -56,31 +47,22 @@ def vip_packets(dc, i: int) -> int:
                if "nw_dst=10.0.0.100" in line and "actions=drop" not in line)
 
 
-def uploads(dc, client: str, subflows: int):
-    run = dc.start_traffic(UPLOADS, SIZE, min_subflows=subflows, parallel=UPLOADS, timeout=30, client=client,
-                           rate=RATE)
-    on_service_port = 1 if client == "c1" else subflows  # c1's joins go to its DIP's own port
-    wait_for("every upload established", lambda: sum(dc.established(i) for i in dc.dip_ids())
-             >= UPLOADS * on_service_port, 30)
-    return run
-
-
 def judge(dc, results, before: dict, after: dict, subflows: int) -> None:
     assert all(r.get("verified") for r in results), results
     assert all(len(r["reply"]["subflows"]) >= subflows for r in results), results
-    assert all(v == 0 for v in grown(before, after, "TcpEstabResets").values()), grown(before, after, "TcpEstabResets")
-    assert all(v == 0 for k, v in grown(before, after, "TcpOutRsts").items() if k != "client")
+    assert all(v == 0 for v in resets(before, after).values()), resets(before, after)
+    assert all(v == 0 for v in rsts_sent(before, after).values()), rsts_sent(before, after)
     assert all(v == 0 for v in grown(before, after, "MPTcpExtMPJoinNoTokenFound").values())
 
 
 @pytest.mark.parametrize("bgp_dc", ["port", "token"], indirect=True)
 def test_a_failed_mux_is_withdrawn_within_3s_and_no_connection_is_lost(bgp_dc):
     dc = bgp_dc
-    client, subflows = CLIENT[dc.mode]
+    client, subflows = client_of(dc)
     assert dc.vip_nexthops() == ["10.1.1.1", "10.1.2.1"]  # learnt over BGP from both MUXes, merged into ECMP
     assert dc.router.cmd("ip route show 10.0.0.100/32").split()[1:3] == ["proto", "bird"]
-    before = counters(dc, client)
-    run = uploads(dc, client, subflows)
+    before = counters(dc)
+    run = uploads(dc)
     crossing = vip_packets(dc, 1)
     wait_for("uploads crossing MUX 1", lambda: vip_packets(dc, 1) > crossing + 50, 10)  # data in flight through it
     failover = dc.fail_mux_and_time_withdrawal(1)
@@ -88,7 +70,7 @@ def test_a_failed_mux_is_withdrawn_within_3s_and_no_connection_is_lost(bgp_dc):
     assert failover <= WITHDRAWAL_LIMIT
     assert dc.vip_nexthops() == ["10.1.2.1"]
     results = run.results()
-    after = counters(dc, client)
+    after = counters(dc)
     print(json.dumps({"retransmitted": grown(before, after, "TcpRetransSegs")["client"]}))
     judge(dc, results, before, after, subflows)
     fresh = dc.run_traffic(conns=6, size=32 * 1024, min_subflows=subflows, client=client)
@@ -99,9 +81,9 @@ def test_a_failed_mux_is_withdrawn_within_3s_and_no_connection_is_lost(bgp_dc):
 def test_a_mux_cut_off_from_its_controller_is_withdrawn_then_announced_again(bgp_dc):
     """Its flows stay (fail secure) and keep forwarding, but their lease lapses: routing takes it out."""
     dc = bgp_dc
-    client, subflows = CLIENT[dc.mode]
-    before = counters(dc, client)
-    run = uploads(dc, client, subflows)
+    client, subflows = client_of(dc)
+    before = counters(dc)
+    run = uploads(dc)
     bridge = dc.mux_bridge(2)
     flows = dc.mux_flow_counts()["mux2"]
     target = subprocess.run(["ovs-vsctl", "get-controller", bridge], capture_output=True, text=True,
@@ -121,16 +103,16 @@ def test_a_mux_cut_off_from_its_controller_is_withdrawn_then_announced_again(bgp
     subprocess.run(["ovs-vsctl", "set-controller", bridge, *target], check=True)
     dc.wait_announced([1, 2], timeout=30)  # the controller renews the lease: BGP and BFD come back up
     results = run.results()
-    judge(dc, results, before, counters(dc, client), subflows)
+    judge(dc, results, before, counters(dc), subflows)
 
 
 @pytest.mark.parametrize("bgp_dc", ["token"], indirect=True)
 def test_a_controller_restart_withdraws_nothing_and_resets_nothing(bgp_dc):
     """SIGKILLed and back 2 s later: the default lease outlives it, so both MUXes stay announced throughout."""
     dc = bgp_dc
-    client, subflows = CLIENT[dc.mode]
-    before = counters(dc, client)
-    run = uploads(dc, client, subflows)
+    client, subflows = client_of(dc)
+    before = counters(dc)
+    run = uploads(dc)
     both = dc.vip_nexthops()
     seen = []
     dc.kill_controller()
@@ -147,7 +129,7 @@ def test_a_controller_restart_withdraws_nothing_and_resets_nothing(bgp_dc):
     assert all(hops == both for hops in seen), [h for h in seen if h != both][:3]
     assert sorted(dc.bfd_up_speakers()) == ["10.1.1.2", "10.1.2.2"]
     results = run.results()
-    judge(dc, results, before, counters(dc, client), subflows)
+    judge(dc, results, before, counters(dc), subflows)
 
 
 def test_the_bgp_demo_fails_a_mux_under_load_and_reports_the_withdrawal(tmp_path):

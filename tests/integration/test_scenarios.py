@@ -19,9 +19,8 @@ import pytest
 
 from mininet_topos.datacenter import dip_mac
 from mininet_topos.harness import Datacenter, wait_for
+from tests.integration.in_flight import client_of, counters, grown, resets, rsts_sent, uploads
 
-CLIENT = {"port": ("c1", 3), "token": ("c2", 2)}  # mode -> (client, subflows per connection)
-UPLOADS, SIZE, RATE = 12, 600_000, 100_000  # 6 s each, all at once
 TRANSITION = 15.0  # controller.transition_time here: long enough for the uploads, short enough to wait out
 
 
@@ -30,40 +29,6 @@ def dc(request):
     with Datacenter(prefix=f"s{os.getpid() % 1000}", mode=request.param, key_source="pool",
                     transition_time=TRANSITION, spare_dips=1) as dc:
         yield dc
-
-
-def client_of(dc) -> tuple[str, int]:
-    return CLIENT[dc.mode]
-
-
-def counters(dc) -> dict:
-    client, _ = client_of(dc)
-    return {"client": dc.nstat(client), **{i: dc.nstat(f"d{i}") for i in dc.all_dips}}
-
-
-def _grown(before: dict, after: dict, counter: str, who: str) -> int:
-    return after[who].get(counter, 0) - before[who].get(counter, 0)
-
-
-def resets(before: dict, after: dict) -> dict:
-    """Live subflows reset, counted where the reset arrived: TcpEstabResets on the client and on each DIP."""
-    return {("client" if k == "client" else f"d{k}"): _grown(before, after, "TcpEstabResets", k) for k in before}
-
-
-def rsts_sent(before: dict, after: dict) -> dict:
-    """Resets each DIP sent, for any reason (TcpOutRsts)."""
-    return {f"d{k}": _grown(before, after, "TcpOutRsts", k) for k in before if k != "client"}
-
-
-def uploads(dc, conns: int = UPLOADS):
-    """Rate-limited uploads, returned once every one is established on some DIP (data in flight)."""
-    client, subflows = client_of(dc)
-    run = dc.start_traffic(conns, SIZE, min_subflows=subflows, parallel=conns, timeout=30, client=client,
-                           rate=RATE)
-    per_conn = 1 if dc.mode == "port" else subflows  # subflows each connection has on the service port
-    wait_for(f"{conns} uploads established", lambda: sum(dc.established(i) for i in dc.all_dips)
-             >= conns * per_conn, 30)
-    return run
 
 
 def slots(dc, dip: int) -> list[int]:
@@ -197,23 +162,29 @@ def test_200_concurrent_connections_through_two_muxes(dc):
     # or a join lost in the kernel's SYN-cookie join table (below).
     causes = ("MPTcpExtMPJoinNoTokenFound", "TcpExtTCPAbortOnData", "MPTcpExtMPJoinAckHMacFailure",
               "TcpExtSyncookiesFailed")
-    why = {k: {c: _grown(before, after, c, k) for c in causes} for k in before}
-    short = [r.get("client_subflows") for r in results if r.get("client_subflows", 0) < subflows]
+    why = {c: grown(before, after, c) for c in causes}
+    short = [r for r in results if r.get("client_subflows", 0) < subflows]
     report(f"200 concurrent {dc.mode}", resets=resets(before, after), rsts_sent=rsts_sent(before, after),
            per_dip={i: sum(r.get("reply", {}).get("dip") == i for r in results) for i in dc.all_dips},
-           reset_causes={str(k): {c: v for c, v in w.items() if v} for k, w in why.items() if any(w.values())},
-           short_of_subflows=short)
+           reset_causes={c: {k: v for k, v in w.items() if v} for c, w in why.items() if any(w.values())},
+           short_of_subflows=[(r.get("reply", {}).get("dip"), r.get("client_subflows")) for r in short])
     assert len(results) == 200 and all(r.get("verified") for r in results), [r for r in results
                                                                             if not r.get("verified")][:3]
-    assert not any(why[i]["MPTcpExtMPJoinNoTokenFound"] for i in dc.all_dips), why  # every join found its DIP
+    assert not any(why["MPTcpExtMPJoinNoTokenFound"].values()), why  # every join found its DIP
     # Token mode answers every SYN with a cookie (key adoption), joins too, and the kernel keeps a
     # cookie join's state in one best-effort table of 1024 slots (net/mptcp/syncookies.c), shared by
-    # every network namespace of the host: two joins in flight in one slot lose one of them, which
-    # the DIP counts (MPJoinAckHMacFailure, or SyncookiesFailed for the reset of its next segment).
-    # 25 rounds of this test drew one. Only such a counted loss may cost a subflow.
-    lost_in_cookie_table = sum(why[i]["MPTcpExtMPJoinAckHMacFailure"] + why[i]["TcpExtSyncookiesFailed"]
-                               for i in dc.all_dips)
-    assert len(short) <= lost_in_cookie_table, (short, why)
-    assert resets(before, after)["client"] <= lost_in_cookie_table, (resets(before, after), why)
-    assert all(resets(before, after)[f"d{i}"] == 0 for i in dc.all_dips), resets(before, after)
-    assert sum(rsts_sent(before, after).values()) <= lost_in_cookie_table, (rsts_sent(before, after), why)
+    # every network namespace of the host: two joins in flight in one slot lose one of them, at the
+    # DIP of its own connection, which counts it (MPJoinAckHMacFailure, or SyncookiesFailed for the
+    # reset of its next segment). 25 rounds of this test drew one such loss; more than two in a round
+    # is not that. A mis-steered segment is reset at another DIP than its connection's, so it fails
+    # the checks below even though it too counts SyncookiesFailed.
+    lost = {f"d{i}": why["MPTcpExtMPJoinAckHMacFailure"][f"d{i}"] + why["TcpExtSyncookiesFailed"][f"d{i}"]
+            for i in dc.all_dips}
+    short_at = {f"d{r['reply']['dip']}" for r in short}
+    sent = rsts_sent(before, after)
+    assert len(short) <= 2, (short, why)
+    assert all(lost[d] > 0 for d in short_at), (short_at, lost)  # each short connection's DIP counted a loss
+    assert all(lost[d] == 0 and sent[d] == 0 for d in lost if d not in short_at), (short_at, lost, sent)
+    assert all(sent[d] <= lost[d] for d in short_at), (sent, lost)
+    assert resets(before, after)["client"] <= len(short), (resets(before, after), short)
+    assert all(resets(before, after)[d] == 0 for d in lost), resets(before, after)
