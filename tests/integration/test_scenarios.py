@@ -175,7 +175,7 @@ def test_200_concurrent_connections_through_two_muxes(dc):
     # cookie join's state in one best-effort table of 1024 slots (net/mptcp/syncookies.c), shared by
     # every network namespace of the host: two joins in flight in one slot lose one of them, at the
     # DIP of its own connection, which counts it (MPJoinAckHMacFailure, or SyncookiesFailed for the
-    # reset of its next segment). 25 rounds of this test drew one such loss; more than two in a round
+    # reset of its next segment). 65 rounds of this test drew two such losses; more than two in a round
     # is not that. A mis-steered segment is reset at another DIP than its connection's, so it fails
     # the checks below even though it too counts SyncookiesFailed.
     lost = {f"d{i}": why["MPTcpExtMPJoinAckHMacFailure"][f"d{i}"] + why["TcpExtSyncookiesFailed"][f"d{i}"]
@@ -187,4 +187,6 @@ def test_200_concurrent_connections_through_two_muxes(dc):
     assert all(lost[d] == 0 and sent[d] == 0 for d in lost if d not in short_at), (short_at, lost, sent)
     assert all(sent[d] <= lost[d] for d in short_at), (sent, lost)
     assert resets(before, after)["client"] <= len(short), (resets(before, after), short)
-    assert all(resets(before, after)[d] == 0 for d in lost), resets(before, after)
+    # The lost join's fallout can reset one more subflow of that DIP's (seen once in 65 rounds).
+    got = resets(before, after)
+    assert all(got[d] == 0 for d in lost if d not in short_at) and all(got[d] <= lost[d] for d in short_at), got
