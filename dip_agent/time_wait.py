@@ -12,10 +12,12 @@ client's retransmitted SYN, a second later, finds only the listener and gets
 a cookie. The kernel retires a TIME_WAIT for a SYN it accepts itself
 (TCP_TW_SYN): what changes is that the listener, not the TIME_WAIT, answers.
 
-A record the reaper could not act on stays for ``TIME_WAIT_RETRY_NS``: the
-program then lets that SYN's retransmission through (a kernel key rather than
-a lost SYN). A kernel without CONFIG_INET_DIAG_DESTROY clears the flag, so
-nothing is dropped for it again.
+A record whose TIME_WAIT the reaper did not destroy stays for
+``TIME_WAIT_RETRY_NS``: the program then lets that SYN's retransmission
+through (a kernel key rather than a lost SYN). A kernel that refuses for good
+(EOPNOTSUPP without CONFIG_INET_DIAG_DESTROY, EPERM without CAP_NET_ADMIN)
+makes the reaper give up once and clear the flag, so nothing is dropped for
+it again.
 
 Before destroying, the socket is looked up exactly and must be a TIME_WAIT
 (its timer says so); the destroy then names its cookie, so a 4-tuple whose
@@ -56,6 +58,7 @@ DIAG_REQ = struct.Struct("=BBBxI2s2s16s16sI2I")
 # struct inet_diag_msg, as far as the sockid's cookie.
 DIAG_MSG_HEAD = struct.Struct("=BBBB2s2s16s16sI2I")
 WARN_EVERY = 10.0  # seconds between warnings of failed destroys
+PERMANENT = (errno.EOPNOTSUPP, errno.EPERM)  # the kernel will never destroy sockets for this agent
 
 
 def _request(sock: socket.socket, kind: int, flags: int, vip: bytes, vip_port: bytes, client: bytes,
@@ -94,8 +97,10 @@ def destroy_time_wait(vip: bytes, vip_port: bytes, client: bytes, client_port: b
             if mtype == NLMSG_ERROR:
                 code = _errno(payload)
                 if code == errno.ENOENT:
-                    return False
+                    return False  # no socket at all, or no TCP diag handler (tcp_diag): nothing destroyed
                 raise OSError(code, f"inet_diag lookup: {errno.errorcode.get(code, code)}")
+            if len(payload) < DIAG_MSG_HEAD.size:
+                raise OSError(errno.EBADMSG, f"inet_diag: a socket reply of {len(payload)} bytes")
             _, state, timer, *_, c0, c1 = DIAG_MSG_HEAD.unpack_from(payload)
             if timer != TIMER_TIME_WAIT or state not in (TCP_FIN_WAIT2, TCP_TIME_WAIT):
                 return False  # gone already: the lookup found the listener, or a new connection
@@ -124,7 +129,8 @@ class TimeWaitReaper:
         self.interval = interval
         self.reaped = 0  # TIME_WAIT sockets destroyed
         self.failed = 0  # destroys the kernel refused
-        self._kept: dict[bytes, int] = {}  # 4-tuple -> the drop (ns) kept after a failed destroy
+        self.gave_up = False  # the kernel refuses for good: the program no longer drops
+        self._kept: dict[bytes, int] = {}  # 4-tuple -> the drop (ns) kept, its TIME_WAIT not destroyed
         self._warned = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -132,7 +138,7 @@ class TimeWaitReaper:
     def poll_once(self) -> int:
         """Act on every new drop; return how many TIME_WAIT sockets were destroyed."""
         done, now = 0, time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC too
-        keys = list(self._pending.keys())  # a walk that deletes as it goes would start over
+        keys = set(self._pending.keys())  # walked first: a walk that deletes as it goes would start over
         for key in keys:
             raw = self._pending.lookup(key)
             if raw is None:
@@ -143,26 +149,38 @@ class TimeWaitReaper:
             elif self._kept.get(key) != dropped:
                 done += self._reap(key, dropped)
         self._kept = {k: v for k, v in self._kept.items() if k in keys}
-        self.reaped += done
         return done
 
     def _reap(self, key: bytes, dropped: int) -> bool:
+        """Destroy the TIME_WAIT of one drop: forget the drop if it was, else keep it (its retransmission goes on)."""
         client, vip, client_port, vip_port = FLOW_KEY.unpack(key)
         try:
             destroyed = destroy_time_wait(vip, vip_port, client, client_port)
         except OSError as e:
+            destroyed = False
             self.failed += 1
-            self._kept[key] = dropped  # the program lets this SYN's retransmission through
-            if e.errno == errno.EOPNOTSUPP:
-                log.error("this kernel cannot destroy sockets (%s): SYNs that find TIME_WAIT go on to it, and "
-                          "their connections keep the kernel's key, so their joins find no token", e)
-                self._unsupported()
+            if e.errno in PERMANENT:
+                self._give_up(e)
             elif time.monotonic() - self._warned >= WARN_EVERY:
                 self._warned = time.monotonic()
                 log.warning("destroying a TIME_WAIT socket failed (%s); %d failures so far", e, self.failed)
+        if not destroyed:
+            self._kept[key] = dropped  # harmless if the TIME_WAIT is gone: the program reads it only if not
             return False
+        self.reaped += 1
         self._forget(key)
-        return destroyed
+        return True
+
+    def _give_up(self, e: OSError) -> None:
+        if self.gave_up:
+            return
+        self.gave_up = True
+        log.error("the kernel will not destroy sockets for this agent (%s): SYNs that find TIME_WAIT now go on "
+                  "to it, and their connections keep the kernel's key, so their joins find no token", e)
+        try:
+            self._unsupported()
+        except Exception:  # the drops go on, each SYN's retransmission still let through
+            log.exception("clearing DIP_FLAG_REAP_TIME_WAIT failed")
 
     def _forget(self, key: bytes) -> None:
         self._kept.pop(key, None)

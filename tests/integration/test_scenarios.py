@@ -173,10 +173,10 @@ def test_200_concurrent_connections_through_two_muxes(dc):
     assert not any(why["MPTcpExtMPJoinNoTokenFound"].values()), why  # every join found its DIP
     # Token mode answers every SYN with a cookie (key adoption), joins too, and the kernel keeps a
     # cookie join's state in one best-effort table of 1024 slots (net/mptcp/syncookies.c), shared by
-    # every network namespace of the host: two joins in flight in one slot lose one of them, at the
-    # DIP of its own connection, which counts it (MPJoinAckHMacFailure, or SyncookiesFailed for the
-    # reset of its next segment). 65 rounds of this test drew two such losses; more than two in a round
-    # is not that. A mis-steered segment is reset at another DIP than its connection's, so it fails
+    # every network namespace of the host: two joins in flight in one slot lose one or both, each at
+    # the DIP of its own connection, which counts it (MPJoinAckHMacFailure, or SyncookiesFailed for
+    # the reset of its next segment). 65 rounds of this test drew two rounds with a lost join; the
+    # bound below is one collision a round. A mis-steered segment is reset at another DIP than its connection's, so it fails
     # the checks below even though it too counts SyncookiesFailed.
     lost = {f"d{i}": why["MPTcpExtMPJoinAckHMacFailure"][f"d{i}"] + why["TcpExtSyncookiesFailed"][f"d{i}"]
             for i in dc.all_dips}

@@ -44,7 +44,9 @@ def test_duplicate_dip_fields(raw_config, key, value, dup):
 
 @pytest.mark.parametrize("path,value,expect", [
     (("vips", 0, "address"), "10.0.0.300", "vips[0].address: '10.0.0.300' is not an IPv4 address"),
-    (("vips", 0, "dips", 0, "address"), "fe80::1", "vips[0].dips[0].address: 'fe80::1' is not an IPv4 address"),
+    (("vips", 0, "dips", 0, "address"), "fe80::1",
+     "vips[0].dips[0].address: 'fe80::1' is an IPv6 address: only IPv4 is served yet"),
+    (("vips", 0, "address"), "2001:db8::100", "vips[0].address: '2001:db8::100' is an IPv6 address"),
     (("vips", 0, "dips", 0, "mac"), "02:00:00:02:00", "vips[0].dips[0].mac: '02:00:00:02:00' is not a MAC"),
     (("vips", 0, "dips", 0, "mac"), "01:00:5e:00:00:01", "is a multicast MAC address"),
     (("vips", 0, "dips", 0, "ports"), "9000-8000", "vips[0].dips[0].ports: '9000-8000' must satisfy"),

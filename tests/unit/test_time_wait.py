@@ -52,29 +52,39 @@ def test_a_reaped_drop_is_forgotten_and_a_stale_one_goes(monkeypatch):
 
 
 def test_a_failed_destroy_keeps_the_drop_so_the_retransmission_goes_through(monkeypatch):
-    def refuse(*tuple_):
-        raise OSError(errno.EPERM, "SOCK_DESTROY: EPERM")
+    def fail(*tuple_):
+        raise OSError(errno.ENOBUFS, "SOCK_DESTROY: ENOBUFS")
 
-    monkeypatch.setattr(time_wait, "destroy_time_wait", refuse)
+    monkeypatch.setattr(time_wait, "destroy_time_wait", fail)
     unsupported = []
     pending = FakeMap({FRESH: drop(time.monotonic_ns())})
     reaper = time_wait.TimeWaitReaper(pending, lambda: unsupported.append(1))
     assert reaper.poll_once() == 0 and reaper.poll_once() == 0
     assert list(pending.entries) == [FRESH]  # kept: the program lets this SYN's retransmission through
     assert reaper.failed == 1  # the same drop is not tried twice
-    assert unsupported == []  # EPERM may pass: only a kernel that cannot destroy sockets stops the drops
+    assert unsupported == [] and not reaper.gave_up  # a transient failure does not stop the drops
 
 
-def test_a_kernel_that_cannot_destroy_sockets_stops_the_drops(monkeypatch, caplog):
-    def unsupported_here(*tuple_):
-        raise OSError(errno.EOPNOTSUPP, "SOCK_DESTROY: EOPNOTSUPP")
+def test_a_time_wait_not_found_keeps_the_drop(monkeypatch):
+    monkeypatch.setattr(time_wait, "destroy_time_wait", lambda *tuple_: False)
+    pending = FakeMap({FRESH: drop(time.monotonic_ns())})
+    reaper = time_wait.TimeWaitReaper(pending, lambda: None)
+    assert reaper.poll_once() == 0
+    assert list(pending.entries) == [FRESH] and reaper.reaped == 0
 
-    monkeypatch.setattr(time_wait, "destroy_time_wait", unsupported_here)
+
+@pytest.mark.parametrize("code", [errno.EOPNOTSUPP, errno.EPERM])
+def test_a_kernel_that_refuses_for_good_stops_the_drops_once(monkeypatch, caplog, code):
+    def refuse(*tuple_):
+        raise OSError(code, "SOCK_DESTROY")
+
+    monkeypatch.setattr(time_wait, "destroy_time_wait", refuse)
     unsupported = []
-    reaper = time_wait.TimeWaitReaper(FakeMap({FRESH: drop(time.monotonic_ns())}), lambda: unsupported.append(1))
+    now = time.monotonic_ns()
+    reaper = time_wait.TimeWaitReaper(FakeMap({FRESH: drop(now), STALE: drop(now - 1)}), lambda: unsupported.append(1))
     reaper.poll_once()
-    assert unsupported == [1]
-    assert any("cannot destroy sockets" in r.message for r in caplog.records)
+    assert unsupported == [1] and reaper.gave_up and reaper.failed == 2
+    assert sum("will not destroy sockets" in r.message for r in caplog.records) == 1
 
 
 class FakeNetlink:
