@@ -21,6 +21,9 @@
    removed (none but its own) or added (about 1/9), and the balance.
 8. Failure detection: a DIP's link goes down under the demo topology's
    health checks; seconds until its slots leave both MUXes.
+9. OpenFlow over TLS as os-ken uses it (one thread reads a switch while
+   another writes it): fresh connections that lose their stream, with the
+   bare ``ssl.SSLSocket`` and with ``SerializedTLSSocket``.
 
 Absolute numbers on this shared 2-core machine are noisy; the ratios are the point.
 """
@@ -40,6 +43,7 @@ import time
 
 import yaml
 
+from bench import tls_duplex
 from bench.download import checked_download, route_vip_to, warm_up
 from mininet_topos.harness import Datacenter, require_platform
 from mininet_topos.stock import Blob, StockWebServers
@@ -431,8 +435,10 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="alternating L2/port/token upload rounds")
     p.add_argument("--conns", type=int, nargs=2, default=[10, 50], metavar=("FEW", "MANY"))
     p.add_argument("--repeat", type=int, default=1_000_000, help="BPF_PROG_TEST_RUN repeats per packet class")
+    p.add_argument("--tls-connections", type=int, default=2000, help="fresh TLS connections each way")
     p.add_argument("--only", nargs="+", choices=["classifier", "controller", "compile", "consistency",
-                                                 "failure_detection", "datapath_flows", "downloads", "throughput"],
+                                                 "failure_detection", "datapath_flows", "downloads", "throughput",
+                                                 "tls"],
                    help="run only these sections")
     args = p.parse_args(argv)
     from mininet.log import setLogLevel
@@ -450,6 +456,8 @@ def main(argv=None) -> int:
                       lambda: downloads(args.download_mb << 20, args.download_rounds, args.port_types)),
         "throughput": ("uploads through one bridge (plain L2 vs port vs token pipeline, same server)",
                        lambda: throughput(args.seconds, args.rounds)),
+        "tls": ("OpenFlow TLS connections read and written from two threads",
+                lambda: tls_duplex.lost_streams(args.tls_connections)),
     }
     report = {}
     for name in args.only or sections:
@@ -499,6 +507,11 @@ def print_report(report: dict, args) -> None:
         print(f"controller: {ctl['seed_syn_per_s']:.0f} SYN(MPC)/s seeded (the classifier punts at most "
               f"{ctl['punt_budget_default_pps']}/s per VIP and MUX by default); keys/s: "
               + ", ".join(f"{k} {v:.0f}" for k, v in ctl["keys_per_s"].items()))
+    if "tls" in report:
+        t = report["tls"]
+        print(f"OpenFlow TLS, read and written from two threads: of {t['connections']} fresh connections, "
+              f"{t['lost_streams']['unserialized']} lost their stream unserialized, "
+              f"{t['lost_streams']['serialized']} through SerializedTLSSocket")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,6 +29,7 @@ from ryu_app.api import ApiServer, MetricsServer, TokenFileError, read_token
 from ryu_app.core import LbCore
 from ryu_app.health import HealthChecks
 from ryu_app.multipart import MultipartBuffer
+from ryu_app.tls_socket import SerializedTLSSocket
 
 CONFIG_ENV = "MPTCP_LB_CONFIG"
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def guarded(handler):
 
 def peer_cert_sha256(sock) -> str | None:
     """The SHA-256 (hex) of the certificate a TLS peer presented, or None on plain TCP."""
-    if not isinstance(sock, ssl.SSLSocket):
+    if not isinstance(sock, (ssl.SSLSocket, SerializedTLSSocket)):
         return None
     der = sock.getpeercert(binary_form=True)
     return hashlib.sha256(der).hexdigest() if der else None

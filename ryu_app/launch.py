@@ -8,15 +8,29 @@ import signal
 from typing import Callable
 
 from mptcp_lb.config import Config
+from ryu_app import tls_socket
 
 APP_MODULE = "ryu_app.app"
 
 
 def run_controller(config: Config, config_path: str) -> None:
     """Block running the OpenFlow controller, REST API and metrics."""
-    from os_ken import cfg
     from os_ken.base.app_manager import AppManager
-    from os_ken.controller import controller  # noqa: F401  (registers the ofp-* options)
+
+    configure_os_ken(config, config_path)
+    # SIGTERM (systemd's stop) and SIGINT: the app closes its listeners and removes its probe routes,
+    # then the process ends. os-ken's own teardown cannot be used: with its native hub it joins
+    # threads it has no way to stop (a connected switch's), then calls a kill() its threads lack.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _shut_down)
+    AppManager.run_apps([APP_MODULE])
+
+
+def configure_os_ken(config: Config, config_path: str) -> None:
+    """os-ken's options from the config, and its switch connections made safe for TLS."""
+    from os_ken import cfg
+    from os_ken.base import app_manager  # noqa: F401  (first: os-ken's modules import each other)
+    from os_ken.controller import controller  # also registers the ofp-* options
 
     os.environ["MPTCP_LB_CONFIG"] = os.path.abspath(config_path)
     cfg.CONF(args=[], project="os_ken")
@@ -24,7 +38,9 @@ def run_controller(config: Config, config_path: str) -> None:
     cfg.CONF.set_override("ofp_tcp_listen_port", config.controller.openflow_port)
     tls = config.controller.tls
     if tls is not None:
-        # os-ken then listens with TLS only, and requires a switch certificate from ca_cert.
+        # os-ken then listens with TLS only, and requires a switch certificate from ca_cert. It reads
+        # and writes each switch from two threads, which one TLS connection cannot bear unserialized.
+        controller.datapath_connection_factory = tls_socket.serialized(controller.datapath_connection_factory)
         cfg.CONF.set_override("ofp_ssl_listen_port", config.controller.openflow_port)
         cfg.CONF.set_override("ctl_privkey", tls.privkey)
         cfg.CONF.set_override("ctl_cert", tls.cert)
@@ -33,12 +49,6 @@ def run_controller(config: Config, config_path: str) -> None:
     # connection for a dpid a live one holds).
     cfg.CONF.set_override("echo_request_interval", 1.0)
     cfg.CONF.set_override("maximum_unreplied_echo_requests", 3)
-    # SIGTERM (systemd's stop) and SIGINT: the app closes its listeners and removes its probe routes,
-    # then the process ends. os-ken's own teardown cannot be used: with its native hub it joins
-    # threads it has no way to stop (a connected switch's), then calls a kill() its threads lack.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _shut_down)
-    AppManager.run_apps([APP_MODULE])
 
 
 _shutdown_hooks: list[Callable[[], None]] = []

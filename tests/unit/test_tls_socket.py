@@ -1,0 +1,120 @@
+"""SerializedTLSSocket (ryu_app/tls_socket.py) over real TLS on loopback, with the OpenFlow test PKI.
+
+The server side is shaped like os-ken's native hub: one thread reads while
+another writes the same connection, from its first byte on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+from bench.tls_duplex import opening, recv_exactly, tls_pair
+from mininet_topos.harness import TestPki
+from ryu_app.app import peer_cert_sha256
+from ryu_app.tls_socket import serialized
+
+pytestmark = pytest.mark.skipif(shutil.which("ovs-pki") is None, reason="ovs-pki is not installed")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    pki = TestPki(str(tmp_path_factory.mktemp("pki")))
+    pki.create()
+    return pki
+
+
+@pytest.fixture
+def pair(pki):
+    with tls_pair(pki) as sockets:
+        yield sockets
+
+
+def test_a_read_and_a_write_from_two_threads_keep_every_byte_from_the_first_message_on(pki):
+    """OpenFlow's opening: the controller's hello goes out while its reader waits for the switch's.
+
+    Unserialized, 4 in 1000 and 21 in 3000 fresh connections lost their stream this way
+    (``python -m bench.tls_duplex``: a spurious end of stream or garbled bytes).
+    """
+    for round_ in range(200):
+        with tls_pair(pki) as sockets:
+            assert opening(*sockets) is None, f"round {round_}"
+
+
+def test_bytes_openssl_already_decrypted_are_read_without_waiting_for_the_socket(pair):
+    server, client = pair
+    client.sendall(b"A" * 8 + b"B" * 8)  # one TLS record
+    assert recv_exactly(server, 8) == b"A" * 8
+    started = time.monotonic()
+    assert server.recv(8) == b"B" * 8  # in OpenSSL's buffer; the socket itself has nothing to read
+    assert time.monotonic() - started < 1.0
+
+
+def test_an_idle_read_times_out_as_a_socket_does(pair):
+    server, _ = pair
+    server.settimeout(0.2)
+    started = time.monotonic()
+    with pytest.raises(socket.timeout):
+        server.recv(8)
+    assert 0.15 < time.monotonic() - started < 2.0
+
+
+def test_a_large_write_completes_while_the_peer_reads_slowly(pair):
+    server, client = pair
+    payload = os.urandom(4 * 1024 * 1024)  # far more than the socket buffers hold: the write waits
+    writer = threading.Thread(target=server.sendall, args=(payload,))
+    writer.start()
+    received = bytearray()
+    while len(received) < len(payload):
+        received += client.recv(65536)
+        if len(received) < 256 * 1024:
+            time.sleep(0.001)
+    writer.join(10)
+    assert not writer.is_alive() and bytes(received) == payload
+
+
+def test_a_read_waiting_on_an_idle_switch_does_not_hold_up_a_write(pair):
+    server, client = pair
+    reader = threading.Thread(target=lambda: recv_exactly(server, 4))
+    reader.start()
+    time.sleep(0.1)  # the reader is parked in poll, without the lock
+    started = time.monotonic()
+    server.sendall(b"ping")
+    assert recv_exactly(client, 4) == b"ping"
+    assert time.monotonic() - started < 1.0
+    client.sendall(b"pong")
+    reader.join(5)
+    assert not reader.is_alive()
+
+
+def test_the_end_of_the_stream_and_the_certificate_come_through(pair, pki):
+    server, client = pair
+    assert peer_cert_sha256(server) == pki.switch_cert_sha256()  # what admit() pins
+    client.close()
+    assert server.recv(8) == b""
+
+
+def test_only_tls_connections_are_wrapped():
+    seen = []
+    factory = serialized(lambda sock, address: seen.append((sock, address)))
+    plain = socket.socket()
+    try:
+        factory(plain, ("127.0.0.1", 1))
+        assert seen == [(plain, ("127.0.0.1", 1))]
+    finally:
+        plain.close()
+
+
+def test_after_shutting_down_it_reads_an_end_of_stream_not_ciphertext(pair):
+    """os-ken shuts a refused switch down for writing, then reads until it goes."""
+    server, client = pair
+    server.shutdown(socket.SHUT_WR)
+    client.sendall(b"more")  # arrives as a TLS record the shut-down socket can no longer decrypt
+    assert server.recv(8) == b""
+    with pytest.raises(BrokenPipeError):
+        server.sendall(b"late")
