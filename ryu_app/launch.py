@@ -31,6 +31,7 @@ def configure_os_ken(config: Config, config_path: str) -> None:
     from os_ken import cfg
     from os_ken.base import app_manager  # noqa: F401  (first: os-ken's modules import each other)
     from os_ken.controller import controller  # also registers the ofp-* options
+    from os_ken.lib import hub
 
     os.environ["MPTCP_LB_CONFIG"] = os.path.abspath(config_path)
     cfg.CONF(args=[], project="os_ken")
@@ -38,9 +39,10 @@ def configure_os_ken(config: Config, config_path: str) -> None:
     cfg.CONF.set_override("ofp_tcp_listen_port", config.controller.openflow_port)
     tls = config.controller.tls
     if tls is not None:
-        # os-ken then listens with TLS only, and requires a switch certificate from ca_cert. It reads
-        # and writes each switch from two threads, which one TLS connection cannot bear unserialized.
-        controller.datapath_connection_factory = tls_socket.serialized(controller.datapath_connection_factory)
+        # os-ken then listens with TLS only, and requires a switch certificate from ca_cert. Its native
+        # hub reads and writes each switch from two threads, which one TLS connection cannot bear.
+        if hub.HUB_TYPE == "native":
+            controller.datapath_connection_factory = tls_socket.serialized(controller.datapath_connection_factory)
         cfg.CONF.set_override("ofp_ssl_listen_port", config.controller.openflow_port)
         cfg.CONF.set_override("ctl_privkey", tls.privkey)
         cfg.CONF.set_override("ctl_cert", tls.cert)

@@ -11,12 +11,18 @@ from mptcp_lb.config import parse_config
 from ryu_app import launch
 
 
+SET = ("ofp_listen_host", "ofp_tcp_listen_port", "ofp_ssl_listen_port", "ctl_privkey", "ctl_cert", "ca_certs",
+       "echo_request_interval", "maximum_unreplied_echo_requests")
+
+
 @pytest.fixture
 def factory(monkeypatch):
-    """os-ken's connection factory, put back after the test."""
+    """os-ken's connection factory; it, the environment and os-ken's options are put back after the test."""
     monkeypatch.setattr(controller, "datapath_connection_factory", controller.datapath_connection_factory)
     monkeypatch.setenv("MPTCP_LB_CONFIG", "")
-    return controller.datapath_connection_factory
+    yield controller.datapath_connection_factory
+    for name in SET:
+        cfg.CONF.clear_override(name)
 
 
 def test_with_tls_every_switch_connection_is_serialized(raw_config, factory):
