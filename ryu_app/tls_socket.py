@@ -66,6 +66,11 @@ class SerializedTLSSocket:
             view = view[self._io(lambda: self._sock.send(view), None):]
 
     def shutdown(self, how: int) -> None:
+        """Ends both directions, whatever ``how``: without its TLS layer the socket could only read ciphertext.
+
+        os-ken shuts the write side to wait for the switch to hang up; here its
+        reader sees the end at once instead, and os-ken closes.
+        """
         with self._lock:
             self._shut = True
             self._sock.shutdown(how)
