@@ -82,36 +82,42 @@ def test_drain_add_then_remove_reset_nothing(dc):
 
 
 def test_a_crashed_dip_loses_only_its_connections(dc):
-    """Port mode: its link goes down. Token mode: its agent and service are SIGKILLed."""
+    """Port mode: its link goes down. Token mode: its agent and service are SIGKILLed.
+
+    The DIP that crashes is the one holding the most uploads: the hash may leave any one DIP
+    without any of the 12 (for each, (2/3)^12, 0.8%), never all three.
+    """
     client, subflows = client_of(dc)
     run = uploads(dc)
     per_conn = 1 if dc.mode == "port" else subflows
-    on_dip2 = dc.established(2) // per_conn
+    held = {i: dc.established(i) // per_conn for i in dc.dip_ids()}
+    victim = max(held, key=held.get)
+    others = set(held) - {victim}
     crashed = time.monotonic()
     if dc.mode == "port":
-        dc.set_dip_link(2, up=False)
+        dc.set_dip_link(victim, up=False)
     else:
-        dc.kill_agent(2)
-    wait_for("the health checks to take DIP 2 down", lambda: dc.health()[2] == "down", 15)
+        dc.kill_agent(victim)
+    wait_for(f"the health checks to take DIP {victim} down", lambda: dc.health()[victim] == "down", 15)
     detected = time.monotonic() - crashed
-    wait_for("DIP 2's slots to move on both MUXes", lambda: slots(dc, 2) == [0, 0], 15)
+    wait_for(f"DIP {victim}'s slots to move on both MUXes", lambda: slots(dc, victim) == [0, 0], 15)
     results = run.results()
     lost = [r for r in results if not r.get("verified")]
-    report(f"crash {dc.mode}", detected_s=round(detected, 2), on_dip2=on_dip2, lost=len(lost))
-    assert on_dip2 >= 1  # the hash spread 12 uploads over 3 DIPs
-    assert len(lost) == on_dip2, results  # exactly its connections
-    assert all(r["reply"]["dip"] != 2 for r in results if r.get("verified"))
+    report(f"crash {dc.mode}", detected_s=round(detected, 2), held=held, victim=victim, lost=len(lost))
+    assert len(lost) == held[victim], results  # exactly its connections
+    assert all(r["reply"]["dip"] != victim for r in results if r.get("verified"))
     # Once detected, every new connection works.
     fresh = dc.run_traffic(conns=24, size=32 * 1024, min_subflows=subflows, client=client)
     assert all(r.get("verified") for r in fresh), fresh
-    assert {r["reply"]["dip"] for r in fresh} <= {1, 3}
+    assert {r["reply"]["dip"] for r in fresh} <= others
     # And it comes back once it recovers.
     if dc.mode == "port":
-        dc.set_dip_link(2, up=True)
+        dc.set_dip_link(victim, up=True)
     else:
-        dc.start_agent(2)
-        dc.wait_agent(2)
-    wait_for("DIP 2 back up and holding slots", lambda: dc.health()[2] == "up" and min(slots(dc, 2)) > 0, 20)
+        dc.start_agent(victim)
+        dc.wait_agent(victim)
+    wait_for(f"DIP {victim} back up and holding slots",
+             lambda: dc.health()[victim] == "up" and min(slots(dc, victim)) > 0, 20)
 
 
 def test_mux_loss_and_a_controller_crash_reset_nothing_and_keep_the_drain(dc):
