@@ -284,6 +284,11 @@ class Datacenter:
         (entry,) = [d for d in self.agent_config["vips"][0]["dips"] if d["id"] == i]
         return self.api("POST", "/vips/web/dips", entry)
 
+    def slot_shares(self) -> dict[int, float]:
+        """DIP id -> its share of the VIP's slots now: how likely a new connection is to land on it."""
+        vip = self.api("GET", "/vips")[0]
+        return {d["id"]: d["slots"] / vip["slots"] for d in vip["dips"]}
+
     def dip_ids(self) -> list[int]:
         """The DIPs the controller knows now (the API may have added or removed some)."""
         return [d["id"] for d in self.api("GET", "/vips")[0]["dips"]]

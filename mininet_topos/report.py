@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 
+SPREAD_JUDGED_BELOW = 1e-6  # a DIP left out this unlikely by the hash's luck means the hash does not spread
+
+
+def chance_a_dip_is_left_out(conns: int, shares: dict[int, float]) -> float:
+    """At most how likely ``conns`` connections leave some DIP without one, DIP d taking each with ``shares[d]``."""
+    return min(1.0, sum((1.0 - share) ** conns for share in shares.values()))
+
 
 def connection_entry(result: dict) -> dict:
     """One connection: its subflows as the DIP that terminated them saw them."""
@@ -17,8 +24,15 @@ def connection_entry(result: dict) -> dict:
             "token": reply.get("token")}
 
 
-def summarize(connections: list[dict], dip_ids: list[int]) -> dict:
-    """Per-DIP load and the pass/fail facts the demo promises."""
+def summarize(connections: list[dict], dip_ids: list[int], shares: dict[int, float] | None = None) -> dict:
+    """Per-DIP load and the pass/fail facts the demo promises.
+
+    Connections land on DIPs by hash, so a few of them may miss a DIP by luck:
+    ``spread_ok`` fails only when that was less likely than
+    ``SPREAD_JUDGED_BELOW``, given each DIP's share of the slots (``shares``;
+    equal shares if not given). With fewer connections the spread is reported,
+    not judged.
+    """
     conns_per_dip: Counter = Counter()
     subflows_per_dip: Counter = Counter()
     bytes_per_dip: Counter = Counter()
@@ -30,13 +44,18 @@ def summarize(connections: list[dict], dip_ids: list[int]) -> dict:
             (d,) = dips
             conns_per_dip[d] += 1
             bytes_per_dip[d] += c["bytes_sent"]
+    all_used = all(conns_per_dip[d] > 0 for d in dip_ids)
+    chance = chance_a_dip_is_left_out(len(connections), shares if shares is not None
+                                      else {d: 1 / len(dip_ids) for d in dip_ids})
     return {
         "per_dip": {str(d): {"connections": conns_per_dip[d], "subflows": subflows_per_dip[d],
                              "bytes": bytes_per_dip[d]} for d in dip_ids},
         "all_verified": all(c["verified"] for c in connections),
         "all_multipath": all(len(c["subflows"]) >= 2 for c in connections),
         "all_one_dip": all(len({sf["dip"] for sf in c["subflows"]}) == 1 for c in connections),
-        "all_dips_used": all(conns_per_dip[d] > 0 for d in dip_ids),
+        "all_dips_used": all_used,
+        "chance_a_dip_left_out": chance,
+        "spread_ok": all_used or chance >= SPREAD_JUDGED_BELOW,
     }
 
 

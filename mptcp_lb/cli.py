@@ -255,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fail-mux", type=int, choices=[1, 2],
                    help="with --bgp: take this MUX's datapath away while connections are in flight, and time "
                         "the router's withdrawal")
-    s.add_argument("--conns", type=int, default=20)
+    s.add_argument("--conns", type=int, default=48,
+                   help="connections (below about 40, a DIP the hash left out is reported, not judged)")
     s.add_argument("--size", type=int, default=256 * 1024, help="payload bytes per connection")
     s.add_argument("--json", help="write the JSON report here")
     s.add_argument("--plot", help="write a PNG plot of load per DIP here")

@@ -144,5 +144,5 @@ def test_the_bgp_demo_fails_a_mux_under_load_and_reports_the_withdrawal(tmp_path
     assert routing["protocol"] == "bgp"
     assert routing["nexthops_before"] == ["10.1.1.1", "10.1.2.1"] and routing["nexthops_after"] == ["10.1.2.1"]
     assert 0 < routing["failover_s"] <= WITHDRAWAL_LIMIT
-    assert all(report["summary"][k] for k in ("all_verified", "all_multipath", "all_one_dip", "all_dips_used"))
+    assert all(report["summary"][k] for k in ("all_verified", "all_multipath", "all_one_dip", "spread_ok"))
     assert {c["client_host"] for c in report["connections"]} == {"c1", "c2"} and len(report["connections"]) == 10

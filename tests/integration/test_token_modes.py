@@ -51,8 +51,8 @@ def check_token_steering(dc, results, dips=range(1, N_DIPS + 1)):
         assert all(sf["vip"] == f"{VIP}:{SERVICE_PORT}" for sf in c["subflows"]), c  # joined the service port
         dip = vip.dip(c["subflows"][0]["dip"])
         assert slice_of(c["token"], vip.slice_bits) in dip.slices, c  # the DIP adopted a key from its own slice
-    summary = summarize(connections, list(dips))
-    assert summary["all_dips_used"], summary["per_dip"]
+    summary = summarize(connections, list(dips), dc.slot_shares())
+    assert summary["spread_ok"], summary  # judged only where enough connections make a miss unlikely
     return summary
 
 
@@ -62,8 +62,8 @@ def test_stock_clients_joining_the_service_port_stay_on_one_dip(key_source):
         hosts = ["c2", *(f"d{i}" for i in range(1, N_DIPS + 1))]
         before = {h: dc.nstat(h) for h in hosts}
         flows_before = dc.mux_flow_counts()
-        results = dc.run_traffic(conns=21, size=256 * 1024, client="c2", min_subflows=2)
-        check_token_steering(dc, results)
+        results = dc.run_traffic(conns=48, size=256 * 1024, client="c2", min_subflows=2)
+        assert check_token_steering(dc, results)["chance_a_dip_left_out"] < 1e-6  # so the spread was judged
         assert dc.mux_flow_counts() == flows_before
         for h in hosts:
             after = dc.nstat(h)
@@ -129,8 +129,9 @@ def test_hybrid_serves_both_client_kinds_at_once():
         port_conns = [connection_entry(r) for r in results["c1"]]
         assert all(c["verified"] and len({sf["dip"] for sf in c["subflows"]}) == 1 for c in port_conns)
         assert all(any(not sf["vip"].endswith(f":{SERVICE_PORT}") for sf in c["subflows"]) for c in port_conns)
-        summary = summarize(port_conns + [connection_entry(r) for r in results["c2"]], list(range(1, N_DIPS + 1)))
-        assert summary["all_dips_used"] and summary["all_multipath"]
+        summary = summarize(port_conns + [connection_entry(r) for r in results["c2"]], list(range(1, N_DIPS + 1)),
+                            dc.slot_shares())
+        assert summary["spread_ok"] and summary["all_multipath"], summary
 
 
 def test_without_key_adoption_joins_land_on_the_wrong_dip():
