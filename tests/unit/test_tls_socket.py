@@ -19,12 +19,12 @@ from mininet_topos.harness import TestPki
 from ryu_app.app import peer_cert_sha256
 from ryu_app import tls_socket
 from ryu_app.tls_socket import SerializedTLSSocket, serialized
+from tests.platform import require_platform
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    if shutil.which("ovs-pki") is None:
-        pytest.skip("ovs-pki is not installed")
+    require_platform("ovs-pki is not installed" if shutil.which("ovs-pki") is None else None, "TLS socket")
     pki = TestPki(str(tmp_path_factory.mktemp("pki")))
     pki.create()
     return pki
