@@ -22,12 +22,13 @@ struct dip_config {
 	__u32 key_mode;   /* KEY_MODE_* */
 	__u32 flags;      /* DIP_FLAG_* */
 	__be32 self;      /* this DIP's fabric address: a second-chance mark naming it is ignored */
+	__u8 vip6[16];    /* the VIP's IPv6 address, served like vip; all zero: none */
 };
 
-/* A flow as the DIP sees it; addresses and ports in network order. */
+/* A flow as the DIP sees it; addresses (IPv6, or IPv4-mapped ::ffff:a.b.c.d) and ports in network order. */
 struct flow_key {
-	__be32 client_ip;
-	__be32 vip;
+	__u8 client_ip[16];
+	__u8 vip[16];
 	__be16 client_port;
 	__be16 vip_port;
 };
@@ -125,12 +126,14 @@ enum dip_stat {
 #define DIR_INGRESS 1 /* to VIP:port */
 
 /*
- * The packet's TCP header, validated by parse.h (Ethernet, IPv4 unfragmented,
- * whole doff*4 header in the linear data), with what the programs need.
+ * The packet's TCP header, validated by parse.h (Ethernet, then IPv4
+ * unfragmented or IPv6 past its extension headers, none of them AH; the whole
+ * doff*4 header in the linear data), with what the programs need.
  */
 struct seg {
-	__be32 saddr, daddr;
-	__be16 ip_id;
+	__u8 saddr[16], daddr[16]; /* as in struct flow_key */
+	__u8 ipv6;
+	__be16 ip_id;               /* IPv4 only */
 	__be16 sport, dport;
 	__u32 seq, ack_seq; /* host order */
 	__u8 flags;

@@ -21,8 +21,12 @@
  *                original sent): never below what the kernel sent (a lower
  *                TSecr fakes a spurious-retransmission undo), never above it.
  *
+ * VIP:SVC is dip_config's IPv4 VIP or its IPv6 one (vip6), alike: the IPv6
+ * cookies adopt keys under the same sysctl. Second chance is IPv4's only.
+ *
  * Both programs only rewrite bytes and fix the TCP checksum; they never drop
- * (always TC_ACT_OK) and leave any packet they cannot parse untouched.
+ * (but for a SYN that finds TIME_WAIT, below) and leave any packet they
+ * cannot parse untouched.
  *
  * The header is copied to a per-CPU scratch buffer and edited there; the
  * checksum delta is bpf_csum_diff() of the old and new copies, which starts at
@@ -82,48 +86,120 @@ static __always_inline int ts_after(__u32 a, __u32 b)
 	return (__s32)(a - b) > 0;
 }
 
+/* The extension header walk of parse.h, the classifier's too. */
+DEFINE_IPV6_WALK(dip_ipv6_walk, struct __sk_buff)
+
+/* An IPv4 address as struct flow_key holds it: IPv4-mapped, ::ffff:a.b.c.d. */
+static __always_inline void map_ipv4(__u8 *out, __be32 a)
+{
+	__builtin_memset(out, 0, 10);
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(out + 12, &a, sizeof(a));
+}
+
+static __always_inline int addr_eq(const __u8 *a, const __u8 *b)
+{
+	__u8 diff = 0;
+
+	for (int i = 0; i < 16; i++)
+		diff |= a[i] ^ b[i];
+	return !diff;
+}
+
+static __always_inline int addr_zero(const __u8 *a)
+{
+	__u8 any = 0;
+
+	for (int i = 0; i < 16; i++)
+		any |= a[i];
+	return !any;
+}
+
+/* The TCP header of an IPv4 or IPv6 packet (*ip NULL for IPv6), its frame offset in *tcp_off; NULL if none. */
+static __always_inline struct tcphdr *find_tcp(struct __sk_buff *skb, void *data, void *data_end, struct iphdr **ip,
+					       __u32 *tcp_off)
+{
+	*ip = NULL;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		*ip = parse_ipv4(data, data_end);
+		if (!*ip)
+			return NULL;
+		*tcp_off = ETH_HLEN + (*ip)->ihl * 4;
+		return parse_tcp(*ip, data_end);
+	}
+	if (skb->protocol != bpf_htons(ETH_P_IPV6))
+		return NULL;
+	*tcp_off = dip_ipv6_walk(skb, 0); /* not behind AH: the rewrites would break its ICV */
+	return *tcp_off ? parse_tcp_at(data, *tcp_off, data_end) : NULL;
+}
+
+/*
+ * Whether a packet whose TCP header was not found in the linear data may
+ * have one beyond it: unfragmented IPv4 TCP, or IPv6 whose first next header
+ * is TCP or an extension header that may lead to it. Other protocols never
+ * pay for a pull (it may copy a clone).
+ */
+static __always_inline int worth_a_pull(struct __sk_buff *skb, void *data, void *data_end)
+{
+	struct iphdr *ip = data + ETH_HLEN;
+	struct ipv6hdr *ip6 = data + ETH_HLEN;
+	__u8 next;
+
+	if (skb->len <= data_end - data)
+		return 0; /* all of it is linear already */
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		return (void *)(ip + 1) <= data_end && ip->protocol == IPPROTO_TCP &&
+		       !(ip->frag_off & bpf_htons(IPV4_MF_AND_OFFSET));
+	if (skb->protocol != bpf_htons(ETH_P_IPV6) || (void *)(ip6 + 1) > data_end)
+		return 0;
+	next = ip6->nexthdr;
+	return next == IPPROTO_TCP || next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS ||
+	       next == IPPROTO_FRAGMENT;
+}
+
 static __always_inline int parse_seg(struct __sk_buff *skb, struct seg *s)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
+	struct ipv6hdr *ip6;
 	struct iphdr *ip;
 	struct tcphdr *tcp;
+	__u32 tcp_off = 0;
 
-	if (skb->protocol != bpf_htons(ETH_P_IP))
-		return -1;
-	ip = parse_ipv4(data, data_end);
-	if (!ip)
-		return -1;
-	tcp = parse_tcp(ip, data_end);
+	tcp = find_tcp(skb, data, data_end, &ip, &tcp_off);
 	if (!tcp) {
-		/*
-		 * An unfragmented TCP packet whose header is not all in the
-		 * linear data (or is malformed): pull and retry once. Other
-		 * protocols never pay for the pull (it may copy a clone).
-		 */
-		if (ip->protocol != IPPROTO_TCP || ip->frag_off & bpf_htons(IPV4_MF_AND_OFFSET))
-			return -1;
-		if (pull_headers(skb, MAX_HEADERS_IPV4)) /* the DIP programs parse IPv4 only */
+		/* A TCP header not all in the linear data (or a malformed one): pull and retry once. */
+		if (!worth_a_pull(skb, data, data_end) ||
+		    pull_headers(skb, skb->protocol == bpf_htons(ETH_P_IP) ? MAX_HEADERS_IPV4 : MAX_HEADERS_IPV6))
 			return -1;
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
-		ip = parse_ipv4(data, data_end);
-		if (!ip)
-			return -1;
-		tcp = parse_tcp(ip, data_end);
+		tcp = find_tcp(skb, data, data_end, &ip, &tcp_off);
 		if (!tcp)
 			return -1;
 	}
-	s->saddr = ip->saddr;
-	s->daddr = ip->daddr;
-	s->ip_id = ip->id;
+	if (ip) {
+		map_ipv4(s->saddr, ip->saddr);
+		map_ipv4(s->daddr, ip->daddr);
+		s->ip_id = ip->id;
+		s->ipv6 = 0;
+	} else {
+		ip6 = data + ETH_HLEN;
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		__builtin_memcpy(s->saddr, &ip6->saddr, sizeof(s->saddr));
+		__builtin_memcpy(s->daddr, &ip6->daddr, sizeof(s->daddr));
+		s->ip_id = 0;
+		s->ipv6 = 1;
+	}
 	s->ip_off = ETH_HLEN;
 	s->sport = tcp->source;
 	s->dport = tcp->dest;
 	s->seq = bpf_ntohl(tcp->seq);
 	s->ack_seq = bpf_ntohl(tcp->ack_seq);
 	s->flags = ((__u8 *)tcp)[TCP_FLAGS_OFF];
-	s->tcp_off = ETH_HLEN + ip->ihl * 4;
+	s->tcp_off = tcp_off;
 	s->hdrlen = tcp->doff * 4;
 	return 0;
 }
@@ -244,21 +320,32 @@ static __always_inline int begin(struct __sk_buff *skb, struct dip_packet *pkt)
 	struct flow_key *fk = &pkt->flow;
 	__u32 zero = 0;
 
-	pkt->cfg = bpf_map_lookup_elem(&dip_config, &zero);
-	if (!pkt->cfg || !pkt->cfg->vip || parse_seg(skb, s))
+	struct dip_config *cfg;
+	__be32 vip4;
+
+	cfg = pkt->cfg = bpf_map_lookup_elem(&dip_config, &zero);
+	if (!cfg || parse_seg(skb, s))
 		return -1;
 	if (pkt->dir == DIR_INGRESS) {
-		fk->client_ip = s->saddr;
-		fk->vip = s->daddr;
+		__builtin_memcpy(fk->client_ip, s->saddr, sizeof(fk->client_ip));
+		__builtin_memcpy(fk->vip, s->daddr, sizeof(fk->vip));
 		fk->client_port = s->sport;
 		fk->vip_port = s->dport;
 	} else {
-		fk->client_ip = s->daddr;
-		fk->vip = s->saddr;
+		__builtin_memcpy(fk->client_ip, s->daddr, sizeof(fk->client_ip));
+		__builtin_memcpy(fk->vip, s->saddr, sizeof(fk->vip));
 		fk->client_port = s->dport;
 		fk->vip_port = s->sport;
 	}
-	if (fk->vip != pkt->cfg->vip || (pkt->cfg->port && fk->vip_port != pkt->cfg->port))
+	if (s->ipv6) {
+		if (addr_zero(cfg->vip6) || !addr_eq(fk->vip, cfg->vip6))
+			return -1;
+	} else {
+		__builtin_memcpy(&vip4, fk->vip + 12, sizeof(vip4));
+		if (!cfg->vip || vip4 != cfg->vip)
+			return -1;
+	}
+	if (cfg->port && fk->vip_port != cfg->port)
 		return -1;
 	return 0;
 }
@@ -394,11 +481,19 @@ static __always_inline int socket_state(struct __sk_buff *skb, struct dip_packet
 	struct bpf_sock *sk;
 	int state;
 
-	tuple.ipv4.saddr = pkt->seg.saddr;
-	tuple.ipv4.daddr = pkt->seg.daddr;
-	tuple.ipv4.sport = pkt->seg.sport;
-	tuple.ipv4.dport = pkt->seg.dport;
-	sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (pkt->seg.ipv6) {
+		__builtin_memcpy(tuple.ipv6.saddr, pkt->seg.saddr, sizeof(tuple.ipv6.saddr));
+		__builtin_memcpy(tuple.ipv6.daddr, pkt->seg.daddr, sizeof(tuple.ipv6.daddr));
+		tuple.ipv6.sport = pkt->seg.sport;
+		tuple.ipv6.dport = pkt->seg.dport;
+		sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
+	} else {
+		__builtin_memcpy(&tuple.ipv4.saddr, pkt->seg.saddr + 12, sizeof(tuple.ipv4.saddr));
+		__builtin_memcpy(&tuple.ipv4.daddr, pkt->seg.daddr + 12, sizeof(tuple.ipv4.daddr));
+		tuple.ipv4.sport = pkt->seg.sport;
+		tuple.ipv4.dport = pkt->seg.dport;
+		sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	}
 	if (!sk)
 		return -1;
 	state = sk->state;
@@ -543,7 +638,8 @@ static __always_inline int ingress(struct __sk_buff *skb)
 
 	if (begin(skb, &pkt))
 		return TC_ACT_OK;
-	verdict = second_chance(skb, &pkt);
+	/* Second chance is IPv4's for now: its hop count rides in the IPv4 ID (docs/ipv6.md). */
+	verdict = pkt.seg.ipv6 ? TC_ACT_OK : second_chance(skb, &pkt);
 	if (verdict != TC_ACT_OK)
 		return verdict;
 	cfg = pkt.cfg;

@@ -157,7 +157,8 @@ static __always_inline struct tcphdr *parse_l4(struct __sk_buff *skb, void *data
 		*tcp_off = ETH_HLEN + (*ip)->ihl * 4;
 		return tcp;
 	}
-	*tcp_off = mux_ipv6_tcp_offset(skb);
+	/* Behind AH too: the verdicts only read; a carrier cleared there fails the ICV, as a forged key should. */
+	*tcp_off = mux_ipv6_tcp_offset(skb, 1);
 	return *tcp_off ? parse_tcp_at(data, *tcp_off, data_end) : NULL;
 }
 

@@ -98,6 +98,7 @@ struct ipv6_walk {
 	__u32 off;
 	__u32 next;
 	__u32 i;
+	__u32 ah; /* an authentication header came before */
 };
 
 /*
@@ -126,9 +127,10 @@ static __always_inline int ipv6_ext_step(void *data, void *data_end, struct ipv6
 		return -1;
 	if ((next == IPPROTO_HOPOPTS && w->i == 0) || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS)
 		len = (p[1] + 1) * 8;
-	else if (next == IPPROTO_AH)
+	else if (next == IPPROTO_AH) {
 		len = (p[1] + 2) * 4;
-	else if (next == IPPROTO_FRAGMENT && !(load_be16(p + 2) & IPV6_FRAG_OFFSET_AND_MF))
+		w->ah = 1;
+	} else if (next == IPPROTO_FRAGMENT && !(load_be16(p + 2) & IPV6_FRAG_OFFSET_AND_MF))
 		len = 8;
 	else
 		return -1;
@@ -141,10 +143,12 @@ static __always_inline int ipv6_ext_step(void *data, void *data_end, struct ipv6
 /*
  * DEFINE_IPV6_WALK(name, ctx_type) defines, for one program type,
  *
- *   __u32 name(ctx_type *ctx)
+ *   __u32 name(ctx_type *ctx, int allow_ah)
  *
  * the frame offset of the TCP header of an IPv6 packet after an untagged
- * Ethernet header, past its extension headers (ipv6_ext_step), or 0. The
+ * Ethernet header, past its extension headers (ipv6_ext_step), or 0; 0 too
+ * behind an authentication header unless allow_ah (a program that rewrites
+ * TCP bytes would break its ICV; one that only reads may pass it). The
  * payload length is ignored, as IPv4's total length is: the frame's end
  * bounds everything. Each step is a global function for the reason the
  * options walk's are (DEFINE_TCP_OPTS_WALK): inlined, every chain of header
@@ -158,7 +162,7 @@ static __always_inline int ipv6_ext_step(void *data, void *data_end, struct ipv6
 		return ipv6_ext_step((void *)(long)ctx->data, (void *)(long)ctx->data_end, w);  \
 	}                                                                                       \
                                                                                                 \
-	static __always_inline __u32 name(ctx_type *ctx)                                        \
+	static __always_inline __u32 name(ctx_type *ctx, int allow_ah)                          \
 	{                                                                                       \
 		void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;  \
 		struct ethhdr *eth = data;                                                      \
@@ -176,7 +180,7 @@ static __always_inline int ipv6_ext_step(void *data, void *data_end, struct ipv6
 			if (ret <= 0)                                                           \
 				break;                                                          \
 		}                                                                               \
-		return ret == 0 ? w.off : 0;                                                    \
+		return ret == 0 && (allow_ah || !w.ah) ? w.off : 0;                             \
 	}
 
 /* The TCP header at frame offset tcp_off, with all doff*4 bytes in the frame, or NULL. */

@@ -46,8 +46,9 @@ STAT_NAMES = ("synack_key_set", "synack_no_key", "pool_empty", "carrier_stored",
 
 # The map values (dip_structs.h); addresses and ports stay in network order, as bytes.
 DIP_CONFIG = StructLayout("dip_config", [("vip", "4s"), ("port", "2s"), ("server_id", "H"), ("key_mode", "I"),
-                                         ("flags", "I"), ("self", "4s")])
-FLOW_KEY = StructLayout("flow_key", [("client_ip", "4s"), ("vip", "4s"), ("client_port", "2s"), ("vip_port", "2s")])
+                                         ("flags", "I"), ("self", "4s"), ("vip6", "16s")])
+# Addresses are IPv6, or IPv4-mapped (::ffff:a.b.c.d) for IPv4.
+FLOW_KEY = StructLayout("flow_key", [("client_ip", "16s"), ("vip", "16s"), ("client_port", "2s"), ("vip_port", "2s")])
 FLOW_STATE = StructLayout("flow_state", [("key", f"{KEY_LEN}s"), ("key_isn", "I"), ("conn_isn", "I"),
                                          ("synack_tsval", "I"), ("synack_stamped", "I"), ("has_key", "B"),
                                          ("has_conn", "B"), ("ack_pending", "B"), ("reserved", "5x"),
@@ -63,11 +64,23 @@ U32 = struct.Struct("=I")  # the key of every array map
 __all__ = ["KEY_MODES", "KEY_MODE_NONE", "KEY_MODE_SEED", "KEY_MODE_POOL", "POOL_SIZE", "DIP_FLAG_STAMP", "DIP_FLAG_REAP_TIME_WAIT", "KEY_NONE", "KEY_FOR_ISN",
            "KEY_ANY_ISN", "MAX_VALID", "INVALID_SEQ", "STAT_NAMES", "DIP_CONFIG", "FLOW_KEY", "FLOW_STATE",
            "PASSED_TO", "POOL_ENTRY", "POOL_STATE", "TIME_WAIT_DROP", "MAP_VALUES", "U32", "FlowState", "key_mode", "check_port", "pack_config",
-           "pack_flow_key", "pack_seeded_flow_state"]
+           "pack_flow_key", "pack_seeded_flow_state", "flow_address", "flow_ip"]
 
 
 def _ipv4(address: str) -> bytes:
     return ipaddress.IPv4Address(address).packed
+
+
+def flow_address(address: str) -> bytes:
+    """An address as struct flow_key holds it: IPv6 as is, IPv4 mapped into IPv6 (::ffff:a.b.c.d)."""
+    ip = ipaddress.ip_address(address)
+    return (ipaddress.IPv6Address(f"::ffff:{ip}") if ip.version == 4 else ip).packed
+
+
+def flow_ip(packed: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address of a struct flow_key field: IPv4 for an IPv4-mapped one."""
+    ip = ipaddress.IPv6Address(packed)
+    return ip.ipv4_mapped or ip
 
 
 def check_port(port: int, what: str, allow_zero: bool = False) -> None:
@@ -86,9 +99,12 @@ def key_mode(mode: int | str) -> int:
     return mode
 
 
-def pack_config(vip: str, port: int, server_id: int, mode: int | str, *, stamp: bool = True,
-                self_address: str = "0.0.0.0", reap_time_wait: bool = False) -> bytes:
+def pack_config(vip: str | None, port: int, server_id: int, mode: int | str, *, stamp: bool = True,
+                self_address: str = "0.0.0.0", reap_time_wait: bool = False, vip6: str | None = None) -> bytes:
     """struct dip_config: VIP and port in network order (port 0: every port of the VIP).
+
+    ``vip`` is the VIP's IPv4 address and ``vip6`` its IPv6 one (None: none
+    of that family); the programs serve both alike.
 
     ``stamp``: the token modes' TSval stamping and TSecr restoration.
     ``reap_time_wait``: an agent destroys the TIME_WAIT sockets SYNs find (dip_agent/time_wait.py).
@@ -99,15 +115,23 @@ def pack_config(vip: str, port: int, server_id: int, mode: int | str, *, stamp: 
     if not isinstance(server_id, int) or not 0 <= server_id <= SERVER_ID_MASK:
         raise ValueError(f"server_id {server_id!r} does not fit {SERVER_ID_BITS} bits")
     flags = (DIP_FLAG_STAMP if stamp else 0) | (DIP_FLAG_REAP_TIME_WAIT if reap_time_wait else 0)
-    return DIP_CONFIG.pack(_ipv4(vip), port.to_bytes(2, "big"), server_id, key_mode(mode), flags,
-                           _ipv4(self_address))
+    if vip is None and vip6 is None:
+        raise ValueError("a DIP config needs a VIP: vip, vip6 or both")
+    if vip6 is not None and ipaddress.IPv6Address(vip6).ipv4_mapped:
+        raise ValueError(f"vip6 {vip6!r} is an IPv4-mapped address: give the IPv4 address as vip")
+    return DIP_CONFIG.pack(_ipv4(vip) if vip is not None else bytes(4), port.to_bytes(2, "big"), server_id,
+                           key_mode(mode), flags, _ipv4(self_address),
+                           ipaddress.IPv6Address(vip6).packed if vip6 is not None else bytes(16))
 
 
 def pack_flow_key(client_ip: str, client_port: int, vip: str, vip_port: int) -> bytes:
-    """struct flow_key: client address, VIP, client port, VIP port, all in network order."""
+    """struct flow_key: client address, VIP, client port, VIP port, all in network order; both addresses one family."""
     check_port(client_port, "client_port")
     check_port(vip_port, "vip_port")
-    return FLOW_KEY.pack(_ipv4(client_ip), _ipv4(vip), client_port.to_bytes(2, "big"), vip_port.to_bytes(2, "big"))
+    if ipaddress.ip_address(client_ip).version != ipaddress.ip_address(vip).version:
+        raise ValueError(f"client_ip {client_ip!r} and vip {vip!r} are not of one address family")
+    return FLOW_KEY.pack(flow_address(client_ip), flow_address(vip), client_port.to_bytes(2, "big"),
+                         vip_port.to_bytes(2, "big"))
 
 
 def pack_seeded_flow_state(key: bytes) -> bytes:

@@ -88,6 +88,8 @@ class DipPrograms:
     object, so one flow table and one pool). ``mode`` is "none", "seed" or
     "pool" (or 0, 1, 2); pool mode needs ``slices`` and ``slice_bits``.
     ``stamp`` turns on the server ID in TSval (the token modes).
+    ``vip6`` is the VIP's IPv6 address, served alike (second chance aside:
+    IPv4 only so far, docs/ipv6.md).
     ``self_address`` is the DIP's own fabric address (second chance never
     hands it a packet). ``syncookies`` is the value ``attach()`` gives
     net.ipv4.tcp_syncookies (2: always answer with a cookie, which key
@@ -98,18 +100,19 @@ class DipPrograms:
                  mode: int | str, slices: Iterable[int] | None = None, slice_bits: int | None = None,
                  *, stamp: bool = True, self_address: str = "0.0.0.0", syncookies: int | None = 2,
                  object_path: str | os.PathLike | None = None, pool_size: int = POOL_SIZE,
-                 poll_interval: float = 0.02, flows: int | None = None):
+                 poll_interval: float = 0.02, flows: int | None = None, vip6: str | None = None):
         self.ifnames = [ifname] if isinstance(ifname, str) else list(ifname)
         if not self.ifnames:
             raise ValueError("no interface given")
         self.vip = str(ipaddress.IPv4Address(vip))
+        self.vip6 = str(ipaddress.IPv6Address(vip6)) if vip6 is not None else None
         check_port(port, "port", allow_zero=True)
         self.port = port
         self.server_id = server_id
         self.mode = key_mode(mode)
         self.stamp = stamp
         self._config_args = dict(vip=self.vip, port=port, server_id=server_id, mode=self.mode, stamp=stamp,
-                                 self_address=self_address)
+                                 self_address=self_address, vip6=self.vip6)
         # Key adoption has the reaper retire the TIME_WAIT sockets that would cost a SYN its cookie.
         self._config = pack_config(**self._config_args, reap_time_wait=self.mode != KEY_MODE_NONE)  # validates
         self.slices = frozenset(slices) if slices is not None else None
@@ -179,7 +182,8 @@ class DipPrograms:
                 change_sysctl(SYNCOOKIES, str(self.syncookies), self._saved_sysctls, log)
             self._attach_programs()
         log.info("DIP programs on %s: VIP %s port %d, server id %d, key mode %s, TSval stamping %s",
-                 ",".join(self.ifnames), self.vip, self.port, self.server_id,
+                 ",".join(self.ifnames), self.vip + (f" and {self.vip6}" if self.vip6 else ""), self.port,
+                 self.server_id,
                  {v: k for k, v in KEY_MODES.items()}[self.mode], "on" if self.stamp else "off")
 
     def apply(self) -> None:
@@ -241,7 +245,11 @@ class DipPrograms:
             if not self.port:
                 raise ValueError("vip_port is needed when the setup matches every port")
             vip_port = self.port
-        return pack_flow_key(client_ip, client_port, self.vip, vip_port)
+        if ipaddress.ip_address(client_ip).version == 4:
+            return pack_flow_key(client_ip, client_port, self.vip, vip_port)
+        if self.vip6 is None:
+            raise ValueError(f"client_ip {client_ip!r} is IPv6, and this setup serves no IPv6 VIP (vip6)")
+        return pack_flow_key(client_ip, client_port, self.vip6, vip_port)
 
     def seed_key(self, client_ip: str, client_port: int, key: bytes, vip_port: int | None = None) -> None:
         """Give the next SYN/ACK of this flow ``key`` (seed mode), whatever the SYN's ISN.

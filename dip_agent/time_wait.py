@@ -39,7 +39,7 @@ from collections.abc import Callable
 
 from mptcp_lb.bpf import BpfMap
 
-from .dip_abi import FLOW_KEY, TIME_WAIT_DROP
+from .dip_abi import FLOW_KEY, TIME_WAIT_DROP, flow_ip
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,12 @@ PERMANENT = (errno.EOPNOTSUPP, errno.EPERM)  # the kernel will never destroy soc
 
 def _request(sock: socket.socket, kind: int, flags: int, vip: bytes, vip_port: bytes, client: bytes,
              client_port: bytes, cookie: tuple[int, int]) -> list[tuple[int, bytes]]:
-    """Send one inet_diag request for the TCP socket VIP<->client; the (type, payload) of each reply."""
-    body = DIAG_REQ.pack(socket.AF_INET, socket.IPPROTO_TCP, 0, 1 << TCP_TIME_WAIT, vip_port, client_port,
+    """Send one inet_diag request for the TCP socket VIP<->client; the (type, payload) of each reply.
+
+    The family follows the addresses: 4 bytes IPv4, 16 bytes IPv6.
+    """
+    family = socket.AF_INET if len(vip) == 4 else socket.AF_INET6
+    body = DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, 1 << TCP_TIME_WAIT, vip_port, client_port,
                          vip.ljust(16, b"\0"), client.ljust(16, b"\0"), 0, *cookie)
     sock.send(NLMSG.pack(NLMSG.size + len(body), kind, NLM_F_REQUEST | flags, 1, 0) + body)
     data = sock.recv(65536)
@@ -86,7 +90,7 @@ def _errno(payload: bytes) -> int:
 def destroy_time_wait(vip: bytes, vip_port: bytes, client: bytes, client_port: bytes) -> bool:
     """Destroy the TIME_WAIT socket VIP<->client of this network namespace; False if there is none.
 
-    Addresses and ports in network order, as a flow key holds them. Raises
+    Addresses (4 bytes IPv4, 16 bytes IPv6) and ports in network order. Raises
     OSError when the kernel refuses (EOPNOTSUPP without CONFIG_INET_DIAG_DESTROY).
     """
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as sock:
@@ -155,7 +159,7 @@ class TimeWaitReaper:
         """Destroy the TIME_WAIT of one drop: forget the drop if it was, else keep it (its retransmission goes on)."""
         client, vip, client_port, vip_port = FLOW_KEY.unpack(key)
         try:
-            destroyed = destroy_time_wait(vip, vip_port, client, client_port)
+            destroyed = destroy_time_wait(flow_ip(vip).packed, vip_port, flow_ip(client).packed, client_port)
         except OSError as e:
             destroyed = False
             self.failed += 1

@@ -35,10 +35,10 @@ class MptcpUnavailable(RuntimeError):
     """The running kernel or namespace cannot do MPTCP; the message says what is missing."""
 
 
-def mptcp_socket() -> socket.socket:
-    """Create an IPv4 MPTCP stream socket."""
+def mptcp_socket(family: int = socket.AF_INET) -> socket.socket:
+    """Create an MPTCP stream socket, IPv4 unless ``family`` says AF_INET6."""
     try:
-        return socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+        return socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP)
     except OSError as e:
         if e.errno in (errno.EPROTONOSUPPORT, errno.ENOPROTOOPT, errno.EINVAL):
             raise MptcpUnavailable(

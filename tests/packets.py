@@ -86,14 +86,16 @@ def tcp_frame(flags: str, options: bytes | list = b"", *, doff: int | None = Non
 
 
 def tcp6_frame(flags: str, options: bytes = b"", *, ext: tuple = (), payload: bytes = b"", src: str = "2001:db8:1::1",
-               dst: str = "2001:db8::100", sport: int = 40000, dport: int = 80) -> bytes:
+               dst: str = "2001:db8::100", sport: int = 40000, dport: int = 80, seq: int = 0, ack: int = 0,
+               eth_src: str = SRC_MAC, eth_dst: str = DST_MAC) -> bytes:
     """An Ethernet/IPv6/TCP frame, ``ext`` the scapy extension headers between IPv6 and TCP, in order."""
     options = bytes(options) + EOL * (-len(options) % 4)
     pkt = IPv6(src=src, dst=dst)
     for header in ext:
         pkt = pkt / header
-    tcp = TCP(sport=sport, dport=dport, flags=flags, dataofs=5 + len(options) // 4) / Raw(options + payload)
-    return ether_frame(pkt / tcp)
+    tcp = TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, dataofs=5 + len(options) // 4) / Raw(
+        options + payload)
+    return ether_frame(pkt / tcp, src=eth_src, dst=eth_dst)
 
 
 def ether_frame(payload, src: str = SRC_MAC, dst: str = DST_MAC, **fields) -> bytes:
@@ -104,12 +106,18 @@ def ether_frame(payload, src: str = SRC_MAC, dst: str = DST_MAC, **fields) -> by
 # ------------------------------------------------------------------ reading frames back
 
 
+def _is_ipv6(frame: bytes) -> bool:
+    return frame[ETH_HLEN - 2:ETH_HLEN] == b"\x86\xdd"
+
+
 def _tcp_offset(frame: bytes) -> int:
+    if _is_ipv6(frame):  # past the extension headers
+        return len(frame) - len(bytes(Ether(frame)[TCP]))
     return ETH_HLEN + (frame[ETH_HLEN] & 0x0F) * 4
 
 
 def tcp_options(frame: bytes) -> dict[int, bytes]:
-    """The first option of each kind in an Ethernet/IPv4/TCP frame's TCP header, by kind."""
+    """The first option of each kind in an Ethernet/IPv4 or IPv6/TCP frame's TCP header, by kind."""
     tcp = _tcp_offset(frame)
     found: dict[int, bytes] = {}
     for kind, opt in parse_tcp_options(frame[tcp + TCP_HLEN:tcp + (frame[tcp + 12] >> 4) * 4]):
@@ -124,7 +132,13 @@ def tsval_tsecr(frame: bytes) -> tuple[int, int]:
 
 
 def checksums_ok(frame: bytes) -> bool:
-    """Whether the IPv4 header and TCP checksums of an Ethernet/IPv4/TCP frame are what a sender computes."""
+    """Whether the IPv4 header and TCP checksums of an Ethernet/IPv4/TCP frame (for IPv6, the TCP
+    checksum) are what a sender computes."""
+    if _is_ipv6(frame):
+        pkt = Ether(frame)
+        stored = pkt[TCP].chksum
+        pkt[TCP].chksum = None
+        return Ether(bytes(pkt))[TCP].chksum == stored
     tcp = _tcp_offset(frame)
     total_len = struct.unpack_from("!H", frame, ETH_HLEN + 2)[0]
     segment = frame[tcp:ETH_HLEN + total_len]

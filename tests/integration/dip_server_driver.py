@@ -40,15 +40,16 @@ class RecordingServer:
         self.records: list[dict] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        self.listener = mptcp_socket()
+        ipv6 = cfg.get("vip6") is not None  # then an IPv6 listener, which takes IPv4 too
+        self.listener = mptcp_socket(socket.AF_INET6 if ipv6 else socket.AF_INET)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("0.0.0.0", cfg["port"]))
+        self.listener.bind(("::" if ipv6 else "0.0.0.0", cfg["port"]))
         self.listener.listen(128)
         self.listener.settimeout(0.1)
         self.acceptor = threading.Thread(target=self.accept_loop, daemon=True)
 
     def serve(self, conn: socket.socket, peer) -> None:
-        rec = {"peer": f"{peer[0]}:{peer[1]}"}
+        rec = {"peer": f"{peer[0]}:{peer[1]}", "family": conn.family.name}
         try:
             conn.settimeout(30)
             nbytes, digest = echo_protocol.read_request(conn)
@@ -90,7 +91,7 @@ def main() -> None:
     cfg = json.loads(sys.argv[1])
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     setup = DipPrograms(cfg["ifnames"], cfg["vip"], cfg["port"], cfg["server_id"], cfg["mode"],
-                          cfg.get("slices"), cfg.get("slice_bits"), syncookies=cfg["syncookies"])
+                          cfg.get("slices"), cfg.get("slice_bits"), syncookies=cfg["syncookies"], vip6=cfg.get("vip6"))
     server = RecordingServer(cfg)
     for line in sys.stdin:
         req = json.loads(line)

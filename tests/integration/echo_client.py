@@ -1,5 +1,6 @@
 """MPTCP echo clients that wait for the join: ``echo_client.py VIP PORT CONNS SIZE MIN_SUBFLOWS SOURCE_PORT [LINGER]``.
 
+VIP may be IPv4 or IPv6.
 Run inside the client namespace; prints a JSON list with one result per
 connection. Like mptcp_lb.traffic, but it sends the request header before
 waiting for the join: a stock client opens joins only once the connection is
@@ -26,11 +27,12 @@ from mptcp_lb.mptcp_sockopt import established_subflow_count, mptcp_socket
 def one(vip: str, port: int, size: int, min_subflows: int, source_port: int, i: int, linger: float = 0) -> dict:
     payload = os.urandom(size)
     try:
-        with mptcp_socket() as sock:
+        ipv6 = ":" in vip
+        with mptcp_socket(socket.AF_INET6 if ipv6 else socket.AF_INET) as sock:
             sock.settimeout(10)
             if source_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(("0.0.0.0", source_port + i))
+                sock.bind(("::" if ipv6 else "0.0.0.0", source_port + i))
             sock.connect((vip, port))
             sock.sendall(echo_protocol.encode_header(size))
             deadline = time.monotonic() + 5

@@ -1,12 +1,13 @@
 """Token steering on the DIP (bpf/dip_tc.c, dip_agent/programs.py) on a stock kernel, in namespaces.
 
-Real namespaces, as a stock Linux client sees the DIP::
+Real namespaces, as a stock Linux client sees the DIP, dual-stack::
 
     client ns                          server ns (the DIP)
-    10.78.0.1/24  <-- veth 0 -->  10.78.0.2/24   VIP/32 on lo, tc on both veths,
-    10.78.1.1/24  <-- veth 1 -->  10.78.1.2/24   net.ipv4.tcp_syncookies=2
+    10.78.0.1/24  <-- veth 0 -->  10.78.0.2/24   VIP/32 and VIP6/128 on lo, tc on both veths,
+    10.78.1.1/24  <-- veth 1 -->  10.78.1.2/24   net.ipv4.tcp_syncookies=2 (IPv6's too)
+    2001:db8:78:I::1/64 <-> 2001:db8:78:I::2/64 on pair I
 
-The client's second address is a plain `subflow` endpoint, so the kernel
+The client's second addresses are plain `subflow` endpoints, so the kernel
 joins VIP:80 (the DIP leaves the C flag off). Every claim is checked from
 the server: the token of each accepted connection (MPTCP_INFO), its
 subflows (MPTCP_SUBFLOW_ADDRS) and the options its subflows negotiated
@@ -40,6 +41,9 @@ CARRIER_SYN_OPTIONS = (MSS + NOP + WSCALE + SACK_PERM + mp_capable(flags=0x81) +
 
 VIP = "10.78.9.100"
 CLIENT = "10.78.0.1"
+VIP6, NET6 = "2001:db8:78:9::100", "2001:db8:78"
+# Per family: the VIP and the client's two addresses, as the kernel prints them.
+FAMILIES = {"ipv4": (VIP, ("10.78.0.1", "10.78.1.1")), "ipv6": (VIP6, (f"{NET6}::1", f"{NET6}:1::1"))}
 PORT = 80
 SERVER_ID = 0x5A5
 SLICE_BITS = 8
@@ -68,12 +72,19 @@ class TokenNamespaces(Namespaces):
     def create(self) -> None:
         super().create()
         sh("ip", "-n", self.server, "addr", "add", f"{VIP}/32", "dev", "lo")
+        sh("ip", "-n", self.server, "addr", "add", f"{VIP6}/128", "dev", "lo")
+        for i, (c_if, s_if) in enumerate(self.veths):
+            sh("ip", "-n", self.client, "addr", "add", f"{NET6}:{i}::1/64", "dev", c_if, "nodad")
+            sh("ip", "-n", self.server, "addr", "add", f"{NET6}:{i}::2/64", "dev", s_if, "nodad")
+            sh("ip", "-n", self.client, "route", "add", f"{VIP6}/128", "via", f"{NET6}:{i}::2", "dev", c_if,
+               "metric", str(100 * (i + 1)))  # IPv6 reads metric 0 as 1024: pair 0 would lose
         in_ns(self.server, "ip", "mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "0")
         in_ns(self.client, "ip", "mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "0")
         # A stock client: one plain `subflow` endpoint on the second interface, which joins the
         # server's initial address and port since the DIP leaves the C flag off.
         c_if = self.veths[1][0]
         in_ns(self.client, "ip", "mptcp", "endpoint", "add", "10.78.1.1", "dev", c_if, "subflow")
+        in_ns(self.client, "ip", "mptcp", "endpoint", "add", f"{NET6}:1::1", "dev", c_if, "subflow")
 
     def tx_checksum_offload(self, on: bool) -> None:
         """With offload off every segment carries a full software checksum, so a wrong fix shows."""
@@ -133,11 +144,11 @@ class ServerDriver:
 class Capture:
     """tcpdump in a namespace, writing segments from the VIP to a pcap."""
 
-    def __init__(self, ns: str, path: Path):
+    def __init__(self, ns: str, path: Path, vip: str = VIP):
         self.path = path
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, "tcpdump", "-i", "any", "--immediate-mode", "-U", "-n", "-s", "200",
-             "-w", str(path), f"tcp and src host {VIP}"],
+             "-w", str(path), f"tcp and src host {vip}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self._ready = threading.Event()
         self._err: list[str] = []
@@ -165,8 +176,9 @@ def nstat_delta(before: dict, after: dict) -> dict[str, int]:
     return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
 
 
-def run_traffic(ns: str, conns: int, size: int, source_port: int = 0, min_subflows: int = 2) -> list[dict]:
-    cmd = ["ip", "netns", "exec", ns, sys.executable, str(HERE / "echo_client.py"), VIP, str(PORT), str(conns),
+def run_traffic(ns: str, conns: int, size: int, source_port: int = 0, min_subflows: int = 2,
+                vip: str = VIP) -> list[dict]:
+    cmd = ["ip", "netns", "exec", ns, sys.executable, str(HERE / "echo_client.py"), vip, str(PORT), str(conns),
            str(size), str(min_subflows), str(source_port)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=python_env(), cwd=REPO, timeout=120)
     try:
@@ -183,14 +195,16 @@ def check_verified(results: list[dict], size: int) -> None:
         assert r["reply"]["dip"] == SERVER_ID
 
 
-def check_joined(record: dict) -> None:
+def check_joined(record: dict, family: str = "ipv4") -> None:
     """The server terminated >= 2 subflows, all on VIP:80, one per client address."""
+    vip, clients = FAMILIES[family]
     assert "error" not in record, record
     locals_ = {sf[0] for sf in record["subflows"]}
-    remotes = {sf[1].rsplit(":", 1)[0] for sf in record["subflows"]}
+    remotes = {sf[1].rsplit(":", 1)[0].strip("[]") for sf in record["subflows"]}
     assert len(record["subflows"]) >= 2, record
-    assert locals_ == {f"{VIP}:{PORT}"}, record  # the join went to the service port: no C flag, no ADD_ADDR
-    assert remotes == {"10.78.0.1", "10.78.1.1"}, record
+    # The join went to the service port: no C flag, no ADD_ADDR.
+    assert locals_ == {f"[{vip}]:{PORT}" if family == "ipv6" else f"{vip}:{PORT}"}, record
+    assert remotes == set(clients), record
 
 
 def check_cookie_options(record: dict) -> None:
@@ -243,21 +257,25 @@ def report(name: str, data: dict) -> None:
     print(f"\n[{name}] " + json.dumps(data, sort_keys=True))
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("offload", ["tx-csum-on", "tx-csum-off"])
-def test_pool_mode_tokens_in_slice_joins_and_clean_timestamps(netns, tmp_path, offload):
+def test_pool_mode_tokens_in_slice_joins_and_clean_timestamps(netns, tmp_path, offload, family):
+    """Over IPv6 too: the kernel's IPv6 SYN cookies adopt the key as IPv4's do, under the same sysctl."""
+    vip = FAMILIES[family][0]
     netns.tx_checksum_offload(offload == "tx-csum-on")
     assert in_ns(netns.server, "sysctl", "-n", "net.mptcp.allow_join_initial_addr_port").strip() == "1"
     cookies_before = in_ns(netns.server, "sysctl", "-n", "net.ipv4.tcp_syncookies").strip()
     before = {ns: nstat(ns) for ns in (netns.server, netns.client)}
     driver = ServerDriver(netns.server, ifnames=netns.server_ifs, vip=VIP, port=PORT, server_id=SERVER_ID,
-                          mode="pool", slices=sorted(SLICES), slice_bits=SLICE_BITS, syncookies=2, min_subflows=2)
+                          mode="pool", slices=sorted(SLICES), slice_bits=SLICE_BITS, syncookies=2, min_subflows=2,
+                          vip6=VIP6 if family == "ipv6" else None)
     try:
         driver.call("apply")
         assert in_ns(netns.server, "sysctl", "-n", "net.ipv4.tcp_syncookies").strip() == "2"
-        capture = Capture(netns.client, tmp_path / "client.pcap")
+        capture = Capture(netns.client, tmp_path / "client.pcap", vip=vip)
         conns, size = 8, 300_000
         try:
-            results = run_traffic(netns.client, conns, size)
+            results = run_traffic(netns.client, conns, size, vip=vip)
         finally:
             packets = capture.stop()
         check_verified(results, size)
@@ -266,7 +284,8 @@ def test_pool_mode_tokens_in_slice_joins_and_clean_timestamps(netns, tmp_path, o
         assert len(records) == conns, records
         synack_keys = check_timestamps(packets, SERVER_ID)
         for record in records:
-            check_joined(record)
+            check_joined(record, family)
+            assert record["family"] == ("AF_INET6" if family == "ipv6" else "AF_INET"), record
             token = record["token"]
             assert token is not None and slice_of(token, SLICE_BITS) in SLICES, (hex(token or 0), record)
             # The key the client saw in the SYN/ACK is the key the server adopted.
@@ -285,7 +304,7 @@ def test_pool_mode_tokens_in_slice_joins_and_clean_timestamps(netns, tmp_path, o
     for s_if in netns.server_ifs:
         assert "clsact" not in sh("tc", "-n", netns.server, "qdisc", "show", "dev", s_if)
     deltas = {ns: nstat_delta(before[ns], nstat(ns)) for ns in before}
-    report(f"pool {offload} nstat deltas",
+    report(f"pool {family} {offload} nstat deltas",
            {"server": deltas[netns.server], "client": deltas[netns.client], "bpf": stats})
     check_counters(deltas, netns.server)
     assert deltas[netns.server].get("TcpExtSyncookiesRecv", 0) >= conns  # the cookie path was taken
@@ -368,7 +387,8 @@ def test_control_without_key_rewrite_tokens_scatter(netns):
     check_counters(deltas, netns.server)
 
 
-def test_control_rewrite_without_cookies_breaks(netns):
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_control_rewrite_without_cookies_breaks(netns, family):
     """Pool mode but syncookies=1: the listener keeps its own key, so the rewrite must break things.
 
     The client believes the rewritten key: its joins name a token the server
@@ -377,10 +397,11 @@ def test_control_rewrite_without_cookies_breaks(netns):
     """
     before = nstat(netns.server)
     driver = ServerDriver(netns.server, ifnames=netns.server_ifs, vip=VIP, port=PORT, server_id=SERVER_ID,
-                          mode="pool", slices=sorted(SLICES), slice_bits=SLICE_BITS, syncookies=1, min_subflows=1)
+                          mode="pool", slices=sorted(SLICES), slice_bits=SLICE_BITS, syncookies=1, min_subflows=1,
+                          vip6=VIP6 if family == "ipv6" else None)
     try:
         driver.call("apply")
-        results = run_traffic(netns.client, 4, 50_000, min_subflows=2)
+        results = run_traffic(netns.client, 4, 50_000, min_subflows=2, vip=FAMILIES[family][0])
         records = driver.call("conns")
         stats = driver.call("stats")
         driver.call("undo")

@@ -3,7 +3,8 @@
 Key rewrite, checksum (at every option alignment), TSval stamping, TSecr
 restoration, the key carrier, malformed input, the key pool never reusing a
 key, the second chance's decisions, and DipPrograms.load() getting the
-programs ready without touching an interface. tests/integration/test_dip_token.py runs the same programs under
+programs ready without touching an interface; then the same rewrites over
+IPv6, past extension headers. tests/integration/test_dip_token.py runs the same programs under
 a real client in network namespaces.
 """
 
@@ -13,6 +14,8 @@ import ipaddress
 
 import pytest
 from scapy.layers.inet import IP
+from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
+from scapy.layers.ipsec import AH
 
 from dip_agent.dip_abi import (PASSED_TO, STAT_NAMES, U32, FlowState, pack_config, pack_flow_key,
                                pack_seeded_flow_state)
@@ -22,10 +25,12 @@ from dip_agent.programs import SYNCOOKIES, DipPrograms, dip_object
 from mptcp_lb.bpf import TC_ACT_OK, TC_ACT_REDIRECT, BpfObject, read_counters, test_run
 from mptcp_lb.mptcp_codec import (SECOND_CHANCE_MAX_HOPS, SECOND_CHANCE_PASSED_ID, build_key_carrier, key_to_token,
                                   make_key, second_chance_mac, slice_of)
-from tests.packets import checksums_ok, ether_frame, mp_capable, tcp_frame, tcp_options, timestamp, tsval_tsecr
+from tests.packets import (checksums_ok, ether_frame, mp_capable, tcp6_frame, tcp_frame, tcp_options, timestamp,
+                           tsval_tsecr)
 
 VIP = "10.78.9.100"
 CLIENT = "10.78.0.1"
+VIP6, CLIENT6 = "2001:db8:78::100", "2001:db8:78:1::1"
 PORT = 80
 SERVER_ID = 0x5A5
 SLICE_BITS, SLICES = 8, {5}  # pool keys are drawn for slice 5 of 256
@@ -35,10 +40,11 @@ SELF, PREVIOUS = "10.78.2.1", "10.78.2.2"  # this DIP's fabric address, and a sl
 class Programs:
     """dip_tc.o loaded and configured, run on frames with BPF_PROG_TEST_RUN (no interface)."""
 
-    def __init__(self, mode: str, server_id: int = SERVER_ID, stamp: bool = True):
+    def __init__(self, mode: str, server_id: int = SERVER_ID, stamp: bool = True, vip: str | None = VIP,
+                 vip6: str | None = VIP6):
         self.obj = BpfObject(dip_object())
-        self.obj.map("dip_config").update(U32.pack(0), pack_config(VIP, PORT, server_id, mode, stamp=stamp,
-                                                                   self_address=SELF))
+        self.obj.map("dip_config").update(U32.pack(0), pack_config(vip, PORT, server_id, mode, stamp=stamp,
+                                                                   self_address=SELF, vip6=vip6))
         self.egress_fd = self.obj.prog_fd("dip_egress")
         self.ingress_fd = self.obj.prog_fd("dip_ingress")
 
@@ -56,7 +62,8 @@ class Programs:
         return KeyPool(self.obj.map("dip_pool"), self.obj.map("dip_pool_state"), slices, slice_bits)
 
     def flow(self, client_port: int, client_ip: str = CLIENT) -> FlowState | None:
-        raw = self.obj.map("dip_flows").lookup(pack_flow_key(client_ip, client_port, VIP, PORT))
+        vip = VIP6 if ipaddress.ip_address(client_ip).version == 6 else VIP
+        raw = self.obj.map("dip_flows").lookup(pack_flow_key(client_ip, client_port, vip, PORT))
         return None if raw is None else FlowState.unpack(raw)
 
     def stats(self) -> dict:
@@ -438,3 +445,109 @@ def test_seed_mode_keys_an_unseeded_syn_from_its_pool(programs):
     key = tcp_options(out)[30][4:12]
     assert key != bytes(8) and slice_of(key_to_token(key), SLICE_BITS) in SLICES
     assert progs.stats()["seed_fallback"] == 1 and progs.stats()["synack_no_key"] == 0
+
+
+# --------------------------------------------------------------- IPv6
+
+HBH_DSTOPTS = (IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt())
+ATOMIC_FRAGMENT = (IPv6ExtHdrFragment(offset=0, m=0, id=7),)
+
+
+def synack6(cport: int, options: bytes, isn: int = 1000, ext: tuple = (), src: str = VIP6, sport: int = PORT) -> bytes:
+    return tcp6_frame("SA", options, ext=ext, src=src, dst=CLIENT6, sport=sport, dport=cport, seq=777, ack=isn + 1)
+
+
+def client_ack6(cport: int, tsecr: int, ext: tuple = ()) -> bytes:
+    return tcp6_frame("A", b"\x01\x01" + timestamp(99, tsecr), ext=ext, src=CLIENT6, dst=VIP6, sport=cport,
+                      dport=PORT, seq=1001, ack=778)
+
+
+@pytest.mark.parametrize("ext", [(), HBH_DSTOPTS, ATOMIC_FRAGMENT],
+                         ids=["plain", "hop-by-hop+dstopts", "atomic-fragment"])
+@pytest.mark.parametrize("pad", range(4))
+def test_ipv6_pool_key_replaced_and_tsval_stamped_at_every_alignment(programs, pad, ext):
+    progs = programs("pool")
+    progs.pool().fill()
+    tsval = 0x12345678
+    out = progs.egress(synack6(40100 + pad, b"\x01" * pad + timestamp(tsval, 4242) + b"\x01" * (3 - pad)
+                               + b"\x01" * pad + mpc_synack(bytes(range(1, 9))), ext=ext))
+    assert checksums_ok(out)
+    key = tcp_options(out)[30][4:12]
+    assert key != bytes(range(1, 9)) and slice_of(key_to_token(key), SLICE_BITS) in SLICES
+    assert tsval_tsecr(out) == ((tsval & ~0xFFF) | SERVER_ID, 4242)
+    st = progs.flow(40100 + pad, client_ip=CLIENT6)  # kept under the IPv6 4-tuple
+    assert st.key == key and st.key_isn == 1000 and st.synack_stamped == (tsval & ~0xFFF) | SERVER_ID
+    assert progs.flow(40100 + pad) is None  # not under an IPv4 one
+
+
+def test_ipv6_third_ack_restored_exactly_and_later_echoes_bounded(programs):
+    progs = programs("pool")
+    progs.pool().fill()
+    syn_ack_ts = 0x20000A3B
+    stamped = lambda v: (v & ~0xFFF) | SERVER_ID  # noqa: E731
+    progs.egress(synack6(40110, timestamp(syn_ack_ts, 9) + mpc_synack(bytes(8)), ext=HBH_DSTOPTS))
+
+    def echo(tsecr: int) -> int:
+        out = progs.ingress(client_ack6(40110, tsecr, ext=HBH_DSTOPTS))
+        assert checksums_ok(out)
+        return tsval_tsecr(out)[1]
+
+    assert echo(stamped(syn_ack_ts)) == syn_ack_ts  # the cookie's bits come back exactly
+    later = syn_ack_ts + 5000
+    progs.egress(tcp6_frame("A", timestamp(later, 1), src=VIP6, dst=CLIENT6, sport=PORT, dport=40110, payload=b"x"))
+    assert echo(stamped(later)) == later
+    assert echo((later & ~0xFFF) | 0x123) == (later & ~0xFFF) | 0x123  # another server's: left alone
+    stats = progs.stats()
+    assert (stats["tsecr_exact"], stats["tsecr_restored"], stats["tsecr_unmatched"]) == (1, 1, 1)
+
+
+def test_ipv6_carrier_in_syn_seeds_the_synack_key(programs):
+    progs = programs("seed")
+    key = make_key(SLICES, SLICE_BITS)
+    syn = tcp6_frame("S", mp_capable(flags=0x81) + timestamp(5, 0) + b"\x01" + build_key_carrier(key), src=CLIENT6,
+                     dst=VIP6, sport=40120, dport=PORT, seq=123456)
+    assert progs.ingress(syn) == syn
+    out = progs.egress(synack6(40120, timestamp(0x4000, 5) + mpc_synack(bytes(8)), isn=123456))
+    assert checksums_ok(out) and tcp_options(out)[30][4:12] == key
+
+
+def test_ipv6_traffic_that_is_not_the_vips_service_is_left_alone(programs):
+    progs = programs("pool")
+    progs.pool().fill()
+    options = timestamp(1, 2) + mpc_synack(bytes(8))
+    ah = (AH(nh=6, payloadlen=4, spi=1, icv=bytes(12)),)
+    cases = [
+        synack6(40130, options, src="2001:db8:78::101"),  # another VIP
+        synack6(40131, options, sport=8080),  # another port
+        synack6(40132, options, ext=ah),  # behind AH: a rewrite would break its ICV
+        synack6(40133, options, src=f"::ffff:{VIP}"),  # IPv4-mapped on the wire is not the IPv4 VIP
+    ]
+    for frame in cases:
+        assert progs.egress(frame) == frame
+    assert progs.ingress(client_ack6(40134, (0x1000 & ~0xFFF) | SERVER_ID, ext=ah)) == client_ack6(
+        40134, (0x1000 & ~0xFFF) | SERVER_ID, ext=ah)
+    v4_only = programs("pool", vip6=None)  # an IPv4 VIP's programs: IPv6 is not theirs
+    v4_only.pool().fill()
+    assert v4_only.egress(synack6(40135, options)) == synack6(40135, options)
+    v6_only = programs("pool", vip=None)  # and the other way round
+    v6_only.pool().fill()
+    assert v6_only.egress(synack(40136, options)) == synack(40136, options)
+    assert tcp_options(v6_only.egress(synack6(40136, options)))[30][4:12] != bytes(8)
+    assert progs.stats()["synack_key_set"] == 0 and v4_only.stats()["synack_key_set"] == 0
+
+
+def test_ipv6_second_chance_is_not_built_yet_so_a_marked_packet_stays(programs):
+    """The hop count rides in the IPv4 ID: over IPv6 a marked packet is delivered here (docs/ipv6.md)."""
+    progs = programs("none", stamp=False)
+    ack = tcp6_frame("A", src=CLIENT6, dst=VIP6, sport=41100, dport=PORT, seq=5000, ack=1)
+    assert progs.ingress(marked(ack)) == marked(ack)
+    assert progs.stats()["sc_forwarded"] == 0
+
+
+def test_a_config_refuses_an_ipv4_mapped_vip6_and_no_vip_at_all():
+    with pytest.raises(ValueError, match="IPv4-mapped"):
+        pack_config(VIP, PORT, SERVER_ID, "pool", vip6=f"::ffff:{VIP}")
+    with pytest.raises(ValueError, match="needs a VIP"):
+        pack_config(None, PORT, SERVER_ID, "pool")
+    with pytest.raises(ValueError, match="one address family"):
+        pack_flow_key(CLIENT6, 1, VIP, PORT)

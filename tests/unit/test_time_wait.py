@@ -142,3 +142,21 @@ def test_a_truncated_netlink_reply_is_an_error_not_a_loop(monkeypatch):
     monkeypatch.setattr(time_wait.socket, "socket", lambda *a: Truncated(0, 0))
     with pytest.raises(OSError, match="inet_diag"):
         time_wait.destroy_time_wait(b"\0" * 4, b"\0P", b"\0" * 4, b"\0P")
+
+
+def test_an_ipv6_drop_is_destroyed_as_ipv6(monkeypatch):
+    """A flow key holds IPv6 addresses as they are and IPv4 ones mapped: the request's family follows."""
+    calls = []
+    monkeypatch.setattr(time_wait, "destroy_time_wait", lambda *tuple_: calls.append(tuple_) or True)
+    key6 = pack_flow_key("2001:db8:3::1", 40125, "2001:db8::100", 80)
+    reaper = time_wait.TimeWaitReaper(FakeMap({key6: drop(time.monotonic_ns())}), lambda: None)
+    assert reaper.poll_once() == 1
+    assert calls == [(socket.inet_pton(socket.AF_INET6, "2001:db8::100"), (80).to_bytes(2, "big"),
+                      socket.inet_pton(socket.AF_INET6, "2001:db8:3::1"), (40125).to_bytes(2, "big"))]
+    fake = FakeNetlink(time_wait.TCP_TIME_WAIT, time_wait.TIMER_TIME_WAIT)
+    monkeypatch.undo()
+    monkeypatch.setattr(time_wait.socket, "socket", lambda *a: fake)
+    assert time_wait.destroy_time_wait(*calls[0]) is True
+    for message in fake.sent:  # struct inet_diag_req_v2 opens with the family, the sockid holds the addresses
+        assert message[time_wait.NLMSG.size] == socket.AF_INET6
+        assert message[time_wait.NLMSG.size + 12:time_wait.NLMSG.size + 28] == calls[0][0]
