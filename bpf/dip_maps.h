@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* The DIP programs' maps; dip_agent/ writes dip_config, dip_pool and seeds dip_flows, and reads dip_stats. */
+/* The DIP programs' maps; dip_agent/ writes dip_config, dip_peers, dip_pool and seeds dip_flows, and reads dip_stats. */
 #ifndef MPTCP_LB_DIP_MAPS_H
 #define MPTCP_LB_DIP_MAPS_H
 
@@ -9,6 +9,7 @@
 #include "dip_structs.h"
 
 #define FLOWS_MAX 65536
+#define PEERS_MAX 4096
 #define TIME_WAIT_MAX 4096
 /* How long a drop is remembered: a retransmission of a dropped SYN within it is let through. */
 #define TIME_WAIT_RETRY_NS (5ULL * 1000000000ULL)
@@ -41,6 +42,14 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, struct time_wait_drop);
 } dip_time_wait SEC(".maps");
+
+/* Each DIP's IPv6 fabric address by its IPv4 one, which second-chance marks name; written by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PEERS_MAX);
+	__type(key, __be32);
+	__type(value, struct dip_peer);
+} dip_peers SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -71,6 +71,11 @@ struct passed_to {
 	__u64 ns;   /* bpf_ktime_get_ns() of the last one */
 };
 
+/* dip_peers' value: a DIP's IPv6 fabric address, to pass an IPv6 packet on to it (second chance). */
+struct dip_peer {
+	__u8 address6[16];
+};
+
 struct pool_entry {
 	__u8 key[KEY_LEN];
 	__u64 seq; /* 1 + the pool index this key is for (0: never filled); other indices find the pool empty */
@@ -117,6 +122,7 @@ enum dip_stat {
 	STAT_SEED_FALLBACK,    /* seed mode: a SYN the controller did not seed, keyed from the pool */
 	STAT_FLOW_CREATED,     /* dip_flows entries made (the LRU evicts the oldest when it is full) */
 	STAT_SYN_TIME_WAIT,    /* SYN(MP_CAPABLE)s dropped: their 4-tuple was in TIME_WAIT, handed to the agent */
+	STAT_SC_NO_PEER,       /* second chance: an IPv6 packet to pass on, but no IPv6 address for that DIP: kept */
 	STAT_MAX,
 };
 
@@ -133,7 +139,7 @@ enum dip_stat {
 struct seg {
 	__u8 saddr[16], daddr[16]; /* as in struct flow_key */
 	__u8 ipv6;
-	__be16 ip_id;               /* IPv4 only */
+	__be16 hop_field;           /* where second chance counts hops: the IPv4 ID, or IPv6's flow label if < 2^16 */
 	__be16 sport, dport;
 	__u32 seq, ack_seq; /* host order */
 	__u8 flags;

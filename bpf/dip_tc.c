@@ -22,7 +22,7 @@
  *                TSecr fakes a spurious-retransmission undo), never above it.
  *
  * VIP:SVC is dip_config's IPv4 VIP or its IPv6 one (vip6), alike: the IPv6
- * cookies adopt keys under the same sysctl. Second chance is IPv4's only.
+ * cookies adopt keys under the same sysctl.
  *
  * Both programs only rewrite bytes and fix the TCP checksum; they never drop
  * (but for a SYN that finds TIME_WAIT, below) and leave any packet they
@@ -46,6 +46,7 @@
 
 #define V3 __attribute__((target("cpu=v3")))
 #define AF_INET 2 /* linux/socket.h, which a BPF program cannot include */
+#define AF_INET6 10
 
 static __always_inline void stat_inc(__u32 which)
 {
@@ -182,7 +183,7 @@ static __always_inline int parse_seg(struct __sk_buff *skb, struct seg *s)
 	if (ip) {
 		map_ipv4(s->saddr, ip->saddr);
 		map_ipv4(s->daddr, ip->daddr);
-		s->ip_id = ip->id;
+		s->hop_field = ip->id;
 		s->ipv6 = 0;
 	} else {
 		ip6 = data + ETH_HLEN;
@@ -190,7 +191,8 @@ static __always_inline int parse_seg(struct __sk_buff *skb, struct seg *s)
 			return -1;
 		__builtin_memcpy(s->saddr, &ip6->saddr, sizeof(s->saddr));
 		__builtin_memcpy(s->daddr, &ip6->daddr, sizeof(s->daddr));
-		s->ip_id = 0;
+		/* The flow label's top 4 bits (flow_lbl[0] & 0xf) zero: its low 16 bits can be a DIP's mark. */
+		s->hop_field = (ip6->flow_lbl[0] & 0xf) ? 0 : bpf_htons((__u16)ip6->flow_lbl[1] << 8 | ip6->flow_lbl[2]);
 		s->ipv6 = 1;
 	}
 	s->ip_off = ETH_HLEN;
@@ -508,8 +510,10 @@ static __always_inline int socket_state(struct __sk_buff *skb, struct dip_packet
  * that DIP. A slot that moved twice within its transition leaves some
  * connections two owners back: the DIP a packet is passed to passes it on
  * once more where it passed that flow on before (dip_passed), up to
- * SECOND_CHANCE_MAX_HOPS. The hop count rides in the IPv4 ID, so a packet
- * never circles; with its last hop, or where no record says more, it stays.
+ * SECOND_CHANCE_MAX_HOPS. The hop count rides in the IPv4 ID (IPv6: the flow
+ * label), so a packet never circles; with its last hop, or where no record
+ * says more, it stays. An IPv6 packet goes on to the previous owner's IPv6
+ * fabric address (dip_peers), and stays if the agent gave none.
  *
  * "Held here": a socket for the 4-tuple (established, a request socket in
  * the middle of a handshake, TIME_WAIT), or, when only the listener matches,
@@ -537,13 +541,39 @@ static __always_inline int held_here(struct __sk_buff *skb, struct dip_packet *p
 	return 0;
 }
 
-/* Pass the packet on to the DIP at `to`, its IPv4 ID marked with the hops so far; the kernel writes the MACs. */
+/*
+ * Pass the packet on to the DIP at `to` (its IPv4 fabric address; for an IPv6
+ * packet, the IPv6 one dip_peers gives for it), marked with the hops so far in
+ * the IPv4 ID or the IPv6 flow label; the kernel writes the MACs. TC_ACT_OK
+ * when it cannot: the packet is then delivered here.
+ */
 static __always_inline int pass_on(struct __sk_buff *skb, struct dip_packet *pkt, __be32 to, __u16 hops)
 {
 	struct bpf_redir_neigh nh = {};
 	__be16 id = bpf_htons(SECOND_CHANCE_PASSED_ID | hops);
+	struct dip_peer *peer;
+	__u8 label[3];
 
-	if (bpf_l3_csum_replace(skb, pkt->seg.ip_off + offsetof(struct iphdr, check), pkt->seg.ip_id, id,
+	if (pkt->seg.ipv6) {
+		peer = bpf_map_lookup_elem(&dip_peers, &to);
+		if (!peer) {
+			stat_inc(STAT_SC_NO_PEER);
+			return TC_ACT_OK;
+		}
+		/* Version and the traffic class's high nibble stay; the flow label becomes the mark. */
+		if (bpf_skb_load_bytes(skb, pkt->seg.ip_off + 1, label, 1))
+			return TC_ACT_OK;
+		label[0] &= 0xf0;
+		label[1] = (SECOND_CHANCE_PASSED_ID | hops) >> 8;
+		label[2] = (SECOND_CHANCE_PASSED_ID | hops) & 0xff;
+		/* No checksum covers the flow label; a receive checksum (CHECKSUM_COMPLETE) does. */
+		if (bpf_skb_store_bytes(skb, pkt->seg.ip_off + 1, label, sizeof(label), BPF_F_RECOMPUTE_CSUM))
+			return TC_ACT_OK;
+		nh.nh_family = AF_INET6;
+		__builtin_memcpy(nh.ipv6_nh, peer->address6, sizeof(nh.ipv6_nh));
+		return bpf_redirect_neigh(skb->ifindex, &nh, sizeof(nh), 0);
+	}
+	if (bpf_l3_csum_replace(skb, pkt->seg.ip_off + offsetof(struct iphdr, check), pkt->seg.hop_field, id,
 				sizeof(id)) ||
 	    bpf_skb_store_bytes(skb, pkt->seg.ip_off + offsetof(struct iphdr, id), &id, sizeof(id), 0))
 		return TC_ACT_OK;
@@ -558,8 +588,9 @@ static __always_inline int second_chance(struct __sk_buff *skb, struct dip_packe
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct passed_to *passed, record = {};
-	__u16 id = bpf_ntohs(pkt->seg.ip_id);
+	__u16 id = bpf_ntohs(pkt->seg.hop_field);
 	__be32 previous;
+	int verdict;
 
 	if ((void *)(eth + 1) > data_end)
 		return TC_ACT_OK;
@@ -574,8 +605,10 @@ static __always_inline int second_chance(struct __sk_buff *skb, struct dip_packe
 		passed = bpf_map_lookup_elem(&dip_passed, &pkt->flow);
 		if (!passed || !passed->to || passed->to == pkt->cfg->self)
 			return TC_ACT_OK;
-		stat_inc(STAT_SC_CHAINED);
-		return pass_on(skb, pkt, passed->to, hops + 1);
+		verdict = pass_on(skb, pkt, passed->to, hops + 1);
+		if (verdict != TC_ACT_OK)
+			stat_inc(STAT_SC_CHAINED);
+		return verdict;
 	}
 	__builtin_memcpy(&previous, &eth->h_source[SECOND_CHANCE_ADDR_OFF], sizeof(previous));
 	if (!previous || previous == pkt->cfg->self) {
@@ -588,11 +621,14 @@ static __always_inline int second_chance(struct __sk_buff *skb, struct dip_packe
 	}
 	if (held_here(skb, pkt))
 		return TC_ACT_OK;
+	verdict = pass_on(skb, pkt, previous, 1);
+	if (verdict == TC_ACT_OK)
+		return verdict;
 	record.to = previous;
 	record.ns = bpf_ktime_get_ns();
 	bpf_map_update_elem(&dip_passed, &pkt->flow, &record, BPF_ANY);
 	stat_inc(STAT_SC_FORWARDED);
-	return pass_on(skb, pkt, previous, 1);
+	return verdict;
 }
 
 /*
@@ -638,8 +674,7 @@ static __always_inline int ingress(struct __sk_buff *skb)
 
 	if (begin(skb, &pkt))
 		return TC_ACT_OK;
-	/* Second chance is IPv4's for now: its hop count rides in the IPv4 ID (docs/ipv6.md). */
-	verdict = pkt.seg.ipv6 ? TC_ACT_OK : second_chance(skb, &pkt);
+	verdict = second_chance(skb, &pkt);
 	if (verdict != TC_ACT_OK)
 		return verdict;
 	cfg = pkt.cfg;

@@ -48,8 +48,10 @@
  * transition in its source MAC: TAG_PREFIX, then the previous owner's IPv4
  * address; the new owner passes on what it holds no connection for. A DIP
  * that passes a packet on marks it in the IPv4 ID (free for any value in a
- * packet that is not a fragment): SECOND_CHANCE_PASSED_ID | the hops so far,
- * because the neighbour subsystem rewrites the MACs on the way. The next DIP
+ * packet that is not a fragment), or in an IPv6 packet's flow label (which
+ * no checksum covers, and a receiver ignores with flowlabel_reflect off):
+ * SECOND_CHANCE_PASSED_ID | the hops so far, because the neighbour
+ * subsystem rewrites the MACs on the way. The next DIP
  * passes it on again only where it passed that flow on itself before (a slot
  * that moved twice), and never beyond SECOND_CHANCE_MAX_HOPS.
  */

@@ -42,7 +42,7 @@ INVALID_SEQ = (1 << 64) - 1  # a pool slot being rewritten: matches no pool inde
 STAT_NAMES = ("synack_key_set", "synack_no_key", "pool_empty", "carrier_stored", "ts_stamped",
               "tsecr_exact", "tsecr_restored", "tsecr_unmatched", "malformed", "no_state",
               "sc_forwarded", "sc_local", "sc_handshake", "sc_syn", "sc_self", "sc_chained", "seed_fallback",
-              "flow_created", "syn_time_wait")
+              "flow_created", "syn_time_wait", "sc_no_peer")
 
 # The map values (dip_structs.h); addresses and ports stay in network order, as bytes.
 DIP_CONFIG = StructLayout("dip_config", [("vip", "4s"), ("port", "2s"), ("server_id", "H"), ("key_mode", "I"),
@@ -54,17 +54,18 @@ FLOW_STATE = StructLayout("flow_state", [("key", f"{KEY_LEN}s"), ("key_isn", "I"
                                          ("has_conn", "B"), ("ack_pending", "B"), ("reserved", "5x"),
                                          ("max_tsval", "Q"), ("synack_ns", "Q")])
 PASSED_TO = StructLayout("passed_to", [("to", "4s"), ("reserved", "I"), ("ns", "Q")])
+DIP_PEER = StructLayout("dip_peer", [("address6", "16s")])  # dip_peers' value; its key is an IPv4 address
 POOL_ENTRY = StructLayout("pool_entry", [("key", f"{KEY_LEN}s"), ("seq", "Q")])
 POOL_STATE = StructLayout("pool_state", [("next", "Q")])
 TIME_WAIT_DROP = StructLayout("time_wait_drop", [("ns", "Q"), ("isn", "I"), ("reserved", "I")])
-MAP_VALUES = (DIP_CONFIG, FLOW_KEY, FLOW_STATE, PASSED_TO, POOL_ENTRY, POOL_STATE, TIME_WAIT_DROP)
+MAP_VALUES = (DIP_CONFIG, FLOW_KEY, FLOW_STATE, PASSED_TO, DIP_PEER, POOL_ENTRY, POOL_STATE, TIME_WAIT_DROP)
 
 U32 = struct.Struct("=I")  # the key of every array map
 
 __all__ = ["KEY_MODES", "KEY_MODE_NONE", "KEY_MODE_SEED", "KEY_MODE_POOL", "POOL_SIZE", "DIP_FLAG_STAMP", "DIP_FLAG_REAP_TIME_WAIT", "KEY_NONE", "KEY_FOR_ISN",
            "KEY_ANY_ISN", "MAX_VALID", "INVALID_SEQ", "STAT_NAMES", "DIP_CONFIG", "FLOW_KEY", "FLOW_STATE",
-           "PASSED_TO", "POOL_ENTRY", "POOL_STATE", "TIME_WAIT_DROP", "MAP_VALUES", "U32", "FlowState", "key_mode", "check_port", "pack_config",
-           "pack_flow_key", "pack_seeded_flow_state", "flow_address", "flow_ip"]
+           "PASSED_TO", "DIP_PEER", "POOL_ENTRY", "POOL_STATE", "TIME_WAIT_DROP", "MAP_VALUES", "U32", "FlowState", "key_mode", "check_port", "pack_config",
+           "pack_flow_key", "pack_seeded_flow_state", "pack_peer", "flow_address", "flow_ip"]
 
 
 def _ipv4(address: str) -> bytes:
@@ -132,6 +133,14 @@ def pack_flow_key(client_ip: str, client_port: int, vip: str, vip_port: int) -> 
         raise ValueError(f"client_ip {client_ip!r} and vip {vip!r} are not of one address family")
     return FLOW_KEY.pack(flow_address(client_ip), flow_address(vip), client_port.to_bytes(2, "big"),
                          vip_port.to_bytes(2, "big"))
+
+
+def pack_peer(address: str, address6: str) -> tuple[bytes, bytes]:
+    """A dip_peers entry: a DIP's IPv4 fabric address (what second-chance marks name) and its IPv6 one."""
+    ip6 = ipaddress.IPv6Address(address6)
+    if ip6.ipv4_mapped or ip6.is_unspecified or ip6.is_multicast:
+        raise ValueError(f"address6 {address6!r} of DIP {address} is not a unicast IPv6 address")
+    return _ipv4(address), DIP_PEER.pack(ip6.packed)
 
 
 def pack_seeded_flow_state(key: bytes) -> bytes:

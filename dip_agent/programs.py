@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -35,7 +35,7 @@ from mptcp_lb.bpf import BPF_DIR, BpfObject, built_object, read_counters
 from mptcp_lb.mptcp_codec import make_key
 
 from .dip_abi import (KEY_MODE_NONE, KEY_MODE_POOL, KEY_MODE_SEED, KEY_MODES, POOL_SIZE, STAT_NAMES, U32, FlowState,
-                      check_port, key_mode, pack_config, pack_flow_key, pack_seeded_flow_state)
+                      check_port, key_mode, pack_config, pack_flow_key, pack_peer, pack_seeded_flow_state)
 from .key_pool import KeyPool
 from .sysctl import change_sysctl, restore_sysctls
 from .time_wait import TimeWaitReaper
@@ -88,8 +88,9 @@ class DipPrograms:
     object, so one flow table and one pool). ``mode`` is "none", "seed" or
     "pool" (or 0, 1, 2); pool mode needs ``slices`` and ``slice_bits``.
     ``stamp`` turns on the server ID in TSval (the token modes).
-    ``vip6`` is the VIP's IPv6 address, served alike (second chance aside:
-    IPv4 only so far, docs/ipv6.md).
+    ``vip6`` is the VIP's IPv6 address, served alike; ``peers6`` maps each
+    DIP's IPv4 fabric address to its IPv6 one, where second chance passes
+    IPv6 packets on (without an entry, they stay).
     ``self_address`` is the DIP's own fabric address (second chance never
     hands it a packet). ``syncookies`` is the value ``attach()`` gives
     net.ipv4.tcp_syncookies (2: always answer with a cookie, which key
@@ -100,12 +101,14 @@ class DipPrograms:
                  mode: int | str, slices: Iterable[int] | None = None, slice_bits: int | None = None,
                  *, stamp: bool = True, self_address: str = "0.0.0.0", syncookies: int | None = 2,
                  object_path: str | os.PathLike | None = None, pool_size: int = POOL_SIZE,
-                 poll_interval: float = 0.02, flows: int | None = None, vip6: str | None = None):
+                 poll_interval: float = 0.02, flows: int | None = None, vip6: str | None = None,
+                 peers6: Mapping[str, str] | None = None):
         self.ifnames = [ifname] if isinstance(ifname, str) else list(ifname)
         if not self.ifnames:
             raise ValueError("no interface given")
         self.vip = str(ipaddress.IPv4Address(vip))
         self.vip6 = str(ipaddress.IPv6Address(vip6)) if vip6 is not None else None
+        self._peers = [pack_peer(a, a6) for a, a6 in (peers6 or {}).items()]  # validates
         check_port(port, "port", allow_zero=True)
         self.port = port
         self.server_id = server_id
@@ -154,6 +157,8 @@ class DipPrograms:
             self.obj = BpfObject(dip_object(self.object_path),
                                  max_entries={"dip_flows": self.flows, "dip_passed": self.flows} if self.flows else None)
             self.obj.map("dip_config").update(U32.pack(0), self._config)
+            for key, value in self._peers:
+                self.obj.map("dip_peers").update(key, value)
             # Seed mode keeps a pool too, for the SYNs the controller could not seed (given the slices).
             if self.mode == KEY_MODE_POOL or (self.mode == KEY_MODE_SEED and self.slices):
                 self.pool = KeyPool(self.obj.map("dip_pool"), self.obj.map("dip_pool_state"),

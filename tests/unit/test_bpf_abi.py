@@ -76,6 +76,7 @@ MAP_LAYOUTS = [
     ("dip_tc.o", "dip_flows", "value", dip_abi.FLOW_STATE),
     ("dip_tc.o", "dip_passed", "key", dip_abi.FLOW_KEY),
     ("dip_tc.o", "dip_passed", "value", dip_abi.PASSED_TO),
+    ("dip_tc.o", "dip_peers", "value", dip_abi.DIP_PEER),
     ("dip_tc.o", "dip_pool", "value", dip_abi.POOL_ENTRY),
     ("dip_tc.o", "dip_pool_state", "value", dip_abi.POOL_STATE),
     ("dip_tc.o", "dip_time_wait", "key", dip_abi.FLOW_KEY),

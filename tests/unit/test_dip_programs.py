@@ -17,7 +17,7 @@ from scapy.layers.inet import IP
 from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.ipsec import AH
 
-from dip_agent.dip_abi import (PASSED_TO, STAT_NAMES, U32, FlowState, pack_config, pack_flow_key,
+from dip_agent.dip_abi import (PASSED_TO, STAT_NAMES, U32, FlowState, pack_config, pack_flow_key, pack_peer,
                                pack_seeded_flow_state)
 from dip_agent.key_pool import KeyPool
 from dip_agent.sysctl import read_sysctl
@@ -536,12 +536,57 @@ def test_ipv6_traffic_that_is_not_the_vips_service_is_left_alone(programs):
     assert progs.stats()["synack_key_set"] == 0 and v4_only.stats()["synack_key_set"] == 0
 
 
-def test_ipv6_second_chance_is_not_built_yet_so_a_marked_packet_stays(programs):
-    """The hop count rides in the IPv4 ID: over IPv6 a marked packet is delivered here (docs/ipv6.md)."""
+PREVIOUS6 = "2001:db8:78:2::2"  # the previous owner's IPv6 fabric address
+
+
+def with_flow_label(frame: bytes, traffic_class: int, label: int) -> bytes:
+    """An Ethernet/IPv6 frame with this traffic class and flow label (neither is under any checksum)."""
+    word = 6 << 28 | traffic_class << 20 | label
+    return frame[:14] + word.to_bytes(4, "big") + frame[18:]
+
+
+def flow_label(frame: bytes) -> tuple[int, int]:
+    """(traffic class, flow label) of an Ethernet/IPv6 frame."""
+    word = int.from_bytes(frame[14:18], "big")
+    return word >> 20 & 0xFF, word & 0xFFFFF
+
+
+def ack6(cport: int, label: int = 0x12345) -> bytes:
+    frame = tcp6_frame("A", src=CLIENT6, dst=VIP6, sport=cport, dport=PORT, seq=5000, ack=1)
+    return with_flow_label(frame, 0xB8, label)
+
+
+def test_ipv6_a_marked_packet_nobody_here_holds_goes_to_the_previous_owner_marked_in_its_flow_label(programs):
+    progs = programs("pool")
+    progs.obj.map("dip_peers").update(*pack_peer(PREVIOUS, PREVIOUS6))
+    out = progs.ingress(marked(ack6(41100)), verdict=TC_ACT_REDIRECT)
+    # The flow label carries the first hop; the traffic class and everything else stay.
+    assert flow_label(out) == (0xB8, SECOND_CHANCE_PASSED_ID | 1) and checksums_ok(out)
+    assert out[:15] + out[18:] == marked(ack6(41100))[:15] + marked(ack6(41100))[18:]
+    key = pack_flow_key(CLIENT6, 41100, VIP6, PORT)
+    assert PASSED_TO.unpack(progs.obj.map("dip_passed").lookup(key))[0] == ipaddress.IPv4Address(PREVIOUS).packed
+    # Passed on once more by this DIP's record, and never beyond the last hop.
+    again = with_flow_label(ack6(41100), 0xB8, SECOND_CHANCE_PASSED_ID | 1)
+    assert flow_label(progs.ingress(again, verdict=TC_ACT_REDIRECT))[1] == SECOND_CHANCE_PASSED_ID | 2
+    progs.ingress(with_flow_label(ack6(41100), 0xB8, SECOND_CHANCE_PASSED_ID | SECOND_CHANCE_MAX_HOPS))
+    # A client's own label that only shares the mark's low 16 bits is no mark: it has bits above them.
+    progs.ingress(with_flow_label(ack6(41100), 0, 1 << 16 | SECOND_CHANCE_PASSED_ID | 1))
+    stats = progs.stats()
+    assert (stats["sc_forwarded"], stats["sc_chained"], stats["sc_no_peer"]) == (1, 1, 0)
+
+
+def test_ipv6_a_marked_packet_for_a_dip_without_an_ipv6_address_stays(programs):
     progs = programs("none", stamp=False)
-    ack = tcp6_frame("A", src=CLIENT6, dst=VIP6, sport=41100, dport=PORT, seq=5000, ack=1)
-    assert progs.ingress(marked(ack)) == marked(ack)
-    assert progs.stats()["sc_forwarded"] == 0
+    assert progs.ingress(marked(ack6(41101))) == marked(ack6(41101))
+    assert progs.obj.map("dip_passed").lookup(pack_flow_key(CLIENT6, 41101, VIP6, PORT)) is None
+    stats = progs.stats()
+    assert (stats["sc_forwarded"], stats["sc_no_peer"]) == (0, 1)
+
+
+def test_a_peer_must_be_a_unicast_ipv6_address():
+    for bad in (f"::ffff:{PREVIOUS}", "::", "ff02::1"):
+        with pytest.raises(ValueError, match="not a unicast IPv6 address"):
+            pack_peer(PREVIOUS, bad)
 
 
 def test_a_config_refuses_an_ipv4_mapped_vip6_and_no_vip_at_all():
