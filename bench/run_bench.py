@@ -363,6 +363,47 @@ def classifier_cost(repeat: int) -> dict:
                                       "ratio": cls_ns / max(base_ns, 1)}
     return {"repeat": repeat, "per_class": out}
 
+def dip_program_cost(repeat: int) -> dict:
+    """ns per segment of the DIP programs: port mode (nothing to rewrite) vs the token modes, same frames.
+
+    A server's data segment through dip_egress (TSval stamped) and a client's
+    ACK through dip_ingress (TSecr restored), each over IPv4 and IPv6, for a
+    flow whose SYN/ACK the programs saw (as in a running connection).
+    """
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    from dip_agent.dip_abi import U32, pack_config
+    from dip_agent.programs import dip_object
+    from mptcp_lb import bpf
+
+    families = {"": (IP, "10.9.1.1", BENCH_VIP), "_ipv6": (IPv6, "2001:db8:1::1", BENCH_VIP6)}
+    dss = (30, bytes([0x20, 0x01]) + bytes(4))
+    out = {}
+    for family, (ip, client, vip) in families.items():
+        def frame(flags, src, dst, sport, dport, ts, payload=b"", seq=1, ack=1):
+            options = [("NOP", None), ("NOP", None), ("Timestamp", ts), dss]
+            tcp = TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, options=options)
+            return bytes(Ether(src="02:00:00:01:00:02", dst="02:00:00:01:00:01") / ip(src=src, dst=dst) / tcp / payload)
+        synack = frame("SA", vip, client, 80, 40000, (0x12345000, 9), seq=777, ack=1001)
+        data = frame("PA", vip, client, 80, 40000, (0x12345678, 99), b"x" * 1400)
+        ack = frame("A", client, vip, 40000, 80, (99, 0x123455A5))
+        row = {}
+        for mode, stamp in (("port", False), ("token", True)):
+            obj = bpf.BpfObject(dip_object())
+            try:
+                obj.map("dip_config").update(U32.pack(0), pack_config(
+                    BENCH_VIP, 80, 0x5A5, "none" if mode == "port" else "pool", stamp=stamp, vip6=BENCH_VIP6))
+                bpf.test_run(obj.prog_fd("dip_egress"), synack)
+                row[f"{mode}_egress_ns"] = bpf.test_run(obj.prog_fd("dip_egress"), data, repeat=repeat).duration_ns
+                row[f"{mode}_ingress_ns"] = bpf.test_run(obj.prog_fd("dip_ingress"), ack, repeat=repeat).duration_ns
+            finally:
+                obj.close()
+        out["ipv4" if not family else "ipv6"] = row
+    return {"repeat": repeat, "per_family": out}
+
+
 def _per_second(seconds: float, run) -> float:
     """How many times ``run()`` completes per second, over about ``seconds``."""
     n, start = 0, time.perf_counter()
@@ -448,9 +489,9 @@ def main(argv=None) -> int:
     p.add_argument("--conns", type=int, nargs=2, default=[10, 50], metavar=("FEW", "MANY"))
     p.add_argument("--repeat", type=int, default=1_000_000, help="BPF_PROG_TEST_RUN repeats per packet class")
     p.add_argument("--tls-connections", type=int, default=2000, help="fresh TLS connections each way")
-    p.add_argument("--only", nargs="+", choices=["classifier", "controller", "compile", "consistency",
-                                                 "failure_detection", "datapath_flows", "downloads", "throughput",
-                                                 "tls"],
+    p.add_argument("--only", nargs="+", choices=["classifier", "dip_programs", "controller", "compile",
+                                                 "consistency", "failure_detection", "datapath_flows", "downloads",
+                                                 "throughput", "tls"],
                    help="run only these sections")
     args = p.parse_args(argv)
     from mininet.log import setLogLevel
@@ -459,6 +500,7 @@ def main(argv=None) -> int:
     require_platform()
     sections = {
         "classifier": ("classifier cost", lambda: classifier_cost(args.repeat)),
+        "dip_programs": ("DIP program cost", lambda: dip_program_cost(args.repeat)),
         "controller": ("controller rates", lambda: controller_rates(2.0)),
         "compile": ("compile time", compile_time),
         "consistency": ("slot table consistency", consistency),
@@ -514,6 +556,11 @@ def print_report(report: dict, args) -> None:
         for name, row in report["classifier"]["per_class"].items():
             print(f"classifier {name:>29}: {row['classifier_ns']:4d} ns/packet vs bare redirect "
                   f"{row['redirect_ns']:3d} ns (ratio {row['ratio']:.1f})")
+    if "dip_programs" in report:
+        for family, row in report["dip_programs"]["per_family"].items():
+            print(f"DIP programs over {family}: a data segment through dip_egress {row['port_egress_ns']} ns in "
+                  f"port mode, {row['token_egress_ns']} ns stamped (token); an ACK through dip_ingress "
+                  f"{row['port_ingress_ns']} ns, {row['token_ingress_ns']} ns restored")
     if "controller" in report:
         ctl = report["controller"]
         print(f"controller: {ctl['seed_syn_per_s']:.0f} SYN(MPC)/s seeded (the classifier punts at most "

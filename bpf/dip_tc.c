@@ -28,9 +28,12 @@
  * (but for a SYN that finds TIME_WAIT, below) and leave any packet they
  * cannot parse untouched.
  *
- * The header is copied to a per-CPU scratch buffer and edited there; the
- * checksum delta is bpf_csum_diff() of the old and new copies, which starts at
- * the TCP header, so fields at any (even unaligned) offset sum correctly.
+ * A timestamp at an even offset (where Linux puts it) is rewritten in place,
+ * the checksum updated from the old and new values. Anything else (the
+ * SYN/ACK's key, a timestamp at an odd offset) goes through a copy of the
+ * header in a per-CPU scratch buffer, edited there; the checksum delta is
+ * bpf_csum_diff() of the old and new copies, which starts at the TCP header,
+ * so fields at any (even unaligned) offset sum correctly.
  *
  * Atomics: the pool index is taken with a fetch-and-add and the largest TSval
  * with a compare-and-swap. Those need BPF ISA v3, which bpf/Makefile does not
@@ -65,12 +68,6 @@ static __always_inline __u64 scratch_idx(__u64 x)
 {
 	asm volatile("%0 &= %1" : "+r"(x) : "i"(SCRATCH_LEN - 1));
 	return x;
-}
-
-static __always_inline __u32 rd32(const __u8 *b, __u32 off)
-{
-	return (__u32)b[scratch_idx(off)] << 24 | (__u32)b[scratch_idx(off + 1)] << 16 |
-	       (__u32)b[scratch_idx(off + 2)] << 8 | (__u32)b[scratch_idx(off + 3)];
 }
 
 static __always_inline void wr32(__u8 *b, __u32 off, __u32 v)
@@ -353,23 +350,53 @@ static __always_inline int begin(struct __sk_buff *skb, struct dip_packet *pkt)
 }
 
 /*
- * Then, for the rewrites: the header in scratch slot pkt->dir and the offsets
- * of its options. Nonzero: no options, or malformed ones; leave it alone.
+ * Then the offsets and values of its options, read from the packet.
+ * Nonzero: no options, or malformed ones; leave it alone.
  */
-static __always_inline int load_options(struct __sk_buff *skb, struct dip_packet *pkt)
+static __always_inline int walk_options(struct __sk_buff *skb, struct dip_packet *pkt)
 {
 	struct seg *s = &pkt->seg;
 
 	if (s->hdrlen <= sizeof(struct tcphdr)) /* no options */
-		return -1;
-	pkt->sc = load_header(skb, s, pkt->dir);
-	if (!pkt->sc)
 		return -1;
 	if (dip_opts_walk(skb, s->tcp_off, s->hdrlen, &pkt->opts)) {
 		stat_inc(STAT_MALFORMED);
 		return -1;
 	}
 	return 0;
+}
+
+/* The header in scratch slot pkt->dir, copied on first use; NULL on failure. */
+static __always_inline struct scratch *scratch_header(struct __sk_buff *skb, struct dip_packet *pkt)
+{
+	if (!pkt->sc)
+		pkt->sc = load_header(skb, &pkt->seg, pkt->dir);
+	return pkt->sc;
+}
+
+/*
+ * Replace the 4-byte field at TCP header offset `off`, which holds `old`,
+ * with `new` (host order). On the checksum's 16-bit grid (an even offset,
+ * as Linux lays timestamps out) the checksum is updated from the two values
+ * alone, with no copy of the header; elsewhere through the scratch copy.
+ */
+static __always_inline int replace_u32(struct __sk_buff *skb, struct dip_packet *pkt, __u32 off, __u32 old,
+				       __u32 new)
+{
+	__be32 from = bpf_htonl(old), to = bpf_htonl(new);
+	struct scratch *sc;
+
+	if (!(off & 1)) {
+		if (bpf_skb_store_bytes(skb, pkt->seg.tcp_off + off, &to, sizeof(to), 0))
+			return -1;
+		return bpf_l4_csum_replace(skb, pkt->seg.tcp_off + offsetof(struct tcphdr, check), from, to,
+					   sizeof(to)) ? -1 : 0;
+	}
+	sc = scratch_header(skb, pkt);
+	if (!sc)
+		return -1;
+	wr32(sc->cur, off, new);
+	return commit(skb, &pkt->seg, sc, off, &to, sizeof(to));
 }
 
 /* Remember that this DIP answered a SYN of this flow (and a new connection's TS state). */
@@ -411,9 +438,8 @@ static __always_inline void egress(struct __sk_buff *skb)
 	}
 	if (!(cfg->flags & DIP_FLAG_STAMP) && cfg->key_mode == KEY_MODE_NONE)
 		return; /* port mode: nothing to rewrite */
-	if (load_options(skb, &pkt))
+	if (walk_options(skb, &pkt))
 		return;
-	sc = pkt.sc;
 	mpc = pkt.opts.mptcp;
 	ts = (cfg->flags & DIP_FLAG_STAMP) ? pkt.opts.ts : 0;
 	if (!ts && !(synack && mpc))
@@ -426,8 +452,8 @@ static __always_inline void egress(struct __sk_buff *skb)
 
 	/* MP_CAPABLE (subtype 0) with the sender's key: length 12 in a SYN/ACK. */
 	if (synack && mpc && mpc <= TCP_HLEN_MAX - TCPOLEN_MPC_SYNACK && cfg->key_mode != KEY_MODE_NONE &&
-	    sc->cur[scratch_idx(mpc + 1)] == TCPOLEN_MPC_SYNACK &&
-	    (sc->cur[scratch_idx(mpc + MPTCP_SUBTYPE_OFF)] >> 4) == MPTCP_SUB_CAPABLE) {
+	    pkt.opts.mptcp_len == TCPOLEN_MPC_SYNACK && pkt.opts.mptcp_subtype == MPTCP_SUB_CAPABLE &&
+	    (sc = scratch_header(skb, &pkt))) {
 		if ((st->has_key == KEY_FOR_ISN && st->key_isn == isn) || st->has_key == KEY_ANY_ISN) {
 			__builtin_memcpy(key, st->key, KEY_LEN);
 			have_key = 1;
@@ -457,9 +483,8 @@ static __always_inline void egress(struct __sk_buff *skb)
 	}
 
 	if (ts && ts <= TCP_HLEN_MAX - TCPOLEN_TIMESTAMP) {
-		__u32 orig = rd32(sc->cur, ts + TS_TSVAL_OFF);
+		__u32 orig = pkt.opts.tsval;
 		__u32 stamped = (orig & ~SERVER_ID_MASK) | (cfg->server_id & SERVER_ID_MASK);
-		__be32 wire = bpf_htonl(stamped);
 
 		if (synack) {
 			st->synack_tsval = orig;
@@ -467,11 +492,8 @@ static __always_inline void egress(struct __sk_buff *skb)
 			st->ack_pending = 1;
 		}
 		max_raise(st, orig);
-		if (stamped != orig) {
-			wr32(sc->cur, ts + TS_TSVAL_OFF, stamped);
-			if (commit(skb, &pkt.seg, sc, ts + TS_TSVAL_OFF, &wire, sizeof(wire)))
-				return;
-		}
+		if (stamped != orig && replace_u32(skb, &pkt, ts + TS_TSVAL_OFF, orig, stamped))
+			return;
 		stat_inc(STAT_TS_STAMPED);
 	}
 }
@@ -669,7 +691,6 @@ static __always_inline int ingress(struct __sk_buff *skb)
 	struct flow_state *st;
 	struct scratch *sc;
 	__u32 carrier, ts, tsecr, restored, sid;
-	__be32 wire;
 	int verdict;
 
 	if (begin(skb, &pkt))
@@ -680,9 +701,8 @@ static __always_inline int ingress(struct __sk_buff *skb)
 	cfg = pkt.cfg;
 	if (!(cfg->flags & DIP_FLAG_STAMP) && cfg->key_mode == KEY_MODE_NONE)
 		return TC_ACT_OK; /* port mode: nothing to read or restore */
-	if (load_options(skb, &pkt))
+	if (walk_options(skb, &pkt))
 		return TC_ACT_OK;
-	sc = pkt.sc;
 	carrier = pkt.opts.carrier;
 	ts = (cfg->flags & DIP_FLAG_STAMP) ? pkt.opts.ts : 0;
 
@@ -692,7 +712,8 @@ static __always_inline int ingress(struct __sk_buff *skb)
 		/* A SYN echoes no timestamp (TSecr is 0): only the carrier matters. */
 		if (cfg->key_mode != KEY_MODE_SEED || !carrier || carrier > TCP_HLEN_MAX - TCPOLEN_KEY_CARRIER)
 			return TC_ACT_OK;
-		st = flow_get(&pkt.flow);
+		sc = scratch_header(skb, &pkt);
+		st = sc ? flow_get(&pkt.flow) : NULL;
 		if (!st)
 			return TC_ACT_OK;
 		for (int j = 0; j < KEY_LEN; j++)
@@ -710,7 +731,7 @@ static __always_inline int ingress(struct __sk_buff *skb)
 		stat_inc(STAT_NO_STATE);
 		return TC_ACT_OK;
 	}
-	tsecr = rd32(sc->cur, ts + TS_TSECR_OFF);
+	tsecr = pkt.opts.tsecr;
 	if (!tsecr)
 		return TC_ACT_OK;
 	sid = cfg->server_id & SERVER_ID_MASK;
@@ -738,11 +759,8 @@ static __always_inline int ingress(struct __sk_buff *skb)
 		restored = ts_after(hi, max) ? max : hi;
 		stat_inc(STAT_TSECR_RESTORED);
 	}
-	if (restored == tsecr)
-		return TC_ACT_OK;
-	wr32(sc->cur, ts + TS_TSECR_OFF, restored);
-	wire = bpf_htonl(restored);
-	commit(skb, &pkt.seg, sc, ts + TS_TSECR_OFF, &wire, sizeof(wire));
+	if (restored != tsecr)
+		replace_u32(skb, &pkt, ts + TS_TSECR_OFF, tsecr, restored);
 	return TC_ACT_OK;
 }
 

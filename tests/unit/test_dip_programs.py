@@ -261,6 +261,18 @@ def test_tsecr_restoration(programs):
     assert stats["tsecr_exact"] == 1 and stats["tsecr_unmatched"] == 2
 
 
+@pytest.mark.parametrize("pad", range(4))
+def test_tsecr_restored_exactly_at_every_alignment(programs, pad):
+    """Even offsets are rewritten in place, odd ones through the scratch copy: both keep the checksum right."""
+    progs = programs("none")
+    cport, syn_ack_ts = 40060 + pad, 0x10000A3B
+    progs.egress(synack(cport, b"\x01" * pad + timestamp(syn_ack_ts, 9)))
+    third_ack = tcp_frame("A", b"\x01" * pad + timestamp(99, (syn_ack_ts & ~0xFFF) | SERVER_ID), src=CLIENT, dst=VIP,
+                          sport=cport, dport=PORT)
+    out = progs.ingress(third_ack)
+    assert checksums_ok(out) and tsval_tsecr(out) == (99, syn_ack_ts)
+
+
 def test_tsecr_restoration_across_u32_wrap(programs):
     progs = programs("none")
     cport = 40021
