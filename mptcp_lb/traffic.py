@@ -65,11 +65,12 @@ def run_connection(vip: str, port: int, payload_size: int, min_subflows: int, ti
     payload = os.urandom(payload_size)
     sent_sha = hashlib.sha256(payload).hexdigest()
     try:
-        with mptcp_socket() as sock:
+        ipv6 = ":" in vip  # an IPv6 address (a name or an IPv4 address has no colon)
+        with mptcp_socket(socket.AF_INET6 if ipv6 else socket.AF_INET) as sock:
             sock.settimeout(timeout)
             if source_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(("0.0.0.0", source_port))
+                sock.bind(("::" if ipv6 else "0.0.0.0", source_port))
             sock.connect((vip, port))
             # The header goes first: the DIP's ACK of it (with a DSS option) is what makes a
             # client's connection fully established, and only then does its path manager join.
@@ -118,7 +119,7 @@ def _positive(kind):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mptcp_lb.traffic", description=__doc__.splitlines()[0])
-    parser.add_argument("--vip", required=True, help="VIP address to connect to")
+    parser.add_argument("--vip", required=True, help="VIP address to connect to (IPv4 or IPv6)")
     parser.add_argument("--port", type=int, default=80, help="VIP service port (default 80)")
     parser.add_argument("--conns", type=_positive(int), default=1, help="number of connections")
     parser.add_argument("--size", type=int, default=1 << 20, help="payload bytes per connection")

@@ -91,7 +91,9 @@ def main() -> None:
     cfg = json.loads(sys.argv[1])
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     setup = DipPrograms(cfg["ifnames"], cfg["vip"], cfg["port"], cfg["server_id"], cfg["mode"],
-                          cfg.get("slices"), cfg.get("slice_bits"), syncookies=cfg["syncookies"], vip6=cfg.get("vip6"))
+                          cfg.get("slices"), cfg.get("slice_bits"), syncookies=cfg["syncookies"], vip6=cfg.get("vip6"),
+                          self_address=cfg.get("self_address", "0.0.0.0"), peers6=cfg.get("peers6"),
+                          stamp=cfg.get("stamp", True))
     server = RecordingServer(cfg)
     for line in sys.stdin:
         req = json.loads(line)

@@ -37,6 +37,18 @@ def nstat(ns: str) -> dict[str, int]:
     return json.loads(in_ns(ns, "nstat", "-asz", "--json"))["kernel"]
 
 
+def wait_for_ipv6_dad(*namespaces: str) -> None:
+    """Until no IPv6 address is tentative in these namespaces.
+
+    A link-local address is tentative for a second or two after its link
+    comes up, and until then neighbour discovery sends no solicitation from
+    that interface: the first replies to a new neighbour wait, and the
+    client's SYN times out once (TCPSynRetrans) though nothing was lost.
+    """
+    wait_for("IPv6 duplicate address detection", lambda: not any(
+        in_ns(ns, "ip", "-6", "addr", "show", "tentative").strip() for ns in namespaces), WAIT)
+
+
 def python_env() -> dict:
     """The environment for a Python subprocess that imports this repository's packages."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}

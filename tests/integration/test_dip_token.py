@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from mptcp_lb.mptcp_codec import build_key_carrier, key_to_token, make_key, slice_of
-from tests.integration.netns import REPO, WAIT, Namespaces, in_ns, nstat, python_env, sh
+from tests.integration.netns import REPO, WAIT, Namespaces, in_ns, nstat, python_env, sh, wait_for_ipv6_dad
 from tests.packets import MSS, NOP, SACK_PERM, WSCALE, mp_capable, timestamp
 
 # A Linux SYN's options with room for the key carrier after them: 28 bytes, 40 with the carrier.
@@ -85,6 +85,7 @@ class TokenNamespaces(Namespaces):
         c_if = self.veths[1][0]
         in_ns(self.client, "ip", "mptcp", "endpoint", "add", "10.78.1.1", "dev", c_if, "subflow")
         in_ns(self.client, "ip", "mptcp", "endpoint", "add", f"{NET6}:1::1", "dev", c_if, "subflow")
+        wait_for_ipv6_dad(self.server, self.client)
 
     def tx_checksum_offload(self, on: bool) -> None:
         """With offload off every segment carries a full software checksum, so a wrong fix shows."""

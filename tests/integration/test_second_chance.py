@@ -25,7 +25,8 @@ import yaml
 
 from mininet_topos.harness import wait_for
 from mptcp_lb.mptcp_codec import second_chance_mac
-from tests.integration.netns import REPO, WAIT, in_ns, nstat, python_env, sh
+from tests.integration.netns import REPO, WAIT, in_ns, nstat, python_env, sh, wait_for_ipv6_dad
+from tests.integration.test_dip_token import ServerDriver
 
 VIP, PORT = "10.77.9.100", 80
 CLIENT_IP, CLIENT_MAC = "10.77.0.100", "02:00:00:77:00:64"
@@ -47,6 +48,9 @@ def config(mode: str) -> dict:
 
 
 class Bed:
+    vip = VIP
+    vip_match = f"tcp,nw_dst={VIP}"  # the client's VIP traffic, as the 'MUX' flow matches it
+
     def __init__(self, tmp_path, mode: str):
         tag = os.getpid() % 100000
         self.mode = mode
@@ -83,7 +87,7 @@ class Bed:
     def steer(self, dip: int, previous: int | None = None) -> None:
         """The 'MUX': the client's VIP traffic to ``dip``, marked with ``previous`` while in transition."""
         mark = f"mod_dl_src:{second_chance_mac(DIPS[previous][0])}," if previous else ""
-        sh("ovs-ofctl", "add-flow", self.bridge, f"priority=100,tcp,in_port={OFPORT['client']},nw_dst={VIP},"
+        sh("ovs-ofctl", "add-flow", self.bridge, f"priority=100,{self.vip_match},in_port={OFPORT['client']},"
                                                  f"actions={mark}mod_dl_dst:{DIPS[dip][1]},output:{OFPORT[dip]}")
 
     def start_agents(self) -> None:
@@ -104,7 +108,7 @@ class Bed:
 
     def traffic(self, conns: int, size: int, rate: float = 0, timeout: float = 30) -> subprocess.Popen:
         return subprocess.Popen(
-            ["ip", "netns", "exec", self.ns["client"], sys.executable, "-m", "mptcp_lb.traffic", "--vip", VIP,
+            ["ip", "netns", "exec", self.ns["client"], sys.executable, "-m", "mptcp_lb.traffic", "--vip", self.vip,
              "--port", str(PORT), "--conns", str(conns), "--size", str(size), "--min-subflows", "1",
              "--parallel", str(conns), "--timeout", str(timeout), "--rate", str(rate)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env(), cwd=REPO)
@@ -193,3 +197,103 @@ def test_control_without_the_mark_the_moved_connections_are_reset(bed):
     resets = nstat(bed.ns["client"]).get("TcpEstabResets", 0) - before.get("TcpEstabResets", 0)
     assert not any(r.get("verified") for r in old), old
     assert resets >= 4, resets
+
+
+# ============================================================== over IPv6
+
+VIP6, CLIENT_IP6 = "2001:db8:77:9::100", "2001:db8:77::100"
+DIPS6 = {1: "2001:db8:77::1", 2: "2001:db8:77::2"}  # the DIPs' IPv6 fabric addresses
+
+
+class Bed6(Bed):
+    """The same bed, dual-stack, the client speaking IPv6 to VIP6, each DIP's programs run by a driver.
+
+    The agent cannot serve an IPv6 VIP yet (docs/ipv6.md), so each DIP runs
+    DipPrograms with vip6 and every DIP's IPv6 address (peers6) and the
+    recording echo server of test_dip_token, in the server driver.
+    """
+
+    vip = VIP6
+    vip_match = f"tcp6,ipv6_dst={VIP6}"
+
+    def create(self) -> None:
+        super().create()
+        for key, ns in self.ns.items():
+            address = CLIENT_IP6 if key == "client" else DIPS6[key]
+            in_ns(ns, "ip", "addr", "add", f"{address}/64", "dev", self.inner, "nodad")
+            if key != "client":
+                in_ns(ns, "ip", "addr", "add", f"{VIP6}/128", "dev", "lo")
+        in_ns(self.ns["client"], "ip", "route", "add", f"{VIP6}/128", "dev", self.inner)
+        in_ns(self.ns["client"], "ip", "neigh", "replace", VIP6, "lladdr", MUX_MAC, "dev", self.inner)
+        wait_for_ipv6_dad(*self.ns.values())
+
+    def start_agents(self, peers6: bool = True) -> None:
+        key_mode = {"port": "none", "token": "pool"}[self.mode]
+        for i in (1, 2):
+            self.agents[i] = ServerDriver(
+                self.ns[i], ifnames=[self.inner], vip=VIP, vip6=VIP6, port=PORT, server_id=i, mode=key_mode,
+                slices=[i], slice_bits=2, syncookies=2 if self.mode == "token" else None, min_subflows=1,
+                stamp=self.mode == "token", self_address=DIPS[i][0],
+                peers6={DIPS[j][0]: DIPS6[j] for j in DIPS} if peers6 else None)
+            self.agents[i].call("apply")
+
+    def stats(self, dip: int) -> dict[str, int]:
+        return self.agents[dip].call("stats")
+
+    def destroy(self) -> None:
+        for driver in self.agents.values():
+            driver.close()
+        self.agents = {}
+        super().destroy()
+
+
+@pytest.mark.parametrize("mode", ["port", "token"])
+def test_over_ipv6_a_moved_slot_keeps_every_connection_passed_on_by_the_flow_label(tmp_path, mode):
+    bed = Bed6(tmp_path, mode)
+    try:
+        bed.create()
+        bed.start_agents()
+        bed.steer(2)
+        before = nstat(bed.ns["client"])
+        old = bed.traffic(conns=6, size=600_000, rate=200_000)  # 3 s each: in flight when the slot moves
+        wait_for("6 uploads established on DIP 2", lambda: bed.established(2) >= 6, WAIT)
+        bed.steer(1, previous=2)
+        new = results(bed.traffic(conns=6, size=100_000))
+        old = results(old)
+        after = nstat(bed.ns["client"])
+        resets = {n: after.get(n, 0) - before.get(n, 0) for n in ("TcpEstabResets", "TcpAttemptFails")}
+        stats = {i: bed.stats(i) for i in (1, 2)}
+        syn_retrans = after.get("TcpExtTCPSynRetrans", 0) - before.get("TcpExtTCPSynRetrans", 0)
+        print(json.dumps({"mode": mode, "client": resets, "client_syn_retrans": syn_retrans, "dip1": stats[1],
+                          "dip2": stats[2]}))
+        for r in old:
+            assert r.get("verified") and r["reply"]["dip"] == 2, r  # every byte, on the DIP that held it
+        for r in new:
+            assert r.get("verified") and r["reply"]["dip"] == 1, r
+        assert resets == {"TcpEstabResets": 0, "TcpAttemptFails": 0}, resets
+        assert stats[1]["sc_forwarded"] > 0 and stats[1]["sc_syn"] >= 6 and stats[1]["sc_no_peer"] == 0, stats[1]
+        assert stats[2]["sc_forwarded"] == 0 and stats[2]["sc_chained"] == 0, stats[2]
+        # Every connection the DIPs terminated was IPv6, from the client's IPv6 address.
+        for i in (1, 2):
+            for record in bed.agents[i].call("conns"):
+                assert record["family"] == "AF_INET6" and record["peer"].startswith(CLIENT_IP6 + ":"), record
+    finally:
+        bed.destroy()
+
+
+def test_over_ipv6_without_the_previous_owners_address_the_moved_connections_are_lost(tmp_path):
+    """The control: no peers6, so DIP 1 keeps what it cannot pass on (sc_no_peer) and the uploads die."""
+    bed = Bed6(tmp_path, "port")
+    try:
+        bed.create()
+        bed.start_agents(peers6=False)
+        bed.steer(2)
+        old = bed.traffic(conns=4, size=600_000, rate=200_000, timeout=5)
+        wait_for("4 uploads established on DIP 2", lambda: bed.established(2) >= 4, WAIT)
+        bed.steer(1, previous=2)
+        old = results(old)
+        assert not any(r.get("verified") for r in old), old
+        stats = bed.stats(1)
+        assert stats["sc_no_peer"] > 0 and stats["sc_forwarded"] == 0, stats
+    finally:
+        bed.destroy()
