@@ -161,7 +161,7 @@ def test_client_ignoring_the_c_flag_does_not_disturb_others(dc):
     traffic.join(300)
     answers = json.loads(out)
     # Each JOIN to the service port is refused by whichever DIP the hash picked.
-    assert all(a is not None and "R" in a for a in answers), (answers, err)
+    assert all(a is not None and "R" in a for a in answers), f"answers {json.dumps(answers)}, stderr {err!r}"
     summary = check_port_steering(results["r"])
     assert summary["all_verified"]
 
