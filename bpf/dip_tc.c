@@ -582,7 +582,7 @@ static __always_inline int pass_on(struct __sk_buff *skb, struct dip_packet *pkt
 			stat_inc(STAT_SC_NO_PEER);
 			return TC_ACT_OK;
 		}
-		/* Version and the traffic class's high nibble stay; the flow label becomes the mark. */
+		/* Version and traffic class stay (byte 0 and this byte's high nibble); the flow label becomes the mark. */
 		if (bpf_skb_load_bytes(skb, pkt->seg.ip_off + 1, label, 1))
 			return TC_ACT_OK;
 		label[0] &= 0xf0;

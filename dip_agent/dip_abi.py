@@ -120,6 +120,8 @@ def pack_config(vip: str | None, port: int, server_id: int, mode: int | str, *, 
         raise ValueError("a DIP config needs a VIP: vip, vip6 or both")
     if vip6 is not None and ipaddress.IPv6Address(vip6).ipv4_mapped:
         raise ValueError(f"vip6 {vip6!r} is an IPv4-mapped address: give the IPv4 address as vip")
+    if vip6 is not None and (ipaddress.IPv6Address(vip6).is_unspecified or ipaddress.IPv6Address(vip6).is_multicast):
+        raise ValueError(f"vip6 {vip6!r} is not a unicast IPv6 address")
     return DIP_CONFIG.pack(_ipv4(vip) if vip is not None else bytes(4), port.to_bytes(2, "big"), server_id,
                            key_mode(mode), flags, _ipv4(self_address),
                            ipaddress.IPv6Address(vip6).packed if vip6 is not None else bytes(16))

@@ -30,6 +30,7 @@ included.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 import struct
@@ -157,9 +158,13 @@ class TimeWaitReaper:
 
     def _reap(self, key: bytes, dropped: int) -> bool:
         """Destroy the TIME_WAIT of one drop: forget the drop if it was, else keep it (its retransmission goes on)."""
-        client, vip, client_port, vip_port = FLOW_KEY.unpack(key)
+        client_raw, vip_raw, client_port, vip_port = FLOW_KEY.unpack(key)
+        vip, client = flow_ip(vip_raw), flow_ip(client_raw)
+        if vip.version != client.version:  # one IPv6, one IPv4-mapped: an IPv6 socket, both in IPv6 form
+            vip, client = (ipaddress.IPv6Address(a) if a.version == 6 else ipaddress.IPv6Address(f"::ffff:{a}")
+                           for a in (vip, client))
         try:
-            destroyed = destroy_time_wait(flow_ip(vip).packed, vip_port, flow_ip(client).packed, client_port)
+            destroyed = destroy_time_wait(vip.packed, vip_port, client.packed, client_port)
         except OSError as e:
             destroyed = False
             self.failed += 1

@@ -533,11 +533,16 @@ def test_ipv6_traffic_that_is_not_the_vips_service_is_left_alone(programs):
         synack6(40131, options, sport=8080),  # another port
         synack6(40132, options, ext=ah),  # behind AH: a rewrite would break its ICV
         synack6(40133, options, src=f"::ffff:{VIP}"),  # IPv4-mapped on the wire is not the IPv4 VIP
+        synack6(40137, options, ext=(IPv6ExtHdrFragment(offset=0, m=1, id=9),)),  # a first fragment
+        synack6(40138, options, ext=(IPv6ExtHdrDestOpt(),) * 9),  # more extension headers than the walk takes
     ]
     for frame in cases:
         assert progs.egress(frame) == frame
-    assert progs.ingress(client_ack6(40134, (0x1000 & ~0xFFF) | SERVER_ID, ext=ah)) == client_ack6(
-        40134, (0x1000 & ~0xFFF) | SERVER_ID, ext=ah)
+    # A flow with state, whose echo behind AH would be restored were AH not refused.
+    progs.egress(synack6(40134, timestamp(0x1000, 1)))
+    behind_ah = client_ack6(40134, (0x1000 & ~0xFFF) | SERVER_ID, ext=ah)
+    assert progs.ingress(behind_ah) == behind_ah
+    assert progs.stats()["tsecr_exact"] == 0 and progs.stats()["tsecr_restored"] == 0
     v4_only = programs("pool", vip6=None)  # an IPv4 VIP's programs: IPv6 is not theirs
     v4_only.pool().fill()
     assert v4_only.egress(synack6(40135, options)) == synack6(40135, options)

@@ -160,3 +160,13 @@ def test_an_ipv6_drop_is_destroyed_as_ipv6(monkeypatch):
     for message in fake.sent:  # struct inet_diag_req_v2 opens with the family, the sockid holds the addresses
         assert message[time_wait.NLMSG.size] == socket.AF_INET6
         assert message[time_wait.NLMSG.size + 12:time_wait.NLMSG.size + 28] == calls[0][0]
+
+
+def test_an_ipv6_vips_drop_from_an_ipv4_mapped_client_is_destroyed_as_ipv6(monkeypatch):
+    """An IPv6 socket's peer may be IPv4-mapped: both addresses go to inet_diag in IPv6 form."""
+    calls = []
+    monkeypatch.setattr(time_wait, "destroy_time_wait", lambda *tuple_: calls.append(tuple_) or True)
+    key = pack_flow_key("::ffff:10.0.3.1", 40126, "2001:db8::100", 80)
+    assert time_wait.TimeWaitReaper(FakeMap({key: drop(time.monotonic_ns())}), lambda: None).poll_once() == 1
+    assert calls[0][0] == socket.inet_pton(socket.AF_INET6, "2001:db8::100")
+    assert calls[0][2] == socket.inet_pton(socket.AF_INET6, "::ffff:10.0.3.1")
