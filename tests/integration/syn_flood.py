@@ -7,6 +7,8 @@ first and then written to a raw socket in small paced batches, so the rate
 holds at thousands per second. Prints how many SYNs went out and how many
 seconds sending them took. The answers to spoofed SYNs go to addresses
 nobody has; those to the client's own address are reset by its kernel.
+A first line, ``built COUNT``, says the SYNs are built and sending starts
+(building them with scapy takes seconds, and longer on a loaded machine).
 """
 
 import ipaddress
@@ -38,6 +40,7 @@ def main() -> None:
         packets.append(tcp_segment("S", MPC_SYN, src=src, dst=vip, sport=rng.randrange(1024, 65536), dport=port,
                                    seq=rng.getrandbits(32)))
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # IP_HDRINCL: our source address
+    print("built", count, flush=True)
     started = time.monotonic()
     for i in range(0, count, BATCH):
         due = started + i * seconds / count

@@ -146,10 +146,20 @@ def test_without_key_adoption_joins_land_on_the_wrong_dip():
 
 
 def start_flood(dc, client: str, count: int, seconds: float, spoof: str | None = None) -> subprocess.Popen:
-    """``syn_flood.py`` from a client, in the background."""
-    return dc.host(client).popen([sys.executable, "-m", "tests.integration.syn_flood", VIP, str(SERVICE_PORT),
-                                  str(count), str(seconds), *([spoof] if spoof else [])],
-                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """``syn_flood.py`` from a client, in the background, once its SYNs are built and sending has begun.
+
+    Building them takes seconds (more on a loaded machine), which a test's
+    wait for the flood's effect must not count.
+    """
+    flood = dc.host(client).popen([sys.executable, "-m", "tests.integration.syn_flood", VIP, str(SERVICE_PORT),
+                                   str(count), str(seconds), *([spoof] if spoof else [])],
+                                  cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = flood.stdout.readline()  # the flood's own "built COUNT"; "" if it died first
+    if first.split() != ["built", str(count)]:
+        flood.kill()
+        _, err = flood.communicate(timeout=WAIT_FLOOD)
+        raise AssertionError(f"syn_flood did not start sending: {first!r} {err[-2000:]}")
+    return flood
 
 
 def finish(flood: subprocess.Popen) -> tuple[float, float]:
@@ -176,6 +186,7 @@ def punt_meter_drops(dc) -> list[int]:
 CLIENT_GAVE_UP = ("MPTcpExtBlackhole", "MPTcpExtMPCapableSYNTXDrop", "MPTcpExtMPCapableSYNTXDisabled",
                   "MPTcpExtMPCapableFallbackSYNACK", "MPTcpExtMPCapableFallbackACK")
 FLOOD_PPS, FLOOD_SECONDS, SPOOFED = 3000, 12.0, "198.18.0.0/15"
+WAIT_FLOOD = 30  # seconds for a killed flood to be reaped
 
 
 def test_seed_mode_under_a_spoofed_syn_flood_degrades_to_the_pools_and_drops_nothing():
