@@ -14,13 +14,14 @@ from mptcp_lb.bpf import BpfMap
 from mptcp_lb.mptcp_codec import make_key
 
 from .dip_abi import INVALID_SEQ, POOL_ENTRY, POOL_SIZE, POOL_STATE, U32
+from .poller import IDLE_INTERVAL, Poller
 
 log = logging.getLogger(__name__)
 
 __all__ = ["KeyPool"]
 
 
-class KeyPool:
+class KeyPool(Poller):
     """Keeps ``dip_pool`` full of fresh keys in the DIP's slices.
 
     The program takes pool index ``i`` with an atomic add on
@@ -31,24 +32,27 @@ class KeyPool:
     one poll after its index was seen taken, so no program can still be
     reading it; the write goes in two steps (new key with an invalid seq,
     then the valid seq) so a reader never pairs a valid seq with a torn key.
+    It polls every ``interval`` while keys are being taken, and backs off to
+    ``idle_interval`` while none are (``dip_agent.poller``).
     """
 
+    name = "dip-key-pool"
+
     def __init__(self, pool_map: BpfMap, state_map: BpfMap, slices: Iterable[int], slice_bits: int,
-                 *, size: int = POOL_SIZE, interval: float = 0.02):
+                 *, size: int = POOL_SIZE, interval: float = 0.02, idle_interval: float = IDLE_INTERVAL):
+        super().__init__(interval, idle_interval)
         self.slices = frozenset(slices)
         self.slice_bits = slice_bits
         make_key(self.slices, slice_bits)  # validates slices and slice_bits now, not in the thread
         if size <= 0 or size & (size - 1):
             raise ValueError(f"pool size {size} is not a power of two")
         self.size = size
-        self.interval = interval
         self._pool = pool_map
         self._state = state_map
         self._done = 0  # indices below this are refilled (or were never filled)
         self._seen = 0  # `next` as read at the previous poll
+        self._taken = 0  # keys taken between the last two polls
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.refilled = 0
 
     def next_index(self) -> int:
@@ -76,6 +80,7 @@ class KeyPool:
         with self._lock:
             current = self.next_index()
             safe, self._seen = self._seen, current
+            self._taken = current - safe
             if safe <= self._done:
                 return 0
             first = max(self._done, safe - self.size)  # older ones were overtaken and rewritten below
@@ -87,27 +92,9 @@ class KeyPool:
             self._done = safe
             self.refilled += safe - first
             if current - safe >= self.size // 2:
-                log.warning("key pool: %d keys taken in one poll interval of %.3fs; pool size %d",
-                            current - safe, self.interval, self.size)
+                log.warning("key pool: %d keys taken in one poll interval; pool size %d", current - safe, self.size)
             return safe - first
 
-    def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError("KeyPool already started")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="dip-key-pool", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.poll_once()
-            except Exception:  # a transient map error must not end refilling for good
-                log.exception("key pool refill failed")
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._thread = None
+    def busy(self, done: int) -> bool:
+        """Keys were refilled, or taken since the previous poll (they are refilled at the next)."""
+        return done > 0 or self._taken > 0

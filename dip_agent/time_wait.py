@@ -34,13 +34,13 @@ import ipaddress
 import logging
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 
 from mptcp_lb.bpf import BpfMap
 
 from .dip_abi import FLOW_KEY, TIME_WAIT_DROP, flow_ip
+from .poller import IDLE_INTERVAL, Poller
 
 log = logging.getLogger(__name__)
 
@@ -121,24 +121,27 @@ def destroy_time_wait(vip: bytes, vip_port: bytes, client: bytes, client_port: b
         return True
 
 
-class TimeWaitReaper:
+class TimeWaitReaper(Poller):
     """Polls ``dip_time_wait`` and destroys the TIME_WAIT socket of each SYN dropped for one (module docstring).
 
     ``unsupported`` is called once if the kernel cannot destroy sockets (the
     caller clears DIP_FLAG_REAP_TIME_WAIT, so the program stops dropping).
+    Idle, it polls every ``idle_interval`` (``dip_agent.poller``), well
+    before a dropped SYN's retransmission a second later.
     """
 
-    def __init__(self, pending: BpfMap, unsupported: Callable[[], None], *, interval: float = 0.02):
+    name = "dip-time-wait"
+
+    def __init__(self, pending: BpfMap, unsupported: Callable[[], None], *, interval: float = 0.02,
+                 idle_interval: float = IDLE_INTERVAL):
+        super().__init__(interval, idle_interval)
         self._pending = pending
         self._unsupported = unsupported
-        self.interval = interval
         self.reaped = 0  # TIME_WAIT sockets destroyed
         self.failed = 0  # destroys the kernel refused
         self.gave_up = False  # the kernel refuses for good: the program no longer drops
         self._kept: dict[bytes, int] = {}  # 4-tuple -> the drop (ns) kept, its TIME_WAIT not destroyed
         self._warned = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def poll_once(self) -> int:
         """Act on every new drop; return how many TIME_WAIT sockets were destroyed."""
@@ -197,24 +200,3 @@ class TimeWaitReaper:
             self._pending.delete(key)
         except OSError:
             pass  # the LRU dropped it first
-
-    def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError("TimeWaitReaper already started")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="dip-time-wait", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.poll_once()
-            except Exception:  # a transient map error must not end reaping for good
-                log.exception("TIME_WAIT reaping failed")
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._thread = None

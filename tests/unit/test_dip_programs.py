@@ -190,6 +190,18 @@ def test_key_pool_never_hands_out_a_key_twice(programs):
     assert all(slice_of(key_to_token(k), 4) == 3 for k in handed)
 
 
+def test_the_key_pool_polls_fast_while_keys_are_taken_and_refilled(programs):
+    progs = programs("pool")
+    pool = progs.pool({3}, 4)
+    pool.fill()
+    assert not pool.busy(pool.poll_once())  # nothing taken: the poller may back off
+    for port in range(30000, 30005):
+        progs.egress(synack(port, mpc_synack(b"\x00" * 8)))
+    assert pool.busy(pool.poll_once()) and pool.refilled == 0  # taken since the last poll: refilled at the next
+    assert pool.busy(pool.poll_once()) and pool.refilled == 5
+    assert not pool.busy(pool.poll_once())
+
+
 def test_carrier_in_syn_seeds_the_synack_key(programs):
     progs = programs("seed")
     key = make_key(SLICES, SLICE_BITS)
