@@ -234,15 +234,18 @@ static __always_inline int commit(struct __sk_buff *skb, struct seg *s, struct s
 				  __u32 off, const void *bytes, __u32 len)
 {
 	__s64 diff;
+	long err;
 
 	/* Each length a constant, so the verifier knows how much of `bytes` is read. */
-	if (len == sizeof(__be32)) {
-		if (bpf_skb_store_bytes(skb, s->tcp_off + off, bytes, sizeof(__be32), 0))
-			return -1;
-	} else if (len == KEY_LEN) {
-		if (bpf_skb_store_bytes(skb, s->tcp_off + off, bytes, KEY_LEN, 0))
-			return -1;
-	} else {
+	if (len == sizeof(__be32))
+		err = bpf_skb_store_bytes(skb, s->tcp_off + off, bytes, sizeof(__be32), 0);
+	else if (len == KEY_LEN)
+		err = bpf_skb_store_bytes(skb, s->tcp_off + off, bytes, KEY_LEN, 0);
+	else
+		err = -1;
+	if (err) {
+		/* The packet kept its bytes: so does the copy, or a later commit would add this edit's delta. */
+		__builtin_memcpy(sc->cur, sc->old, sizeof(sc->cur));
 		return -1;
 	}
 	diff = bpf_csum_diff((__be32 *)sc->old, sizeof(sc->old), (__be32 *)sc->cur, sizeof(sc->cur), 0);
