@@ -11,6 +11,8 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 from mininet_topos.harness import wait_for
@@ -122,3 +124,40 @@ class Namespaces:
 
     def clean_server(self) -> None:
         """Undo what a test put on the server's interfaces, once nothing runs inside; nothing here."""
+
+
+class ServerDriver:
+    """DipPrograms and the recording echo server, in a subprocess inside the server namespace."""
+
+    def __init__(self, ns: str, **cfg):
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, str(REPO / "tests" / "integration" / "dip_server_driver.py"), json.dumps(cfg)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=python_env(), cwd=REPO)
+        self._stderr: list[str] = []
+        self._reader = threading.Thread(target=lambda: self._stderr.extend(self.proc.stderr), daemon=True)
+        self._reader.start()
+
+    def call(self, cmd: str, **kw):
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=WAIT)
+            raise AssertionError(f"server driver died on {cmd}:\n{''.join(self._stderr)}")
+        answer = json.loads(line)
+        if not answer["ok"]:
+            raise AssertionError(f"{cmd} failed in the server namespace:\n{answer['error']}")
+        return answer["result"]
+
+    def close(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=WAIT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=WAIT)
+        self.proc.stdout.close()
+        return "".join(self._stderr)

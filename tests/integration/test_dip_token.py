@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from mptcp_lb.mptcp_codec import build_key_carrier, key_to_token, make_key, slice_of
-from tests.integration.netns import REPO, WAIT, Namespaces, in_ns, nstat, python_env, sh, wait_for_ipv6_dad
+from tests.integration.netns import REPO, WAIT, Namespaces, ServerDriver, in_ns, nstat, python_env, sh, wait_for_ipv6_dad
 from tests.packets import MSS, NOP, SACK_PERM, WSCALE, mp_capable, timestamp
 
 # A Linux SYN's options with room for the key carrier after them: 28 bytes, 40 with the carrier.
@@ -103,43 +103,6 @@ class TokenNamespaces(Namespaces):
 def netns():
     with TokenNamespaces() as spaces:
         yield spaces
-
-
-class ServerDriver:
-    """DipPrograms and the recording echo server, in a subprocess inside the server namespace."""
-
-    def __init__(self, ns: str, **cfg):
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, str(HERE / "dip_server_driver.py"), json.dumps(cfg)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=python_env(), cwd=REPO)
-        self._stderr: list[str] = []
-        self._reader = threading.Thread(target=lambda: self._stderr.extend(self.proc.stderr), daemon=True)
-        self._reader.start()
-
-    def call(self, cmd: str, **kw):
-        self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait(timeout=WAIT)
-            raise AssertionError(f"server driver died on {cmd}:\n{''.join(self._stderr)}")
-        answer = json.loads(line)
-        if not answer["ok"]:
-            raise AssertionError(f"{cmd} failed in the server namespace:\n{answer['error']}")
-        return answer["result"]
-
-    def close(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=WAIT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(timeout=WAIT)
-        self.proc.stdout.close()
-        return "".join(self._stderr)
 
 
 class Capture:

@@ -25,8 +25,7 @@ import yaml
 
 from mininet_topos.harness import wait_for
 from mptcp_lb.mptcp_codec import second_chance_mac
-from tests.integration.netns import REPO, WAIT, in_ns, nstat, python_env, sh, wait_for_ipv6_dad
-from tests.integration.test_dip_token import ServerDriver
+from tests.integration.netns import REPO, WAIT, ServerDriver, in_ns, nstat, python_env, sh, wait_for_ipv6_dad
 
 VIP, PORT = "10.77.9.100", 80
 CLIENT_IP, CLIENT_MAC = "10.77.0.100", "02:00:00:77:00:64"

@@ -145,6 +145,9 @@ def test_without_key_adoption_joins_land_on_the_wrong_dip():
         assert len(single) >= 8, connections
 
 
+WAIT_FLOOD = 30  # seconds for a killed flood to be reaped
+
+
 def start_flood(dc, client: str, count: int, seconds: float, spoof: str | None = None) -> subprocess.Popen:
     """``syn_flood.py`` from a client, in the background, once its SYNs are built and sending has begun.
 
@@ -186,7 +189,6 @@ def punt_meter_drops(dc) -> list[int]:
 CLIENT_GAVE_UP = ("MPTcpExtBlackhole", "MPTcpExtMPCapableSYNTXDrop", "MPTcpExtMPCapableSYNTXDisabled",
                   "MPTcpExtMPCapableFallbackSYNACK", "MPTcpExtMPCapableFallbackACK")
 FLOOD_PPS, FLOOD_SECONDS, SPOOFED = 3000, 12.0, "198.18.0.0/15"
-WAIT_FLOOD = 30  # seconds for a killed flood to be reaped
 
 
 def test_seed_mode_under_a_spoofed_syn_flood_degrades_to_the_pools_and_drops_nothing():
@@ -274,7 +276,7 @@ def test_punted_syns_are_capped_by_the_meter():
     with build("token", "seed", punt_rate=20) as dc:
         dc.router.set_vip_route(only_mux=1)
         sent, seconds = finish(start_flood(dc, "c2", 600, 2.0))
-        assert sent / seconds >= 5 * 20, (out, err)  # a flood: five times what the meter lets through
+        assert sent / seconds >= 5 * 20, (sent, seconds)  # a flood: five times what the meter lets through
 
         last = []
 
