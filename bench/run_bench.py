@@ -43,9 +43,9 @@ import time
 
 import yaml
 
-from bench.download import checked_download, route_vip_to, warm_up
+from bench.download import checked_download, hosts_off_pmd, route_vip_to
 from mininet_topos.harness import Datacenter, require_platform
-from mininet_topos.stock import Blob, StockWebServers
+from mininet_topos.stock import Blob, DownloadFailed, StockWebServers
 from mptcp_lb.datapath import PORT_TYPES
 
 BENCH_VIP = "10.9.0.100"
@@ -53,6 +53,7 @@ BENCH_VIP6 = "2001:db8:9::100"
 CLIENT_IP, SERVER_IP, MUX_IP = "10.9.0.1", "10.9.0.2", "10.9.0.254"
 SERVER_MAC = "02:00:00:09:00:02"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOWNLOAD_SECONDS_PER_128_MIB = 60  # the time limit; a download that size takes about 5 s on AF_PACKET ports
 
 def bench_config(mode: str = "port") -> dict:
     """One MUX, one VIP, one DIP (the server host), in the given steering mode."""
@@ -169,7 +170,7 @@ def throughput(seconds: float, rounds: int) -> dict:
             net.stop()
             restore_other_config(changed)
 
-def downloads(size: int, rounds: int, port_types: list[str]) -> dict:
+def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> dict:
     """Port and token downloads through the demo topology on each port type, each next to plain L2.
 
     Port mode uses c1 (follows ADD_ADDR: 3 subflows), token mode the stock
@@ -178,14 +179,21 @@ def downloads(size: int, rounds: int, port_types: list[str]) -> dict:
     TSval stamping, SYN cookies). Each round builds every configuration's
     topology in turn, alone (idle afxdp ports of a second topology would cost
     the one PMD thread polling time), so the configurations share the
-    machine's ups and downs round by round.
+    machine's ups and downs round by round. In each topology one download per
+    path goes unmeasured (the first download of a topology ran at about half
+    the goodput of the rest), then ``per_round`` pairs alternate which path
+    goes first. The hosts run off the PMD's CPU (``hosts_off_pmd``).
     """
     configs = [(mode, client, port_type) for port_type in port_types for mode, client in (("port", "c1"), ("token", "c2"))]
-    raw: dict[str, dict[str, list[dict]]] = {f"{m}/{pt}": {"lb": [], "l2": []} for m, _, pt in configs}
-    with Blob(size) as blob:
+    raw: dict[str, dict[str, list[list[dict]]]] = {f"{m}/{pt}": {"lb": [], "l2": []} for m, _, pt in configs}
+    failed: list[dict] = []
+    timeout = DOWNLOAD_SECONDS_PER_128_MIB * max(1.0, size / (128 << 20))
+    with Blob(size) as blob, hosts_off_pmd() as host_cpus:
         for n in range(rounds):
             for mode, client, port_type in configs:
                 name = f"{mode}/{port_type}"
+                for results in raw[name].values():
+                    results.append([])
                 with Datacenter(n_dips=3, prefix=f"b{os.getpid() % 1000}", progress=lambda m: None, mode=mode,
                                 key_source="pool", port_type=port_type, echo=False,
                                 transition_time=2.0) as dc, \
@@ -193,21 +201,36 @@ def downloads(size: int, rounds: int, port_types: list[str]) -> dict:
                     paths = (("lb", None), ("l2", 1))
                     for path, dip in paths:
                         route_vip_to(dc, dip)
-                        warm_up(dc, client)
-                    for path, dip in paths if n % 2 else reversed(paths):  # neither path always goes first
-                        route_vip_to(dc, dip)
-                        raw[name][path].append(checked_download(dc, client, web))
-                print(f"  round {n + 1}/{rounds} {name}: LB {raw[name]['lb'][-1]['gbps']:.2f}, "
-                      f"L2 {raw[name]['l2'][-1]['gbps']:.2f} Gbit/s", flush=True)
-    out: dict = {"bytes": size, "rounds": rounds, "runs": {}}
+                        checked_download(dc, client, web)  # the warm-up: verified, not measured
+                    for k in range(per_round):
+                        for path, dip in paths if (n + k) % 2 else reversed(paths):  # neither path always first
+                            route_vip_to(dc, dip)
+                            try:
+                                raw[name][path][-1].append(checked_download(dc, client, web, timeout))
+                            except DownloadFailed as e:  # reported, not measured; a wrong byte still ends the run
+                                failed.append({"run": name, "path": path, "round": n + 1, "error": str(e)})
+                                print(f"  round {n + 1}/{rounds} {name} {path}: download failed: "
+                                      f"{str(e).splitlines()[0]}", flush=True)
+                print(f"  round {n + 1}/{rounds} {name}: LB " +
+                      ", ".join(f"{r['gbps']:.2f}" for r in raw[name]["lb"][-1]) + "; L2 " +
+                      ", ".join(f"{r['gbps']:.2f}" for r in raw[name]["l2"][-1]) + " Gbit/s", flush=True)
+    out: dict = {"bytes": size, "rounds": rounds, "downloads_per_round": per_round, "host_cpu_mask": host_cpus,
+                 "failed": failed, "runs": {}}
     for name, paths in raw.items():
         summary = {}
-        for path, results in paths.items():
+        for path, by_round in paths.items():
+            results = [r for rnd in by_round for r in rnd]
+            if not results:
+                raise RuntimeError(f"every {name} {path} download failed: {failed}")
             mb = sum(r["bytes"] for r in results) / 1e6
             summary[path] = {
                 "gbps": [r["gbps"] for r in results],
                 "median_gbps": statistics.median(r["gbps"] for r in results),
+                "round_median_gbps": [statistics.median(r["gbps"] for r in rnd) if rnd else None for rnd in by_round],
+                "mb": mb,
+                "sender_retrans_segs": sum(r["sender_retrans_segs"] for r in results),
                 "sender_retrans_per_mb": sum(r["sender_retrans_segs"] for r in results) / mb,
+                "client_retrans_segs": sum(r["client_retrans_segs"] for r in results),
                 "client_retrans_per_mb": sum(r["client_retrans_segs"] for r in results) / mb,
                 "subflows_at_serving_dip": [1 + r["joins_at_serving_dip"] for r in results],
             }
@@ -218,7 +241,12 @@ def downloads(size: int, rounds: int, port_types: list[str]) -> dict:
         port, token = runs[f"port/{port_type}"]["lb"], runs[f"token/{port_type}"]["lb"]
         out[f"token_over_port/{port_type}"] = {
             "goodput": token["median_gbps"] / port["median_gbps"],
+            # The same ratio round by round: how far one round's figure can be trusted.
+            "goodput_by_round": [t / p for t, p in zip(token["round_median_gbps"], port["round_median_gbps"]) if t and p],
             "sender_retrans_per_mb": (token["sender_retrans_per_mb"], port["sender_retrans_per_mb"]),
+            "client_retrans_per_mb": (token["client_retrans_per_mb"], port["client_retrans_per_mb"]),
+            "retrans_segs": {"token": (token["sender_retrans_segs"], token["client_retrans_segs"], token["mb"]),
+                             "port": (port["sender_retrans_segs"], port["client_retrans_segs"], port["mb"])},
         }
     if "afxdp" in port_types and "system" in port_types:
         for mode in ("port", "token"):
@@ -478,12 +506,21 @@ def _retrans_ratio(token: float, port: float) -> str:
     return "both 0" if token == port == 0 else ("port 0" if port == 0 else f"{token / port:.2f}")
 
 def print_downloads(dl: dict, args) -> None:
-    print(f"\nDownloads of {args.download_mb} MiB through the demo topology (medians of {args.download_rounds}; "
-          "retransmissions per MB on the DIPs, the senders):")
-    print(f"  {'mode/ports':<16}{'LB Gbit/s':>10}{'L2 Gbit/s':>10}{'LB/L2':>7}{'LB retx/MB':>12}{'L2 retx/MB':>12}")
+    n = dl["rounds"] * dl["downloads_per_round"]
+    cpus = f"hosts on CPU mask {dl['host_cpu_mask']:x}" if dl["host_cpu_mask"] else "hosts on every CPU"
+    print(f"\nDownloads of {args.download_mb} MiB through the demo topology (medians of {n}, from {dl['rounds']} "
+          f"topologies each; {cpus}, the PMD off them; retransmitted segments per MB on the DIPs, the senders, "
+          "and on the client):")
+    print(f"  {'mode/ports':<16}{'LB Gbit/s':>10}{'L2 Gbit/s':>10}{'LB/L2':>7}{'LB retx/MB DIPs':>17}"
+          f"{'client':>8}{'L2 retx/MB DIPs':>17}{'client':>8}")
     for name, run in dl["runs"].items():
-        print(f"  {name:<16}{run['lb']['median_gbps']:>10.3f}{run['l2']['median_gbps']:>10.3f}{run['lb_over_l2']:>7.2f}"
-              f"{run['lb']['sender_retrans_per_mb']:>12.2f}{run['l2']['sender_retrans_per_mb']:>12.2f}")
+        lb, l2 = run["lb"], run["l2"]
+        print(f"  {name:<16}{lb['median_gbps']:>10.3f}{l2['median_gbps']:>10.3f}{run['lb_over_l2']:>7.2f}"
+              f"{lb['sender_retrans_per_mb']:>17.2f}{lb['client_retrans_per_mb']:>8.2f}"
+              f"{l2['sender_retrans_per_mb']:>17.2f}{l2['client_retrans_per_mb']:>8.2f}")
+    for f in dl["failed"]:
+        print(f"  FAILED: {f['run']} {f['path']} in round {f['round']}: {f['error'].splitlines()[0]} "
+              "(every host's sockets in the JSON report)")
     for mode in ("port", "token"):
         if f"afxdp_over_system/{mode}" in dl:
             print(f"  {mode} download, afxdp / AF_PACKET ports: {dl[f'afxdp_over_system/{mode}']:.1f}x; "
@@ -491,9 +528,13 @@ def print_downloads(dl: dict, args) -> None:
                   f"{dl[f'afxdp_over_before/{mode}']:.1f}x")
     for port_type in args.port_types:
         r = dl[f"token_over_port/{port_type}"]
-        print(f"  token / port on {port_type}: goodput {r['goodput']:.2f}, retransmissions/MB "
-              f"{_retrans_ratio(*r['sender_retrans_per_mb'])} ({r['sender_retrans_per_mb'][0]:.2f} vs "
-              f"{r['sender_retrans_per_mb'][1]:.2f})")
+        seg = r["retrans_segs"]
+        print(f"  token / port on {port_type}: goodput {r['goodput']:.2f} (round by round "
+              f"{', '.join(f'{x:.2f}' for x in r['goodput_by_round'])}); retransmissions/MB on the DIPs "
+              f"{_retrans_ratio(*r['sender_retrans_per_mb'])}, on the client "
+              f"{_retrans_ratio(*r['client_retrans_per_mb'])} (segments retransmitted by the DIPs and the client: "
+              f"token {seg['token'][0]} and {seg['token'][1]} in {seg['token'][2]:.0f} MB, "
+              f"port {seg['port'][0]} and {seg['port'][1]} in {seg['port'][2]:.0f} MB)")
 
 def tls_lost_streams(n: int) -> dict:
     """bench.tls_duplex in a process of its own: its unserialized half races OpenSSL, which may crash it."""
@@ -507,7 +548,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default="out/bench.json")
     p.add_argument("--download-mb", type=int, default=128, help="MiB per download (a multiple of 1)")
-    p.add_argument("--download-rounds", type=int, default=5, help="LB/L2 download pairs per mode and port type")
+    p.add_argument("--download-rounds", type=int, default=5, help="topologies built per mode and port type")
+    p.add_argument("--downloads-per-round", type=int, default=3, help="LB/L2 download pairs per topology")
     p.add_argument("--port-types", nargs="+", default=["afxdp", "system"], choices=PORT_TYPES)
     p.add_argument("--seconds", type=float, default=3.0, help="seconds per upload run")
     p.add_argument("--rounds", type=int, default=3, help="alternating L2/port/token upload rounds")
@@ -533,7 +575,8 @@ def main(argv=None) -> int:
         "failure_detection": ("failure detection (a DIP's link down, demo topology)", failure_detection),
         "datapath_flows": ("datapath flows", lambda: datapath_flows(*args.conns)),
         "downloads": ("downloads through the demo topology (stock nginx and curl under mptcpize)",
-                      lambda: downloads(args.download_mb << 20, args.download_rounds, args.port_types)),
+                      lambda: downloads(args.download_mb << 20, args.download_rounds, args.downloads_per_round,
+                                        args.port_types)),
         "throughput": ("uploads through one bridge (plain L2 vs port vs token pipeline, same server)",
                        lambda: throughput(args.seconds, args.rounds)),
         "tls": ("OpenFlow TLS connections read and written from two threads",

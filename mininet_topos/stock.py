@@ -60,6 +60,10 @@ def require_stock_tools() -> None:
         raise RuntimeError(f"{', '.join(missing)} not found: `make deps` installs nginx-light, curl and mptcpd")
 
 
+class DownloadFailed(RuntimeError):
+    """curl gave no result: it failed or timed out. The message holds every host's sockets (``ss -tinmeM``)."""
+
+
 def _delta(after: dict[str, int], before: dict[str, int], keys) -> dict[str, int]:
     return {k: after.get(k, 0) - before.get(k, 0) for k in keys}
 
@@ -154,7 +158,7 @@ def download(dc, client: str, servers: StockWebServers, timeout: float = 120, ra
         nbytes, seconds = int(nbytes), float(seconds)
     except ValueError:
         sockets = "\n".join(f"{h}:\n{dc.host(h).cmd('ss -tinmeM')[-3000:]}" for h in (client, *dips))
-        raise RuntimeError(f"curl from {client} failed after {wall:.0f}s: {out.strip()[-500:]!r}\n{sockets}") from None
+        raise DownloadFailed(f"curl from {client} failed after {wall:.0f}s: {out.strip()[-500:]!r}\n{sockets}") from None
     digest = hashlib.sha256()
     with open(saved, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -179,4 +183,4 @@ def download(dc, client: str, servers: StockWebServers, timeout: float = 120, ra
     }
 
 
-__all__ = ["Blob", "StockWebServers", "download", "missing_stock_tools", "require_stock_tools", "STOCK_TOOLS"]
+__all__ = ["Blob", "DownloadFailed", "StockWebServers", "download", "missing_stock_tools", "require_stock_tools", "STOCK_TOOLS"]
