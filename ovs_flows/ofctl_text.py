@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from os_ken.lib.packet.ether_types import ETH_TYPE_ARP, ETH_TYPE_IP
 from os_ken.lib.packet.in_proto import IPPROTO_TCP
+from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -63,6 +64,10 @@ _NXM_NAME = {
 }
 
 
+_MULTIPATH_ALGORITHM = {nicira_ext.NX_MP_ALG_MODULO_N: "modulo_n", nicira_ext.NX_MP_ALG_HASH_THRESHOLD: "hash_threshold",
+                        nicira_ext.NX_MP_ALG_HRW: "hrw", nicira_ext.NX_MP_ALG_ITER_HASH: "iter_hash"}
+
+
 def action_text(action) -> str:
     if isinstance(action, parser.OFPActionOutput):
         if action.port == ofp.OFPP_CONTROLLER:
@@ -73,7 +78,8 @@ def action_text(action) -> str:
     if isinstance(action, parser.OFPActionSetField):
         return f"set_field:{action.value}->{action.key}"
     if isinstance(action, parser.NXActionMultipath):
-        return f"multipath(symmetric_l4,{action.basis},hrw,{action.max_link + 1},{action.arg},NXM_NX_REG0[0..15])"
+        algorithm = _MULTIPATH_ALGORITHM[action.algorithm]
+        return f"multipath(symmetric_l4,{action.basis},{algorithm},{action.max_link + 1},{action.arg},NXM_NX_REG0[0..15])"
     if isinstance(action, parser.NXActionResubmitTable):
         return f"resubmit(,{action.table_id})"
     if isinstance(action, parser.NXActionRegMove):

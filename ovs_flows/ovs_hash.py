@@ -3,9 +3,9 @@
 Why: the controller decides a backend for a punted SYN in Python, while every
 later packet of the connection is steered by an OVS flow
 
-    table=0, tcp, actions=multipath(symmetric_l4,0,hrw,N,0,NXM_NX_REG0[0..15]),
+    table=0, tcp, actions=multipath(symmetric_l4,0,modulo_n,SLOTS,0,NXM_NX_REG0[0..15]),
                           resubmit(,1)
-    table=1, reg0=i, actions=<backend i>
+    table=1, reg0=i, actions=<the owner of slot i>
 
 Both must pick the same backend, so this module recomputes what
 ``multipath_execute()`` (lib/multipath.c) writes into reg0:
@@ -55,15 +55,15 @@ Algorithms (multipath_algorithm)
 * ``iter_hash``      M = arg rounded to a power of two in [n, 2n);
                      first hash_2words(hash, i) % M (i = 0, 1, ...) below n
 
-Choice for this project: ``hrw``.  It is the only one with minimal
-disruption: growing N -> N+1 moves just the ~1/(N+1) of flows that now
-prefer the new link, and shrinking by dropping the *highest* index moves only
-that link's flows.  ``modulo_n`` moves ~N/(N+1) of all flows,
-``hash_threshold`` about half, and ``iter_hash`` is only stable while N stays
-within the same power of two (OVS ignores an ``arg`` larger than 2N, so the
-modulus cannot be pinned).  Removing a *middle* backend still needs a
-renumbering (move the last backend into the freed slot), which disturbs the
-flows of two slots (~2/N) rather than one.
+Choice for this project: ``modulo_n`` over a fixed slot count
+(``ovs_flows.compiler``; ``vips[].slots``). With the link count fixed, the
+algorithm never renumbers anything: the controller moves slots between DIPs
+(mptcp_lb/slots.py), so any algorithm is stable, and ``modulo_n`` is the one
+that is the same on every OVS build (below). Over a changing backend count,
+``hrw`` would be the one with minimal disruption: growing N -> N+1 moves just
+the ~1/(N+1) of flows that now prefer the new link; ``modulo_n`` moves
+~N/(N+1) of all flows, ``hash_threshold`` about half, and ``iter_hash`` is
+only stable while N stays within the same power of two.
 
 The price of ``hrw`` (and ``iter_hash``; also ``symmetric_l3l4``) is that
 ``hash_2words`` is build-dependent: a generic build (e.g. Debian/Ubuntu

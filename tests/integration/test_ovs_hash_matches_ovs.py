@@ -237,3 +237,37 @@ def test_symmetric_and_reverse_direction(tracer, packets, impl):
     assert got[:50] == got[50:]
     assert got[50:] == [pick_backend(p, n, hash_impl=impl) for p in rev]
 
+
+
+def test_the_compiled_multipath_flow_as_text_picks_the_slot_the_controller_predicts(tracer):
+    """``mptcp-lb flows | ovs-ofctl add-flows`` must hash as the controller predicts for seed mode.
+
+    The flow's text (its identity, ovs_flows/ofctl_text.py) once named hrw whatever the action's
+    algorithm: a bridge programmed from it picked other slots than ``hashed_slot``.
+    """
+    from mininet_topos.datacenter import topology_config
+    from mptcp_lb.config import parse_config
+    from ovs_flows.compiler import compile_mux, hashed_slot
+    from ovs_flows.ofctl_text import flow_text
+
+    config = parse_config(topology_config(3, mode="token", key_source="seed"))
+    vip = config.vips[0]
+    (service,) = [flow_text(f, with_cookie=False) for f in compile_mux(config, config.muxes[0]).flows
+                  if "multipath(" in flow_text(f)]
+    assert "modulo_n" in service, service
+    _run("ovs-vsctl", "--timeout=10", "add-port", tracer.br, f"{tracer.br}p1", "--", "set", "interface",
+         f"{tracer.br}p1", "type=internal", "ofport_request=1")
+    try:
+        tracer.flows()
+        _run("ovs-ofctl", "-O", "OpenFlow13", "add-flow", tracer.br, service)
+        rng = random.Random(SEED + 1)
+        tuples = [(".".join(str(b) for b in rng.randbytes(4)), rng.randrange(1024, 65536)) for _ in range(200)]
+        outs = tracer.trace_all([f"in_port=1,tcp,dl_src=02:00:00:00:00:01,dl_dst=02:00:00:01:00:01,nw_src={src},"
+                                 f"nw_dst={vip.address},tp_src={sport},tp_dst={vip.port}" for src, sport in tuples])
+        got = [_regs(out).get(0) for out in outs]
+        want = [hashed_slot(vip, src, vip.address, sport, vip.port) for src, sport in tuples]
+        assert got == want
+        assert len(set(want)) > 100  # the slots are spread, not one value by accident
+    finally:
+        subprocess.run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-port", tracer.br, f"{tracer.br}p1"],
+                       capture_output=True)
