@@ -20,16 +20,20 @@ __all__ = ["EchoServer"]
 
 
 class EchoServer:
-    """MPTCP echo-hash server on ``host:port``, one thread per connection."""
+    """MPTCP echo-hash server on ``host:port`` (and ``[::]:port`` with ``ipv6``), one thread per connection.
 
-    def __init__(self, dip_id: int, port: int, *, host: str = "0.0.0.0",
+    The IPv6 listener takes IPv6 only, so IPv4 peers keep their plain addresses.
+    """
+
+    def __init__(self, dip_id: int, port: int, *, host: str = "0.0.0.0", ipv6: bool = False,
                  max_payload: int = echo_protocol.DEFAULT_MAX_PAYLOAD, io_timeout: float = 60.0):
         self.dip_id = dip_id
         self.host = host
+        self.ipv6 = ipv6
         self.port = port
         self.max_payload = max_payload
         self.io_timeout = io_timeout  # a stalled client must not pin a thread forever
-        self._listener: socket.socket | None = None
+        self._listeners: list[socket.socket] = []
         self._wake_r, self._wake_w = socket.socketpair()
         self._accept_thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -37,30 +41,38 @@ class EchoServer:
 
     def start(self) -> None:
         """Listen, then serve from a background thread; returns once listening."""
-        if self._listener is not None:
+        if self._listeners:
             raise RuntimeError("EchoServer already started")
-        listener = mptcp_socket()
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((self.host, self.port))
-            listener.listen(128)
-        except OSError:
-            listener.close()
-            raise
-        self._listener = listener
+        for family, host in ((socket.AF_INET, self.host), *([(socket.AF_INET6, "::")] if self.ipv6 else [])):
+            listener = mptcp_socket(family)
+            try:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                listener.bind((host, self.port))
+                listener.listen(128)
+            except OSError:
+                listener.close()
+                for other in self._listeners:
+                    other.close()
+                self._listeners = []
+                raise
+            self._listeners.append(listener)
         self._accept_thread = threading.Thread(target=self._accept_loop, name=f"echo-accept-{self.port}",
                                                daemon=True)
         self._accept_thread.start()
-        log.info("echo server for DIP %d listening on %s:%d (MPTCP)", self.dip_id, self.host, self.port)
+        log.info("echo server for DIP %d listening on %s:%d%s (MPTCP)", self.dip_id, self.host, self.port,
+                 f" and [::]:{self.port}" if self.ipv6 else "")
 
     def stop(self) -> None:
         """Stop accepting, cut open connections, and wait for their threads."""
-        if self._listener is None:
+        if not self._listeners:
             return
         self._wake_w.send(b"x")
         self._accept_thread.join()
-        self._listener.close()
-        self._listener = None
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
         with self._lock:
             conns = dict(self._conns)
         for conn in conns:
@@ -76,22 +88,24 @@ class EchoServer:
 
     def _accept_loop(self) -> None:
         with selectors.DefaultSelector() as sel:
-            sel.register(self._listener, selectors.EVENT_READ)
+            for listener in self._listeners:
+                sel.register(listener, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
             while True:
                 ready = {key.fileobj for key, _ in sel.select()}
                 if self._wake_r in ready:
                     return
-                try:
-                    conn, peer = self._listener.accept()
-                except OSError as e:
-                    log.warning("accept failed: %s", e)
-                    continue
-                thread = threading.Thread(target=self._serve, args=(conn, peer),
-                                          name=f"echo-{peer[0]}:{peer[1]}", daemon=True)
-                with self._lock:
-                    self._conns[conn] = thread
-                thread.start()
+                for listener in ready:
+                    try:
+                        conn, peer = listener.accept()
+                    except OSError as e:
+                        log.warning("accept failed: %s", e)
+                        continue
+                    thread = threading.Thread(target=self._serve, args=(conn, peer),
+                                              name=f"echo-{peer[0]}:{peer[1]}", daemon=True)
+                    with self._lock:
+                        self._conns[conn] = thread
+                    thread.start()
 
     def _serve(self, conn: socket.socket, peer: tuple) -> None:
         try:

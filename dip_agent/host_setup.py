@@ -1,6 +1,8 @@
 """Prepare a DIP's network namespace for port-based MPTCP steering, and put it back.
 
-The DIP answers for the VIP (VIP/32 on ``lo``, without ARPing for it), sets
+The DIP answers for the VIP (VIP/32 on ``lo``, without ARPing for it, and
+its IPv6 address as a /128 there too, which Linux never answers neighbour
+solicitations for on another interface), sets
 the C flag so clients never join VIP:service-port, and announces
 ADD_ADDR(VIP, P) with P in its own port range, so that every further subflow
 lands on a port the MUXes steer to this DIP. Every value changed is
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 MPTCP_ENABLED = "net/mptcp/enabled"
 MPTCP_GENL_FAMILY = "mptcp_pm"
 MPTCP_PM_ADDR_FLAG_SIGNAL = 1
+IFA_F_NODAD = 0x02  # linux/if_addr.h
 
 # ARP: answer only for addresses on the receiving interface, and never source
 # ARP from the VIP, so only the MUXes attract VIP traffic.
@@ -101,12 +104,14 @@ class DipHostSetup:
     clients join VIP:service-port. Hybrid: announce, without the C flag.
     """
 
-    def __init__(self, vip_address: str, announce_port: int | None, *, c_flag: bool = True, subflows: int = 8):
+    def __init__(self, vip_address: str, announce_port: int | None, *, c_flag: bool = True, subflows: int = 8,
+                 vip6: str | None = None):
         if announce_port is not None and not 1 <= announce_port <= 65535:
             raise ValueError(f"announce_port {announce_port} is not in 1..65535")
         if not 0 <= subflows <= 8:
             raise ValueError(f"subflows {subflows} is not in 0..8 (the kernel's limit)")
         self.vip = vip_address
+        self.vip6 = vip6
         self.announce_port = announce_port
         self.sysctls = {**SYSCTLS, "net/mptcp/allow_join_initial_addr_port": "0" if c_flag else "1",
                         **({"net/mptcp/add_addr_timeout": ADD_ADDR_RESEND} if announce_port is not None else {})}
@@ -115,7 +120,7 @@ class DipHostSetup:
         self._saved_sysctls: dict[str, str] = {}
         self._saved_limits: dict | None = None
         self._endpoint_id: int | None = None
-        self._added_address = False
+        self._added: list[tuple[str, int]] = []  # (address, prefix length) apply() put on lo
 
     def _endpoint_wanted(self, ep: dict) -> bool:
         return (ep["addr"] == self.vip and ep["port"] == self.announce_port
@@ -133,14 +138,19 @@ class DipHostSetup:
                     self._apply_endpoint(pm)
 
     def _apply_address(self) -> None:
+        wanted = [(self.vip, 32, socket.AF_INET), *([(self.vip6, 128, socket.AF_INET6)] if self.vip6 else [])]
         with IPRoute() as ipr:
             (lo,) = ipr.link_lookup(ifname="lo")
-            present = any(a.get_attr("IFA_LOCAL") == self.vip or a.get_attr("IFA_ADDRESS") == self.vip
-                          for a in ipr.get_addr(index=lo, family=socket.AF_INET))
-            if not present:
-                ipr.addr("add", index=lo, address=self.vip, prefixlen=32)
-                self._added_address = True
-                log.info("added %s/32 on lo", self.vip)
+            for address, prefixlen, family in wanted:
+                present = any(a.get_attr("IFA_LOCAL") == address or a.get_attr("IFA_ADDRESS") == address
+                              for a in ipr.get_addr(index=lo, family=family))
+                if present or (address, prefixlen) in self._added:
+                    continue
+                # No duplicate address detection: every DIP holds the VIP, on lo, where no neighbour asks.
+                ipr.addr("add", index=lo, address=address, prefixlen=prefixlen,
+                         **({"flags": IFA_F_NODAD} if family == socket.AF_INET6 else {}))
+                self._added.append((address, prefixlen))
+                log.info("added %s/%d on lo", address, prefixlen)
 
     def _apply_sysctls(self) -> None:
         for path, value in self.sysctls.items():
@@ -179,8 +189,8 @@ class DipHostSetup:
                     if self._saved_limits is not None:
                         undo.attempt("restoring MPTCP limits", self._undo_limits, pm)
             restore_sysctls(self._saved_sysctls, undo.attempt)
-            if self._added_address:
-                undo.attempt(f"deleting {self.vip}/32 from lo", self._undo_address)
+            for address, prefixlen in reversed(self._added):
+                undo.attempt(f"deleting {address}/{prefixlen} from lo", self._undo_address, address, prefixlen)
 
     def _undo_endpoint(self, pm: MPTCP) -> None:
         endpoint_id, self._endpoint_id = self._endpoint_id, None
@@ -196,9 +206,9 @@ class DipHostSetup:
         pm.limits("set", **limits)
         log.info("MPTCP limits restored to %s", limits)
 
-    def _undo_address(self) -> None:
-        self._added_address = False
+    def _undo_address(self, address: str, prefixlen: int) -> None:
+        self._added.remove((address, prefixlen))
         with IPRoute() as ipr:
             (lo,) = ipr.link_lookup(ifname="lo")
-            ipr.addr("del", index=lo, address=self.vip, prefixlen=32)
-        log.info("deleted %s/32 from lo", self.vip)
+            ipr.addr("del", index=lo, address=address, prefixlen=prefixlen)
+        log.info("deleted %s/%d from lo", address, prefixlen)

@@ -98,10 +98,13 @@ def dip_programs(vip: Vip, dip: Dip, key_adoption: bool = True, interface: str |
     mode = vip.key_source if tokens and key_adoption else "none"  # seed, pool: DipPrograms's names too
     port = 0 if tokens and vip.uses_ports else vip.port  # 0: every port of the VIP
     interfaces = interface.split(",") if interface else [default_interface()]
+    # Second chance over IPv6 passes a packet on to the previous owner's IPv6 address, which the
+    # MUX's mark names by its IPv4 one.
+    peers6 = {d.address: d.address6 for d in vip.dips if d.address6 is not None and d.id != dip.id}
     return DipPrograms(interfaces, vip.address, port, dip.id,
                        mode=mode, slices=dip.slices, slice_bits=vip.slice_bits, stamp=tokens,
                        self_address=dip.address, syncookies=2 if tokens and key_adoption else None,
-                       flows=flows)
+                       flows=flows, vip6=vip.address6, peers6=peers6 if vip.address6 else None)
 
 
 def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: str | None = None,
@@ -117,8 +120,8 @@ def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: 
     except ConfigError as e:
         print(e, file=sys.stderr)
         return EXIT_CONFIG
-    setup = DipHostSetup(vip.address, dip.announce_port, c_flag=not vip.uses_tokens)
-    server = EchoServer(dip.id, vip.port) if echo else None
+    setup = DipHostSetup(vip.address, dip.announce_port, c_flag=not vip.uses_tokens, vip6=vip.address6)
+    server = EchoServer(dip.id, vip.port, ipv6=vip.address6 is not None) if echo else None
     stop = threading.Event()
     exporter = None
     # Signals are caught from before apply() so a stop during setup still undoes it.
@@ -130,8 +133,9 @@ def run(config_path: str, dip_id: int, vip_name: str | None = None, ready_file: 
             return EXIT_NO_MPTCP
         try:
             programs.apply()
-            log.info("DIP %d set up for VIP %s (%s:%d, mode %s), announcing port %s%s", dip.id, vip.name,
-                     vip.address, vip.port, vip.mode, dip.announce_port,
+            log.info("DIP %d set up for VIP %s (%s%s:%d, mode %s), announcing port %s%s", dip.id, vip.name,
+                     vip.address, f" and [{vip.address6}]" if vip.address6 else "", vip.port, vip.mode,
+                     dip.announce_port,
                      ", serving the echo service" if server else "")
             if server is not None:
                 server.start()

@@ -71,6 +71,7 @@ class Dip:
     state: str = "active"  # active | draining
     slices: frozenset[int] = frozenset()  # token/hybrid modes: token slices this DIP owns
     weight: int = 1  # its share of the VIP's slots, relative to the other DIPs'
+    address6: str | None = None  # its IPv6 address on the fabric (required with the VIP's address6)
 
 
 HEALTH_KINDS = ("tcp", "http", "none")
@@ -112,6 +113,7 @@ class Vip:
     slots: int = DEFAULT_SLOTS  # the hash space the slot table maps to DIPs (mptcp_lb/slots.py)
     punt_rate: int | None = None  # seed mode: its punt budget per MUX (None: controller.punt_rate)
     health: HealthCheck = HealthCheck()
+    address6: str | None = None  # the same service over IPv6 (token and hybrid modes)
 
     @property
     def uses_ports(self) -> bool:
@@ -156,6 +158,7 @@ class Mux:
     pin_address: str | None = None
     pin_cert_sha256: str | None = None
     bgp: BgpSpeaker | None = None
+    address6: str | None = None  # the router's IPv6 next hop (required when a VIP has address6)
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,7 @@ class Config:
 
     def vip(self, name: str) -> Vip:
         for v in self.vips:
-            if v.name == name or v.address == name:
+            if name in (v.name, v.address) or (v.address6 is not None and name == v.address6):
                 return v
         raise KeyError(name)
 
@@ -274,7 +277,8 @@ class _Checker:
             return None
         return value
 
-    def ipv4(self, obj: dict, key: str, path: str, default: str | None = None) -> str | None:
+    def ipv4(self, obj: dict, key: str, path: str, default: str | None = None, twin: str | None = None) -> str | None:
+        """An IPv4 address; ``twin`` names the key that takes an IPv6 address given here instead."""
         value = obj.get(key, default)
         if value is None:
             return None
@@ -283,11 +287,35 @@ class _Checker:
         except ValueError:
             try:
                 ipaddress.IPv6Address(str(value))
-                why = "is an IPv6 address: only IPv4 is served yet (docs/ipv6.md says what is built)"
+                why = (f"is an IPv6 address: {twin} takes it, beside an IPv4 {key}" if twin else
+                       "is an IPv6 address: only IPv4 is served here")
             except ValueError:
                 why = "is not an IPv4 address"
             self.fail(f"{path}.{key}", f"{_r(value)} {why}")
             return None
+
+    def ipv6(self, obj: dict, key: str, path: str) -> str | None:
+        """A global or unique-local unicast IPv6 address, compressed; None (and a problem) otherwise."""
+        value = obj.get(key)
+        if value is None:
+            return None
+        try:
+            ip = ipaddress.IPv6Address(str(value))
+        except ValueError:
+            try:
+                ipaddress.IPv4Address(str(value))
+                why = f"is an IPv4 address: {key.removesuffix('6')} takes it"
+            except ValueError:
+                why = "is not an IPv6 address"
+            self.fail(f"{path}.{key}", f"{_r(value)} {why}")
+            return None
+        why = ("an IPv4-mapped address" if ip.ipv4_mapped else "a multicast address" if ip.is_multicast
+               else "the unspecified address" if ip.is_unspecified else "the loopback address" if ip.is_loopback
+               else "link-local" if ip.is_link_local else "")
+        if why:
+            self.fail(f"{path}.{key}", f"{_r(value)} is {why}: a global or unique-local unicast address is needed")
+            return None
+        return str(ip)
 
     def unicast_host(self, address: str, path: str) -> bool:
         """A host's own address: not 0.0.0.0/8 (second chance marks use it), loopback, multicast or broadcast."""
@@ -414,7 +442,7 @@ def _parse_mux(ck: _Checker, raw: Any, path: str) -> Mux | None:
     fields = dict(
         name=ck.name(obj, "name", path),
         dpid=ck.int_key(obj, "dpid", path, m),
-        address=ck.ipv4(obj, "address", path),
+        address=ck.ipv4(obj, "address", path, twin="address6"),
         mac=ck.mac(obj, "mac", path),
         uplink_port=ck.int_key(obj, "uplink_port", path, m),
         fabric_port=ck.int_key(obj, "fabric_port", path, m),
@@ -438,7 +466,10 @@ def _parse_mux(ck: _Checker, raw: Any, path: str) -> Mux | None:
         return None
     if "bgp" in obj and bgp is None:
         return None
-    return Mux(**fields, **pins, bgp=bgp)
+    address6 = ck.ipv6(obj, "address6", path)
+    if "address6" in obj and address6 is None:
+        return None
+    return Mux(**fields, **pins, bgp=bgp, address6=address6)
 
 
 def _parse_bgp(ck: _Checker, raw: Any, path: str, mux: dict) -> BgpSpeaker | None:
@@ -506,10 +537,11 @@ def parse_dip(ck: _Checker, raw: Any, path: str, mode: str = "port", slice_bits:
         return None
     for_mode = ck.for_mode(obj, path, sec, mode)  # and go on: every other problem is named too
     dip_id = ck.int_key(obj, "id", path, sec)
-    address = ck.ipv4(obj, "address", path)
+    address = ck.ipv4(obj, "address", path, twin="address6")
     if address is not None and not ck.unicast_host(address, f"{path}.address"):
         address = None
     mac = ck.mac(obj, "mac", path)
+    address6 = ck.ipv6(obj, "address6", path)
     state = obj.get("state", "active")
     if state not in ("active", "draining"):
         ck.fail(f"{path}.state", f"{_r(state)} is not one of active, draining")
@@ -525,13 +557,13 @@ def parse_dip(ck: _Checker, raw: Any, path: str, mode: str = "port", slice_bits:
             return None
         if ports is None or announce is None:
             return None
-    if None in (dip_id, address, mac, slices) or not for_mode:
+    if None in (dip_id, address, mac, slices) or not for_mode or ("address6" in obj and address6 is None):
         return None
     weight = ck.int_key(obj, "weight", path, sec)
     if weight is None:
         return None
     return Dip(id=dip_id, address=address, mac=mac, ports=ports, announce_port=announce, state=state,
-               slices=slices, weight=weight)
+               slices=slices, weight=weight, address6=address6)
 
 
 def check_vip_dips(ck: _Checker, dips: list[Dip], service_port: int, path: str) -> None:
@@ -540,11 +572,13 @@ def check_vip_dips(ck: _Checker, dips: list[Dip], service_port: int, path: str) 
     Sorting and indexing keep this O(N log N): a VIP of thousands of DIPs is
     checked on every API change.
     """
-    seen: dict[str, dict[Any, int]] = {"id": {}, "address": {}, "mac": {}}
+    seen: dict[str, dict[Any, int]] = {"id": {}, "address": {}, "mac": {}, "address6": {}}
     slice_owner: dict[int, int] = {}
     for i, d in enumerate(dips):
         for key in seen:
             value = getattr(d, key)
+            if value is None:
+                continue
             if value in seen[key]:
                 ck.fail(f"{path}[{i}].{key}", f"duplicate {key} {_r(value)} (also dips[{seen[key][value]}])")
             else:
@@ -592,11 +626,18 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
     if obj is None:
         return None
     name = ck.name(obj, "name", path)
-    address = ck.ipv4(obj, "address", path)
+    address = ck.ipv4(obj, "address", path, twin="address6")
+    address6 = ck.ipv6(obj, "address6", path)
     port = ck.int_key(obj, "port", path, sec)
     mode = obj.get("mode", schema.default(sec, "mode"))
     if mode not in MODES:
         ck.fail(f"{path}.mode", f"{_r(mode)} is not one of {', '.join(MODES)}")
+        return None
+    if address6 is not None and mode not in TOKEN_MODES:
+        ck.fail(f"{path}.address6", f"{address6}: port mode cannot serve IPv6: an IPv6 ADD_ADDR with a port (30 "
+                                    "bytes) does not fit beside TCP timestamps (12) in 40 bytes of options, so the "
+                                    "kernel drops it (MPTcpExtAddAddrTxDrop); use mode hybrid, which serves IPv6 "
+                                    "clients by token (docs/ipv6.md)")
         return None
     key_source = obj.get("key_source", schema.default(sec, "key_source"))
     if key_source in RENAMED_KEY_SOURCES:
@@ -655,14 +696,20 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
             for i, d in enumerate(dips):
                 if d.address == address:
                     ck.fail(f"{path}.dips[{i}].address", f"{d.address} is the VIP itself")
+                if address6 is not None and d.address6 is None:
+                    ck.fail(f"{path}.dips[{i}].address6", f"missing: the VIP has address6 {address6}, and second "
+                                                          "chance passes its IPv6 packets to DIPs by theirs")
+                elif address6 is not None and d.address6 == address6:
+                    ck.fail(f"{path}.dips[{i}].address6", f"{d.address6} is the VIP itself")
                 if d.mac.startswith(":".join(f"{b:02x}" for b in TAG_PREFIX)):
                     ck.fail(f"{path}.dips[{i}].mac", f"{d.mac} is in the tag MAC space")
             if dips and not any(d.state == "active" for d in dips):
                 ck.fail(f"{path}.dips", "every DIP is draining: the VIP would refuse every new connection")
-    if None in (name, address, port) or not dips:
+    if None in (name, address, port) or not dips or ("address6" in obj and address6 is None):
         return None
     return Vip(name=name, address=address, port=port, mode=mode, dips=tuple(dips), key_source=key_source,
-               slice_bits=slice_bits, hash=hash_method, slots=slots, health=health, punt_rate=punt_rate)
+               slice_bits=slice_bits, hash=hash_method, slots=slots, health=health, punt_rate=punt_rate,
+               address6=address6)
 
 
 def _parse_list(ck: _Checker, raw: dict, key: str, parse) -> list:
@@ -679,6 +726,8 @@ def _check_unique(ck: _Checker, items: list, key: str, what: str) -> None:
     seen: dict[Any, int] = {}
     for i, item in enumerate(items):
         value = getattr(item, key)
+        if value is None:  # an optional key left out
+            continue
         if value in seen:
             ck.fail(f"{what}[{i}].{key}", f"duplicate {key} {_r(value)} (also {what}[{seen[value]}])")
         seen.setdefault(value, i)
@@ -712,16 +761,23 @@ def parse_config(raw: Any) -> Config:
     muxes = _parse_list(ck, raw, "muxes", _parse_mux)
     vips = _parse_list(ck, raw, "vips", _parse_vip)
     if None not in muxes:
-        for key in ("name", "dpid", "address", "mac"):
+        for key in ("name", "dpid", "address", "mac", "address6"):
             _check_unique(ck, muxes, key, "muxes")
     if None not in vips:
-        for key in ("name", "address"):
+        for key in ("name", "address", "address6"):
             _check_unique(ck, vips, key, "vips")
-        mux_addresses = {m.address: i for i, m in enumerate(muxes) if m is not None}
+        mux_addresses = {a: f"muxes[{i}].{k}" for i, m in enumerate(muxes) if m is not None
+                         for k, a in (("address", m.address), ("address6", m.address6)) if a is not None}
         for i, v in enumerate(vips):
-            if v.address in mux_addresses:
-                ck.fail(f"vips[{i}].address", f"{v.address} is also muxes[{mux_addresses[v.address]}].address")
+            for key in ("address", "address6"):
+                if getattr(v, key) in mux_addresses:
+                    ck.fail(f"vips[{i}].{key}", f"{getattr(v, key)} is also {mux_addresses[getattr(v, key)]}")
         _check_speakers(ck, [m for m in muxes if m is not None], vips)
+        served6 = [i for i, v in enumerate(vips) if v.address6 is not None]
+        for i, m in enumerate(muxes):
+            if served6 and m is not None and m.address6 is None:
+                ck.fail(f"muxes[{i}].address6", f"missing: vips[{served6[0]}] has address6, and the router "
+                                                "reaches it through each MUX's own IPv6 address")
     if ck.problems:
         raise ConfigError(ck.problems)
     return Config(controller=controller, muxes=tuple(muxes), vips=tuple(vips))
@@ -749,6 +805,8 @@ def validated_dip(vip: Vip, raw: Any) -> Dip:
         owned = set().union(*(d.slices for d in vip.dips))
         free = sorted(set(range(1 << vip.slice_bits)) - owned)
         ck.fail("dip.slices", f"required for a {vip.mode}-mode VIP; free slices: {free[:16] or 'none'}")
+    if dip is not None and vip.address6 is not None and dip.address6 is None:
+        ck.fail("dip.address6", f"required: VIP {vip.name} has address6 {vip.address6}")
     if dip is not None:
         check_vip_dips(ck, [*vip.dips, dip], vip.port, f"vips[{vip.name}].dips")
         check_slot_room(ck, [*vip.dips, dip], vip.slots, f"vips[{vip.name}]")
@@ -804,6 +862,8 @@ def dump_dip(d: Dip) -> dict:
         out["slices"] = sorted(d.slices)
     if d.weight != 1:
         out["weight"] = d.weight
+    if d.address6 is not None:
+        out["address6"] = d.address6
     return out
 
 

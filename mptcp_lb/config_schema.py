@@ -39,6 +39,7 @@ def _section(*keys: Key) -> dict[str, Key]:
 
 
 ADDRESS = "IPv4 address"
+ADDRESS6 = "IPv6 address"
 PATH = "absolute file path"
 
 SECTIONS: dict[str, dict[str, Key]] = {
@@ -82,6 +83,8 @@ SECTIONS: dict[str, dict[str, Key]] = {
             (1, 2**64 - 1)),
         Key("address", ADDRESS, "The MUX's own IP: the border router's next hop for the VIPs. ARP for it is "
             "answered by flows.", REQUIRED),
+        Key("address6", ADDRESS6, "The MUX's own IPv6 address: the border router's next hop for the VIPs' "
+            "`address6`. Neighbour discovery for it is answered by flows. Required when a VIP has `address6`."),
         Key("mac", "MAC address", "The MUX's own MAC (unicast, outside the tag space `0a:4d:...`).", REQUIRED),
         Key("uplink_port", "integer", "The OpenFlow port towards the router. VIP, tag and ARP flows match it, so "
             "nothing on the fabric side can reach a VIP through a MUX.", REQUIRED, (1, 0xFFFFFF00)),
@@ -118,6 +121,10 @@ SECTIONS: dict[str, dict[str, Key]] = {
     "vips[]": _section(
         Key("name", "name", "The service (1-32 letters, digits, `_`, `.`, `-`); unique.", REQUIRED),
         Key("address", ADDRESS, "The VIP; unique, and no MUX's address.", REQUIRED),
+        Key("address6", ADDRESS6, "The VIP's IPv6 address, served beside `address` by the same DIPs, slots and "
+            "token slices (docs/ipv6.md). Token and hybrid modes only: an IPv6 ADD_ADDR with a port does not fit "
+            "beside TCP timestamps, so port mode cannot announce over IPv6 (hybrid serves IPv6 clients by token). "
+            "Every MUX and every DIP of the VIP then needs its `address6`."),
         Key("port", "integer", "The service port.", REQUIRED, (1, 65535)),
         Key("dips", "list of mappings", "The VIP's backends; at least one of them active.", REQUIRED),
         Key("mode", "`port`, `token` or `hybrid`", "The steering scheme.", "port"),
@@ -149,6 +156,8 @@ SECTIONS: dict[str, dict[str, Key]] = {
         Key("id", "integer", "Server ID: the 12 bits stamped into TSval in the token modes; unique.", REQUIRED,
             (1, SERVER_ID_MASK)),
         Key("address", ADDRESS, "Identifies the DIP; unique, a unicast host address, not the VIP.", REQUIRED),
+        Key("address6", ADDRESS6, "The DIP's IPv6 address on the fabric; unique. Required when the VIP has "
+            "`address6`: second chance passes a moved slot's IPv6 packets on to it."),
         Key("mac", "MAC address", "How a MUX reaches the DIP: its fabric MAC; unique.", REQUIRED),
         Key("ports", "range `start-end`", "The DIP's own port range. Ranges may not overlap or contain the "
             "service port.", modes=PORT_MODES, required_in=PORT_MODES),

@@ -4,6 +4,8 @@ The pipeline is a single table:
 
   prio 310  the BGP speaker's ARP and IP with the router, via the uplink (leased)  (muxes[].bgp)
   prio 300  ARP request for the MUX's or a VIP's address -> ARP reply by flows
+  prio 300  neighbour solicitation for the MUX's or a VIP's IPv6 address -> advertisement (table 2 ends it)
+  prio 250  ICMP fragmentation needed / ICMPv6 packet too big to a VIP -> every DIP, metered
   prio 230  VIP:service-port, classifier tag "server ID"  -> that DIP        (token, hybrid)
   prio 230  VIP:service-port, tag "JOIN, token slice"     -> slice's owner   (token, hybrid)
   prio 220  VIP:service-port, tag "SYN + MP_CAPABLE"      -> meter, punt     (key_source: seed)
@@ -11,6 +13,10 @@ The pipeline is a single table:
   prio 200  tcp to VIP, tp_dst in a DIP's range          -> that DIP        (port, hybrid)
   prio 100  anything else to a VIP                       -> drop
   prio 0    table miss                                   -> drop (never punted)
+
+A VIP with ``address6`` is served over IPv6 by the same flows, each once per
+family (``_destinations``), and the same slot table; port ranges are IPv4's
+alone, since no ADD_ADDR with a port goes out over IPv6 (docs/ipv6.md).
 
 The slot table (mptcp_lb/slots.py) is a select group of one bucket per slot
 (``hash: dp_hash``) or ``multipath`` over the slot count into table 1, one
@@ -45,6 +51,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from mptcp_lb.config import Config, Dip, Mux, Vip
 from mptcp_lb.mptcp_codec import CLASS_MP_CAPABLE, CLASS_MP_JOIN, CLASS_TIMESTAMP, TAG_CLASS_MASK, second_chance_mac, tag_mac
 from mptcp_lb.slots import SlotTable, table_for
+from ovs_flows import oxm_ext
 from ovs_flows.ofctl_text import flow_text
 from ovs_flows.ovs_hash import pick_backend
 from ovs_flows.port_ranges import range_to_masks
@@ -52,6 +59,7 @@ from ovs_flows.port_ranges import range_to_masks
 COOKIE_TAG = 0x4D4C  # "ML": the top 16 bits of every cookie this app installs
 TABLE = 0
 TABLE_HASHED = 1  # hash: multipath: the slot multipath chose (reg0) -> its owner
+TABLE_ND = 2  # a solicitation turned advertisement gets its target link-layer address (nd_responder)
 ZERO_MAC = "00:00:00:00:00:00"
 PRIO_ARP = 300
 PRIO_TAG = 230
@@ -61,7 +69,13 @@ PRIO_VIP_DROP = 100
 PRIO_MISS = 0
 ETH_ARP = 0x0806
 ETH_IP = 0x0800
+ETH_IPV6 = 0x86DD
 IPPROTO_TCP = 6
+IPPROTO_ICMPV6 = 58
+ND_SOLICIT, ND_ADVERT = 135, 136
+ND_SOLICITED_OVERRIDE = 0x60000000  # an advertisement's S and O flags, in nd_reserved
+ND_OPT_TARGET_LL = 2
+ICMPV6_PACKET_TOO_BIG = 2
 PUNT_METER = 1
 ICMP_METER = 2  # path MTU messages to a VIP, per MUX
 PRIO_ICMP = 250
@@ -176,6 +190,38 @@ def arp_responder(mux: Mux, address: str):
     return flow_mod(PRIO_ARP, m, actions)
 
 
+def nd_responder(mux: Mux, address: str) -> list:
+    """Answer neighbour solicitations from the router side for ``address`` with the MUX's MAC, in the datapath.
+
+    Two tables, as OVS requires: ``nd_tll`` may only be set on an
+    advertisement, so table 0 turns the solicitation into one (Solicited and
+    Override flags, the option's type) and table 2 writes the MAC into its
+    option. A solicitation from the unspecified address (duplicate address
+    detection) is not answered: there is nobody to answer.
+    """
+    mac = mux.mac
+    solicit = dict(in_port=mux.uplink_port, eth_type=ETH_IPV6, ip_proto=IPPROTO_ICMPV6, icmpv6_type=ND_SOLICIT,
+                   ipv6_nd_target=address)
+    actions = [
+        parser.NXActionRegMove(src_field="eth_src", dst_field="eth_dst", n_bits=48),
+        parser.OFPActionSetField(eth_src=mac),
+        parser.NXActionRegMove(src_field="ipv6_src", dst_field="ipv6_dst", n_bits=128),
+        parser.OFPActionSetField(ipv6_src=address),
+        parser.OFPActionSetField(icmpv6_type=ND_ADVERT),
+        parser.OFPActionSetField(icmpv6_code=0),
+        parser.OFPActionSetField(**{oxm_ext.ND_RESERVED: ND_SOLICITED_OVERRIDE}),
+        parser.OFPActionSetField(**{oxm_ext.ND_OPTIONS_TYPE: ND_OPT_TARGET_LL}),
+        parser.NXActionResubmitTable(table_id=TABLE_ND),
+    ]
+    advert = match(eth_type=ETH_IPV6, ip_proto=IPPROTO_ICMPV6, icmpv6_type=ND_ADVERT, ipv6_nd_target=address)
+    return [
+        flow_mod(PRIO_ARP, match(**solicit), actions),
+        flow_mod(PRIO_ARP + 1, match(**solicit, ipv6_src="::"), []),
+        flow_mod(PRIO_ARP, advert, [parser.OFPActionSetField(ipv6_nd_tll=mac),
+                                    parser.OFPActionOutput(ofp.OFPP_IN_PORT)], table_id=TABLE_ND),
+    ]
+
+
 def to_dip(mux: Mux, dip: Dip, previous: Dip | None = None) -> list:
     """Actions that hand a packet to a DIP over the fabric (L2 DSR).
 
@@ -254,16 +300,27 @@ def pmtu_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
     the VIP's drop rule would eat them, and a client behind a smaller MTU
     would hang (a PMTU black hole).
     """
-    m = match(in_port=mux.uplink_port, eth_type=ETH_IP, ip_proto=IPPROTO_ICMP, ipv4_dst=vip.address,
-              icmpv4_type=ICMP_DEST_UNREACH, icmpv4_code=ICMP_FRAG_NEEDED)
     actions = [a for d in vip.dips for a in to_dip(mux, d)]
-    out.flows.append(flow_mod(PRIO_ICMP, m, actions, meter_id=ICMP_METER))
+    out.flows.append(flow_mod(PRIO_ICMP, match(in_port=mux.uplink_port, eth_type=ETH_IP, ip_proto=IPPROTO_ICMP,
+                                               ipv4_dst=vip.address, icmpv4_type=ICMP_DEST_UNREACH,
+                                               icmpv4_code=ICMP_FRAG_NEEDED), actions, meter_id=ICMP_METER))
+    if vip.address6 is not None:  # IPv6's "packet too big", which only the sender's side can act on
+        out.flows.append(flow_mod(PRIO_ICMP, match(in_port=mux.uplink_port, eth_type=ETH_IPV6,
+                                                   ip_proto=IPPROTO_ICMPV6, ipv6_dst=vip.address6,
+                                                   icmpv6_type=ICMPV6_PACKET_TOO_BIG), actions, meter_id=ICMP_METER))
 
 
-def _service(mux: Mux, vip: Vip, **extra):
-    """VIP:service-port traffic from the router side (the fabric never sends to a VIP)."""
-    return match(in_port=mux.uplink_port, eth_type=ETH_IP, ip_proto=IPPROTO_TCP, ipv4_dst=vip.address,
-                           tcp_dst=vip.port, **extra)
+def _destinations(vip: Vip) -> list[dict]:
+    """The VIP as a match, per address family: IPv4, and IPv6 when it has ``address6``."""
+    out = [{"eth_type": ETH_IP, "ipv4_dst": vip.address}]
+    if vip.address6 is not None:
+        out.append({"eth_type": ETH_IPV6, "ipv6_dst": vip.address6})
+    return out
+
+
+def _service(mux: Mux, vip: Vip, dst: dict, **extra):
+    """VIP:service-port traffic of one family (``_destinations``) from the router side (the fabric never sends to a VIP)."""
+    return match(in_port=mux.uplink_port, **dst, ip_proto=IPPROTO_TCP, tcp_dst=vip.port, **extra)
 
 
 def slice_tag_matches(slices, slice_bits: int) -> list[tuple[str, str]]:
@@ -321,11 +378,11 @@ def _hashed_flows(out: CompiledMux, mux: Mux, vip: Vip, table: SlotTable) -> lis
     which DIPs there are, and the algorithm costs the same for any count.
     """
     for slot, (owner, actions) in enumerate(_slot_actions(mux, vip, table)):
-        fm = flow_mod(PRIO_VIP, match(reg0=slot, eth_type=ETH_IP, ip_proto=IPPROTO_TCP,
-                                                ipv4_dst=vip.address, tcp_dst=vip.port),
-                      actions, table_id=TABLE_HASHED)
-        out.flows.append(fm)
-        out.flow_dip[fm.cookie] = (vip.name, owner)
+        for dst in _destinations(vip):
+            fm = flow_mod(PRIO_VIP, match(reg0=slot, **dst, ip_proto=IPPROTO_TCP, tcp_dst=vip.port),
+                          actions, table_id=TABLE_HASHED)
+            out.flows.append(fm)
+            out.flow_dip[fm.cookie] = (vip.name, owner)
     return [parser.OFPActionSetField(eth_src=ZERO_MAC), parser.OFPActionSetField(eth_dst=ZERO_MAC),
             parser.NXActionMultipath(fields=nicira_ext.NX_HASH_FIELDS_SYMMETRIC_L4, basis=0,
                                      algorithm=nicira_ext.NX_MP_ALG_MODULO_N, max_link=vip.slots - 1, arg=0,
@@ -346,17 +403,21 @@ def _port_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
 
 def _token_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
     for dip in vip.dips:
-        tagged = [flow_mod(PRIO_TAG, _service(mux, vip, eth_dst=tag_mac(CLASS_TIMESTAMP, dip.id)), to_dip(mux, dip))]
-        tagged += [flow_mod(PRIO_TAG, _service(mux, vip, eth_dst=(mac, mask)), to_dip(mux, dip))
-                   for mac, mask in slice_tag_matches(dip.slices, vip.slice_bits)]
-        for fm in tagged:
-            out.flows.append(fm)
-            out.flow_dip[fm.cookie] = (vip.name, dip.id)
+        for dst in _destinations(vip):
+            tagged = [flow_mod(PRIO_TAG, _service(mux, vip, dst, eth_dst=tag_mac(CLASS_TIMESTAMP, dip.id)),
+                               to_dip(mux, dip))]
+            tagged += [flow_mod(PRIO_TAG, _service(mux, vip, dst, eth_dst=(mac, mask)), to_dip(mux, dip))
+                       for mac, mask in slice_tag_matches(dip.slices, vip.slice_bits)]
+            for fm in tagged:
+                out.flows.append(fm)
+                out.flow_dip[fm.cookie] = (vip.name, dip.id)
     if vip.key_source == "seed":
         # It expires PUNT_FLOW_LIFETIME after the controller last renewed it (LbCore.keepalive): a
         # controller that is gone gets no SYNs, which take the hash to a DIP's pool key instead.
+        # IPv4 only: the classifier never tags an IPv6 SYN for the controller (no seed mode over IPv6).
         out.flows.append(flow_mod(
-            PRIO_PUNT, _service(mux, vip, eth_dst=(tag_mac(CLASS_MP_CAPABLE, 0), TAG_CLASS_MASK)),
+            PRIO_PUNT, _service(mux, vip, _destinations(vip)[0],
+                                eth_dst=(tag_mac(CLASS_MP_CAPABLE, 0), TAG_CLASS_MASK)),
             [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)], meter_id=PUNT_METER,
             hard_timeout=PUNT_FLOW_LIFETIME))
 
@@ -405,23 +466,30 @@ def compile_mux(config: Config, mux: Mux, tables: dict[str, SlotTable] | None = 
         out.meters.append(punt_meter(METER_HEADROOM * sum(v.punt_rate or config.controller.punt_rate for v in seeded)))
     out.meters.append(icmp_meter(config.controller.icmp_rate))
     out.flows.append(arp_responder(mux, mux.address))
+    if mux.address6 is not None:
+        out.flows += nd_responder(mux, mux.address6)
     for group_id, vip in enumerate(config.vips, start=1):
         out.flows.append(arp_responder(mux, vip.address))
+        if vip.address6 is not None:
+            out.flows += nd_responder(mux, vip.address6)
         table = tables.get(vip.name) or table_for(vip)
         if vip.hash == "multipath":
             # Always so in seed mode, where the controller must predict the hash.
-            out.flows.append(flow_mod(PRIO_VIP, _service(mux, vip), _hashed_flows(out, mux, vip, table)))
+            actions = _hashed_flows(out, mux, vip, table)
         else:
             group, bucket_dips = vip_group(mux, vip, group_id, table)
             out.groups.append(group)
             out.group_dips[group_id] = (vip.name, bucket_dips)
-            out.flows.append(flow_mod(PRIO_VIP, _service(mux, vip), [parser.OFPActionGroup(group_id)]))
+            actions = [parser.OFPActionGroup(group_id)]
+        for dst in _destinations(vip):
+            out.flows.append(flow_mod(PRIO_VIP, _service(mux, vip, dst), actions))
         if vip.uses_ports:
             _port_flows(out, mux, vip)
         if vip.uses_tokens:
             _token_flows(out, mux, vip)
         pmtu_flows(out, mux, vip)
-        out.flows.append(flow_mod(PRIO_VIP_DROP, match(eth_type=ETH_IP, ipv4_dst=vip.address), []))
+        for dst in _destinations(vip):
+            out.flows.append(flow_mod(PRIO_VIP_DROP, match(**dst), []))
     out.flows.append(flow_mod(PRIO_MISS, match(), []))
     out.flows += speaker_flows(mux)  # last: the VIPs are announced once everything they need is in place
     return out

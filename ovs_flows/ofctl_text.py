@@ -13,8 +13,8 @@ Only what the compiler emits has a text form; anything else raises.
 
 from __future__ import annotations
 
-from os_ken.lib.packet.ether_types import ETH_TYPE_ARP, ETH_TYPE_IP
-from os_ken.lib.packet.in_proto import IPPROTO_TCP
+from os_ken.lib.packet.ether_types import ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_IPV6
+from os_ken.lib.packet.in_proto import IPPROTO_ICMPV6, IPPROTO_TCP
 from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
@@ -30,8 +30,13 @@ def _field_text(name: str, value) -> str:
 
 
 _OFCTL_FIELD = {"ipv4_dst": "nw_dst", "ipv4_src": "nw_src", "tcp_dst": "tp_dst", "tcp_src": "tp_src",
-                "icmpv4_type": "icmp_type", "icmpv4_code": "icmp_code"}
-IPPROTO_ICMP = 1
+                "icmpv4_type": "icmp_type", "icmpv4_code": "icmp_code", "icmpv6_type": "icmp_type",
+                "icmpv6_code": "icmp_code", "ipv6_nd_target": "nd_target", "ipv6_nd_sll": "nd_sll",
+                "ipv6_nd_tll": "nd_tll"}
+# ovs-ofctl's protocol keywords by (eth_type, ip_proto): "tcp" is IPv4's, "tcp6" IPv6's.
+_PROTOCOL = {(ETH_TYPE_IP, IPPROTO_TCP): "tcp", (ETH_TYPE_IP, 1): "icmp", (ETH_TYPE_IP, None): "ip",
+             (ETH_TYPE_IPV6, IPPROTO_TCP): "tcp6", (ETH_TYPE_IPV6, IPPROTO_ICMPV6): "icmp6",
+             (ETH_TYPE_IPV6, None): "ipv6"}
 
 
 def match_text(match) -> str:
@@ -42,14 +47,10 @@ def match_text(match) -> str:
     ip_proto = fields.pop("ip_proto", None)
     if eth_type == ETH_TYPE_ARP:
         out.append("arp")
-    elif eth_type == ETH_TYPE_IP and ip_proto == IPPROTO_TCP:
-        out.append("tcp")
-    elif eth_type == ETH_TYPE_IP and ip_proto == IPPROTO_ICMP:
-        out.append("icmp")
-    elif eth_type == ETH_TYPE_IP:
-        out.append("ip")
-        if ip_proto is not None:
-            out.append(f"nw_proto={ip_proto}")
+    elif (eth_type, ip_proto) in _PROTOCOL:
+        out.append(_PROTOCOL[eth_type, ip_proto])
+    elif eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6):
+        out += [_PROTOCOL[eth_type, None], f"nw_proto={ip_proto}"]
     elif eth_type is not None:
         out.append(f"dl_type={eth_type:#06x}")
     for name in sorted(fields):
@@ -61,7 +62,9 @@ _NXM_NAME = {
     "eth_src": "NXM_OF_ETH_SRC[]", "eth_dst": "NXM_OF_ETH_DST[]",
     "arp_sha": "NXM_NX_ARP_SHA[]", "arp_tha": "NXM_NX_ARP_THA[]",
     "arp_spa": "NXM_OF_ARP_SPA[]", "arp_tpa": "NXM_OF_ARP_TPA[]",
+    "ipv6_src": "NXM_NX_IPV6_SRC[]", "ipv6_dst": "NXM_NX_IPV6_DST[]",
 }
+_SET_FIELD = {"ipv6_nd_tll": "nd_tll"}  # os-ken's name -> ovs-ofctl's, where they differ
 
 
 _MULTIPATH_ALGORITHM = {nicira_ext.NX_MP_ALG_MODULO_N: "modulo_n", nicira_ext.NX_MP_ALG_HASH_THRESHOLD: "hash_threshold",
@@ -76,7 +79,7 @@ def action_text(action) -> str:
     if isinstance(action, parser.OFPActionGroup):
         return f"group:{action.group_id}"
     if isinstance(action, parser.OFPActionSetField):
-        return f"set_field:{action.value}->{action.key}"
+        return f"set_field:{action.value}->{_SET_FIELD.get(action.key, action.key)}"
     if isinstance(action, parser.NXActionMultipath):
         algorithm = _MULTIPATH_ALGORITHM[action.algorithm]
         return f"multipath(symmetric_l4,{action.basis},{algorithm},{action.max_link + 1},{action.arg},NXM_NX_REG0[0..15])"

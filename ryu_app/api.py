@@ -98,7 +98,8 @@ def vips_view(core, now: float) -> list[dict]:
             left = max(ends) - now if ends else 0
             entry["second_chance_s"] = max(round(left, 1), 0.1) if left > 0 else 0  # 0 only once it is over
             dips.append(entry)
-        out.append({"name": v.name, "address": v.address, "port": v.port, "mode": v.mode, "slots": v.slots,
+        out.append({"name": v.name, "address": v.address, **({"address6": v.address6} if v.address6 else {}),
+                    "port": v.port, "mode": v.mode, "slots": v.slots,
                     "slots_in_transition": len(table.transitions) if table else 0,
                     "health_check": v.health.kind if core.health_enabled(v.name) else "off", "dips": dips})
     return out

@@ -21,6 +21,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from ovs_flows.ovs_hash import pick_backend
 
 IP_FIELDS = {"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"}
+IPV6_FIELDS = {"ipv6_src", "ipv6_dst", "ipv6_nd_target"}
 ALL_BITS = 0xFFFFFFFFFFFFFFFF
 
 
@@ -29,6 +30,8 @@ def _as_int(name: str, value) -> int:
         return value
     if name in IP_FIELDS:
         return int(ipaddress.IPv4Address(value))
+    if name in IPV6_FIELDS:
+        return int(ipaddress.IPv6Address(value))
     return int(str(value).replace(":", ""), 16)  # MAC
 
 
@@ -44,8 +47,9 @@ def field_matches(name: str, want, packet: dict) -> bool:
 
 
 def sym_l4_hash(packet: dict) -> int:
-    ends = sorted([(packet.get("ipv4_src"), packet.get("tcp_src")), (packet.get("ipv4_dst"), packet.get("tcp_dst"))],
-                  key=str)
+    family = "ipv4" if "ipv4_src" in packet else "ipv6"
+    ends = sorted([(packet.get(f"{family}_src"), packet.get("tcp_src")),
+                   (packet.get(f"{family}_dst"), packet.get("tcp_dst"))], key=str)
     return int.from_bytes(hashlib.sha256(repr(ends).encode()).digest()[:4], "big")
 
 

@@ -68,15 +68,17 @@ def server_state(ns: str) -> dict:
         "limits": in_ns(ns, "ip", "mptcp", "limits", "show").strip(),
         "sysctls": {name: in_ns(ns, "sysctl", "-n", name).strip() for name in AGENT_SYSCTLS},
         "lo": in_ns(ns, "ip", "-4", "-o", "addr", "show", "dev", "lo").strip(),
+        "lo6": in_ns(ns, "ip", "-6", "-o", "addr", "show", "dev", "lo").strip(),
     }
 
 
 class SetupDriver:
     """A DipHostSetup living in a subprocess inside the server namespace."""
 
-    def __init__(self, ns: str):
+    def __init__(self, ns: str, vip6: str | None = None):
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, str(HERE / "host_setup_driver.py"), VIP, str(ANNOUNCE_PORT)],
+            ["ip", "netns", "exec", ns, sys.executable, str(HERE / "host_setup_driver.py"), VIP, str(ANNOUNCE_PORT),
+             *([vip6] if vip6 else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=python_env(), cwd=REPO)
 
@@ -95,7 +97,8 @@ class SetupDriver:
         self.proc.stderr.close()
 
 
-def test_apply_is_idempotent_and_undo_restores_everything(netns):
+@pytest.mark.parametrize("vip6", [None, "fd00:77::100"])
+def test_apply_is_idempotent_and_undo_restores_everything(netns, vip6):
     ns = netns.server
     # A baseline that differs from both kernel defaults and the agent's values,
     # so a restore to defaults would be caught.
@@ -103,15 +106,19 @@ def test_apply_is_idempotent_and_undo_restores_everything(netns):
     in_ns(ns, "sysctl", "-q", "net.ipv4.conf.lo.arp_announce=1")
     in_ns(ns, "ip", "mptcp", "endpoint", "add", "10.77.0.2", "signal")
     before = server_state(ns)
-    assert VIP not in before["lo"]
+    assert VIP not in before["lo"] and "fd00:77::100" not in before["lo6"]
 
-    driver = SetupDriver(ns)
+    driver = SetupDriver(ns, vip6)
     try:
         driver.call("apply")
         applied = server_state(ns)
         assert applied["sysctls"] == AGENT_SYSCTLS
         assert applied["limits"] == "add_addr_accepted 0 subflows 8"
         assert f"inet {VIP}/32" in applied["lo"]
+        if vip6:  # no duplicate address detection: usable at once, never tentative
+            assert f"inet6 {vip6}/128" in applied["lo6"] and "tentative" not in applied["lo6"], applied["lo6"]
+        else:
+            assert applied["lo6"] == before["lo6"]
         endpoints = applied["endpoints"].splitlines()
         assert len(endpoints) == 2
         assert "10.77.0.2 id 1 signal" in endpoints[0]

@@ -288,3 +288,114 @@ def test_fragmentation_needed_to_the_vip_reaches_every_dip_through_its_meter(raw
     # Other ICMP to the VIP is dropped, and nothing from the fabric side is copied back.
     assert table.forward(icmp(8, 0)) == [] and table.forward(icmp(3, 3)) == []
     assert table.forward(icmp(3, 4, in_port=FABRIC)) == []
+
+
+# ---------------------------------------------------------------- IPv6: a dual-stack VIP (address6)
+
+VIP6 = "fd00:10::100"
+
+
+def dual_stack_config(raw_config, mode="token", **vip):
+    from tests.unit.test_config import dual_stack
+
+    raw = dual_stack(raw_config, mode)
+    raw["vips"][0].update(vip)
+    return parse_config(raw)
+
+
+def tcp6(dst_port, src="fd00:10:3::1", sport=40000, dst=VIP6):
+    return {"in_port": UPLINK, "eth_src": "02:aa:00:00:00:01", "eth_dst": "02:00:00:01:00:01", "eth_type": 0x86DD,
+            "ip_proto": 6, "ipv6_src": src, "ipv6_dst": dst, "tcp_src": sport, "tcp_dst": dst_port}
+
+
+@pytest.mark.parametrize("hash_method", ["dp_hash", "multipath"])
+def test_ipv6_shares_the_vips_slots_and_tags(raw_config, hash_method):
+    from mptcp_lb.mptcp_codec import CLASS_MP_JOIN, CLASS_TIMESTAMP, tag_mac
+
+    config = dual_stack_config(raw_config, hash=hash_method, slots=256)
+    t1, t2 = table_for(config, 0), table_for(config, 1)
+    for dip in config.vips[0].dips:
+        assert dip_of(t1, {**tcp6(80), "eth_dst": tag_mac(CLASS_TIMESTAMP, dip.id)}, config) == dip.id
+        first = min(dip.slices)
+        token = first << (32 - config.vips[0].slice_bits)
+        assert dip_of(t1, {**tcp6(80), "eth_dst": tag_mac(CLASS_MP_JOIN, token >> 8)}, config) == dip.id
+    seen = set()
+    for sport in range(40000, 40120):
+        d1, d2 = dip_of(t1, tcp6(80, sport=sport), config), dip_of(t2, tcp6(80, sport=sport), config)
+        assert d1 == d2 is not None  # every MUX picks the same slot
+        seen.add(d1)
+    assert seen == {1, 2, 3}
+
+
+def test_other_ipv6_traffic_to_the_vip_and_other_addresses_is_dropped(raw_config):
+    config = dual_stack_config(raw_config, mode="hybrid")
+    table = table_for(config)
+    assert table.forward(tcp6(443)) == []
+    assert table.forward(tcp6(config.vips[0].dips[0].ports.start)) == []  # no port ranges over IPv6
+    assert table.forward({**tcp6(80), "ip_proto": 17}) == []
+    assert table.forward(tcp6(80, dst="fd00:10::101")) == []
+    assert table.forward({**tcp6(80), "in_port": FABRIC}) == []
+
+
+def test_an_ipv4_only_config_compiles_no_ipv6_flow(raw_config):
+    config = token_config(raw_config)
+    texts = [flow_text(f) for f in compile_mux(config, config.muxes[0]).flows]
+    assert not [t for t in texts if any(k in t for k in ("tcp6", "icmp6", "ipv6"))]
+
+
+def solicitation(target, src="fd00:11:1::fe", in_port=UPLINK):
+    return {"in_port": in_port, "eth_src": "02:aa:00:00:00:fe", "eth_dst": "33:33:ff:00:00:01", "eth_type": 0x86DD,
+            "ip_proto": 58, "ipv6_src": src, "ipv6_dst": "ff02::1:ff00:1", "icmpv6_type": 135, "icmpv6_code": 0,
+            "ipv6_nd_target": target, "ipv6_nd_sll": "02:aa:00:00:00:fe"}
+
+
+@pytest.mark.parametrize("target", ["fd00:11:1::1", VIP6])
+def test_neighbour_solicitations_are_answered_by_flows(raw_config, target):
+    config = dual_stack_config(raw_config)
+    table = table_for(config)
+    (port, advert), = table.forward(solicitation(target))
+    assert port == UPLINK
+    assert advert["eth_dst"] == "02:aa:00:00:00:fe" and advert["eth_src"] == "02:00:00:01:00:01"
+    assert advert["ipv6_src"] == target and advert["ipv6_dst"] == "fd00:11:1::fe"
+    assert (advert["icmpv6_type"], advert["icmpv6_code"]) == (136, 0)
+    assert advert["nd_reserved"] == 0x60000000  # Solicited and Override
+    assert advert["nd_options_type"] == 2 and advert["ipv6_nd_tll"] == "02:00:00:01:00:01"
+    assert table.forward(solicitation("fd00:11:1::7")) == []
+    assert table.forward(solicitation(target, in_port=FABRIC)) == []
+    assert table.forward(solicitation(target, src="::")) == []  # duplicate address detection: nobody to answer
+
+
+def test_ipv6_packet_too_big_reaches_every_dip_through_the_meter(raw_config):
+    config = dual_stack_config(raw_config)
+    table = table_for(config)
+    ptb = {"in_port": UPLINK, "eth_src": "02:aa:00:00:00:01", "eth_dst": "02:00:00:01:00:01", "eth_type": 0x86DD,
+           "ip_proto": 58, "ipv6_src": "fd00:10:3::fe", "ipv6_dst": VIP6, "icmpv6_type": 2, "icmpv6_code": 0}
+    out = table.forward(ptb)
+    assert sorted(pkt["eth_dst"] for _, pkt in out) == sorted(d.mac for d in config.vips[0].dips)
+    (flow,) = [f for f in compile_mux(config, config.muxes[0]).flows if "icmp6,icmp_type=2," in flow_text(f)]
+    assert "actions=meter:2," in flow_text(flow)
+    assert table.forward({**ptb, "icmpv6_type": 1}) == []
+
+
+@pytest.mark.parametrize("mode", ["token", "hybrid"])
+def test_flows_parsed_back_from_the_wire_have_the_same_text(raw_config, mode):
+    """The text is a flow's identity: a flow dumped from the switch (bytes, parsed by os-ken) must render the same.
+
+    IPv6 addresses come back in os-ken's own form, and nd_reserved and nd_options_type
+    through the OXM fields ovs_flows.oxm_ext registers.
+    """
+    from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+    config = dual_stack_config(raw_config, mode=mode)
+    for flow in compile_mux(config, config.muxes[0]).flows:
+        buf = bytearray()
+        length = flow.match.serialize(buf, 0)
+        match = parser.OFPMatch.parser(bytes(buf), 0)
+        instructions = []
+        for inst in flow.instructions:
+            ibuf = bytearray()
+            inst.serialize(ibuf, 0)
+            instructions.append(parser.OFPInstruction.parser(bytes(ibuf), 0))
+        back = parser.OFPFlowStats(table_id=flow.table_id, priority=flow.priority, hard_timeout=flow.hard_timeout,
+                                   flags=flow.flags, cookie=flow.cookie, match=match, instructions=instructions)
+        assert length and flow_text(back) == flow_text(flow)

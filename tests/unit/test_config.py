@@ -45,8 +45,10 @@ def test_duplicate_dip_fields(raw_config, key, value, dup):
 @pytest.mark.parametrize("path,value,expect", [
     (("vips", 0, "address"), "10.0.0.300", "vips[0].address: '10.0.0.300' is not an IPv4 address"),
     (("vips", 0, "dips", 0, "address"), "fe80::1",
-     "vips[0].dips[0].address: 'fe80::1' is an IPv6 address: only IPv4 is served yet"),
-    (("vips", 0, "address"), "2001:db8::100", "vips[0].address: '2001:db8::100' is an IPv6 address"),
+     "vips[0].dips[0].address: 'fe80::1' is an IPv6 address: address6 takes it, beside an IPv4 address"),
+    (("vips", 0, "address"), "2001:db8::100",
+     "vips[0].address: '2001:db8::100' is an IPv6 address: address6 takes it"),
+    (("controller", "api_host"), "::1", "controller.api_host: '::1' is an IPv6 address: only IPv4 is served here"),
     (("vips", 0, "dips", 0, "mac"), "02:00:00:02:00", "vips[0].dips[0].mac: '02:00:00:02:00' is not a MAC"),
     (("vips", 0, "dips", 0, "mac"), "01:00:5e:00:00:01", "is a multicast MAC address"),
     (("vips", 0, "dips", 0, "ports"), "9000-8000", "vips[0].dips[0].ports: '9000-8000' must satisfy"),
@@ -323,3 +325,85 @@ def test_a_number_too_long_for_python_is_a_config_error(tmp_path):
     path.write_text("muxes: []\nvips: []\ncontroller: {api_port: " + "9" * 5000 + "}\n")
     with pytest.raises(ConfigError, match="a value YAML cannot read"):
         load_config(str(path))
+
+
+# ---------------------------------------------------------------- IPv6 (a dual-stack VIP: address6)
+
+def dual_stack(raw_config, mode="token"):
+    """The example with address6 on the VIP, every MUX and every DIP, in ``mode``."""
+    raw_config["vips"][0].update(mode=mode, address6="fd00:10::100", key_source="pool")
+    for i, m in enumerate(raw_config["muxes"], start=1):
+        m["address6"] = f"fd00:11:{i}::1"
+    for d in raw_config["vips"][0]["dips"]:
+        d["address6"] = f"fd00:12::{d['id']}"
+        if mode == "token":
+            d.pop("ports")
+    return raw_config
+
+
+@pytest.mark.parametrize("mode", ["token", "hybrid"])
+def test_a_dual_stack_vip_is_parsed(raw_config, mode):
+    config = parse_config(dual_stack(raw_config, mode))
+    vip = config.vips[0]
+    assert vip.address6 == "fd00:10::100" and vip.address == "10.0.0.100"
+    assert [m.address6 for m in config.muxes] == ["fd00:11:1::1", "fd00:11:2::1"]
+    assert [d.address6 for d in vip.dips] == ["fd00:12::1", "fd00:12::2", "fd00:12::3"]
+    assert config.vip("fd00:10::100") is vip
+
+
+def test_port_mode_refuses_ipv6_naming_the_option_space(raw_config):
+    raw_config["vips"][0]["address6"] = "fd00:10::100"
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw_config)
+    assert "vips[0].address6: fd00:10::100: port mode cannot serve IPv6: an IPv6 ADD_ADDR with a port" in str(e.value)
+    assert "use mode hybrid" in str(e.value)
+
+
+@pytest.mark.parametrize("where,value,expect", [
+    (("vips", 0, "address6"), "10.0.0.7", "vips[0].address6: '10.0.0.7' is an IPv4 address: address takes it"),
+    (("vips", 0, "address6"), "fd00::zz", "vips[0].address6: 'fd00::zz' is not an IPv6 address"),
+    (("vips", 0, "address6"), "::ffff:10.0.0.7", "is an IPv4-mapped address"),
+    (("vips", 0, "address6"), "ff02::1", "is a multicast address"),
+    (("vips", 0, "address6"), "fe80::1", "is link-local"),
+    (("muxes", 0, "address6"), "::", "muxes[0].address6: '::' is the unspecified address"),
+    (("vips", 0, "dips", 1, "address6"), "::1", "vips[0].dips[1].address6: '::1' is the loopback address"),
+    (("vips", 0, "dips", 1, "address6"), "fd00:12::1", "vips[0].dips[1].address6: duplicate address6 'fd00:12::1'"),
+    (("vips", 0, "dips", 1, "address6"), "fd00:10::100", "vips[0].dips[1].address6: fd00:10::100 is the VIP itself"),
+    (("muxes", 1, "address6"), "fd00:11:1::1", "muxes[1].address6: duplicate address6 'fd00:11:1::1'"),
+    (("muxes", 1, "address6"), "fd00:10::100", "vips[0].address6: fd00:10::100 is also muxes[1].address6"),
+])
+def test_bad_ipv6_addresses_are_named(raw_config, where, value, expect):
+    raw = dual_stack(raw_config)
+    node = raw
+    for step in where[:-1]:
+        node = node[step]
+    node[where[-1]] = value
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw)
+    assert expect in str(e.value)
+
+
+def test_a_dual_stack_vip_needs_every_muxs_and_dips_ipv6_address(raw_config):
+    raw = dual_stack(raw_config)
+    del raw["muxes"][1]["address6"]
+    del raw["vips"][0]["dips"][2]["address6"]
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw)
+    problems = e.value.problems
+    assert any(p.startswith("muxes[1].address6: missing: vips[0] has address6") for p in problems), problems
+    assert any(p.startswith("vips[0].dips[2].address6: missing: the VIP has address6 fd00:10::100")
+               for p in problems), problems
+
+
+def test_a_dip_added_at_run_time_to_a_dual_stack_vip_needs_its_ipv6_address(raw_config):
+    from mptcp_lb.config import validated_dip, dump_dip
+
+    vip = parse_config(dual_stack(raw_config)).vips[0]
+    raw = {"id": 4, "address": "10.2.0.4", "mac": "02:00:00:02:00:04", "slices": [255]}
+    with pytest.raises(ConfigError, match="dip.address6: required: VIP web has address6 fd00:10::100"):
+        validated_dip(vip, raw)
+    dip = validated_dip(vip, {**raw, "address6": "fd00:12::4"})
+    assert dip.address6 == "fd00:12::4"
+    assert dump_dip(dip)["address6"] == "fd00:12::4"
+    with pytest.raises(ConfigError, match="duplicate address6 'fd00:12::1'"):
+        validated_dip(vip, {**raw, "address6": "fd00:12::1"})
