@@ -14,6 +14,10 @@ facing OVS GRO, as a NIC would). Every OVS port is of one
 ``port_type`` (``mptcp_lb.datapath``): ``afxdp`` by default where the kernel
 and OVS support it, ``system`` (AF_PACKET) as the fallback.
 
+With ``ipv6`` the topology is dual-stack: every host, the router and each
+MUX get an IPv6 address beside their IPv4 one (``*_NETS6``), and the VIP
+``VIP6`` is routed over both MUXes as ``VIP`` is.
+
 Usable with Mininet's CLI (the third argument is the port type, optional):
     mn --custom mininet_topos/datacenter.py --topo datacenter,3,afxdp \
        --switch ovs,datapath=user --controller remote,port=6653
@@ -37,6 +41,13 @@ CLIENT_NETS = {  # one /24 per client path
 MUX_NETS = ("10.1.1", "10.1.2")  # router <-> mux link nets; .1 is the MUX, .254 the router
 FABRIC_NET = "10.2.0"  # DIPs are .1..N, the controller's management port .250, the router .254
 MGMT_ADDRESS = f"{FABRIC_NET}.250"
+# Dual-stack (``ipv6=True``): the same nets as /64s. Hosts are ::1 on client nets, the MUX ::1 on its
+# link net, DIP i is ::i on the fabric; the router is ::fe everywhere.
+VIP6 = "fd00:10::100"
+CLIENT_NETS6 = {"c1": ("fd00:10:1", "fd00:10:2"), "c2": ("fd00:10:3", "fd00:10:4")}
+MUX_NETS6 = ("fd00:11:1", "fd00:11:2")
+FABRIC_NET6 = "fd00:12"
+ROUTER6 = "fe"
 # BGP (``bgp=True``): each MUX's speaker is .2 on its link net, on port 3 of its bridge.
 ROUTER_ASN, MUX_ASN = 65000, 65001
 SPEAKER_PORT = 3
@@ -45,6 +56,15 @@ SPEAKER_PORT = 3
 def mux_address(i: int) -> str:
     """MUX i's own address (1 or 2): the router's next hop through it."""
     return f"{MUX_NETS[i - 1]}.1"
+
+
+def mux_address6(i: int) -> str:
+    """MUX i's own IPv6 address: the router's next hop through it for ``VIP6``."""
+    return f"{MUX_NETS6[i - 1]}::1"
+
+
+def dip_address6(i: int) -> str:
+    return f"{FABRIC_NET6}::{i:x}"
 
 
 def speaker_address(i: int) -> str:
@@ -85,8 +105,12 @@ def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080, mode
                     key_source: str = "seed", punt_rate: int = 100, prefix: str = "",
                     state_file: str | None = None, transition_time: float = 300.0,
                     explicit_slices: bool = False, api_token_file: str | None = None,
-                    metrics_port: int = 9180, bgp: bool = False, bgp_lease_time: int | None = None) -> dict:
+                    metrics_port: int = 9180, bgp: bool = False, bgp_lease_time: int | None = None,
+                    ipv6: bool = False) -> dict:
     """The mptcp-lb config (as a YAML-ready dict) matching this topology.
+
+    ``ipv6`` makes the VIP dual-stack: ``VIP6`` as its ``address6``, and every
+    MUX's and DIP's IPv6 address beside its IPv4 one.
 
     ``bgp`` gives each MUX its BGP speaker (``muxes[].bgp``), as ``DatacenterTopo(bgp=True)`` wires them,
     with ``bgp_lease_time`` as their ``lease_time`` (None: the default).
@@ -99,7 +123,10 @@ def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080, mode
     if mode != "port":
         vip["key_source"] = key_source
     ranges = dip_port_ranges(n_dips)
-    vip["dips"] = [{"id": i, "address": f"{FABRIC_NET}.{i}", "mac": dip_mac(i)} for i in range(1, n_dips + 1)]
+    vip["dips"] = [{"id": i, "address": f"{FABRIC_NET}.{i}", "mac": dip_mac(i),
+                    **({"address6": dip_address6(i)} if ipv6 else {})} for i in range(1, n_dips + 1)]
+    if ipv6:
+        vip["address6"] = VIP6
     if mode != "token":
         for d, (lo, hi) in zip(vip["dips"], ranges):
             d["ports"] = f"{lo}-{hi}"
@@ -116,6 +143,7 @@ def topology_config(n_dips: int, of_port: int = 6653, api_port: int = 8080, mode
                        **({"api_token_file": api_token_file} if api_token_file else {})},
         "muxes": [
             {"name": f"mux{i}", "dpid": 0x1000 + i, "address": mux_address(i),
+             **({"address6": mux_address6(i)} if ipv6 else {}),
              "mac": mux_mac(i), "uplink_port": 1, "fabric_port": 2,
              **({"bgp": {"speaker_port": SPEAKER_PORT, "address": speaker_address(i), "mac": speaker_mac(i),
                          "peer": f"{MUX_NETS[i - 1]}.254", "asn": MUX_ASN, "peer_asn": ROUTER_ASN,
@@ -177,7 +205,7 @@ class Client(Host):
     joins the server's initial address and port, i.e. VIP:service-port.
     """
 
-    def config(self, nets=(), follows_add_addr=True, rps_cpus=0, **params):
+    def config(self, nets=(), follows_add_addr=True, rps_cpus=0, nets6=(), **params):
         r = super().config(**params)
         tune_interfaces(self, rps_cpus)
         self.nets = tuple(nets)
@@ -190,6 +218,17 @@ class Client(Host):
             elif idx:
                 self.cmd(f"ip mptcp endpoint add {net}.1 dev {intf} subflow")
         self.cmd(f"ip route add default via {nets[0]}.254")
+        for idx, net in enumerate(nets6):  # the same, over IPv6 (the path manager pairs each family's own)
+            intf, table = f"{self.name}-eth{idx}", 101 + idx
+            self.cmd(f"ip -6 addr add {net}::1/64 dev {intf} nodad")
+            self.cmd(f"ip -6 route add default via {net}::{ROUTER6} dev {intf} table {table}")
+            self.cmd(f"ip -6 rule add from {net}::1 table {table}")
+            if follows_add_addr:
+                self.cmd(f"ip mptcp endpoint add {net}::1 dev {intf} subflow fullmesh")
+            elif idx:
+                self.cmd(f"ip mptcp endpoint add {net}::1 dev {intf} subflow")
+        if nets6:
+            self.cmd(f"ip -6 route add default via {nets6[0]}::{ROUTER6}")
         self.cmd(f"ip mptcp limits set subflows 4 add_addr_accepted {4 if follows_add_addr else 0}")
         return r
 
@@ -212,7 +251,8 @@ class BorderRouter(Host):
     the MUXes' speakers by the BIRD that ``router_bird_config`` configures.
     """
 
-    def config(self, rps_cpus=0, bgp=False, **params):
+    def config(self, rps_cpus=0, bgp=False, nets6=(), **params):
+        """``nets6``: (port, IPv6 /64 prefix) of each interface that is dual-stack; the router is ::fe on it."""
         r = super().config(**params)
         tune_interfaces(self, rps_cpus)
         for key in ("ip_forward=1", "conf.all.rp_filter=0", "conf.default.rp_filter=0",
@@ -220,6 +260,12 @@ class BorderRouter(Host):
             self.cmd(f"sysctl -qw net.ipv4.{key}")
         for intf in self.intfList():
             self.cmd(f"sysctl -qw net.ipv4.conf.{intf.name.replace('.', '/')}.rp_filter=0")
+        self.ipv6 = bool(nets6)
+        if self.ipv6:
+            for key in ("conf.all.forwarding=1", "fib_multipath_hash_policy=1"):
+                self.cmd(f"sysctl -qw net.ipv6.{key}")
+            for port, net in nets6:
+                self.cmd(f"ip -6 addr add {net}::{ROUTER6}/64 dev {self.name}-eth{port} nodad")
         if not bgp:
             self.set_vip_route()
         return r
@@ -235,6 +281,9 @@ class BorderRouter(Host):
         hops = [i for i in range(1, len(MUX_NETS) + 1) if only_mux in (None, i)]
         nexthops = " ".join(f"nexthop via {mux_address(i)} dev {self.name}-eth{1 + i}" for i in hops)
         self.cmd(f"ip route replace {VIP}/32 {nexthops}")
+        if self.ipv6:
+            nexthops = " ".join(f"nexthop via {mux_address6(i)} dev {self.name}-eth{1 + i}" for i in hops)
+            self.cmd(f"ip -6 route replace {VIP6}/128 {nexthops}")
 
 
 def router_bird_config(prefix: str = "") -> str:
@@ -290,10 +339,13 @@ class MgmtHost(Host):
 
 
 class DipHost(Host):
-    def config(self, rps_cpus=0, **params):
+    def config(self, rps_cpus=0, address6=None, **params):
         r = super().config(**params)
         tune_interfaces(self, rps_cpus)
         self.cmd(f"ip route add default via {FABRIC_NET}.254")
+        if address6:
+            self.cmd(f"ip -6 addr add {address6}/64 dev {self.name}-eth0 nodad")
+            self.cmd(f"ip -6 route add default via {FABRIC_NET6}::{ROUTER6}")
         return r
 
 
@@ -327,18 +379,22 @@ class DatacenterTopo(Topo):
     ``rps_cpus`` is where hosts process what they receive (``tune_interfaces``;
     ``Datacenter`` passes the CPUs its PMD thread leaves free). ``bgp`` adds
     each MUX's BGP speaker host ``bgpN`` on port 3 of its bridge, and leaves
-    the router without a static VIP route.
+    the router without a static VIP route. ``ipv6`` makes every host, the
+    router and the VIP dual-stack (module docstring).
     """
 
     def build(self, n_dips: int = 3, prefix: str = "", port_type: str | None = None, rps_cpus: int = 0,
-              bgp: bool = False):
+              bgp: bool = False, ipv6: bool = False):
         p = prefix
         port_type = resolve_port_type(port_type)
-        router = self.addHost(f"{p}r0", cls=BorderRouter, ip=None, rps_cpus=rps_cpus, bgp=bgp)
-        router_ports = iter((0, 1, 5, 6))  # 2-4 face the MUXes and the fabric
+        ports = (0, 1, 5, 6)  # the router's ports to the clients; 2-4 face the MUXes and the fabric
+        nets6 = ([*zip(ports, [n for nets in CLIENT_NETS6.values() for n in nets]), *zip((2, 3), MUX_NETS6),
+                  (4, FABRIC_NET6)] if ipv6 else [])
+        router = self.addHost(f"{p}r0", cls=BorderRouter, ip=None, rps_cpus=rps_cpus, bgp=bgp, nets6=nets6)
+        router_ports = iter(ports)
         for name, nets in CLIENT_NETS.items():
             client = self.addHost(f"{p}{name}", cls=Client, ip=None, nets=nets, follows_add_addr=name == "c1",
-                                  rps_cpus=rps_cpus)
+                                  rps_cpus=rps_cpus, nets6=CLIENT_NETS6[name] if ipv6 else ())
             for idx, net in enumerate(nets):
                 self.addLink(client, router, port1=idx, port2=next(router_ports),
                              params1={"ip": f"{net}.1/24"}, params2={"ip": f"{net}.254/24"})
@@ -355,7 +411,8 @@ class DatacenterTopo(Topo):
                 self.addLink(speaker, mux, port1=0, port2=SPEAKER_PORT)
         self.addLink(router, fab, port1=4, port2=10, params1={"ip": f"{FABRIC_NET}.254/24"})
         for i in range(1, n_dips + 1):
-            dip = self.addHost(f"{p}d{i}", cls=DipHost, ip=f"{FABRIC_NET}.{i}/24", mac=dip_mac(i), rps_cpus=rps_cpus)
+            dip = self.addHost(f"{p}d{i}", cls=DipHost, ip=f"{FABRIC_NET}.{i}/24", mac=dip_mac(i), rps_cpus=rps_cpus,
+                               address6=dip_address6(i) if ipv6 else None)
             self.addLink(dip, fab, port1=0, port2=10 + i)
         mgmt = self.addHost(f"{p}mgmt", cls=MgmtHost, ip=f"{MGMT_ADDRESS}/24")
         self.addLink(mgmt, fab, port1=0, port2=9)

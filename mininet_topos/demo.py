@@ -8,8 +8,9 @@ import os
 import sys
 import time
 
-from mininet_topos.datacenter import mux_address
+from mininet_topos.datacenter import VIP, VIP6, mux_address, topology_config
 from mininet_topos.harness import Datacenter, datapath_flow_count, wait_for
+from mptcp_lb.config import ConfigError, parse_config
 from mininet_topos.report import SPREAD_JUDGED_BELOW, connection_entry, format_table, plot, summarize
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def run_with_mux_failure(dc, args, routing: dict) -> tuple[list[dict], dict]:
     for client, conns in clients_for(args.mode, args.conns):
         progress(f"{conns} connections from {client} ({CLIENT_KINDS[client]}), paced to {rate / 1000:.0f} kB/s each")
         runs.append((client, dc.start_traffic(conns, args.size, min_subflows=MIN_SUBFLOWS[client], parallel=conns,
-                                              timeout=30, client=client, rate=rate)))
+                                              timeout=30, client=client, rate=rate, ipv6=args.ipv6)))
     # c1's joins go to its DIP's announced port; c2's join the service port, which ``established`` counts.
     on_service_port = {"c1": 1, "c2": MIN_SUBFLOWS["c2"]}
     in_flight = sum(conns * on_service_port[c] for c, conns in clients_for(args.mode, args.conns))
@@ -66,11 +67,19 @@ def run_demo(args) -> int:
     if args.fail_mux and not args.bgp:
         raise ValueError("--fail-mux needs --bgp: without it nothing withdraws the failed MUX's route")
     key_source = args.key_source if args.mode != "port" else None
+    if args.ipv6:
+        try:  # port mode over IPv6 is refused here, by the config's own words, before anything is built
+            parse_config(topology_config(args.dips, mode=args.mode, key_source=key_source or "seed", ipv6=True))
+        except ConfigError as e:
+            print(f"--ipv6 --mode {args.mode}: {e}", file=sys.stderr)
+            print("DEMO FAILED", file=sys.stderr)
+            return 2
+    vip = VIP6 if args.ipv6 else VIP
     progress(f"mode={args.mode}{f' key-source={key_source}' if key_source else ''} dips={args.dips} "
-             f"conns={args.conns} payload={args.size} bytes")
+             f"conns={args.conns} payload={args.size} bytes, to {vip}")
     routing = None
     with Datacenter(n_dips=args.dips, progress=progress, mode=args.mode, key_source=key_source or "seed",
-                    port_type=args.port_type, tls=args.tls, bgp=args.bgp) as dc:
+                    port_type=args.port_type, tls=args.tls, bgp=args.bgp, ipv6=args.ipv6) as dc:
         before = dc.mux_flow_counts()
         dp_before = datapath_flow_count("tcp")
         progress(f"MUX flows before traffic: {before}")
@@ -83,7 +92,8 @@ def run_demo(args) -> int:
             for client, conns in clients_for(args.mode, args.conns):
                 progress(f"{conns} connections from {client} ({CLIENT_KINDS[client]})")
                 results += [{**r, "client_host": client}
-                            for r in dc.run_traffic(conns, args.size, client=client, min_subflows=MIN_SUBFLOWS[client])]
+                            for r in dc.run_traffic(conns, args.size, client=client, min_subflows=MIN_SUBFLOWS[client],
+                                                    ipv6=args.ipv6)]
         if routing is not None and "nexthops_after" not in routing:
             routing.update(nexthops_after=dc.vip_nexthops(), failover_s=None)
         after = dc.mux_flow_counts()
@@ -97,6 +107,7 @@ def run_demo(args) -> int:
     report = {
         "mode": args.mode,
         "key_source": key_source,
+        "vip": vip,
         "dips": args.dips,
         "port_type": dc.port_type,
         "connections": connections,

@@ -22,7 +22,7 @@ import urllib.request
 
 import yaml
 
-from mininet_topos.datacenter import (SERVICE_PORT, VIP, DatacenterTopo, mgmt_interface, mux_address,
+from mininet_topos.datacenter import (SERVICE_PORT, VIP, VIP6, DatacenterTopo, mgmt_interface, mux_address,
                                       router_bird_config, speaker_address, topology_config)
 from mptcp_lb.config import parse_config
 
@@ -105,6 +105,8 @@ class Datacenter:
       of a static route; ``vip_nexthops`` reads the router's route and
       ``fail_mux`` takes a MUX's datapath away. ``bgp_lease_time`` is the
       speakers' ``lease_time`` (None: the default);
+    - ``ipv6``: a dual-stack topology and VIP (``VIP6``, token and hybrid
+      modes): ``run_traffic(..., ipv6=True)`` connects to it;
     - ``progress``: called with a line of text at each step.
 
     The controller probes the DIPs' health through the topology's management
@@ -116,8 +118,11 @@ class Datacenter:
                  progress=lambda msg: log.info("%s", msg), mode: str = "port", key_source: str = "seed",
                  punt_rate: int = 100, key_adoption: bool = True, port_type: str | None = None,
                  echo: bool = True, transition_time: float = 300.0, spare_dips: int = 0, tls: bool = False,
-                 bgp: bool = False, bgp_lease_time: int | None = None):
+                 bgp: bool = False, bgp_lease_time: int | None = None, ipv6: bool = False):
         from mptcp_lb.datapath import resolve_port_type
+
+        if ipv6 and bgp:
+            raise ValueError("ipv6 with bgp: the MUXes' speakers announce IPv4 VIPs only (docs/ipv6.md)")
 
         self.n_dips = n_dips
         self.spare_dips = spare_dips
@@ -133,13 +138,15 @@ class Datacenter:
                                             mode=mode, key_source=key_source, punt_rate=punt_rate, prefix=prefix,
                                             state_file=self.state_file, transition_time=transition_time,
                                             explicit_slices=spare_dips > 0, api_token_file=self.token_file,
-                                            metrics_port=free_port(), bgp=bgp, bgp_lease_time=bgp_lease_time)
+                                            metrics_port=free_port(), bgp=bgp, bgp_lease_time=bgp_lease_time,
+                                            ipv6=ipv6)
         self.config = json.loads(json.dumps(self.agent_config))
         self.config["vips"][0]["dips"] = self.config["vips"][0]["dips"][:n_dips]
         self.key_adoption = key_adoption
         self.echo = echo
         self.tls = tls
         self.bgp = bgp
+        self.ipv6 = ipv6
         self.birds: dict[str, subprocess.Popen] = {}  # host name -> its BIRD
         self.failed_muxes: list[int] = []
         self.pki: TestPki | None = None
@@ -220,7 +227,7 @@ class Datacenter:
         if self.port_type in PMD_PORT_TYPES:
             rps_cpus, self._ovs_config = place_pmd()
         topo = DatacenterTopo(n_dips=self.n_dips + self.spare_dips, prefix=self.prefix, port_type=self.port_type,
-                              rps_cpus=rps_cpus, bgp=self.bgp)
+                              rps_cpus=rps_cpus, bgp=self.bgp, ipv6=self.ipv6)
         ctl = self.config["controller"]
         self.net = Mininet(topo=topo, controller=None, autoSetMacs=False, build=False, waitConnected=False)
         class StartedLater(RemoteController):
@@ -234,7 +241,9 @@ class Datacenter:
         self.net.build()
         self.net.start()
         self.progress(f"topology up: 2 clients, router, 2 MUXes, fabric, {self.n_dips} DIPs; "
-                      f"OVS ports: {self.port_type}")
+                      f"OVS ports: {self.port_type}{'; dual-stack' if self.ipv6 else ''}")
+        if self.ipv6:
+            self.wait_ipv6_addresses()
         if self.mode != "port":
             from mptcp_lb import classifier
 
@@ -261,6 +270,18 @@ class Datacenter:
         if self.bgp:
             self.wait_announced([1, 2])
             self.progress(f"BGP: the router routes the VIP over {', '.join(self.vip_nexthops())}")
+
+    def wait_ipv6_addresses(self, timeout: float = 15) -> None:
+        """Until no host's IPv6 address is tentative: until then neighbour discovery solicits nothing from it.
+
+        Global addresses are added without duplicate address detection; each
+        link-local one takes a second or two after its link comes up, and a
+        reply to a new neighbour meanwhile waits (a client's SYN then times
+        out once though nothing was lost).
+        """
+        hosts = [h for h in self.net.hosts if h.inNamespace]
+        wait_for("IPv6 duplicate address detection on every host",
+                 lambda: not any(h.cmd("ip -6 addr show tentative").strip() for h in hosts), timeout)
 
     def wait_programmed(self, timeout: float = 30) -> None:
         """Until the controller has programmed both MUXes."""
@@ -521,23 +542,28 @@ class Datacenter:
         return {f"mux{i}": ofctl_flow_count(self.mux_bridge(i)) for i in (1, 2) if i not in self.failed_muxes}
 
     def run_traffic(self, conns: int, size: int, min_subflows: int = 3, parallel: int = 4,
-                    timeout: float = 20.0, source_port: int = 0, client: str = "c1", rate: float = 0) -> list[dict]:
+                    timeout: float = 20.0, source_port: int = 0, client: str = "c1", rate: float = 0,
+                    ipv6: bool = False) -> list[dict]:
         """Run real kernel MPTCP connections from a client; return per-connection results.
 
         ``c1`` follows ADD_ADDR (port-based steering); ``c2`` joins the service port (token-based).
         ``rate`` (bytes/s) paces each upload: the sender is limited, so data is in flight throughout.
+        ``ipv6`` connects to ``VIP6`` (a Datacenter built with ``ipv6=True``).
         """
-        return self.start_traffic(conns, size, min_subflows, parallel, timeout, source_port, client, rate).results()
+        return self.start_traffic(conns, size, min_subflows, parallel, timeout, source_port, client, rate,
+                                  ipv6).results()
 
     def start_traffic(self, conns: int, size: int, min_subflows: int = 3, parallel: int = 4,
                       timeout: float = 20.0, source_port: int = 0, client: str = "c1",
-                      rate: float = 0) -> TrafficRun:
+                      rate: float = 0, ipv6: bool = False) -> TrafficRun:
         """``run_traffic`` in the background: returns at once; ``.results()`` waits for them.
 
         For scenarios: start rate-limited uploads, make something happen while
         they are in flight, then judge them.
         """
-        cmd = [sys.executable, "-m", "mptcp_lb.traffic", "--vip", VIP, "--port", str(SERVICE_PORT),
+        if ipv6 and not self.ipv6:
+            raise ValueError("ipv6 traffic needs a Datacenter built with ipv6=True")
+        cmd = [sys.executable, "-m", "mptcp_lb.traffic", "--vip", VIP6 if ipv6 else VIP, "--port", str(SERVICE_PORT),
                "--conns", str(conns), "--size", str(size), "--min-subflows", str(min_subflows),
                "--parallel", str(parallel), "--timeout", str(timeout),
                "--source-port", str(source_port), "--rate", str(rate)]

@@ -255,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fail-mux", type=int, choices=[1, 2],
                    help="with --bgp: take this MUX's datapath away while connections are in flight, and time "
                         "the router's withdrawal")
+    s.add_argument("--ipv6", action="store_true",
+                   help="a dual-stack topology; the clients connect to the VIP's IPv6 address (token and hybrid "
+                        "modes: port mode cannot announce over IPv6, and says why)")
     s.add_argument("--conns", type=int, default=48,
                    help="connections (below about 40, a DIP the hash left out is reported, not judged)")
     s.add_argument("--size", type=int, default=256 * 1024, help="payload bytes per connection")
@@ -271,6 +274,8 @@ def main(argv=None) -> int:
         parser.error(f"classifier {args.action} needs --bridge")
     if args.command == "demo" and args.fail_mux and not args.bgp:
         parser.error("--fail-mux needs --bgp: without it nothing withdraws the failed MUX's route")
+    if args.command == "demo" and args.ipv6 and args.bgp:
+        parser.error("--ipv6 with --bgp: the MUXes' BGP speakers announce IPv4 VIPs only (docs/ipv6.md)")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.func(args)

@@ -18,9 +18,9 @@ def client_of(dc) -> tuple[str, int]:
     return CLIENT[dc.mode]
 
 
-def counters(dc) -> dict:
-    """nstat of the client (key "client") and of every DIP (key: its id)."""
-    client, _ = client_of(dc)
+def counters(dc, client: str | None = None) -> dict:
+    """nstat of the client (key "client"; default: the mode's) and of every DIP (key: its id)."""
+    client = client or client_of(dc)[0]
     return {"client": dc.nstat(client), **{i: dc.nstat(f"d{i}") for i in dc.all_dips}}
 
 
@@ -40,12 +40,16 @@ def rsts_sent(before: dict, after: dict) -> dict:
     return {k: v for k, v in grown(before, after, "TcpOutRsts").items() if k != "client"}
 
 
-def uploads(dc, conns: int = UPLOADS):
-    """Rate-limited uploads, returned once every one is established on some DIP (data in flight)."""
-    client, subflows = client_of(dc)
+def uploads(dc, conns: int = UPLOADS, ipv6: bool = False, client: tuple[str, int] | None = None):
+    """Rate-limited uploads, returned once every one is established on some DIP (data in flight).
+
+    ``client`` is (host, subflows per connection), by default the mode's;
+    ``ipv6`` sends to the VIP's IPv6 address.
+    """
+    client, subflows = client or client_of(dc)
     run = dc.start_traffic(conns, SIZE, min_subflows=subflows, parallel=conns, timeout=30, client=client,
-                           rate=RATE)
-    per_conn = 1 if dc.mode == "port" else subflows  # c1's joins go to its DIP's own port, c2's to the service's
+                           rate=RATE, ipv6=ipv6)
+    per_conn = 1 if client == "c1" else subflows  # c1's joins go to its DIP's own port, c2's to the service's
     wait_for(f"{conns} uploads established", lambda: sum(dc.established(i) for i in dc.all_dips)
              >= conns * per_conn, 30)
     return run
