@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from mininet_topos.datacenter import FABRIC_NET, VIP
-from mininet_topos.stock import StockWebServers, download
+from mininet_topos.stock import DownloadFailed, StockWebServers, download
 
 
 def route_vip_to(dc, dip: int | None) -> None:
@@ -54,10 +54,17 @@ def hosts_off_pmd() -> Iterator[int]:
 
 
 def checked_download(dc, client: str, servers: StockWebServers, timeout: float = 120) -> dict:
-    """``download``, refusing a result that was not every byte, or whose joins missed their DIP."""
+    """``download``, refusing a result that was not every byte, or whose joins missed their DIP.
+
+    One that stopped short is a failed transfer (``DownloadFailed``, which a
+    benchmark may report and go on); one that arrived whole but different,
+    or steered elsewhere, is the product's fault (RuntimeError).
+    """
     result = download(dc, client, servers, timeout=timeout)
+    if result["bytes"] != servers.blob.size:
+        raise DownloadFailed(f"curl from {client} got {result['bytes']} of {servers.blob.size} bytes: {result}")
     if not result["verified"]:
-        raise RuntimeError(f"download from {client} arrived corrupted or short: {result}")
+        raise RuntimeError(f"download from {client} arrived corrupted: {result}")
     if result["join_token_not_found"] or result["joins_elsewhere"] or len(result["serving_dips"]) != 1:
         raise RuntimeError(f"download from {client} was not steered to one DIP: {result}")
     return result

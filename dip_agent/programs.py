@@ -37,6 +37,7 @@ from mptcp_lb.mptcp_codec import make_key
 from .dip_abi import (KEY_MODE_NONE, KEY_MODE_POOL, KEY_MODE_SEED, KEY_MODES, POOL_SIZE, STAT_NAMES, U32, FlowState,
                       check_port, key_mode, pack_config, pack_flow_key, pack_peer, pack_seeded_flow_state)
 from .key_pool import KeyPool
+from .poller import IDLE_INTERVAL
 from .sysctl import change_sysctl, restore_sysctls
 from .time_wait import TimeWaitReaper
 from .undo import Undo, rollback_on_failure
@@ -129,6 +130,8 @@ class DipPrograms:
         self.syncookies = syncookies
         self.object_path = Path(object_path) if object_path is not None else OBJECT_PATH
         self.pool_size = pool_size
+        if not 0 < poll_interval <= IDLE_INTERVAL:
+            raise ValueError(f"poll_interval {poll_interval!r} is not in (0, {IDLE_INTERVAL}]")
         self.poll_interval = poll_interval
         if flows is not None and not 1024 <= flows <= 1 << 24:
             raise ValueError(f"flows {flows!r} is not in 1024..{1 << 24}")

@@ -209,28 +209,25 @@ class Client(Host):
         r = super().config(**params)
         tune_interfaces(self, rps_cpus)
         self.nets = tuple(nets)
-        for idx, net in enumerate(nets):
-            intf, table = f"{self.name}-eth{idx}", 101 + idx
-            self.cmd(f"ip route add default via {net}.254 dev {intf} table {table}")
-            self.cmd(f"ip rule add from {net}.1 table {table}")
-            if follows_add_addr:
-                self.cmd(f"ip mptcp endpoint add {net}.1 dev {intf} subflow fullmesh")
-            elif idx:
-                self.cmd(f"ip mptcp endpoint add {net}.1 dev {intf} subflow")
-        self.cmd(f"ip route add default via {nets[0]}.254")
-        for idx, net in enumerate(nets6):  # the same, over IPv6 (the path manager pairs each family's own)
-            intf, table = f"{self.name}-eth{idx}", 101 + idx
-            self.cmd(f"ip -6 addr add {net}::1/64 dev {intf} nodad")
-            self.cmd(f"ip -6 route add default via {net}::{ROUTER6} dev {intf} table {table}")
-            self.cmd(f"ip -6 rule add from {net}::1 table {table}")
-            if follows_add_addr:
-                self.cmd(f"ip mptcp endpoint add {net}::1 dev {intf} subflow fullmesh")
-            elif idx:
-                self.cmd(f"ip mptcp endpoint add {net}::1 dev {intf} subflow")
-        if nets6:
-            self.cmd(f"ip -6 route add default via {nets6[0]}::{ROUTER6}")
+        self._paths("ip", [(f"{net}.1", f"{net}.254") for net in nets], follows_add_addr)
+        if nets6:  # the same over IPv6; the path manager pairs each family's endpoints with its own
+            for idx, net in enumerate(nets6):
+                self.cmd(f"ip -6 addr add {net}::1/64 dev {self.name}-eth{idx} nodad")
+            self._paths("ip -6", [(f"{net}::1", f"{net}::{ROUTER6}") for net in nets6], follows_add_addr)
         self.cmd(f"ip mptcp limits set subflows 4 add_addr_accepted {4 if follows_add_addr else 0}")
         return r
+
+    def _paths(self, ip: str, paths: list[tuple[str, str]], follows_add_addr: bool) -> None:
+        """One routing table and one MPTCP endpoint per (own address, router) path, in interface order."""
+        for idx, (address, router) in enumerate(paths):
+            intf, table = f"{self.name}-eth{idx}", 101 + idx
+            self.cmd(f"{ip} route add default via {router} dev {intf} table {table}")
+            self.cmd(f"{ip} rule add from {address} table {table}")
+            if follows_add_addr:
+                self.cmd(f"ip mptcp endpoint add {address} dev {intf} subflow fullmesh")
+            elif idx:
+                self.cmd(f"ip mptcp endpoint add {address} dev {intf} subflow")
+        self.cmd(f"{ip} route add default via {paths[0][1]}")
 
     def set_path_mtu(self, mtu: int | None) -> None:
         """Send at most ``mtu`` bytes per packet yet still offer the full MSS, as behind a tunnel it knows of.

@@ -68,8 +68,9 @@ def run_demo(args) -> int:
         raise ValueError("--fail-mux needs --bgp: without it nothing withdraws the failed MUX's route")
     key_source = args.key_source if args.mode != "port" else None
     if args.ipv6:
-        try:  # port mode over IPv6 is refused here, by the config's own words, before anything is built
-            parse_config(topology_config(args.dips, mode=args.mode, key_source=key_source or "seed", ipv6=True))
+        try:  # port mode (or BGP) over IPv6 is refused here, in the config's own words, before anything is built
+            parse_config(topology_config(args.dips, mode=args.mode, key_source=key_source or "seed", bgp=args.bgp,
+                                         ipv6=True))
         except ConfigError as e:
             print(f"--ipv6 --mode {args.mode}: {e}", file=sys.stderr)
             print("DEMO FAILED", file=sys.stderr)

@@ -121,8 +121,6 @@ class Datacenter:
                  bgp: bool = False, bgp_lease_time: int | None = None, ipv6: bool = False):
         from mptcp_lb.datapath import resolve_port_type
 
-        if ipv6 and bgp:
-            raise ValueError("ipv6 with bgp: the MUXes' speakers announce IPv4 VIPs only (docs/ipv6.md)")
 
         self.n_dips = n_dips
         self.spare_dips = spare_dips
@@ -140,6 +138,7 @@ class Datacenter:
                                             explicit_slices=spare_dips > 0, api_token_file=self.token_file,
                                             metrics_port=free_port(), bgp=bgp, bgp_lease_time=bgp_lease_time,
                                             ipv6=ipv6)
+        parse_config(self.agent_config)  # a combination the config refuses (ipv6 with bgp, say) fails here, by name
         self.config = json.loads(json.dumps(self.agent_config))
         self.config["vips"][0]["dips"] = self.config["vips"][0]["dips"][:n_dips]
         self.key_adoption = key_adoption

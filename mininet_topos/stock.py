@@ -157,6 +157,8 @@ def download(dc, client: str, servers: StockWebServers, timeout: float = 120, ra
         nbytes, seconds = out.strip().split()[-2:]
         nbytes, seconds = int(nbytes), float(seconds)
     except ValueError:
+        if os.path.exists(saved):
+            os.unlink(saved)
         sockets = "\n".join(f"{h}:\n{dc.host(h).cmd('ss -tinmeM')[-3000:]}" for h in (client, *dips))
         raise DownloadFailed(f"curl from {client} failed after {wall:.0f}s: {out.strip()[-500:]!r}\n{sockets}") from None
     digest = hashlib.sha256()

@@ -274,8 +274,6 @@ def main(argv=None) -> int:
         parser.error(f"classifier {args.action} needs --bridge")
     if args.command == "demo" and args.fail_mux and not args.bgp:
         parser.error("--fail-mux needs --bgp: without it nothing withdraws the failed MUX's route")
-    if args.command == "demo" and args.ipv6 and args.bgp:
-        parser.error("--ipv6 with --bgp: the MUXes' BGP speakers announce IPv4 VIPs only (docs/ipv6.md)")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.func(args)

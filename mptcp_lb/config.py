@@ -244,6 +244,13 @@ class _Checker:
             self.fail(f"{path}.{k}", f"{_r(obj[k])}: only for modes {modes} (mode is {mode})")
         return not wrong
 
+    def get(self, obj: dict, key: str, path: str, default=None):
+        """``obj[key]``, or ``default`` without it; a key given as null is a problem (it would hide a typo)."""
+        if key in obj and obj[key] is None:
+            self.fail(f"{path}.{key}", "null: give it a value or leave the key out")
+            return None
+        return obj.get(key, default)
+
     def int_key(self, obj: dict, name: str, path: str, section: str) -> int | None:
         """An integer key within the schema's bounds, or the schema's default."""
         return self.integer(obj, name, path, *schema.bounds(section, name), schema.default(section, name))
@@ -252,7 +259,7 @@ class _Checker:
         return self.number(obj, name, path, *schema.bounds(section, name), schema.default(section, name))
 
     def integer(self, obj: dict, key: str, path: str, lo: int, hi: int, default: int | None = None) -> int | None:
-        value = obj.get(key, default)
+        value = self.get(obj, key, path, default)
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -269,7 +276,7 @@ class _Checker:
         return float(value)
 
     def text(self, obj: dict, key: str, path: str, pattern: str, what: str) -> str | None:
-        value = obj.get(key)
+        value = self.get(obj, key, path)
         if value is None:
             return None
         if not isinstance(value, str) or not re.fullmatch(pattern, value):
@@ -279,7 +286,7 @@ class _Checker:
 
     def ipv4(self, obj: dict, key: str, path: str, default: str | None = None, twin: str | None = None) -> str | None:
         """An IPv4 address; ``twin`` names the key that takes an IPv6 address given here instead."""
-        value = obj.get(key, default)
+        value = self.get(obj, key, path, default)
         if value is None:
             return None
         try:
@@ -296,7 +303,7 @@ class _Checker:
 
     def ipv6(self, obj: dict, key: str, path: str) -> str | None:
         """A global or unique-local unicast IPv6 address, compressed; None (and a problem) otherwise."""
-        value = obj.get(key)
+        value = self.get(obj, key, path)
         if value is None:
             return None
         try:
@@ -326,7 +333,7 @@ class _Checker:
         return True
 
     def mac(self, obj: dict, key: str, path: str) -> str | None:
-        value = obj.get(key)
+        value = self.get(obj, key, path)
         if value is None:
             return None
         text = str(value).lower()
@@ -339,7 +346,7 @@ class _Checker:
         return text
 
     def name(self, obj: dict, key: str, path: str) -> str | None:
-        value = obj.get(key)
+        value = self.get(obj, key, path)
         if value is None:
             return None
         if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9_.-]{1,32}$", value):
@@ -348,7 +355,7 @@ class _Checker:
         return value
 
     def port_range(self, obj: dict, key: str, path: str) -> PortRange | None:
-        value = obj.get(key)
+        value = self.get(obj, key, path)
         if value is None:
             return None
         m = re.match(r"^\s*(\d{1,5})\s*-\s*(\d{1,5})\s*$", str(value))
@@ -452,8 +459,9 @@ def _parse_mux(ck: _Checker, raw: Any, path: str) -> Mux | None:
                                        "a SHA-256 fingerprint (64 hex digits, colons allowed)")}
     if pins["pin_cert_sha256"]:
         pins["pin_cert_sha256"] = pins["pin_cert_sha256"].replace(":", "").lower()
-    # Before the MUX's own checks, which return early: a bad speaker is named along with them.
+    # Before the MUX's own checks, which return early: a bad speaker or address6 is named along with them.
     bgp = _parse_bgp(ck, obj.get("bgp"), f"{path}.bgp", fields) if "bgp" in obj else None
+    address6 = ck.ipv6(obj, "address6", path)
     tag_space = ":".join(f"{b:02x}" for b in TAG_PREFIX)
     if fields["mac"] is not None and fields["mac"].startswith(tag_space):
         # Classifier tags (destination) and second-chance marks (source) live in 0a:4d:...
@@ -464,10 +472,7 @@ def _parse_mux(ck: _Checker, raw: Any, path: str) -> Mux | None:
         return None
     if any(v is None for v in fields.values()) or any(k in obj and v is None for k, v in pins.items()):
         return None
-    if "bgp" in obj and bgp is None:
-        return None
-    address6 = ck.ipv6(obj, "address6", path)
-    if "address6" in obj and address6 is None:
+    if "bgp" in obj and bgp is None or "address6" in obj and address6 is None:
         return None
     return Mux(**fields, **pins, bgp=bgp, address6=address6)
 
@@ -600,6 +605,19 @@ def check_vip_dips(ck: _Checker, dips: list[Dip], service_port: int, path: str) 
             reach, reach_i = dips[i].ports.end, i
 
 
+def check_dip_fits_vip(ck: _Checker, d: Dip, path: str, address: str | None, address6: str | None) -> None:
+    """A DIP is not its VIP, has an IPv6 address if the VIP has one, and its MAC is outside the tag space."""
+    if d.address == address:
+        ck.fail(f"{path}.address", f"{d.address} is the VIP itself")
+    if address6 is not None and d.address6 is None:
+        ck.fail(f"{path}.address6", f"missing: the VIP has address6 {address6}, and second chance passes its "
+                                    "IPv6 packets to DIPs by theirs")
+    elif address6 is not None and d.address6 == address6:
+        ck.fail(f"{path}.address6", f"{d.address6} is the VIP itself")
+    if d.mac.startswith(":".join(f"{b:02x}" for b in TAG_PREFIX)):
+        ck.fail(f"{path}.mac", f"{d.mac} is in the tag MAC space")
+
+
 def check_slot_room(ck: _Checker, dips: list[Dip] | tuple[Dip, ...], slots: int, path: str) -> None:
     """More active DIPs than slots would leave some without new connections: refuse it."""
     active = sum(1 for d in dips if d.state == "active")
@@ -633,12 +651,12 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
     if mode not in MODES:
         ck.fail(f"{path}.mode", f"{_r(mode)} is not one of {', '.join(MODES)}")
         return None
-    if address6 is not None and mode not in TOKEN_MODES:
+    served6 = address6 is not None and mode in TOKEN_MODES
+    if address6 is not None and not served6:  # named, and the VIP's other problems with it
         ck.fail(f"{path}.address6", f"{address6}: port mode cannot serve IPv6: an IPv6 ADD_ADDR with a port (30 "
                                     "bytes) does not fit beside TCP timestamps (12) in 40 bytes of options, so the "
                                     "kernel drops it (MPTcpExtAddAddrTxDrop); use mode hybrid, which serves IPv6 "
                                     "clients by token (docs/ipv6.md)")
-        return None
     key_source = obj.get("key_source", schema.default(sec, "key_source"))
     if key_source in RENAMED_KEY_SOURCES:
         ck.fail(f"{path}.key_source", f"{_r(key_source)} was renamed {_r(RENAMED_KEY_SOURCES[key_source])}")
@@ -678,7 +696,7 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
         if not isinstance(raw_dips, list) or not raw_dips:
             ck.fail(f"{path}.dips", f"expected a non-empty list, got {_r(raw_dips)}")
         else:
-            parsed = [parse_dip(ck, d, f"{path}.dips[{i}]", mode, slice_bits) for i, d in enumerate(raw_dips)]
+            parsed = [_named(ck, parse_dip, d, f"{path}.dips[{i}]", mode, slice_bits) for i, d in enumerate(raw_dips)]
             dips = [d for d in parsed if d is not None]
             if len(dips) == len(parsed) and mode in TOKEN_MODES:
                 named = [bool(d.slices) for d in dips]
@@ -693,23 +711,29 @@ def _parse_vip(ck: _Checker, raw: Any, path: str) -> Vip | None:
             if len(dips) == len(parsed) and port is not None:
                 check_vip_dips(ck, dips, port, f"{path}.dips")
                 check_slot_room(ck, dips, slots, path)
-            for i, d in enumerate(dips):
-                if d.address == address:
-                    ck.fail(f"{path}.dips[{i}].address", f"{d.address} is the VIP itself")
-                if address6 is not None and d.address6 is None:
-                    ck.fail(f"{path}.dips[{i}].address6", f"missing: the VIP has address6 {address6}, and second "
-                                                          "chance passes its IPv6 packets to DIPs by theirs")
-                elif address6 is not None and d.address6 == address6:
-                    ck.fail(f"{path}.dips[{i}].address6", f"{d.address6} is the VIP itself")
-                if d.mac.startswith(":".join(f"{b:02x}" for b in TAG_PREFIX)):
-                    ck.fail(f"{path}.dips[{i}].mac", f"{d.mac} is in the tag MAC space")
+            for i, d in enumerate(parsed):  # numbered as written, the DIPs that failed to parse included
+                if d is not None:
+                    check_dip_fits_vip(ck, d, f"{path}.dips[{i}]", address, address6)
             if dips and not any(d.state == "active" for d in dips):
                 ck.fail(f"{path}.dips", "every DIP is draining: the VIP would refuse every new connection")
-    if None in (name, address, port) or not dips or ("address6" in obj and address6 is None):
+    if None in (name, address, port) or not dips or ("address6" in obj and not served6):
         return None
     return Vip(name=name, address=address, port=port, mode=mode, dips=tuple(dips), key_source=key_source,
                slice_bits=slice_bits, hash=hash_method, slots=slots, health=health, punt_rate=punt_rate,
                address6=address6)
+
+
+def _named(ck: _Checker, parse, raw: Any, path: str, *args):
+    """``parse(ck, raw, path, *args)``, which must name a problem whenever it gives nothing back.
+
+    A parser that returned None silently would drop its MUX, VIP or DIP from
+    the config without a word: that is reported here, as the entry at ``path``.
+    """
+    before = len(ck.problems)
+    item = parse(ck, raw, path, *args)
+    if item is None and len(ck.problems) == before:
+        ck.fail(path, f"not valid: {_r(raw)}")
+    return item
 
 
 def _parse_list(ck: _Checker, raw: dict, key: str, parse) -> list:
@@ -719,7 +743,7 @@ def _parse_list(ck: _Checker, raw: dict, key: str, parse) -> list:
     if not isinstance(items, list) or not items:
         ck.fail(key, f"expected a non-empty list, got {_r(items)}")
         return []
-    return [parse(ck, item, f"{key}[{i}]") for i, item in enumerate(items)]
+    return [_named(ck, parse, item, f"{key}[{i}]") for i, item in enumerate(items)]
 
 
 def _check_unique(ck: _Checker, items: list, key: str, what: str) -> None:
@@ -778,6 +802,10 @@ def parse_config(raw: Any) -> Config:
             if served6 and m is not None and m.address6 is None:
                 ck.fail(f"muxes[{i}].address6", f"missing: vips[{served6[0]}] has address6, and the router "
                                                 "reaches it through each MUX's own IPv6 address")
+        speakers = [i for i, m in enumerate(muxes) if m is not None and m.bgp is not None]
+        for i in served6 if speakers else []:
+            ck.fail(f"vips[{i}].address6", f"{vips[i].address6}: muxes[{speakers[0]}].bgp announces IPv4 VIPs "
+                                           "only, so the router would never learn this address (docs/ipv6.md)")
     if ck.problems:
         raise ConfigError(ck.problems)
     return Config(controller=controller, muxes=tuple(muxes), vips=tuple(vips))
@@ -800,14 +828,13 @@ def load_config(path: str) -> Config:
 def validated_dip(vip: Vip, raw: Any) -> Dip:
     """Validate a DIP to be added to ``vip`` at run time against the others."""
     ck = _Checker()
-    dip = parse_dip(ck, raw, "dip", vip.mode, vip.slice_bits)
+    dip = _named(ck, parse_dip, raw, "dip", vip.mode, vip.slice_bits)
     if dip is not None and vip.uses_tokens and not dip.slices:
         owned = set().union(*(d.slices for d in vip.dips))
         free = sorted(set(range(1 << vip.slice_bits)) - owned)
         ck.fail("dip.slices", f"required for a {vip.mode}-mode VIP; free slices: {free[:16] or 'none'}")
-    if dip is not None and vip.address6 is not None and dip.address6 is None:
-        ck.fail("dip.address6", f"required: VIP {vip.name} has address6 {vip.address6}")
     if dip is not None:
+        check_dip_fits_vip(ck, dip, "dip", vip.address, vip.address6)
         check_vip_dips(ck, [*vip.dips, dip], vip.port, f"vips[{vip.name}].dips")
         check_slot_room(ck, [*vip.dips, dip], vip.slots, f"vips[{vip.name}]")
     if ck.problems:

@@ -1,10 +1,12 @@
 """Config -> OpenFlow 1.3 messages for one MUX bridge. Pure: no datapath, no I/O.
 
-The pipeline is a single table:
+The pipeline is table 0 (``hash: multipath`` adds table 1, a slot per flow;
+an IPv6 address adds table 2, where neighbour advertisements are finished):
 
   prio 310  the BGP speaker's ARP and IP with the router, via the uplink (leased)  (muxes[].bgp)
   prio 300  ARP request for the MUX's or a VIP's address -> ARP reply by flows
-  prio 300  neighbour solicitation for the MUX's or a VIP's IPv6 address -> advertisement (table 2 ends it)
+  prio 300  neighbour solicitation for the MUX's or a VIP's IPv6 address -> advertisement (table 2 ends it);
+            one from :: (duplicate address detection) is dropped at 301
   prio 250  ICMP fragmentation needed / ICMPv6 packet too big to a VIP -> every DIP, metered
   prio 230  VIP:service-port, classifier tag "server ID"  -> that DIP        (token, hybrid)
   prio 230  VIP:service-port, tag "JOIN, token slice"     -> slice's owner   (token, hybrid)
@@ -310,9 +312,13 @@ def pmtu_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
                                                    icmpv6_type=ICMPV6_PACKET_TOO_BIG), actions, meter_id=ICMP_METER))
 
 
+def _ipv4(vip: Vip) -> dict:
+    return {"eth_type": ETH_IP, "ipv4_dst": vip.address}
+
+
 def _destinations(vip: Vip) -> list[dict]:
     """The VIP as a match, per address family: IPv4, and IPv6 when it has ``address6``."""
-    out = [{"eth_type": ETH_IP, "ipv4_dst": vip.address}]
+    out = [_ipv4(vip)]
     if vip.address6 is not None:
         out.append({"eth_type": ETH_IPV6, "ipv6_dst": vip.address6})
     return out
@@ -416,8 +422,7 @@ def _token_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
         # controller that is gone gets no SYNs, which take the hash to a DIP's pool key instead.
         # IPv4 only: the classifier never tags an IPv6 SYN for the controller (no seed mode over IPv6).
         out.flows.append(flow_mod(
-            PRIO_PUNT, _service(mux, vip, _destinations(vip)[0],
-                                eth_dst=(tag_mac(CLASS_MP_CAPABLE, 0), TAG_CLASS_MASK)),
+            PRIO_PUNT, _service(mux, vip, _ipv4(vip), eth_dst=(tag_mac(CLASS_MP_CAPABLE, 0), TAG_CLASS_MASK)),
             [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)], meter_id=PUNT_METER,
             hard_timeout=PUNT_FLOW_LIFETIME))
 

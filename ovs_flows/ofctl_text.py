@@ -14,7 +14,7 @@ Only what the compiler emits has a text form; anything else raises.
 from __future__ import annotations
 
 from os_ken.lib.packet.ether_types import ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_IPV6
-from os_ken.lib.packet.in_proto import IPPROTO_ICMPV6, IPPROTO_TCP
+from os_ken.lib.packet.in_proto import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP
 from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
@@ -34,7 +34,7 @@ _OFCTL_FIELD = {"ipv4_dst": "nw_dst", "ipv4_src": "nw_src", "tcp_dst": "tp_dst",
                 "icmpv6_code": "icmp_code", "ipv6_nd_target": "nd_target", "ipv6_nd_sll": "nd_sll",
                 "ipv6_nd_tll": "nd_tll"}
 # ovs-ofctl's protocol keywords by (eth_type, ip_proto): "tcp" is IPv4's, "tcp6" IPv6's.
-_PROTOCOL = {(ETH_TYPE_IP, IPPROTO_TCP): "tcp", (ETH_TYPE_IP, 1): "icmp", (ETH_TYPE_IP, None): "ip",
+_PROTOCOL = {(ETH_TYPE_IP, IPPROTO_TCP): "tcp", (ETH_TYPE_IP, IPPROTO_ICMP): "icmp", (ETH_TYPE_IP, None): "ip",
              (ETH_TYPE_IPV6, IPPROTO_TCP): "tcp6", (ETH_TYPE_IPV6, IPPROTO_ICMPV6): "icmp6",
              (ETH_TYPE_IPV6, None): "ipv6"}
 

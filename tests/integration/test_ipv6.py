@@ -78,7 +78,7 @@ def test_a_dual_stack_hybrid_vip_serves_both_client_kinds_over_ipv6_and_ipv4(hyb
             assert slice_of(r["reply"]["token"], vip.slice_bits) in dip.slices, r  # keyed from its own slice
             on_service = [sf for sf in subflows if sf["local"].endswith(":80")]
             if v6:  # the first subflow and the joins to the service port are IPv6 (c1 also joins IPv4 VIP:P)
-                assert all(sf["local"] == f"[{VIP6}]:80" and sf["remote"].startswith("[fd00:10:")
+                assert on_service and all(sf["local"] == f"[{VIP6}]:80" and sf["remote"].startswith("[fd00:10:")
                            for sf in on_service), r
             else:
                 assert all(not sf["local"].startswith("[") for sf in subflows), r

@@ -400,10 +400,80 @@ def test_a_dip_added_at_run_time_to_a_dual_stack_vip_needs_its_ipv6_address(raw_
 
     vip = parse_config(dual_stack(raw_config)).vips[0]
     raw = {"id": 4, "address": "10.2.0.4", "mac": "02:00:00:02:00:04", "slices": [255]}
-    with pytest.raises(ConfigError, match="dip.address6: required: VIP web has address6 fd00:10::100"):
+    with pytest.raises(ConfigError, match="dip.address6: missing: the VIP has address6 fd00:10::100"):
         validated_dip(vip, raw)
     dip = validated_dip(vip, {**raw, "address6": "fd00:12::4"})
     assert dip.address6 == "fd00:12::4"
     assert dump_dip(dip)["address6"] == "fd00:12::4"
     with pytest.raises(ConfigError, match="duplicate address6 'fd00:12::1'"):
         validated_dip(vip, {**raw, "address6": "fd00:12::1"})
+
+
+@pytest.mark.parametrize("where", [("muxes", 1), ("vips", 0), ("vips", 0, "dips", 2)])
+@pytest.mark.parametrize("key", ["address6", "address"])
+def test_a_null_address_is_named_and_never_drops_its_entry(raw_config, where, key):
+    raw = dual_stack(raw_config)
+    node = raw
+    for step in where:
+        node = node[step]
+    node[key] = None
+    path = f"{where[0]}[{where[1]}]" + (f".dips[{where[3]}]" if len(where) > 2 else "")
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw)
+    assert f"{path}.{key}: null: give it a value or leave the key out" in e.value.problems
+
+
+def test_a_null_address6_is_refused_for_a_dip_added_at_run_time(raw_config):
+    from mptcp_lb.config import validated_dip
+
+    vip = parse_config(dual_stack(raw_config)).vips[0]
+    with pytest.raises(ConfigError, match="dip.address6: null"):
+        validated_dip(vip, {"id": 4, "address": "10.2.0.4", "mac": "02:00:00:02:00:04", "slices": [255],
+                            "address6": None})
+
+
+def test_a_dip_added_at_run_time_may_not_be_the_vip(raw_config):
+    from mptcp_lb.config import validated_dip
+
+    vip = parse_config(dual_stack(raw_config)).vips[0]
+    raw = {"id": 4, "address": "10.2.0.4", "mac": "02:00:00:02:00:04", "slices": [255], "address6": "fd00:12::4"}
+    with pytest.raises(ConfigError, match="dip.address6: fd00:10::100 is the VIP itself"):
+        validated_dip(vip, {**raw, "address6": "fd00:10::100"})
+    with pytest.raises(ConfigError, match="dip.address: 10.0.0.100 is the VIP itself"):
+        validated_dip(vip, {**raw, "address": "10.0.0.100"})
+
+
+def test_problems_name_each_dip_as_written_even_after_a_bad_one(raw_config):
+    raw = dual_stack(raw_config)
+    raw["vips"][0]["dips"][0]["mac"] = "zz"
+    del raw["vips"][0]["dips"][2]["address6"]
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw)
+    assert any(p.startswith("vips[0].dips[2].address6: missing") for p in e.value.problems), e.value.problems
+
+
+def test_ipv6_over_bgp_is_refused_by_name(raw_config):
+    from mininet_topos.datacenter import topology_config
+
+    with pytest.raises(ConfigError) as e:
+        parse_config(topology_config(3, mode="token", bgp=True, ipv6=True))
+    assert any(p.startswith("vips[0].address6: fd00:10::100: muxes[0].bgp announces IPv4 VIPs only")
+               for p in e.value.problems), e.value.problems
+
+
+def test_port_mode_over_ipv6_names_the_vips_other_problems_too(raw_config):
+    raw_config["vips"][0]["address6"] = "fd00:10::100"
+    raw_config["vips"][0]["dips"][1]["ports"] = "1-100"
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw_config)
+    assert any("port mode cannot serve IPv6" in p for p in e.value.problems)
+    assert any(p.startswith("vips[0].dips[1].ports") for p in e.value.problems), e.value.problems
+
+
+def test_a_parser_that_gives_nothing_back_is_named_by_its_entry(raw_config, monkeypatch):
+    from mptcp_lb import config as cfg
+
+    monkeypatch.setattr(cfg, "parse_dip", lambda ck, raw, path, *args: None)  # a parser that says nothing
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw_config)
+    assert "vips[0].dips[0]: not valid: " in str(e.value)

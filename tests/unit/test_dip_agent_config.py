@@ -22,3 +22,12 @@ def test_an_ipv4_vip_gives_the_programs_no_ipv6(raw_config):
     vip, dip = find_dip(parse_config(raw_config), 2)
     programs = dip_programs(vip, dip, interface="eth0")
     assert programs.vip6 is None and programs._peers == []
+
+
+def test_a_poll_interval_beyond_the_idle_one_is_refused_before_anything_is_loaded():
+    import pytest
+
+    from dip_agent.programs import DipPrograms
+
+    with pytest.raises(ValueError, match=r"poll_interval 0.5 is not in \(0, 0.2\]"):
+        DipPrograms("eth0", "10.0.0.100", 80, 1, "none", poll_interval=0.5)
