@@ -757,6 +757,18 @@ def _check_unique(ck: _Checker, items: list, key: str, what: str) -> None:
         seen.setdefault(value, i)
 
 
+def _mux_addresses(muxes) -> dict[str, str]:
+    """Every MUX's own addresses, each with the key that names it."""
+    return {a: f"muxes[{i}].{k}" for i, m in enumerate(muxes) if m is not None
+            for k, a in (("address", m.address), ("address6", m.address6)) if a is not None}
+
+
+def _check_not_a_mux(ck: _Checker, d: Dip, path: str, mux_addresses: dict[str, str]) -> None:
+    for key in ("address", "address6"):
+        if getattr(d, key) in mux_addresses:
+            ck.fail(f"{path}.{key}", f"{getattr(d, key)} is also {mux_addresses[getattr(d, key)]}")
+
+
 def _check_speakers(ck: _Checker, muxes: list[Mux], vips: list[Vip]) -> None:
     """BGP speakers' addresses and MACs are theirs alone: no MUX's, VIP's, DIP's or other speaker's."""
     addresses = {m.address: f"muxes[{i}].address" for i, m in enumerate(muxes)}
@@ -790,12 +802,13 @@ def parse_config(raw: Any) -> Config:
     if None not in vips:
         for key in ("name", "address", "address6"):
             _check_unique(ck, vips, key, "vips")
-        mux_addresses = {a: f"muxes[{i}].{k}" for i, m in enumerate(muxes) if m is not None
-                         for k, a in (("address", m.address), ("address6", m.address6)) if a is not None}
+        mux_addresses = _mux_addresses(muxes)
         for i, v in enumerate(vips):
             for key in ("address", "address6"):
                 if getattr(v, key) in mux_addresses:
                     ck.fail(f"vips[{i}].{key}", f"{getattr(v, key)} is also {mux_addresses[getattr(v, key)]}")
+            for j, d in enumerate(v.dips):
+                _check_not_a_mux(ck, d, f"vips[{i}].dips[{j}]", mux_addresses)
         _check_speakers(ck, [m for m in muxes if m is not None], vips)
         served6 = [i for i, v in enumerate(vips) if v.address6 is not None]
         for i, m in enumerate(muxes):
@@ -845,7 +858,12 @@ def validated_dip(vip: Vip, raw: Any) -> Dip:
 def with_dip_added(config: Config, vip_name: str, raw: Any) -> Config:
     """A new config with a DIP added to a VIP, validated against its peers."""
     vip = config.vip(vip_name)
-    return config.with_vip(replace(vip, dips=(*vip.dips, validated_dip(vip, raw))))
+    dip = validated_dip(vip, raw)
+    ck = _Checker()
+    _check_not_a_mux(ck, dip, "dip", _mux_addresses(config.muxes))
+    if ck.problems:
+        raise ConfigError(ck.problems)
+    return config.with_vip(replace(vip, dips=(*vip.dips, dip)))
 
 
 def with_dip_state(config: Config, vip_name: str, dip_id: int, state: str) -> Config:

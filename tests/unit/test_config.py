@@ -477,3 +477,17 @@ def test_a_parser_that_gives_nothing_back_is_named_by_its_entry(raw_config, monk
     with pytest.raises(ConfigError) as e:
         parse_config(raw_config)
     assert "vips[0].dips[0]: not valid: " in str(e.value)
+
+
+def test_a_dip_may_not_hold_a_muxs_address_in_the_config_or_at_run_time(raw_config):
+    from mptcp_lb.config import with_dip_added
+
+    raw = dual_stack(raw_config)
+    config = parse_config(raw)
+    raw["vips"][0]["dips"][1]["address6"] = "fd00:11:2::1"
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw)
+    assert "vips[0].dips[1].address6: fd00:11:2::1 is also muxes[1].address6" in e.value.problems
+    entry = {"id": 4, "address": "10.1.1.1", "mac": "02:00:00:02:00:04", "slices": [255], "address6": "fd00:12::4"}
+    with pytest.raises(ConfigError, match=r"dip.address: 10.1.1.1 is also muxes\[0\].address"):
+        with_dip_added(config, "web", entry)
