@@ -5,8 +5,8 @@ programs write. Polled at a fixed 20 ms, three agents' six threads woke 300
 times a second on the core that also runs the DIPs' and clients' stacks,
 and cost a token-mode download about 5% of its goodput (measured with
 ``make bench``'s downloads, hosts on one core, the PMD on the other). Idle,
-a poller doubles its interval up to ``slow``; the first poll that finds work
-puts it back to ``fast``.
+a poller doubles its wait up to ``idle_interval``; the first poll that finds
+work puts it back to ``interval``.
 """
 
 from __future__ import annotations

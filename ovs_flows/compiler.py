@@ -409,12 +409,11 @@ def _port_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
 
 def _token_flows(out: CompiledMux, mux: Mux, vip: Vip) -> None:
     for dip in vip.dips:
+        actions = to_dip(mux, dip)
+        tags = [tag_mac(CLASS_TIMESTAMP, dip.id), *slice_tag_matches(dip.slices, vip.slice_bits)]
         for dst in _destinations(vip):
-            tagged = [flow_mod(PRIO_TAG, _service(mux, vip, dst, eth_dst=tag_mac(CLASS_TIMESTAMP, dip.id)),
-                               to_dip(mux, dip))]
-            tagged += [flow_mod(PRIO_TAG, _service(mux, vip, dst, eth_dst=(mac, mask)), to_dip(mux, dip))
-                       for mac, mask in slice_tag_matches(dip.slices, vip.slice_bits)]
-            for fm in tagged:
+            for tag in tags:
+                fm = flow_mod(PRIO_TAG, _service(mux, vip, dst, eth_dst=tag), actions)
                 out.flows.append(fm)
                 out.flow_dip[fm.cookie] = (vip.name, dip.id)
     if vip.key_source == "seed":

@@ -67,8 +67,9 @@ _NXM_NAME = {
 _SET_FIELD = {"ipv6_nd_tll": "nd_tll"}  # os-ken's name -> ovs-ofctl's, where they differ
 
 
-_MULTIPATH_ALGORITHM = {nicira_ext.NX_MP_ALG_MODULO_N: "modulo_n", nicira_ext.NX_MP_ALG_HASH_THRESHOLD: "hash_threshold",
-                        nicira_ext.NX_MP_ALG_HRW: "hrw", nicira_ext.NX_MP_ALG_ITER_HASH: "iter_hash"}
+MULTIPATH_ALGORITHMS = {  # the multipath action's algorithm, by ovs-ofctl's (and ovs_hash's) name
+    nicira_ext.NX_MP_ALG_MODULO_N: "modulo_n", nicira_ext.NX_MP_ALG_HASH_THRESHOLD: "hash_threshold",
+    nicira_ext.NX_MP_ALG_HRW: "hrw", nicira_ext.NX_MP_ALG_ITER_HASH: "iter_hash"}
 
 
 def action_text(action) -> str:
@@ -81,7 +82,7 @@ def action_text(action) -> str:
     if isinstance(action, parser.OFPActionSetField):
         return f"set_field:{action.value}->{_SET_FIELD.get(action.key, action.key)}"
     if isinstance(action, parser.NXActionMultipath):
-        algorithm = _MULTIPATH_ALGORITHM[action.algorithm]
+        algorithm = MULTIPATH_ALGORITHMS[action.algorithm]
         return f"multipath(symmetric_l4,{action.basis},{algorithm},{action.max_link + 1},{action.arg},NXM_NX_REG0[0..15])"
     if isinstance(action, parser.NXActionResubmitTable):
         return f"resubmit(,{action.table_id})"

@@ -15,9 +15,9 @@ import hashlib
 import ipaddress
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
-from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from ovs_flows.ofctl_text import MULTIPATH_ALGORITHMS
 from ovs_flows.ovs_hash import pick_backend
 
 IP_FIELDS = {"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"}
@@ -251,10 +251,8 @@ class FakeOFTable:
                 out.append((port, dict(pkt)))
             elif isinstance(a, parser.NXActionMultipath):
                 # the real OVS hash (ovs_flows/ovs_hash.py, checked against ofproto/trace)
-                algorithm = {nicira_ext.NX_MP_ALG_MODULO_N: "modulo_n", nicira_ext.NX_MP_ALG_HASH_THRESHOLD:
-                             "hash_threshold", nicira_ext.NX_MP_ALG_HRW: "hrw",
-                             nicira_ext.NX_MP_ALG_ITER_HASH: "iter_hash"}[a.algorithm]
-                pkt[a.dst] = pick_backend(pkt, a.max_link + 1, basis=a.basis, algorithm=algorithm, arg=a.arg)
+                pkt[a.dst] = pick_backend(pkt, a.max_link + 1, basis=a.basis,
+                                          algorithm=MULTIPATH_ALGORITHMS[a.algorithm], arg=a.arg)
             elif isinstance(a, parser.NXActionResubmitTable):
                 out.extend(self._run_table(a.table_id, dict(pkt), size))
             elif isinstance(a, parser.OFPActionGroup):
