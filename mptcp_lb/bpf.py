@@ -22,6 +22,8 @@ from pathlib import Path
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
 TC_ACT_REDIRECT = 7
+XDP_DROP = 1
+XDP_REDIRECT = 4
 
 # Per-CPU maps return one 8-byte-aligned value per possible CPU on lookup.
 _PERCPU_MAP_TYPES = frozenset({5, 6, 10, 21})  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
@@ -330,10 +332,22 @@ def test_run(prog_fd: int, data: bytes, repeat: int = 1) -> TestRun:
 test_run.__test__ = False  # a library function, not a pytest test
 
 
+def program_fd_by_id(prog_id: int) -> int:
+    """A new fd for the loaded program with this id (as tc or IFLA_XDP report it); close it after use."""
+    return _check("bpf_prog_get_fd_by_id", _lib().bpf_prog_get_fd_by_id(prog_id))
+
+
+def program_name(prog_fd: int) -> str:
+    """The program's name as the kernel keeps it (its first 15 characters)."""
+    info = _ProgInfo()
+    _info(prog_fd, info)
+    return info.name.decode()
+
+
 def program_maps(prog_id: int) -> dict[str, BpfMap]:
     """The maps of a loaded program, by name, found from its id (as tc reports it). Close them after use."""
     lib = _lib()
-    prog_fd = _check("bpf_prog_get_fd_by_id", lib.bpf_prog_get_fd_by_id(prog_id))
+    prog_fd = program_fd_by_id(prog_id)
     try:
         info = _ProgInfo()
         _info(prog_fd, info)
@@ -360,6 +374,21 @@ def program_maps(prog_id: int) -> dict[str, BpfMap]:
             m.close()
         raise
     return maps
+
+
+def program_counters(prog_id: int, map_name: str, names: Sequence[str], where: str) -> dict[str, int]:
+    """The per-CPU counters map ``map_name`` of a loaded program (found by id, attached at ``where``), summed.
+
+    LookupError when the program has no such map: it is not the one expected.
+    """
+    maps = program_maps(prog_id)
+    try:
+        if map_name not in maps:
+            raise LookupError(f"the program on {where} has no {map_name} map (maps: {sorted(maps)})")
+        return read_counters(maps[map_name], names)
+    finally:
+        for m in maps.values():
+            m.close()
 
 
 BPF_DIR = Path(__file__).resolve().parents[1] / "bpf"

@@ -2,18 +2,24 @@
 
 OVS's afxdp ports replace any XDP program on their interface, and its
 AF_PACKET ports read frames before tc ingress runs, so the classifier cannot
-sit on an OVS port. It sits at tc ingress of the MUX's uplink instead, and
-the uplink leaves the bridge: a veth pair (the *tap*) takes its place, its far
-end becoming the OVS port with the uplink's OpenFlow port number, so the
+sit on an OVS port. It sits on the MUX's uplink instead, and the uplink
+leaves the bridge: a veth pair (the *tap*) takes its place, its far end
+becoming the OVS port with the uplink's OpenFlow port number, so the
 controller's flows do not change::
 
-    router -- uplink --(mux_uplink_ingress: tag, redirect)--> mlbN-tap ==veth== mlbN-ovs: OVS port
-    router <- uplink <-(mux_to_uplink: redirect)------------- mlbN-tap <=veth== mlbN-ovs
+    router -- uplink --(mux_uplink_xdp or _ingress: tag, redirect)--> mlbN-tap ==veth== mlbN-ovs: OVS port
+    router <- uplink <-(mux_to_uplink: redirect)---------------------- mlbN-tap <=veth== mlbN-ovs
 
-``N`` is the uplink's ifindex. ``insert`` builds this and ``remove`` puts the
-uplink back as it was. ``load`` and ``ClassifierObject.configure`` are the
-same steps without touching an interface (load separate from attach), for
-tests and benchmarks that run the programs with BPF_PROG_TEST_RUN.
+``N`` is the uplink's ifindex. Where the OVS end is an afxdp port running
+its XDP program in native mode, the classifier runs in native XDP on the
+uplink and redirects each frame into the tap as it came, never an skb on
+the way (the ``xdp`` hook); otherwise, or where the uplink's driver has no
+native XDP, at tc ingress (the ``tc`` hook: a veth only takes an XDP
+redirect when its far end runs XDP, and an AF_PACKET port does not).
+``insert`` builds this and ``remove`` puts the uplink back as it was.
+``load`` and ``ClassifierObject.configure`` are the same steps without
+touching an interface (load separate from attach), for tests and
+benchmarks that run the programs with BPF_PROG_TEST_RUN.
 
 The uplink's GRO is turned off while the tap is in place (and restored on
 remove): OVS's XDP program takes one frame at a time, and a veth drops a
@@ -28,18 +34,22 @@ import os
 import socket
 import struct
 import subprocess
+import time
 from dataclasses import dataclass, replace
 from functools import cache
 
 from pyroute2 import Ethtool, IPRoute
 
-from mptcp_lb import bpf, tc
-from mptcp_lb.datapath import port_options, resolve_port_type
+from mptcp_lb import bpf, tc, xdp
+from mptcp_lb.datapath import XDP_PORT_TYPES, port_options, resolve_port_type
 
 log = logging.getLogger(__name__)
 
 CLASSIFIER_OBJECT = bpf.BPF_DIR / "mux_classifier.o"
-UPLINK_PROGRAM = "mux_uplink_ingress"
+UPLINK_PROGRAM = "mux_uplink_ingress"  # the tc hook's
+UPLINK_XDP_PROGRAM = "mux_uplink_xdp"  # the xdp hook's
+HOOKS = ("xdp", "tc")
+OVS_XDP_WAIT = 5.0  # seconds an afxdp OVS port may take to show its XDP program after it is added
 RETURN_PROGRAM = "mux_to_uplink"
 # The ABI of bpf/mux_maps.h; tests/unit/test_bpf_abi.py checks it against the header and the object's BTF.
 # enum mux_stat, in order: the keys of mux_stats.
@@ -125,15 +135,16 @@ def _loaded() -> ClassifierObject:
     return obj
 
 
-def classify_bytes(frame: bytes) -> bytes:
-    """The frame as the classifier hands it to OVS, run once in the kernel (BPF_PROG_TEST_RUN).
+def classify_bytes(frame: bytes, hook: str = "tc") -> bytes:
+    """The frame as the classifier on ``hook`` hands it to OVS, run once in the kernel (BPF_PROG_TEST_RUN).
 
     The kernel refuses (EINVAL) frames shorter than an Ethernet header, and
-    IPv4 or IPv6 frames shorter than their IP header.
+    at tc IPv4 or IPv6 frames shorter than their IP header.
     """
-    run = bpf.test_run(_loaded().prog_fd(UPLINK_PROGRAM), frame)
-    if run.retval != bpf.TC_ACT_REDIRECT:
-        raise RuntimeError(f"classifier returned {run.retval}, not TC_ACT_REDIRECT, for {frame.hex()}")
+    program, redirect = {"tc": (UPLINK_PROGRAM, bpf.TC_ACT_REDIRECT), "xdp": (UPLINK_XDP_PROGRAM, bpf.XDP_REDIRECT)}[hook]
+    run = bpf.test_run(_loaded().prog_fd(program), frame)
+    if run.retval != redirect:
+        raise RuntimeError(f"classifier at {hook} returned {run.retval}, not a redirect, for {frame.hex()}")
     return run.data_out
 
 
@@ -191,6 +202,7 @@ class Tap:
     uplink_was_port: bool  # False: the uplink was no port of the bridge before, and stays none
     gro_was: bool  # the uplink's GRO before the tap turned it off
     own_clsact: bool = False  # the uplink's clsact qdisc is ours (created by insert), not shared
+    hook: str = "tc"  # where the uplink's program runs: "xdp" (native) or "tc" (ingress)
 
     @property
     def near(self) -> str:
@@ -203,7 +215,7 @@ class Tap:
     def alias(self) -> str:
         return (f"{_ALIAS_PREFIX} uplink={self.uplink} bridge={self.bridge} ofport={self.ofport} "
                 f"type={self.port_type} was_port={int(self.uplink_was_port)} gro={int(self.gro_was)} "
-                f"clsact={int(self.own_clsact)}")
+                f"clsact={int(self.own_clsact)} hook={self.hook}")
 
     @classmethod
     def from_alias(cls, alias: str) -> Tap:
@@ -211,8 +223,11 @@ class Tap:
             raise ClassifierError(f"interface alias {alias!r} is not a classifier tap's")
         try:
             f = dict(item.split("=", 1) for item in alias[len(_ALIAS_PREFIX):].split())
-            return cls(f["bridge"], f["uplink"], int(f["ofport"]), f["type"], f["was_port"] == "1", f["gro"] == "1",
-                       f["clsact"] == "1")
+            tap = cls(f["bridge"], f["uplink"], int(f["ofport"]), f["type"], f["was_port"] == "1", f["gro"] == "1",
+                      f["clsact"] == "1", f.get("hook", "tc"))
+            if tap.hook not in HOOKS:
+                raise ValueError(tap.hook)
+            return tap
         except (KeyError, ValueError):
             raise ClassifierError(f"interface alias {alias!r} does not describe a classifier tap") from None
 
@@ -241,14 +256,18 @@ def _set_gro(ifname: str, on: bool) -> bool:
 
 
 def insert(bridge: str, uplink: str, port_type: str | None = None, ofport: int | None = None,
-           budgets: dict[tuple[str, int], tuple[int, int]] | None = None) -> Tap:
+           budgets: dict[tuple[str, int], tuple[int, int]] | None = None, hook: str | None = None) -> Tap:
     """Put the classifier between ``uplink`` and OVS bridge ``bridge``; undo what was done if a step fails.
 
     The uplink is usually a port of the bridge already, and the tap's OVS end
     takes its OpenFlow port number and port type; otherwise ``ofport`` says
     which number to use, and ``port_type`` defaults to the host's default.
     ``budgets`` are the seed-mode VIPs' punt budgets (``punt_budgets``).
+    ``hook`` None runs the uplink program in XDP where it can and at tc
+    elsewhere; "tc" asks for tc (a benchmark's comparison).
     """
+    if hook not in (None, "tc"):
+        raise ValueError(f"classifier hook {hook!r}: leave it out (XDP where it can run) or give 'tc'")
     uplink_ifindex = _ifindex(uplink)
     near, ovs_end = tap_names(uplink_ifindex)
     if os.path.exists(f"/sys/class/net/{near}"):
@@ -282,10 +301,19 @@ def insert(bridge: str, uplink: str, port_type: str | None = None, ofport: int |
                 tc.attach(ipr, near_ifindex, near, tc.INGRESS, obj.prog_fd(RETURN_PROGRAM), RETURN_PROGRAM)
                 done.append("port")
                 _swap_port(bridge, uplink if current else None, ovs_end, ofport, port_type)
-                tap = replace(tap, own_clsact=tc.add_clsact(ipr, uplink_ifindex))
+                tap = replace(tap, hook=hook or _uplink_hook(ipr, ovs_end, port_type))
                 done.append("classifier")
-                ipr.link("set", index=near_ifindex, ifalias=tap.alias())
-                tc.attach(ipr, uplink_ifindex, uplink, tc.INGRESS, obj.prog_fd(UPLINK_PROGRAM), UPLINK_PROGRAM)
+                if tap.hook == "xdp":
+                    ipr.link("set", index=near_ifindex, ifalias=tap.alias())
+                    try:
+                        xdp.attach(ipr, uplink_ifindex, uplink, obj.prog_fd(UPLINK_XDP_PROGRAM), UPLINK_XDP_PROGRAM)
+                    except RuntimeError as e:  # no native XDP in the uplink's driver, or another program there
+                        log.warning("%s: the classifier runs at tc ingress of %s instead", e, uplink)
+                        tap = replace(tap, hook="tc")
+                if tap.hook == "tc":
+                    tap = replace(tap, own_clsact=tc.add_clsact(ipr, uplink_ifindex))
+                    ipr.link("set", index=near_ifindex, ifalias=tap.alias())
+                    tc.attach(ipr, uplink_ifindex, uplink, tc.INGRESS, obj.prog_fd(UPLINK_PROGRAM), UPLINK_PROGRAM)
         except BaseException:
             log.exception("inserting the classifier on %s failed; putting things back", uplink)
             try:
@@ -293,9 +321,29 @@ def insert(bridge: str, uplink: str, port_type: str | None = None, ofport: int |
             except ClassifierError:
                 log.exception("putting %s back failed too", uplink)  # the first failure is the one raised
             raise
-    log.info("classifier on %s: frames to OVS port %d of %s through %s (%s)", uplink, ofport, bridge, ovs_end,
-             port_type)
+    log.info("classifier on %s (%s): frames to OVS port %d of %s through %s (%s)", uplink, tap.hook, ofport, bridge,
+             ovs_end, port_type)
     return tap
+
+
+def _uplink_hook(ipr: IPRoute, ovs_end: str, port_type: str) -> str:
+    """"xdp" when the tap's OVS end runs XDP in native mode (an afxdp port), else "tc".
+
+    An XDP redirect into a veth is dropped unless its far end runs XDP in
+    native mode; OVS attaches its program when it opens the port, so this
+    waits up to OVS_XDP_WAIT for it.
+    """
+    if port_type not in XDP_PORT_TYPES:
+        return "tc"
+    index = ipr.link_lookup(ifname=ovs_end)[0]
+    deadline = time.monotonic() + OVS_XDP_WAIT
+    while (mode := xdp.attached(ipr, index)[0]) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if mode != xdp.NATIVE:
+        log.warning("OVS port %s (%s) runs %s, not native XDP: an XDP redirect into it would be dropped, so the "
+                    "classifier runs at tc ingress", ovs_end, port_type, mode or "no XDP program")
+        return "tc"
+    return "xdp"
 
 
 def remove(bridge: str, uplink: str) -> Tap:
@@ -337,7 +385,9 @@ def _undo(ipr: IPRoute, tap: Tap, uplink_ifindex: int, done: list[str]) -> None:
             log.warning("%s: %s", what, e)
             errors.append(f"{what}: {e}")
 
-    if "classifier" in done:
+    if "classifier" in done and tap.hook == "xdp":
+        attempt(f"detaching the classifier from {tap.uplink}", xdp.detach, ipr, uplink_ifindex, UPLINK_XDP_PROGRAM)
+    elif "classifier" in done:
         attempt(f"detaching the classifier from {tap.uplink}",
                 tc.del_clsact if tap.own_clsact else lambda i, x: tc.detach(i, x, tc.INGRESS), ipr, uplink_ifindex)
     links = ipr.link_lookup(ifname=tap.near)
@@ -349,8 +399,13 @@ def _undo(ipr: IPRoute, tap: Tap, uplink_ifindex: int, done: list[str]) -> None:
 
 
 def stats(uplink: str) -> dict[str, int]:
-    """The counters of the classifier attached to ``uplink``, read through the attached program's maps."""
+    """The counters of the classifier attached to ``uplink`` (in XDP or at tc), read through its maps."""
     try:
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=uplink)
+            prog_id = xdp.attached(ipr, found[0])[1] if found else None
+        if prog_id is not None:
+            return bpf.program_counters(prog_id, "mux_stats", STAT_NAMES, uplink)
         return tc.attached_counters(uplink, tc.INGRESS, "mux_stats", STAT_NAMES)
     except LookupError as e:
         raise ClassifierError(f"no classifier is attached to {uplink} ({e})") from e

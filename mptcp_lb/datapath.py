@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 PORT_TYPES = ("afxdp", "afxdp-nonpmd", "system")
 PMD_PORT_TYPES = frozenset({"afxdp"})  # polled by PMD threads
+XDP_PORT_TYPES = frozenset({"afxdp", "afxdp-nonpmd"})  # OVS reads them through its own XDP program
 AF_XDP = 44  # not in Python's socket module
 
 

@@ -105,6 +105,18 @@ def attached_prog_id(ipr: IPRoute, ifindex: int, hook: str) -> int | None:
     return None
 
 
+def _attached_prog(ifname: str, hook: str) -> int:
+    """The id of the program our filter on ``ifname``'s hook runs; LookupError names what is missing."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise LookupError(f"interface {ifname} does not exist")
+        prog_id = attached_prog_id(ipr, found[0], hook)
+    if prog_id is None:
+        raise LookupError(f"no program of ours is attached to {ifname}")
+    return prog_id
+
+
 @contextlib.contextmanager
 def attached_maps(ifname: str, hook: str):
     """The maps, by name, of the program our filter on ``ifname``'s hook runs; closed on exit.
@@ -113,14 +125,7 @@ def attached_maps(ifname: str, hook: str):
     """
     from mptcp_lb import bpf
 
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            raise LookupError(f"interface {ifname} does not exist")
-        prog_id = attached_prog_id(ipr, found[0], hook)
-    if prog_id is None:
-        raise LookupError(f"no program of ours is attached to {ifname}")
-    maps = bpf.program_maps(prog_id)
+    maps = bpf.program_maps(_attached_prog(ifname, hook))
     try:
         yield maps
     finally:
@@ -132,7 +137,4 @@ def attached_counters(ifname: str, hook: str, map_name: str, names) -> dict[str,
     """The per-CPU counters map ``map_name`` of the program on ``ifname``'s hook, summed (see attached_maps)."""
     from mptcp_lb import bpf
 
-    with attached_maps(ifname, hook) as maps:
-        if map_name not in maps:
-            raise LookupError(f"the program on {ifname} has no {map_name} map (maps: {sorted(maps)})")
-        return bpf.read_counters(maps[map_name], names)
+    return bpf.program_counters(_attached_prog(ifname, hook), map_name, names, ifname)

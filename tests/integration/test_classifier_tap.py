@@ -20,6 +20,8 @@ import subprocess
 import sys
 
 import pytest
+from pyroute2 import IPRoute
+
 from mininet_topos.harness import wait_for
 from mptcp_lb import classifier
 from tests.integration.netns import REPO, WAIT, in_ns, python_env, sh
@@ -235,7 +237,11 @@ def test_a_failed_insert_puts_everything_back(bed, monkeypatch, failing):
             if name == classifier.UPLINK_PROGRAM:
                 raise RuntimeError("injected: cannot attach the uplink program")
             return real(ipr, ifindex, ifname, hook, fd, name)
+
+        def attach_xdp(*args):  # an afxdp port's XDP hook fails first and falls back to tc, which fails too
+            raise RuntimeError("injected: no native XDP")
         monkeypatch.setattr(classifier.tc, "attach", attach)
+        monkeypatch.setattr(classifier.xdp, "attach", attach_xdp)
         expected = "injected: cannot attach"
     else:  # OVS refuses the port swap (the rollback's swap back goes through)
         real, calls = classifier._swap_port, []
@@ -251,3 +257,43 @@ def test_a_failed_insert_puts_everything_back(bed, monkeypatch, failing):
         classifier.insert(bed.bridge, bed.uplink)
     monkeypatch.undo()
     assert uplink_state(bed) == before
+
+
+def test_the_uplink_program_runs_in_xdp_before_an_afxdp_port_and_at_tc_before_a_system_port(bed):
+    """Where the tap's OVS end runs XDP natively (afxdp), a frame never becomes an skb on the uplink."""
+    tap = classifier.insert(bed.bridge, bed.uplink)
+    with IPRoute() as ipr:
+        uplink, ovs_end = (ipr.link_lookup(ifname=n)[0] for n in (bed.uplink, tap.ovs_end))
+        on_uplink, on_ovs_end = classifier.xdp.attached(ipr, uplink), classifier.xdp.attached(ipr, ovs_end)
+    qdiscs = sh("tc", "qdisc", "show", "dev", bed.uplink)
+    if bed.port_type == "afxdp":
+        assert tap.hook == "xdp" and on_ovs_end[0] == classifier.xdp.NATIVE, (tap, on_ovs_end)
+        assert on_uplink[0] == classifier.xdp.NATIVE and "clsact" not in qdiscs, (on_uplink, qdiscs)
+    else:
+        assert tap.hook == "tc" and on_uplink == on_ovs_end == (None, None) and "clsact" in qdiscs
+    frames = [TIMESTAMP_ACK] * 3
+    in_ns(bed.client_ns, sys.executable, os.path.join(HERE, "send_frames.py"), bed.client_if,
+          *(f.hex() for f in frames))
+    wait_for("3 frames tagged with the server ID", lambda: counts(bed.bridge).get("server ID") == 3, WAIT)
+    assert classifier.stats(bed.uplink)["timestamp"] == 3
+    classifier.remove(bed.bridge, bed.uplink)
+    with IPRoute() as ipr:
+        back = classifier.xdp.attached(ipr, uplink)
+    if bed.port_type == "afxdp":  # the uplink is OVS's afxdp port again: OVS's program, not ours, and it stays
+        assert back[0] == classifier.xdp.NATIVE and back[1] != on_uplink[1], (back, on_uplink)
+    else:
+        assert back == (None, None)
+
+
+def test_an_uplink_without_native_xdp_gets_the_classifier_at_tc(bed, monkeypatch):
+    def no_native_xdp(ipr, ifindex, ifname, fd, name):
+        raise RuntimeError(f"cannot attach {name} to {ifname} in native XDP mode: injected")
+    monkeypatch.setattr(classifier.xdp, "attach", no_native_xdp)
+    bed.start_echo()
+    tap = classifier.insert(bed.bridge, bed.uplink)
+    assert tap.hook == "tc" and "clsact" in sh("tc", "qdisc", "show", "dev", bed.uplink)
+    results = bed.traffic(conns=2)
+    assert all(r.get("verified") for r in results), results
+    assert classifier.stats(bed.uplink)["timestamp"] > 100
+    classifier.remove(bed.bridge, bed.uplink)
+    assert "clsact" not in sh("tc", "qdisc", "show", "dev", bed.uplink)

@@ -28,7 +28,7 @@ def uplink_on_bridge():
 def test_classifier_attach_stats_and_detach_from_the_cli(uplink_on_bridge, capsys):
     name, bridge = uplink_on_bridge
     assert main(["classifier", "attach", name, "--bridge", bridge, "--port-type", "system"]) == 0
-    assert f"frames to OpenFlow port 3 of {bridge}" in capsys.readouterr().out
+    assert f"tc ingress, frames to OpenFlow port 3 of {bridge}" in capsys.readouterr().out
     assert "mux_uplink_ingress" in sh("tc", "filter", "show", "dev", name, "ingress")
     assert main(["classifier", "stats", name]) == 0
     assert json.loads(capsys.readouterr().out)["unconfigured"] == 0

@@ -7,6 +7,10 @@ Two layers, in the style of Katran's packet fixtures:
 * a differential fuzz: random and malformed layouts through the BPF program and
   through ``mptcp_codec.classify_frame``, which must agree on every frame.
 
+The uplink program comes twice, for XDP (before an afxdp OVS port) and for tc
+(before an AF_PACKET one), sharing its C: every test runs on both, and the
+fuzz puts each frame through both.
+
 The fuzz seed and size come from MPTCP_LB_FUZZ_SEED / MPTCP_LB_FUZZ_COUNT.
 """
 
@@ -18,6 +22,7 @@ import random
 import struct
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import pytest
 from scapy.all import (AH, ARP, IP, TCP, UDP, Dot1Q, IPOption_RR, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
@@ -37,16 +42,40 @@ def loaded(bpf_platform):
         yield obj
 
 
+@dataclass(frozen=True)
+class Uplink:
+    """One hook's uplink program, loaded: what it returns for a frame it delivers, and when it delivers none."""
+
+    hook: str
+    fd: int
+    redirect: int
+    drop: int
+
+
+PROGRAMS = {"tc": (classifier.UPLINK_PROGRAM, bpf.TC_ACT_REDIRECT, bpf.TC_ACT_SHOT),
+            "xdp": (classifier.UPLINK_XDP_PROGRAM, bpf.XDP_REDIRECT, bpf.XDP_DROP)}
+
+
+def uplink_of(obj, hook: str) -> Uplink:
+    name, redirect, drop = PROGRAMS[hook]
+    return Uplink(hook, obj.prog_fd(name), redirect, drop)
+
+
 @pytest.fixture(scope="module")
-def prog_fd(loaded):
+def both(loaded):
     loaded.configure(to_ovs=1, to_uplink=1)  # a test run never really redirects
-    return loaded.prog_fd(classifier.UPLINK_PROGRAM)
+    return [uplink_of(loaded, hook) for hook in PROGRAMS]
 
 
-def run(prog_fd: int, frame: bytes) -> bytes:
+@pytest.fixture(params=list(PROGRAMS))
+def prog(request, both):
+    return both[list(PROGRAMS).index(request.param)]
+
+
+def run(prog: Uplink, frame: bytes) -> bytes:
     """The frame as the uplink program hands it to OVS: every frame is redirected, none dropped."""
-    result = bpf.test_run(prog_fd, frame)
-    assert result.retval == bpf.TC_ACT_REDIRECT, f"retval {result.retval} for {frame.hex()}"
+    result = bpf.test_run(prog.fd, frame)
+    assert result.retval == prog.redirect, f"{prog.hook}: retval {result.retval} for {frame.hex()}"
     return result.data_out
 
 
@@ -172,9 +201,9 @@ CASES = _variants()
 
 
 @pytest.mark.parametrize(("frame", "verdict"), [pytest.param(f, v, id=n) for n, f, v in CASES])
-def test_fixture(prog_fd, frame, verdict):
+def test_fixture(prog, frame, verdict):
     assert classify_frame(frame) == verdict, "the Python reference disagrees with the fixture"
-    assert run(prog_fd, frame) == expected_frame(frame, verdict), frame.hex()
+    assert run(prog, frame) == expected_frame(frame, verdict), frame.hex()
 
 
 def min_test_run_len(frame: bytes) -> int:
@@ -186,31 +215,32 @@ def min_test_run_len(frame: bytes) -> int:
     return {b"\x08\x00": 14 + 20, b"\x86\xdd": 14 + 40}.get(frame[12:14], 14)
 
 
-def test_frames_shorter_than_ethernet_are_refused_by_the_kernel(prog_fd):
+def test_frames_shorter_than_ethernet_are_refused_by_the_kernel(prog):
     with pytest.raises(bpf.BpfError) as err:
-        bpf.test_run(prog_fd, bytes(13))
+        bpf.test_run(prog.fd, bytes(13))
     assert err.value.call == "bpf_prog_test_run_opts"
 
 
 @pytest.mark.parametrize("whole, n", [*((tcp_frame("A", TS_OPTS), n) for n in range(14, 14 + 20)),
                                       *((tcp6_frame("A", TS_OPTS), n) for n in range(14, 14 + 40))])
-def test_runts_pass_untouched_where_the_kernel_runs_them(prog_fd, whole, n):
+def test_runts_pass_untouched_where_the_kernel_runs_them(prog, whole, n):
     """An IPv4 or IPv6 frame cut inside its IP header gets no verdict: a live uplink delivers such runts.
 
-    This kernel's test run refuses them (EINVAL) instead; one that runs them must see them pass untouched.
+    This kernel's tc test run refuses them (EINVAL) instead; its XDP test run runs them, and
+    wherever they run they must pass untouched.
     """
     frame = whole[:n]
     try:
-        result = bpf.test_run(prog_fd, frame)
+        result = bpf.test_run(prog.fd, frame)
     except bpf.BpfError as e:
-        assert e.errno == errno.EINVAL and n < min_test_run_len(frame), (n, e)
+        assert prog.hook == "tc" and e.errno == errno.EINVAL and n < min_test_run_len(frame), (n, e)
     else:
-        assert (result.retval, result.data_out) == (bpf.TC_ACT_REDIRECT, frame)
+        assert (result.retval, result.data_out) == (prog.redirect, frame)
 
 
-def test_classify_bytes_uses_the_built_object(prog_fd):
+def test_classify_bytes_uses_the_built_object(prog):
     frame = tcp_frame("S", LINUX_SYN + mp_join(TOKEN))
-    assert classifier.classify_bytes(frame) == expected_frame(frame, (2, TOKEN >> 8))
+    assert classifier.classify_bytes(frame, prog.hook) == expected_frame(frame, (2, TOKEN >> 8))
 
 
 # --- differential fuzz -------------------------------------------------------------
@@ -329,7 +359,8 @@ class FrameFuzzer:
                            r.randbytes(16), r.randbytes(16)) + chain
 
 
-def test_differential_fuzz_against_python_reference(prog_fd):
+def test_differential_fuzz_against_python_reference(both):
+    """Each frame through the reference and through both hooks' programs: all three agree."""
     fuzzer = FrameFuzzer(random.Random(FUZZ_SEED))
     verdicts: Counter = Counter()
     mismatches = []
@@ -340,9 +371,11 @@ def test_differential_fuzz_against_python_reference(prog_fd):
         verdicts[verdict[0] if verdict else None] += 1
         if frame[12:14] == b"\x86\xdd":
             verdicts[("ipv6", verdict[0] if verdict else None)] += 1
-        out = run(prog_fd, frame)
-        if out != expected_frame(frame, verdict):
-            mismatches.append(f"{frame.hex()} python={verdict} bpf_dst={out[:6].hex()}")
+        expected = expected_frame(frame, verdict)
+        for prog in both:
+            out = run(prog, frame)
+            if out != expected:
+                mismatches.append(f"{prog.hook}: {frame.hex()} python={verdict} bpf_dst={out[:6].hex()}")
     elapsed = time.monotonic() - start
     print(f"fuzz: {FUZZ_COUNT} frames, seed {FUZZ_SEED}, {elapsed:.1f}s, verdicts {dict(verdicts)}")
     assert not mismatches, (f"{len(mismatches)} mismatches (seed {FUZZ_SEED}), first ones:\n"
@@ -357,12 +390,12 @@ def test_differential_fuzz_against_python_reference(prog_fd):
 
 # --- redirects and counters ----------------------------------------------------------
 
-def test_redirects_and_counts_each_verdict(loaded, prog_fd):
+def test_redirects_and_counts_each_verdict(loaded, prog):
     before = loaded.stats()
     frames = [tcp_frame("S", LINUX_SYN + mp_capable()), tcp_frame("S", LINUX_SYN + mp_join(TOKEN)),
               tcp_frame("A", TS_OPTS), tcp_frame("A", TS_OPTS), tcp_frame("A", b"")]
     for frame in frames:
-        run(prog_fd, frame)
+        run(prog, frame)
     back = bpf.test_run(loaded.prog_fd(classifier.RETURN_PROGRAM), frames[0])
     assert back.retval == bpf.TC_ACT_REDIRECT and back.data_out == frames[0]  # OVS's output goes back untouched
     grown = {k: v - before[k] for k, v in loaded.stats().items()}
@@ -373,41 +406,45 @@ def test_redirects_and_counts_each_verdict(loaded, prog_fd):
 def test_an_unconfigured_classifier_delivers_nothing():
     with classifier.load() as obj:  # mux_ports never filled: no ifindex to redirect to
         frame = tcp_frame("A", TS_OPTS)
-        for prog in (classifier.UPLINK_PROGRAM, classifier.RETURN_PROGRAM):
-            assert bpf.test_run(obj.prog_fd(prog), frame).retval == bpf.TC_ACT_SHOT
-        assert obj.stats()["unconfigured"] == 2 and obj.stats()["to_ovs"] == 0
+        for hook in PROGRAMS:
+            prog = uplink_of(obj, hook)
+            assert bpf.test_run(prog.fd, frame).retval == prog.drop
+        assert bpf.test_run(obj.prog_fd(classifier.RETURN_PROGRAM), frame).retval == bpf.TC_ACT_SHOT
+        assert obj.stats()["unconfigured"] == 3 and obj.stats()["to_ovs"] == 0
 
 
 # --- what a client must not be able to do -------------------------------------------
 
-def test_a_key_carrier_a_client_put_in_its_syn_becomes_nops_and_the_checksum_stays_right(loaded, prog_fd):
+def test_a_key_carrier_a_client_put_in_its_syn_becomes_nops_and_the_checksum_stays_right(loaded, prog):
+    """At any alignment, and in XDP too, where the program fixes the checksum itself."""
     before = loaded.stats()
     carrier = build_key_carrier(bytes(range(8)))
     for opts in (LINUX_SYN + mp_capable() + carrier, carrier + LINUX_SYN + mp_capable(), carrier * 3):
         frame = tcp_frame("S", opts)
         assert checksums_ok(frame)
-        out = run(prog_fd, frame)
+        out = run(prog, frame)
         assert carrier not in out and NOP * len(carrier) in out
         assert checksums_ok(out)  # a right checksum stays right, whatever the carrier's alignment
         assert out == classifier_output(frame)
     assert loaded.stats()["carrier_cleared"] - before["carrier_cleared"] == 5
 
 
-def test_a_frame_that_arrives_with_a_tag_mac_and_earns_none_cannot_steer(loaded, prog_fd):
+def test_a_frame_that_arrives_with_a_tag_mac_and_earns_none_cannot_steer(loaded, prog):
     before = loaded.stats()
     forged = tcp_frame("A", b"", eth_dst="0a:4d:03:00:00:02")  # "server ID 2", without a timestamp
-    out = run(prog_fd, forged)
+    out = run(prog, forged)
     assert out[:6] == bytes.fromhex("0a4d00000000") and out[6:] == forged[6:]
     arp = ether_frame(ARP(pdst="10.0.0.100"), dst="0a:4d:01:00:00:00")
-    assert run(prog_fd, arp)[:6] == bytes.fromhex("0a4d00000000")
+    assert run(prog, arp)[:6] == bytes.fromhex("0a4d00000000")
     assert loaded.stats()["forged_tag"] - before["forged_tag"] == 2
 
 
-def test_syns_over_a_vips_punt_budget_go_untagged_to_the_hash():
+@pytest.mark.parametrize("hook", list(PROGRAMS))
+def test_syns_over_a_vips_punt_budget_go_untagged_to_the_hash(hook):
     with classifier.load() as obj:
         obj.configure(to_ovs=1, to_uplink=1)
         obj.set_punt_budgets({("10.0.0.100", 80): (1, 3)})  # 1/s, bursts of 3
-        fd = obj.prog_fd(classifier.UPLINK_PROGRAM)
+        fd = uplink_of(obj, hook).fd
         syn = tcp_frame("S", LINUX_SYN + mp_capable(), dst="10.0.0.100", dport=80)
         other = tcp_frame("S", LINUX_SYN + mp_capable(), dst="10.0.0.200", dport=80)
         tags = [bpf.test_run(fd, syn).data_out[:3].hex() for _ in range(5)]
