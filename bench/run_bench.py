@@ -8,8 +8,8 @@
    (the DIPs) and on the client, from their kernels' counters.
 2. Upload goodput client -> server through one OVS bridge, alternating
    between plain L2 forwarding (``actions=NORMAL``), the port pipeline and
-   the token pipeline with the classifier tap in front of the bridge: here
-   every data packet crosses the classifier.
+   the token pipeline with the classifier tap in front of the bridge (in
+   XDP, and forced to tc): here every data packet crosses the classifier.
 3. Datapath (megaflow) count for the VIP on the datacenter topology after
    few vs many connections: it must not grow with connections.
 4. Flow compile time for 4096 DIPs vs 3 DIPs.
@@ -140,24 +140,29 @@ def throughput(seconds: float, rounds: int) -> dict:
         agent = h2.popen([sys.executable, "-m", "mptcp_lb.cli", "dip-agent", "--config", config_path, "--dip", "1",
                           "--ready-file", ready, "--echo"], cwd=ROOT)
         wait_for("the bench DIP agent", lambda: os.path.exists(ready), 20)
-        modes = {"l2": (install_l2, SERVER_IP), "port": (lambda b: install_pipeline(b, "port"), MUX_IP),
-                 "token": (lambda b: install_pipeline(b, "token"), MUX_IP)}
+        token = lambda b: install_pipeline(b, "token")  # noqa: E731
+        # mode -> (flows, next hop, classifier hook: None for none, "auto" for insert's choice)
+        modes = {"l2": (install_l2, SERVER_IP, None), "port": (lambda b: install_pipeline(b, "port"), MUX_IP, None),
+                 "token": (token, MUX_IP, "auto"), "token_tc": (token, MUX_IP, "tc")}
         results: dict[str, list[float]] = {m: [] for m in modes}
+        hooks: dict[str, str] = {}
         for _ in range(rounds):
-            for mode, (install, next_hop) in modes.items():
+            for mode, (install, next_hop, hook) in modes.items():
                 install(bridge)
-                if mode == "token":
-                    classifier.insert(bridge, uplink, port_type)
+                if hook:
+                    hooks[mode] = classifier.insert(bridge, uplink, port_type,
+                                                    hook=None if hook == "auto" else hook).hook
                 h1.cmd(f"ip route replace {BENCH_VIP}/32 via {next_hop}")
                 h1.cmd("ip neigh flush all")
                 out = h1.cmd(f"{sys.executable} -m bench.bulk {BENCH_VIP} 80 {seconds}")
-                if mode == "token":
+                if hook:
                     classifier.remove(bridge, uplink)
                 results[mode].append(json.loads(out.strip().splitlines()[-1])["gbps"])
                 print(f"  throughput {mode}: {results[mode][-1]:.3f} Gbit/s", flush=True)
         med = {m: statistics.median(v) for m, v in results.items()}
         return {"port_type": port_type, "gbps": results, "median_gbps": med, "port_over_l2": med["port"] / med["l2"],
-                "token_over_l2": med["token"] / med["l2"], "token_over_port": med["token"] / med["port"]}
+                "token_over_l2": med["token"] / med["l2"], "token_over_port": med["token"] / med["port"],
+                "token_hook": hooks["token"], "token_over_token_tc": med["token"] / med["token_tc"]}
     finally:
         if agent is not None:
             agent.terminate()
@@ -173,24 +178,34 @@ def throughput(seconds: float, rounds: int) -> dict:
 def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> dict:
     """Port and token downloads through the demo topology on each port type, each next to plain L2.
 
-    Port mode uses c1 (follows ADD_ADDR: 3 subflows), token mode the stock
-    client c2 (joins the service port: 2 subflows); token mode runs the
-    classifier tap on both MUX uplinks and the DIPs' tc programs (pool keys,
-    TSval stamping, SYN cookies). Each round builds every configuration's
-    topology in turn, alone (idle afxdp ports of a second topology would cost
-    the one PMD thread polling time), so the configurations share the
-    machine's ups and downs round by round. In each topology one download per
-    path goes unmeasured (the first download of a topology ran at about half
-    the goodput of the rest), then ``per_round`` pairs alternate which path
-    goes first. The hosts run off the PMD's CPU (``hosts_off_pmd``).
+    Port mode uses c1 (follows ADD_ADDR: 3 subflows, two of them on its
+    first path), token mode the stock client c2 (joins the service port: 2
+    subflows, one per path); token mode runs the classifier tap on both MUX
+    uplinks and the DIPs' tc programs (pool keys, TSval stamping, SYN
+    cookies). A download's goodput depends on its subflows (on the L2 path
+    alone, c1 with 3 ran about 3% faster than either client with 2, in both
+    modes), so port mode also downloads with c1 opening one subflow per path
+    (``lb_per_path``): the shape of token mode's, against which the token
+    pipeline's own cost shows. Each round builds every configuration's
+    topology in turn, alone (idle afxdp ports of a second topology would
+    cost the one PMD thread polling time), in the opposite order every other
+    round, so the configurations share the machine's ups and downs round by
+    round. In each topology one download per path goes unmeasured (the first
+    download of a topology ran at about half the goodput of the rest), then
+    ``per_round`` sets alternate which path goes first. The hosts run off
+    the PMD's CPU (``hosts_off_pmd``).
     """
     configs = [(mode, client, port_type) for port_type in port_types for mode, client in (("port", "c1"), ("token", "c2"))]
-    raw: dict[str, dict[str, list[list[dict]]]] = {f"{m}/{pt}": {"lb": [], "l2": []} for m, _, pt in configs}
+    # path -> (None: through the MUXes, else the DIP the VIP is routed to; one subflow per path)
+    paths_of = {"port": {"lb": (None, False), "lb_per_path": (None, True), "l2": (1, False)},
+                "token": {"lb": (None, False), "l2": (1, False)}}
+    raw: dict[str, dict[str, list[list[dict]]]] = {f"{m}/{pt}": {path: [] for path in paths_of[m]}
+                                                   for m, _, pt in configs}
     failed: list[dict] = []
     timeout = DOWNLOAD_SECONDS_PER_128_MIB * max(1.0, size / (128 << 20))
     with Blob(size) as blob, hosts_off_pmd() as host_cpus:
         for n in range(rounds):
-            for mode, client, port_type in configs:
+            for mode, client, port_type in configs if n % 2 == 0 else reversed(configs):  # neither always first
                 name = f"{mode}/{port_type}"
                 for results in raw[name].values():
                     results.append([])
@@ -198,10 +213,13 @@ def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> 
                                 key_source="pool", port_type=port_type, echo=False,
                                 transition_time=2.0) as dc, \
                         StockWebServers(dc, blob) as web:
-                    paths = (("lb", None), ("l2", 1))
-                    def measure(path: str, dip: int | None, kept: list | None) -> None:
+                    paths = list(paths_of[mode].items())
+
+                    def measure(path: str, dip: int | None, per_path: bool, kept: list | None) -> None:
                         """One download over ``path``, into ``kept`` (None: the warm-up, verified and dropped)."""
                         route_vip_to(dc, dip)
+                        if per_path:
+                            dc.host(client).one_subflow_per_path(True)
                         try:
                             result = checked_download(dc, client, web, timeout)
                         except DownloadFailed as e:  # reported, not measured; a wrong byte still ends the run
@@ -210,17 +228,20 @@ def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> 
                             print(f"  round {n + 1}/{rounds} {name} {path}: download failed: "
                                   f"{str(e).splitlines()[0]}", flush=True)
                             return
+                        finally:
+                            if per_path:
+                                dc.host(client).one_subflow_per_path(False)
                         if kept is not None:
                             kept.append(result)
 
-                    for path, dip in paths:
-                        measure(path, dip, None)
+                    for path, (dip, per_path) in paths:
+                        measure(path, dip, per_path, None)
                     for k in range(per_round):
-                        for path, dip in paths if (n + k) % 2 else reversed(paths):  # neither path always first
-                            measure(path, dip, raw[name][path][-1])
-                print(f"  round {n + 1}/{rounds} {name}: LB " +
-                      ", ".join(f"{r['gbps']:.2f}" for r in raw[name]["lb"][-1]) + "; L2 " +
-                      ", ".join(f"{r['gbps']:.2f}" for r in raw[name]["l2"][-1]) + " Gbit/s", flush=True)
+                        for path, (dip, per_path) in paths if (n + k) % 2 else reversed(paths):  # none always first
+                            measure(path, dip, per_path, raw[name][path][-1])
+                print(f"  round {n + 1}/{rounds} {name}: " + "; ".join(
+                    f"{path} " + ", ".join(f"{r['gbps']:.2f}" for r in raw[name][path][-1]) for path in paths_of[mode])
+                    + " Gbit/s", flush=True)
     out: dict = {"bytes": size, "rounds": rounds, "downloads_per_round": per_round, "host_cpu_mask": host_cpus,
                  "failed": failed, "runs": {}}
     for name, paths in raw.items():
@@ -258,6 +279,13 @@ def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> 
             "retrans_segs": {"token": (token["sender_retrans_segs"], token["client_retrans_segs"], token["mb"]),
                              "port": (port["sender_retrans_segs"], port["client_retrans_segs"], port["mb"])},
         }
+        per_path = runs[f"port/{port_type}"].get("lb_per_path")
+        if per_path:  # the same shape in both modes: one subflow per path
+            out[f"token_over_port/{port_type}"].update({
+                "goodput_one_subflow_per_path": token["median_gbps"] / per_path["median_gbps"],
+                "goodput_one_subflow_per_path_by_round": [
+                    t / p for t, p in zip(token["round_median_gbps"], per_path["round_median_gbps"]) if t and p],
+            })
     if "afxdp" in port_types and "system" in port_types:
         for mode in ("port", "token"):
             afxdp = runs[f"{mode}/afxdp"]["lb"]["median_gbps"]
@@ -365,6 +393,9 @@ def failure_detection(rounds: int = 3) -> dict:
 def classifier_cost(repeat: int) -> dict:
     """ns per frame of the classifier (parse, tag, redirect) vs the tap's bare redirect, same frames.
 
+    Both uplink programs, tc's and XDP's; the bare redirect is tc's (a test
+    run's fixed cost differs between the two program types).
+
     Each TCP segment is measured over IPv4 and over IPv6 (``*_ipv6``), and
     once more over IPv6 behind a hop-by-hop and a destination options
     header (``*_ipv6_ext``), which the classifier walks to reach TCP.
@@ -396,8 +427,9 @@ def classifier_cost(repeat: int) -> dict:
             for name, tcp in frames.items():
                 frame = bytes(base / tcp)
                 cls_ns = bpf.test_run(obj.prog_fd(classifier.UPLINK_PROGRAM), frame, repeat=repeat).duration_ns
+                xdp_ns = bpf.test_run(obj.prog_fd(classifier.UPLINK_XDP_PROGRAM), frame, repeat=repeat).duration_ns
                 base_ns = bpf.test_run(obj.prog_fd(classifier.RETURN_PROGRAM), frame, repeat=repeat).duration_ns
-                out[name + family] = {"classifier_ns": cls_ns, "redirect_ns": base_ns,
+                out[name + family] = {"classifier_ns": cls_ns, "classifier_xdp_ns": xdp_ns, "redirect_ns": base_ns,
                                       "ratio": cls_ns / max(base_ns, 1)}
     return {"repeat": repeat, "per_class": out}
 
@@ -528,6 +560,12 @@ def print_downloads(dl: dict, args) -> None:
         print(f"  {name:<16}{lb['median_gbps']:>10.3f}{l2['median_gbps']:>10.3f}{run['lb_over_l2']:>7.2f}"
               f"{lb['sender_retrans_per_mb']:>17.2f}{lb['client_retrans_per_mb']:>8.2f}"
               f"{l2['sender_retrans_per_mb']:>17.2f}{l2['client_retrans_per_mb']:>8.2f}")
+    for name, run in dl["runs"].items():
+        if run.get("lb_per_path"):
+            r = run["lb_per_path"]
+            print(f"  {name + ',':<16} c1 with one subflow per path (subflows at the DIP: "
+                  f"{', '.join(map(str, sorted(set(r['subflows_at_serving_dip']))))}): LB {r['median_gbps']:.3f} Gbit/s, "
+                  f"retx/MB DIPs {r['sender_retrans_per_mb']:.2f}, client {r['client_retrans_per_mb']:.2f}")
     for f in dl["failed"]:
         print(f"  FAILED: {f['run']} {f['path']} in round {f['round']}: {f['error'].splitlines()[0]} "
               "(every host's sockets in the JSON report)")
@@ -547,6 +585,10 @@ def print_downloads(dl: dict, args) -> None:
               f"{_retrans_ratio(*r['client_retrans_per_mb'])} (segments retransmitted by the DIPs and the client: "
               f"token {seg['token'][0]} and {seg['token'][1]} in {seg['token'][2]:.0f} MB, "
               f"port {seg['port'][0]} and {seg['port'][1]} in {seg['port'][2]:.0f} MB)")
+        if "goodput_one_subflow_per_path" in r:
+            print(f"  token / port on {port_type}, one subflow per path in both: goodput "
+                  f"{r['goodput_one_subflow_per_path']:.2f} (round by round "
+                  f"{', '.join(f'{x:.2f}' for x in r['goodput_one_subflow_per_path_by_round'])})")
 
 def tls_lost_streams(n: int) -> dict:
     """bench.tls_duplex in a process of its own: its unserialized half races OpenSSL, which may crash it."""
@@ -615,7 +657,9 @@ def print_report(report: dict, args) -> None:
         m = t["median_gbps"]
         print(f"\nUploads through one bridge ({t['port_type']} ports, medians of {args.rounds}): port pipeline / "
               f"plain L2 {t['port_over_l2']:.2f}, token pipeline + classifier / plain L2 {t['token_over_l2']:.2f}, "
-              f"token / port {t['token_over_port']:.2f} ({m['port']:.2f}, {m['token']:.2f}, {m['l2']:.2f} Gbit/s)")
+              f"token / port {t['token_over_port']:.2f} ({m['port']:.2f}, {m['token']:.2f}, {m['l2']:.2f} Gbit/s); "
+              f"the classifier in {t['token_hook']} / at tc {t['token_over_token_tc']:.2f} ({m['token_tc']:.2f} Gbit/s "
+              "at tc)")
     if "datapath_flows" in report:
         d = report["datapath_flows"]
         print(f"VIP datapath flows after {d['connections'][0]} / {d['connections'][1]} connections: "
@@ -635,8 +679,8 @@ def print_report(report: dict, args) -> None:
               f"{len(f['seconds'])}; probes every {f['interval_s']} s, {f['fall']} failures)")
     if "classifier" in report:
         for name, row in report["classifier"]["per_class"].items():
-            print(f"classifier {name:>29}: {row['classifier_ns']:4d} ns/packet vs bare redirect "
-                  f"{row['redirect_ns']:3d} ns (ratio {row['ratio']:.1f})")
+            print(f"classifier {name:>29}: {row['classifier_ns']:4d} ns/packet at tc ({row['classifier_xdp_ns']:4d} "
+                  f"in XDP) vs bare redirect {row['redirect_ns']:3d} ns (ratio {row['ratio']:.1f})")
     if "dip_programs" in report:
         for family, row in report["dip_programs"]["per_family"].items():
             print(f"DIP programs over {family}: a data segment through dip_egress {row['port_egress_ns']:.0f} ns in "

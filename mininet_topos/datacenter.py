@@ -209,6 +209,7 @@ class Client(Host):
         r = super().config(**params)
         tune_interfaces(self, rps_cpus)
         self.nets = tuple(nets)
+        self.follows_add_addr = follows_add_addr
         self._paths("ip", [(f"{net}.1", f"{net}.254") for net in nets], follows_add_addr)
         if nets6:  # the same over IPv6; the path manager pairs each family's endpoints with its own
             for idx, net in enumerate(nets6):
@@ -228,6 +229,26 @@ class Client(Host):
             elif idx:
                 self.cmd(f"ip mptcp endpoint add {address} dev {intf} subflow")
         self.cmd(f"{ip} route add default via {paths[0][1]}")
+
+    def one_subflow_per_path(self, on: bool = True) -> None:
+        """Join an announced address from the second path only (on), or from every path again (off).
+
+        A client that follows ADD_ADDR (c1) has a fullmesh endpoint per
+        address, so in port mode it joins the DIP's announced address from
+        both, and its first path carries two subflows next to the second's
+        one. Without the first address's endpoint it opens one subflow per
+        path, the shape of c2's in token mode (IPv4 endpoints only).
+        """
+        if not self.follows_add_addr:
+            raise ValueError(f"{self.name} does not follow ADD_ADDR: it opens one subflow per path already")
+        address, intf = f"{self.nets[0]}.1", f"{self.name}-eth0"
+        ids = [line.split(" id ")[1].split()[0] for line in self.cmd("ip mptcp endpoint show").splitlines()
+               if line.startswith(f"{address} ")]
+        if on:
+            for endpoint_id in ids:
+                self.cmd(f"ip mptcp endpoint delete id {endpoint_id}")
+        elif not ids:
+            self.cmd(f"ip mptcp endpoint add {address} dev {intf} subflow fullmesh")
 
     def set_path_mtu(self, mtu: int | None) -> None:
         """Send at most ``mtu`` bytes per packet yet still offer the full MSS, as behind a tunnel it knows of.

@@ -355,3 +355,23 @@ def test_sigterm_stops_the_controller_at_once_and_takes_its_probe_routes_with_it
     dc.start_controller()
     dc.wait_programmed()
     wait_for("the health checks' policy rules back", probe_rules, 20)
+
+
+def test_c1_can_open_one_subflow_per_path_and_back(dc):
+    """``Client.one_subflow_per_path``, which ``make bench`` uses to give port mode token mode's shape."""
+    c1 = dc.host("c1")
+    first, second = (f"{net}.1" for net in c1.nets)
+    c1.one_subflow_per_path(True)
+    try:
+        shaped = [connection_entry(r) for r in dc.run_traffic(conns=4, size=64 * 1024, min_subflows=2)]
+    finally:
+        c1.one_subflow_per_path(False)
+    for c in shaped:
+        clients = sorted(sf["client"].rsplit(":", 1)[0] for sf in c["subflows"])
+        assert c["verified"] and clients == sorted([first, second]), c  # the initial subflow and one join
+        on_service_port = [sf for sf in c["subflows"] if sf["vip"].endswith(f":{SERVICE_PORT}")]
+        assert len(on_service_port) == 1, c  # the initial subflow; the join went to the announced port
+    check_port_steering(dc.run_traffic(conns=4, size=64 * 1024), dip_ids=[])  # 3 subflows again
+    assert all(len(connection_entry(r)["subflows"]) == 3 for r in dc.run_traffic(conns=2, size=64 * 1024))
+    with pytest.raises(ValueError, match="does not follow ADD_ADDR"):
+        dc.host("c2").one_subflow_per_path(True)
