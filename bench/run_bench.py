@@ -100,8 +100,10 @@ def throughput(seconds: float, rounds: int) -> dict:
 
     The server is the same in all three: a real DIP agent in token mode (key
     pool, TSval stamping, SYN cookies), so only the MUX pipeline differs; the
-    token rounds put the classifier tap in front of the bridge. In L2 mode the
-    client reaches the VIP through the server's own MAC.
+    token rounds put the classifier tap in front of the bridge, with the
+    classifier where ``insert`` puts it (XDP before an afxdp port) and once
+    more forced to tc. In L2 mode the client reaches the VIP through the
+    server's own MAC. The modes take turns going first, round by round.
     """
     from mininet.net import Mininet
     from mininet.topo import Topo
@@ -145,13 +147,14 @@ def throughput(seconds: float, rounds: int) -> dict:
         modes = {"l2": (install_l2, SERVER_IP, None), "port": (lambda b: install_pipeline(b, "port"), MUX_IP, None),
                  "token": (token, MUX_IP, "auto"), "token_tc": (token, MUX_IP, "tc")}
         results: dict[str, list[float]] = {m: [] for m in modes}
-        hooks: dict[str, str] = {}
-        for _ in range(rounds):
-            for mode, (install, next_hop, hook) in modes.items():
+        hooks: dict[str, set[str]] = {m: set() for m, (_, _, hook) in modes.items() if hook}
+        order = list(modes.items())
+        for n in range(rounds):
+            for mode, (install, next_hop, hook) in order[n % len(order):] + order[:n % len(order)]:  # none always first
                 install(bridge)
                 if hook:
-                    hooks[mode] = classifier.insert(bridge, uplink, port_type,
-                                                    hook=None if hook == "auto" else hook).hook
+                    hooks[mode].add(classifier.insert(bridge, uplink, port_type,
+                                                      hook=None if hook == "auto" else hook).hook)
                 h1.cmd(f"ip route replace {BENCH_VIP}/32 via {next_hop}")
                 h1.cmd("ip neigh flush all")
                 out = h1.cmd(f"{sys.executable} -m bench.bulk {BENCH_VIP} 80 {seconds}")
@@ -162,7 +165,7 @@ def throughput(seconds: float, rounds: int) -> dict:
         med = {m: statistics.median(v) for m, v in results.items()}
         return {"port_type": port_type, "gbps": results, "median_gbps": med, "port_over_l2": med["port"] / med["l2"],
                 "token_over_l2": med["token"] / med["l2"], "token_over_port": med["token"] / med["port"],
-                "token_hook": hooks["token"], "token_over_token_tc": med["token"] / med["token_tc"]}
+                "token_hooks": sorted(hooks["token"]), "token_over_token_tc": med["token"] / med["token_tc"]}
     finally:
         if agent is not None:
             agent.terminate()
@@ -192,7 +195,7 @@ def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> 
     round, so the configurations share the machine's ups and downs round by
     round. In each topology one download per path goes unmeasured (the first
     download of a topology ran at about half the goodput of the rest), then
-    ``per_round`` sets alternate which path goes first. The hosts run off
+    ``per_round`` sets rotate which path goes first. The hosts run off
     the PMD's CPU (``hosts_off_pmd``).
     """
     configs = [(mode, client, port_type) for port_type in port_types for mode, client in (("port", "c1"), ("token", "c2"))]
@@ -237,7 +240,8 @@ def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> 
                     for path, (dip, per_path) in paths:
                         measure(path, dip, per_path, None)
                     for k in range(per_round):
-                        for path, (dip, per_path) in paths if (n + k) % 2 else reversed(paths):  # none always first
+                        turn = (n + k) % len(paths)  # each path first, middle and last in turn
+                        for path, (dip, per_path) in paths[turn:] + paths[:turn]:
                             measure(path, dip, per_path, raw[name][path][-1])
                 print(f"  round {n + 1}/{rounds} {name}: " + "; ".join(
                     f"{path} " + ", ".join(f"{r['gbps']:.2f}" for r in raw[name][path][-1]) for path in paths_of[mode])
@@ -657,9 +661,10 @@ def print_report(report: dict, args) -> None:
         m = t["median_gbps"]
         print(f"\nUploads through one bridge ({t['port_type']} ports, medians of {args.rounds}): port pipeline / "
               f"plain L2 {t['port_over_l2']:.2f}, token pipeline + classifier / plain L2 {t['token_over_l2']:.2f}, "
-              f"token / port {t['token_over_port']:.2f} ({m['port']:.2f}, {m['token']:.2f}, {m['l2']:.2f} Gbit/s); "
-              f"the classifier in {t['token_hook']} / at tc {t['token_over_token_tc']:.2f} ({m['token_tc']:.2f} Gbit/s "
-              "at tc)")
+              f"token / port {t['token_over_port']:.2f} ({m['port']:.2f}, {m['token']:.2f}, {m['l2']:.2f} Gbit/s)")
+        if t["token_hooks"] == ["xdp"]:  # else the classifier ran at tc in both (AF_PACKET ports)
+            print(f"  the classifier in XDP / at tc: {t['token_over_token_tc']:.2f} ({m['token']:.2f} and "
+                  f"{m['token_tc']:.2f} Gbit/s)")
     if "datapath_flows" in report:
         d = report["datapath_flows"]
         print(f"VIP datapath flows after {d['connections'][0]} / {d['connections'][1]} connections: "

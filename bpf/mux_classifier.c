@@ -22,18 +22,19 @@
  * XDP program, so in XDP the classifier hands each frame over as it came
  * (an xdp_frame, redirected into the veth), skipping the uplink's skb, its
  * backlog pass and tc, once per client packet; a veth only accepts such a
- * redirect when its far end runs XDP, which an AF_PACKET OVS port does not,
- * so there the classifier runs at tc. Both share every line of classify()
- * below; the unit tests run every frame through both and compare.
+ * redirect when its far end runs XDP natively (or has GRO on), and an
+ * AF_PACKET OVS port runs no XDP, so there the classifier runs at tc. Both
+ * share every line of classify() below; the unit tests run every frame
+ * through both and compare.
  *
- * Neither program drops a frame it can deliver or changes any byte but the
- * tag; a frame without a verdict passes untouched. Until mux_ports is filled,
- * nothing is delivered anywhere (TC_ACT_SHOT): the uplink carries no
- * addresses of its own.
+ * None of the programs drops a frame it can deliver or changes any byte but
+ * the tag (and, for a cleared key carrier, the checksum); a frame without a
+ * verdict passes untouched. Until mux_ports is filled, nothing is delivered
+ * anywhere (TC_ACT_SHOT, XDP_DROP): the uplink carries no addresses of its
+ * own.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
-#include <linux/stddef.h>
 #include "mptcp_lb.h"
 #include "mux_maps.h"
 #include "parse.h"

@@ -246,11 +246,13 @@ class Datacenter:
         if self.mode != "port":
             from mptcp_lb import classifier
 
+            hooks = set()
             for i in (1, 2):
-                classifier.insert(self.mux_bridge(i), self.mux_uplink(i), self.port_type,
-                                  budgets=classifier.punt_budgets(parse_config(self.config)))
+                hooks.add(classifier.insert(self.mux_bridge(i), self.mux_uplink(i), self.port_type,
+                                            budgets=classifier.punt_budgets(parse_config(self.config))).hook)
                 self.classified.append(i)
-            self.progress("MPTCP classifier in front of both MUX bridges (tc ingress of their uplinks)")
+            where = " and ".join("native XDP" if h == "xdp" else "tc ingress" for h in sorted(hooks, reverse=True))
+            self.progress(f"MPTCP classifier in front of both MUX bridges ({where} of their uplinks)")
         if self.bgp:
             self.start_birds()
         # The agents first: a controller that probed DIPs whose agents were not up yet would

@@ -15,15 +15,16 @@ its XDP program in native mode, the classifier runs in native XDP on the
 uplink and redirects each frame into the tap as it came, never an skb on
 the way (the ``xdp`` hook); otherwise, or where the uplink's driver has no
 native XDP, at tc ingress (the ``tc`` hook: a veth only takes an XDP
-redirect when its far end runs XDP, and an AF_PACKET port does not).
+redirect when its far end runs XDP natively (or has GRO on), and an
+AF_PACKET port runs no XDP).
 ``insert`` builds this and ``remove`` puts the uplink back as it was.
 ``load`` and ``ClassifierObject.configure`` are the same steps without
 touching an interface (load separate from attach), for tests and
 benchmarks that run the programs with BPF_PROG_TEST_RUN.
 
 The uplink's GRO is turned off while the tap is in place (and restored on
-remove): OVS's XDP program takes one frame at a time, and a veth drops a
-GRO super-frame that does not fit a page on its way there.
+remove): at tc, a GRO super-frame would be redirected whole, and a veth
+drops one that does not fit a page on its way to OVS's XDP program.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ log = logging.getLogger(__name__)
 CLASSIFIER_OBJECT = bpf.BPF_DIR / "mux_classifier.o"
 UPLINK_PROGRAM = "mux_uplink_ingress"  # the tc hook's
 UPLINK_XDP_PROGRAM = "mux_uplink_xdp"  # the xdp hook's
-HOOKS = ("xdp", "tc")
+# hook -> (uplink program, what it returns for a frame it hands to OVS, and for one it cannot deliver)
+UPLINK_PROGRAMS = {"xdp": (UPLINK_XDP_PROGRAM, bpf.XDP_REDIRECT, bpf.XDP_DROP),
+                   "tc": (UPLINK_PROGRAM, bpf.TC_ACT_REDIRECT, bpf.TC_ACT_SHOT)}
+HOOKS = tuple(UPLINK_PROGRAMS)
 OVS_XDP_WAIT = 5.0  # seconds an afxdp OVS port may take to show its XDP program after it is added
 RETURN_PROGRAM = "mux_to_uplink"
 # The ABI of bpf/mux_maps.h; tests/unit/test_bpf_abi.py checks it against the header and the object's BTF.
@@ -141,7 +145,7 @@ def classify_bytes(frame: bytes, hook: str = "tc") -> bytes:
     The kernel refuses (EINVAL) frames shorter than an Ethernet header, and
     at tc IPv4 or IPv6 frames shorter than their IP header.
     """
-    program, redirect = {"tc": (UPLINK_PROGRAM, bpf.TC_ACT_REDIRECT), "xdp": (UPLINK_XDP_PROGRAM, bpf.XDP_REDIRECT)}[hook]
+    program, redirect, _ = UPLINK_PROGRAMS[hook]
     run = bpf.test_run(_loaded().prog_fd(program), frame)
     if run.retval != redirect:
         raise RuntimeError(f"classifier at {hook} returned {run.retval}, not a redirect, for {frame.hex()}")
@@ -399,11 +403,15 @@ def _undo(ipr: IPRoute, tap: Tap, uplink_ifindex: int, done: list[str]) -> None:
 
 
 def stats(uplink: str) -> dict[str, int]:
-    """The counters of the classifier attached to ``uplink`` (in XDP or at tc), read through its maps."""
+    """The counters of the classifier attached to ``uplink`` (in XDP or at tc), read through its maps.
+
+    An XDP program on the uplink that is not the classifier's (OVS's, when
+    the uplink is an afxdp port; someone's firewall) is not read.
+    """
     try:
         with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=uplink)
-            prog_id = xdp.attached(ipr, found[0])[1] if found else None
+            prog_id = xdp.attached_named(ipr, found[0], UPLINK_XDP_PROGRAM) if found else None
         if prog_id is not None:
             return bpf.program_counters(prog_id, "mux_stats", STAT_NAMES, uplink)
         return tc.attached_counters(uplink, tc.INGRESS, "mux_stats", STAT_NAMES)

@@ -150,7 +150,8 @@ def cmd_classifier(args) -> int:
                 print("classifier attach: no --config, so no punt budgets: every SYN(MPC) goes to the "
                       "controller, and only its meter limits them", file=sys.stderr)
             tap = classifier.insert(args.bridge, args.uplink, args.port_type, args.ofport, budgets=budgets)
-            print(f"classifier on {tap.uplink}: {'native XDP' if tap.hook == 'xdp' else 'tc ingress'}, frames to OpenFlow port {tap.ofport} of {tap.bridge} "
+            hook = "native XDP" if tap.hook == "xdp" else "tc ingress"
+            print(f"classifier on {tap.uplink}: {hook}, frames to OpenFlow port {tap.ofport} of {tap.bridge} "
                   f"through {tap.ovs_end} ({tap.port_type})")
         elif args.action == "detach":
             tap = classifier.remove(args.bridge, args.uplink)

@@ -1,4 +1,4 @@
-"""The classifier in front of a real OVS netdev bridge: tc ingress of an uplink, a tap into OVS.
+"""The classifier in front of a real OVS netdev bridge: on an uplink (native XDP or tc ingress), a tap into OVS.
 
 Topology (names carry this process id so parallel runs do not collide)::
 
@@ -12,6 +12,7 @@ both directions cross the tap, on afxdp and on AF_PACKET (system) ports.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -140,14 +141,27 @@ class TapBed:
                 sh("ip", "netns", "del", ns, check=False)
 
 
-@pytest.fixture(params=["afxdp", "system"])
-def bed(request):
-    bed = TapBed(request.param)
+@contextlib.contextmanager
+def built(port_type: str):
+    bed = TapBed(port_type)
     try:
         bed.create()
         yield bed
     finally:
         bed.destroy()
+
+
+@pytest.fixture(params=["afxdp", "system"])
+def bed(request):
+    with built(request.param) as bed:
+        yield bed
+
+
+@pytest.fixture
+def afxdp_bed():
+    """Where insert picks XDP, so its fallback can be seen."""
+    with built("afxdp") as bed:
+        yield bed
 
 
 def test_ovs_matches_the_tags_the_classifier_writes(bed):
@@ -285,12 +299,16 @@ def test_the_uplink_program_runs_in_xdp_before_an_afxdp_port_and_at_tc_before_a_
         assert back == (None, None)
 
 
-def test_an_uplink_without_native_xdp_gets_the_classifier_at_tc(bed, monkeypatch):
+def test_an_uplink_without_native_xdp_gets_the_classifier_at_tc(afxdp_bed, monkeypatch):
+    bed, tried = afxdp_bed, []
+
     def no_native_xdp(ipr, ifindex, ifname, fd, name):
+        tried.append(name)
         raise RuntimeError(f"cannot attach {name} to {ifname} in native XDP mode: injected")
     monkeypatch.setattr(classifier.xdp, "attach", no_native_xdp)
     bed.start_echo()
     tap = classifier.insert(bed.bridge, bed.uplink)
+    assert tried == [classifier.UPLINK_XDP_PROGRAM]
     assert tap.hook == "tc" and "clsact" in sh("tc", "qdisc", "show", "dev", bed.uplink)
     results = bed.traffic(conns=2)
     assert all(r.get("verified") for r in results), results

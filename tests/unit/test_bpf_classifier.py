@@ -52,8 +52,7 @@ class Uplink:
     drop: int
 
 
-PROGRAMS = {"tc": (classifier.UPLINK_PROGRAM, bpf.TC_ACT_REDIRECT, bpf.TC_ACT_SHOT),
-            "xdp": (classifier.UPLINK_XDP_PROGRAM, bpf.XDP_REDIRECT, bpf.XDP_DROP)}
+PROGRAMS = classifier.UPLINK_PROGRAMS
 
 
 def uplink_of(obj, hook: str) -> Uplink:
