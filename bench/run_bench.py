@@ -46,7 +46,7 @@ import yaml
 from bench.download import checked_download, hosts_off_pmd, route_vip_to
 from mininet_topos.harness import Datacenter, require_platform
 from mininet_topos.stock import Blob, DownloadFailed, StockWebServers
-from mptcp_lb.datapath import PORT_TYPES
+from mptcp_lb.datapath import PORT_TYPES, XDP_PORT_TYPES
 
 BENCH_VIP = "10.9.0.100"
 BENCH_VIP6 = "2001:db8:9::100"
@@ -189,34 +189,44 @@ def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> 
     alone, c1 with 3 ran about 3% faster than either client with 2, in both
     modes), so port mode also downloads with c1 opening one subflow per path
     (``lb_per_path``): the shape of token mode's, against which the token
-    pipeline's own cost shows. Each round builds every configuration's
+    pipeline's own cost shows. On afxdp ports, where token mode's
+    classifiers run in native XDP, a third configuration (``token_tc``) runs
+    them at tc ingress (``Datacenter(classifier_hook="tc")``), in a topology
+    of its own: rebuilding the taps of a running topology left its downloads
+    slower in both places. Each round builds every configuration's
     topology in turn, alone (idle afxdp ports of a second topology would
-    cost the one PMD thread polling time), in the opposite order every other
-    round, so the configurations share the machine's ups and downs round by
+    cost the one PMD thread polling time), each first, middle and last in
+    turn, so the configurations share the machine's ups and downs round by
     round. In each topology one download per path goes unmeasured (the first
     download of a topology ran at about half the goodput of the rest), then
     ``per_round`` sets rotate which path goes first. The hosts run off
     the PMD's CPU (``hosts_off_pmd``).
     """
-    configs = [(mode, client, port_type) for port_type in port_types for mode, client in (("port", "c1"), ("token", "c2"))]
-    # path -> (None: through the MUXes, else the DIP the VIP is routed to; one subflow per path)
+    # (name, mode, client, classifier hook) per port type; token_tc where token mode's classifier runs in XDP
+    configs = [(name, mode, client, hook, port_type) for port_type in port_types
+               for name, mode, client, hook in (("port", "port", "c1", None), ("token", "token", "c2", None),
+                                                ("token_tc", "token", "c2", "tc"))
+               if name != "token_tc" or port_type in XDP_PORT_TYPES]
+    # path -> (None: through the MUXes, else the DIP the VIP goes to; one subflow per path)
     paths_of = {"port": {"lb": (None, False), "lb_per_path": (None, True), "l2": (1, False)},
                 "token": {"lb": (None, False), "l2": (1, False)}}
-    raw: dict[str, dict[str, list[list[dict]]]] = {f"{m}/{pt}": {path: [] for path in paths_of[m]}
-                                                   for m, _, pt in configs}
+    raw: dict[str, dict[str, list[list[dict]]]] = {f"{c}/{pt}": {path: [] for path in paths_of[m]}
+                                                   for c, m, _, _, pt in configs}
     failed: list[dict] = []
+    hooks: dict[str, list[str]] = {}  # configuration -> where its classifiers ran
     timeout = DOWNLOAD_SECONDS_PER_128_MIB * max(1.0, size / (128 << 20))
     with Blob(size) as blob, hosts_off_pmd() as host_cpus:
         for n in range(rounds):
-            for mode, client, port_type in configs if n % 2 == 0 else reversed(configs):  # neither always first
-                name = f"{mode}/{port_type}"
+            for config, mode, client, hook, port_type in configs[n % len(configs):] + configs[:n % len(configs)]:
+                name = f"{config}/{port_type}"  # each configuration first, middle and last in turn
                 for results in raw[name].values():
                     results.append([])
                 with Datacenter(n_dips=3, prefix=f"b{os.getpid() % 1000}", progress=lambda m: None, mode=mode,
-                                key_source="pool", port_type=port_type, echo=False,
-                                transition_time=2.0) as dc, \
+                                key_source="pool", port_type=port_type, echo=False, transition_time=2.0,
+                                classifier_hook=hook) as dc, \
                         StockWebServers(dc, blob) as web:
                     paths = list(paths_of[mode].items())
+                    hooks[name] = sorted(set(dc.classifier_hooks.values()))
 
                     def measure(path: str, dip: int | None, per_path: bool, kept: list | None) -> None:
                         """One download over ``path``, into ``kept`` (None: the warm-up, verified and dropped)."""
@@ -244,10 +254,10 @@ def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> 
                         for path, (dip, per_path) in paths[turn:] + paths[:turn]:
                             measure(path, dip, per_path, raw[name][path][-1])
                 print(f"  round {n + 1}/{rounds} {name}: " + "; ".join(
-                    f"{path} " + ", ".join(f"{r['gbps']:.2f}" for r in raw[name][path][-1]) for path in paths_of[mode])
+                    f"{path} " + ", ".join(f"{r['gbps']:.2f}" for r in raw[name][path][-1]) for path, _ in paths)
                     + " Gbit/s", flush=True)
     out: dict = {"bytes": size, "rounds": rounds, "downloads_per_round": per_round, "host_cpu_mask": host_cpus,
-                 "failed": failed, "runs": {}}
+                 "failed": failed, "classifier_hooks": hooks, "runs": {}}
     for name, paths in raw.items():
         summary = {}
         for path, by_round in paths.items():
@@ -283,6 +293,12 @@ def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> 
             "retrans_segs": {"token": (token["sender_retrans_segs"], token["client_retrans_segs"], token["mb"]),
                              "port": (port["sender_retrans_segs"], port["client_retrans_segs"], port["mb"])},
         }
+        at_tc = runs.get(f"token_tc/{port_type}", {}).get("lb")
+        if at_tc and hooks.get(f"token/{port_type}") == ["xdp"]:  # token mode with its classifiers at tc instead
+            out[f"xdp_over_tc/{port_type}"] = {
+                "goodput": token["median_gbps"] / at_tc["median_gbps"],
+                "goodput_by_round": [x / t for x, t in zip(token["round_median_gbps"], at_tc["round_median_gbps"])
+                                     if x and t]}
         per_path = runs[f"port/{port_type}"].get("lb_per_path")
         if per_path:  # the same shape in both modes: one subflow per path
             out[f"token_over_port/{port_type}"].update({
@@ -568,8 +584,8 @@ def print_downloads(dl: dict, args) -> None:
         if run.get("lb_per_path"):
             r = run["lb_per_path"]
             print(f"  {name + ',':<16} c1 with one subflow per path (subflows at the DIP: "
-                  f"{', '.join(map(str, sorted(set(r['subflows_at_serving_dip']))))}): LB {r['median_gbps']:.3f} Gbit/s, "
-                  f"retx/MB DIPs {r['sender_retrans_per_mb']:.2f}, client {r['client_retrans_per_mb']:.2f}")
+                  f"{', '.join(map(str, sorted(set(r['subflows_at_serving_dip']))))}): LB {r['median_gbps']:.3f} "
+                  f"Gbit/s, retx/MB DIPs {r['sender_retrans_per_mb']:.2f}, client {r['client_retrans_per_mb']:.2f}")
     for f in dl["failed"]:
         print(f"  FAILED: {f['run']} {f['path']} in round {f['round']}: {f['error'].splitlines()[0]} "
               "(every host's sockets in the JSON report)")
@@ -589,6 +605,10 @@ def print_downloads(dl: dict, args) -> None:
               f"{_retrans_ratio(*r['client_retrans_per_mb'])} (segments retransmitted by the DIPs and the client: "
               f"token {seg['token'][0]} and {seg['token'][1]} in {seg['token'][2]:.0f} MB, "
               f"port {seg['port'][0]} and {seg['port'][1]} in {seg['port'][2]:.0f} MB)")
+        if f"xdp_over_tc/{port_type}" in dl:
+            x = dl[f"xdp_over_tc/{port_type}"]
+            print(f"  token on {port_type}, the classifier in XDP / at tc: goodput {x['goodput']:.2f} (round by round "
+                  f"{', '.join(f'{v:.2f}' for v in x['goodput_by_round'])})")
         if "goodput_one_subflow_per_path" in r:
             print(f"  token / port on {port_type}, one subflow per path in both: goodput "
                   f"{r['goodput_one_subflow_per_path']:.2f} (round by round "

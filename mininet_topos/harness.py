@@ -107,6 +107,10 @@ class Datacenter:
       speakers' ``lease_time`` (None: the default);
     - ``ipv6``: a dual-stack topology and VIP (``VIP6``, token and hybrid
       modes): ``run_traffic(..., ipv6=True)`` connects to it;
+    - ``classifier_hook`` (token and hybrid modes): None puts each MUX's
+      classifier in native XDP on its uplink where it can (before ``afxdp``
+      ports), else at tc ingress; ``"tc"`` puts it at tc ingress everywhere.
+      ``classifier_hooks`` says where each one runs;
     - ``progress``: called with a line of text at each step.
 
     The controller probes the DIPs' health through the topology's management
@@ -118,10 +122,12 @@ class Datacenter:
                  progress=lambda msg: log.info("%s", msg), mode: str = "port", key_source: str = "seed",
                  punt_rate: int = 100, key_adoption: bool = True, port_type: str | None = None,
                  echo: bool = True, transition_time: float = 300.0, spare_dips: int = 0, tls: bool = False,
-                 bgp: bool = False, bgp_lease_time: int | None = None, ipv6: bool = False):
+                 bgp: bool = False, bgp_lease_time: int | None = None, ipv6: bool = False,
+                 classifier_hook: str | None = None):
         from mptcp_lb.datapath import resolve_port_type
 
-
+        if classifier_hook not in (None, "tc"):
+            raise ValueError(f"classifier_hook {classifier_hook!r}: None (XDP where it can run) or 'tc'")
         self.n_dips = n_dips
         self.spare_dips = spare_dips
         self.port_type = resolve_port_type(port_type)
@@ -150,6 +156,8 @@ class Datacenter:
         self.failed_muxes: list[int] = []
         self.pki: TestPki | None = None
         self.classified: list[int] = []  # MUXes whose uplink has the classifier in front of OVS
+        self.classifier_hook = classifier_hook
+        self.classifier_hooks: dict[int, str] = {}  # MUX -> where its classifier runs: "xdp" or "tc"
         self._ovs_config: dict[str, str | None] = {}  # OVS settings place_pmd() changed
         self.config_path = os.path.join(self.workdir, "config.yaml")
         self.agent_config_path = os.path.join(self.workdir, "agents.yaml")
@@ -246,12 +254,13 @@ class Datacenter:
         if self.mode != "port":
             from mptcp_lb import classifier
 
-            hooks = set()
             for i in (1, 2):
-                hooks.add(classifier.insert(self.mux_bridge(i), self.mux_uplink(i), self.port_type,
-                                            budgets=classifier.punt_budgets(parse_config(self.config))).hook)
+                self.classifier_hooks[i] = classifier.insert(
+                    self.mux_bridge(i), self.mux_uplink(i), self.port_type, hook=self.classifier_hook,
+                    budgets=classifier.punt_budgets(parse_config(self.config))).hook
                 self.classified.append(i)
-            where = " and ".join("native XDP" if h == "xdp" else "tc ingress" for h in sorted(hooks, reverse=True))
+            hooks = sorted(set(self.classifier_hooks.values()), reverse=True)
+            where = " and ".join("native XDP" if h == "xdp" else "tc ingress" for h in hooks)
             self.progress(f"MPTCP classifier in front of both MUX bridges ({where} of their uplinks)")
         if self.bgp:
             self.start_birds()
@@ -467,6 +476,7 @@ class Datacenter:
             except Exception:
                 log.exception("removing the classifier from %s", self.mux_uplink(i))
         self.classified = []
+        self.classifier_hooks = {}
         if self.net is not None:
             for i in self.all_dips:
                 try:

@@ -19,7 +19,9 @@ import pytest
 from mininet_topos.datacenter import SERVICE_PORT, VIP
 from mininet_topos.harness import Datacenter, datapath_flow_count, wait_for
 from mininet_topos.report import connection_entry, summarize
+from mptcp_lb import classifier
 from mptcp_lb.config import parse_config
+from mptcp_lb.datapath import XDP_PORT_TYPES
 from mptcp_lb.mptcp_codec import SERVER_ID_MASK, build_key_carrier, key_to_token, make_key, slice_of
 from tests.packets import EOL, MSS, NOP, SACK_PERM, WSCALE, mp_capable, timestamp
 
@@ -59,6 +61,8 @@ def check_token_steering(dc, results, dips=range(1, N_DIPS + 1)):
 @pytest.mark.parametrize("key_source", ["seed", "pool"])
 def test_stock_clients_joining_the_service_port_stay_on_one_dip(key_source):
     with build("token", key_source) as dc:
+        native = "xdp" if dc.port_type in XDP_PORT_TYPES else "tc"  # where the harness puts the classifier
+        assert dc.classifier_hooks == {1: native, 2: native}
         hosts = ["c2", *(f"d{i}" for i in range(1, N_DIPS + 1))]
         before = {h: dc.nstat(h) for h in hosts}
         flows_before = dc.mux_flow_counts()
@@ -75,6 +79,16 @@ def test_stock_clients_joining_the_service_port_stay_on_one_dip(key_source):
             assert punts >= 21 and all(m["punt_errors"] == 0 for m in muxes)  # every SYN(MPC) was seeded
         else:
             assert punts == 0  # pool mode: no packet reaches the controller
+
+
+def test_the_classifier_at_tc_steers_as_it_does_in_xdp():
+    """``Datacenter(classifier_hook="tc")``: the classifier at tc ingress even before afxdp ports."""
+    with build("token", "pool", classifier_hook="tc") as dc:
+        assert dc.classifier_hooks == {1: "tc", 2: "tc"}
+        check_token_steering(dc, dc.run_traffic(conns=12, size=128 * 1024, client="c2", min_subflows=2))
+        # Both MUXes' classifiers tagged the traffic (its 24 subflows all on one MUX: a 1 in 2^23 chance).
+        stats = [classifier.stats(dc.mux_uplink(i)) for i in (1, 2)]
+        assert all(st["timestamp"] > 50 and st["unconfigured"] == 0 for st in stats), stats
 
 
 def test_a_client_reusing_a_4_tuple_the_dip_holds_in_time_wait_still_joins():
@@ -198,8 +212,6 @@ def test_seed_mode_under_a_spoofed_syn_flood_degrades_to_the_pools_and_drops_not
     and its DIP keys it from its own pool: every connection still gets a
     token in its DIP's slice, and the punt meter drops nothing.
     """
-    from mptcp_lb import classifier
-
     with build("token", "seed") as dc:
         dc.router.cmd(f"ip route add blackhole {SPOOFED}")  # the DIPs' answers to the flood go nowhere
         dips = range(1, N_DIPS + 1)
@@ -241,8 +253,6 @@ def syn_answer(dc, options: bytes, sport: int) -> tuple[bytes, int]:
 def test_seed_mode_keys_come_from_the_mux_only_and_a_syn_ending_in_eol_is_seeded():
     """A BSD-style SYN (options padded with EOL) gets the controller's key; a carrier a client put in its
     own SYN is blanked by the classifier, and the DIP never adopts its key."""
-    from mptcp_lb import classifier
-
     with build("token", "seed") as dc:
         vip = parse_config(dc.config).vips[0]
         dips = range(1, N_DIPS + 1)
