@@ -12,8 +12,8 @@ controller's flows do not change::
 
 ``N`` is the uplink's ifindex. Where the OVS end is an afxdp port running
 its XDP program in native mode, the classifier runs in native XDP on the
-uplink and redirects each frame into the tap as it came, never an skb on
-the way (the ``xdp`` hook); otherwise, or where the uplink's driver has no
+uplink and redirects each frame into the tap as it came, with no skb on
+the way through the MUX (the ``xdp`` hook); otherwise, or where the uplink's driver has no
 native XDP, at tc ingress (the ``tc`` hook: a veth only takes an XDP
 redirect when its far end runs XDP natively (or has GRO on), and an
 AF_PACKET port runs no XDP).
