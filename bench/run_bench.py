@@ -148,9 +148,8 @@ def throughput(seconds: float, rounds: int) -> dict:
                  "token": (token, MUX_IP, "auto"), "token_tc": (token, MUX_IP, "tc")}
         results: dict[str, list[float]] = {m: [] for m in modes}
         hooks: dict[str, set[str]] = {m: set() for m, (_, _, hook) in modes.items() if hook}
-        order = list(modes.items())
         for n in range(rounds):
-            for mode, (install, next_hop, hook) in order[n % len(order):] + order[:n % len(order)]:  # none always first
+            for mode, (install, next_hop, hook) in turn(list(modes.items()), n):
                 install(bridge)
                 if hook:
                     hooks[mode].add(classifier.insert(bridge, uplink, port_type,
@@ -178,6 +177,14 @@ def throughput(seconds: float, rounds: int) -> dict:
             net.stop()
             restore_other_config(changed)
 
+def turn(items: list, n: int) -> list:
+    """``items`` in the order for turn ``n``: reversed every other turn and rotated, so none is always first,
+    and none always before another."""
+    order = items if n % 2 == 0 else items[::-1]
+    k = (n // 2) % len(order)
+    return order[k:] + order[:k]
+
+
 def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> dict:
     """Port and token downloads through the demo topology on each port type, each next to plain L2.
 
@@ -195,11 +202,11 @@ def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> 
     of its own: rebuilding the taps of a running topology left its downloads
     slower in both places. Each round builds every configuration's
     topology in turn, alone (idle afxdp ports of a second topology would
-    cost the one PMD thread polling time), each first, middle and last in
-    turn, so the configurations share the machine's ups and downs round by
-    round. In each topology one download per path goes unmeasured (the first
+    cost the one PMD thread polling time), in an order that changes every
+    round (``turn``), so the configurations share the machine's ups and
+    downs round by round. In each topology one download per path goes unmeasured (the first
     download of a topology ran at about half the goodput of the rest), then
-    ``per_round`` sets rotate which path goes first. The hosts run off
+    ``per_round`` sets take the paths in changing orders too. The hosts run off
     the PMD's CPU (``hosts_off_pmd``).
     """
     # (name, mode, client, classifier hook) per port type; token_tc where token mode's classifier runs in XDP
@@ -213,12 +220,12 @@ def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> 
     raw: dict[str, dict[str, list[list[dict]]]] = {f"{c}/{pt}": {path: [] for path in paths_of[m]}
                                                    for c, m, _, _, pt in configs}
     failed: list[dict] = []
-    hooks: dict[str, list[str]] = {}  # configuration -> where its classifiers ran
+    hooks: dict[str, set[str]] = {}  # configuration -> where its classifiers ran, in any round
     timeout = DOWNLOAD_SECONDS_PER_128_MIB * max(1.0, size / (128 << 20))
     with Blob(size) as blob, hosts_off_pmd() as host_cpus:
         for n in range(rounds):
-            for config, mode, client, hook, port_type in configs[n % len(configs):] + configs[:n % len(configs)]:
-                name = f"{config}/{port_type}"  # each configuration first, middle and last in turn
+            for config, mode, client, hook, port_type in turn(configs, n):
+                name = f"{config}/{port_type}"
                 for results in raw[name].values():
                     results.append([])
                 with Datacenter(n_dips=3, prefix=f"b{os.getpid() % 1000}", progress=lambda m: None, mode=mode,
@@ -226,7 +233,7 @@ def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> 
                                 classifier_hook=hook) as dc, \
                         StockWebServers(dc, blob) as web:
                     paths = list(paths_of[mode].items())
-                    hooks[name] = sorted(set(dc.classifier_hooks.values()))
+                    hooks.setdefault(name, set()).update(dc.classifier_hooks.values())
 
                     def measure(path: str, dip: int | None, per_path: bool, kept: list | None) -> None:
                         """One download over ``path``, into ``kept`` (None: the warm-up, verified and dropped)."""
@@ -250,14 +257,13 @@ def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> 
                     for path, (dip, per_path) in paths:
                         measure(path, dip, per_path, None)
                     for k in range(per_round):
-                        turn = (n + k) % len(paths)  # each path first, middle and last in turn
-                        for path, (dip, per_path) in paths[turn:] + paths[:turn]:
+                        for path, (dip, per_path) in turn(paths, n * per_round + k):
                             measure(path, dip, per_path, raw[name][path][-1])
                 print(f"  round {n + 1}/{rounds} {name}: " + "; ".join(
                     f"{path} " + ", ".join(f"{r['gbps']:.2f}" for r in raw[name][path][-1]) for path, _ in paths)
                     + " Gbit/s", flush=True)
     out: dict = {"bytes": size, "rounds": rounds, "downloads_per_round": per_round, "host_cpu_mask": host_cpus,
-                 "failed": failed, "classifier_hooks": hooks, "runs": {}}
+                 "failed": failed, "classifier_hooks": {name: sorted(h) for name, h in hooks.items()}, "runs": {}}
     for name, paths in raw.items():
         summary = {}
         for path, by_round in paths.items():
@@ -293,12 +299,6 @@ def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> 
             "retrans_segs": {"token": (token["sender_retrans_segs"], token["client_retrans_segs"], token["mb"]),
                              "port": (port["sender_retrans_segs"], port["client_retrans_segs"], port["mb"])},
         }
-        at_tc = runs.get(f"token_tc/{port_type}", {}).get("lb")
-        if at_tc and hooks.get(f"token/{port_type}") == ["xdp"]:  # token mode with its classifiers at tc instead
-            out[f"xdp_over_tc/{port_type}"] = {
-                "goodput": token["median_gbps"] / at_tc["median_gbps"],
-                "goodput_by_round": [x / t for x, t in zip(token["round_median_gbps"], at_tc["round_median_gbps"])
-                                     if x and t]}
         per_path = runs[f"port/{port_type}"].get("lb_per_path")
         if per_path:  # the same shape in both modes: one subflow per path
             out[f"token_over_port/{port_type}"].update({
@@ -306,6 +306,13 @@ def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> 
                 "goodput_one_subflow_per_path_by_round": [
                     t / p for t, p in zip(token["round_median_gbps"], per_path["round_median_gbps"]) if t and p],
             })
+    for port_type in {pt for *_, pt in configs}:  # token mode with its classifiers in XDP over the same at tc
+        in_xdp, at_tc = runs.get(f"token/{port_type}"), runs.get(f"token_tc/{port_type}")
+        if in_xdp and at_tc and out["classifier_hooks"].get(f"token/{port_type}") == ["xdp"]:
+            x, t = in_xdp["lb"], at_tc["lb"]
+            out[f"xdp_over_tc/{port_type}"] = {
+                "goodput": x["median_gbps"] / t["median_gbps"],
+                "goodput_by_round": [a / b for a, b in zip(x["round_median_gbps"], t["round_median_gbps"]) if a and b]}
     if "afxdp" in port_types and "system" in port_types:
         for mode in ("port", "token"):
             afxdp = runs[f"{mode}/afxdp"]["lb"]["median_gbps"]
@@ -605,14 +612,19 @@ def print_downloads(dl: dict, args) -> None:
               f"{_retrans_ratio(*r['client_retrans_per_mb'])} (segments retransmitted by the DIPs and the client: "
               f"token {seg['token'][0]} and {seg['token'][1]} in {seg['token'][2]:.0f} MB, "
               f"port {seg['port'][0]} and {seg['port'][1]} in {seg['port'][2]:.0f} MB)")
-        if f"xdp_over_tc/{port_type}" in dl:
-            x = dl[f"xdp_over_tc/{port_type}"]
-            print(f"  token on {port_type}, the classifier in XDP / at tc: goodput {x['goodput']:.2f} (round by round "
-                  f"{', '.join(f'{v:.2f}' for v in x['goodput_by_round'])})")
         if "goodput_one_subflow_per_path" in r:
             print(f"  token / port on {port_type}, one subflow per path in both: goodput "
                   f"{r['goodput_one_subflow_per_path']:.2f} (round by round "
                   f"{', '.join(f'{x:.2f}' for x in r['goodput_one_subflow_per_path_by_round'])})")
+    for port_type in args.port_types:
+        if f"xdp_over_tc/{port_type}" in dl:
+            x = dl[f"xdp_over_tc/{port_type}"]
+            print(f"  token on {port_type}, the classifier in XDP / at tc: goodput {x['goodput']:.2f} (round by round "
+                  f"{', '.join(f'{v:.2f}' for v in x['goodput_by_round'])})")
+        elif dl["classifier_hooks"].get(f"token_tc/{port_type}"):
+            print(f"  token on {port_type}: no XDP/tc figure, token mode's classifiers ran "
+                  f"{' and '.join(dl['classifier_hooks'].get(f'token/{port_type}', ['nowhere']))} "
+                  "(or a configuration has no figures)")
 
 def tls_lost_streams(n: int) -> dict:
     """bench.tls_duplex in a process of its own: its unserialized half races OpenSSL, which may crash it."""
@@ -626,11 +638,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default="out/bench.json")
     p.add_argument("--download-mb", type=int, default=128, help="MiB per download (a multiple of 1)")
-    p.add_argument("--download-rounds", type=int, default=5, help="topologies built per mode and port type")
-    p.add_argument("--downloads-per-round", type=int, default=3, help="LB/L2 download pairs per topology")
+    p.add_argument("--download-rounds", type=int, default=5, help="topologies built per configuration")
+    p.add_argument("--downloads-per-round", type=int, default=3, help="downloads per path per topology")
     p.add_argument("--port-types", nargs="+", default=["afxdp", "system"], choices=PORT_TYPES)
     p.add_argument("--seconds", type=float, default=3.0, help="seconds per upload run")
-    p.add_argument("--rounds", type=int, default=3, help="alternating L2/port/token upload rounds")
+    p.add_argument("--rounds", type=int, default=3, help="upload rounds (L2, port, token in XDP and at tc)")
     p.add_argument("--conns", type=int, nargs=2, default=[10, 50], metavar=("FEW", "MANY"))
     p.add_argument("--repeat", type=int, default=1_000_000, help="BPF_PROG_TEST_RUN repeats per packet class")
     p.add_argument("--dip-calls", type=int, default=20000, help="single BPF_PROG_TEST_RUN runs per DIP frame")

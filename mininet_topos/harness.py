@@ -128,6 +128,8 @@ class Datacenter:
 
         if classifier_hook not in (None, "tc"):
             raise ValueError(f"classifier_hook {classifier_hook!r}: None (XDP where it can run) or 'tc'")
+        if classifier_hook and mode == "port":
+            raise ValueError(f"classifier_hook {classifier_hook!r}: port mode runs no classifier")
         self.n_dips = n_dips
         self.spare_dips = spare_dips
         self.port_type = resolve_port_type(port_type)

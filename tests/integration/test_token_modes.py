@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+from pyroute2 import IPRoute
 
 from mininet_topos.datacenter import SERVICE_PORT, VIP
 from mininet_topos.harness import Datacenter, datapath_flow_count, wait_for
@@ -85,6 +86,13 @@ def test_the_classifier_at_tc_steers_as_it_does_in_xdp():
     """``Datacenter(classifier_hook="tc")``: the classifier at tc ingress even before afxdp ports."""
     with build("token", "pool", classifier_hook="tc") as dc:
         assert dc.classifier_hooks == {1: "tc", 2: "tc"}
+        for i in (1, 2):  # seen from the uplink itself: our tc filter, and no XDP program of ours
+            uplink = dc.mux_uplink(i)
+            assert classifier.UPLINK_PROGRAM in subprocess.run(["tc", "filter", "show", "dev", uplink, "ingress"],
+                                                               capture_output=True, text=True, check=True).stdout
+            with IPRoute() as ipr:
+                assert classifier.xdp.attached_named(ipr, ipr.link_lookup(ifname=uplink)[0],
+                                                     classifier.UPLINK_XDP_PROGRAM) is None
         check_token_steering(dc, dc.run_traffic(conns=12, size=128 * 1024, client="c2", min_subflows=2))
         # Both MUXes' classifiers tagged the traffic (its 24 subflows all on one MUX: a 1 in 2^23 chance).
         stats = [classifier.stats(dc.mux_uplink(i)) for i in (1, 2)]
