@@ -143,17 +143,16 @@ def throughput(seconds: float, rounds: int) -> dict:
                           "--ready-file", ready, "--echo"], cwd=ROOT)
         wait_for("the bench DIP agent", lambda: os.path.exists(ready), 20)
         token = lambda b: install_pipeline(b, "token")  # noqa: E731
-        # mode -> (flows, next hop, classifier hook: None for none, "auto" for insert's choice)
+        # mode -> (flows, next hop, classifier hook: None for no classifier)
         modes = {"l2": (install_l2, SERVER_IP, None), "port": (lambda b: install_pipeline(b, "port"), MUX_IP, None),
-                 "token": (token, MUX_IP, "auto"), "token_tc": (token, MUX_IP, "tc")}
+                 "token": (token, MUX_IP, "tc"), "token_xdp": (token, MUX_IP, "xdp")}
         results: dict[str, list[float]] = {m: [] for m in modes}
         hooks: dict[str, set[str]] = {m: set() for m, (_, _, hook) in modes.items() if hook}
         for n in range(rounds):
             for mode, (install, next_hop, hook) in turn(list(modes.items()), n):
                 install(bridge)
                 if hook:
-                    hooks[mode].add(classifier.insert(bridge, uplink, port_type,
-                                                      hook=None if hook == "auto" else hook).hook)
+                    hooks[mode].add(classifier.insert(bridge, uplink, port_type, hook=hook).hook)
                 h1.cmd(f"ip route replace {BENCH_VIP}/32 via {next_hop}")
                 h1.cmd("ip neigh flush all")
                 out = h1.cmd(f"{sys.executable} -m bench.bulk {BENCH_VIP} 80 {seconds}")
@@ -164,7 +163,7 @@ def throughput(seconds: float, rounds: int) -> dict:
         med = {m: statistics.median(v) for m, v in results.items()}
         return {"port_type": port_type, "gbps": results, "median_gbps": med, "port_over_l2": med["port"] / med["l2"],
                 "token_over_l2": med["token"] / med["l2"], "token_over_port": med["token"] / med["port"],
-                "token_hooks": sorted(hooks["token"]), "token_over_token_tc": med["token"] / med["token_tc"]}
+                "xdp_hooks": sorted(hooks["token_xdp"]), "xdp_over_tc": med["token_xdp"] / med["token"]}
     finally:
         if agent is not None:
             agent.terminate()
@@ -196,10 +195,10 @@ def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> 
     alone, c1 with 3 ran about 3% faster than either client with 2, in both
     modes), so port mode also downloads with c1 opening one subflow per path
     (``lb_per_path``): the shape of token mode's, against which the token
-    pipeline's own cost shows. On afxdp ports, where token mode's
-    classifiers run in native XDP, a third configuration (``token_tc``) runs
-    them at tc ingress (``Datacenter(classifier_hook="tc")``), in a topology
-    of its own: rebuilding the taps of a running topology left its downloads
+    pipeline's own cost shows. On afxdp ports a third configuration
+    (``token_xdp``) runs token mode's classifiers in native XDP instead of at
+    tc ingress (``Datacenter(classifier_hook="xdp")``), in a topology of its
+    own: rebuilding the taps of a running topology left its downloads
     slower in both places. Each round builds every configuration's
     topology in turn, alone (idle afxdp ports of a second topology would
     cost the one PMD thread polling time), in an order that changes every
@@ -209,11 +208,11 @@ def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> 
     ``per_round`` sets take the paths in changing orders too. The hosts run off
     the PMD's CPU (``hosts_off_pmd``).
     """
-    # (name, mode, client, classifier hook) per port type; token_tc where token mode's classifier runs in XDP
+    # (name, mode, client, classifier hook) per port type; token_xdp where XDP can run
     configs = [(name, mode, client, hook, port_type) for port_type in port_types
                for name, mode, client, hook in (("port", "port", "c1", None), ("token", "token", "c2", None),
-                                                ("token_tc", "token", "c2", "tc"))
-               if name != "token_tc" or port_type in XDP_PORT_TYPES]
+                                                ("token_xdp", "token", "c2", "xdp"))
+               if name != "token_xdp" or port_type in XDP_PORT_TYPES]
     # path -> (None: through the MUXes, else the DIP the VIP goes to; one subflow per path)
     paths_of = {"port": {"lb": (None, False), "lb_per_path": (None, True), "l2": (1, False)},
                 "token": {"lb": (None, False), "l2": (1, False)}}
@@ -307,8 +306,8 @@ def downloads(size: int, rounds: int, per_round: int, port_types: list[str]) -> 
                     t / p for t, p in zip(token["round_median_gbps"], per_path["round_median_gbps"]) if t and p],
             })
     for port_type in {pt for *_, pt in configs}:  # token mode with its classifiers in XDP over the same at tc
-        in_xdp, at_tc = runs.get(f"token/{port_type}"), runs.get(f"token_tc/{port_type}")
-        if in_xdp and at_tc and out["classifier_hooks"].get(f"token/{port_type}") == ["xdp"]:
+        in_xdp, at_tc = runs.get(f"token_xdp/{port_type}"), runs.get(f"token/{port_type}")
+        if in_xdp and at_tc and out["classifier_hooks"].get(f"token_xdp/{port_type}") == ["xdp"]:
             x, t = in_xdp["lb"], at_tc["lb"]
             out[f"xdp_over_tc/{port_type}"] = {
                 "goodput": x["median_gbps"] / t["median_gbps"],
@@ -621,9 +620,9 @@ def print_downloads(dl: dict, args) -> None:
             x = dl[f"xdp_over_tc/{port_type}"]
             print(f"  token on {port_type}, the classifier in XDP / at tc: goodput {x['goodput']:.2f} (round by round "
                   f"{', '.join(f'{v:.2f}' for v in x['goodput_by_round'])})")
-        elif dl["classifier_hooks"].get(f"token_tc/{port_type}"):
-            print(f"  token on {port_type}: no XDP/tc figure, token mode's classifiers ran "
-                  f"{' and '.join(dl['classifier_hooks'].get(f'token/{port_type}', ['nowhere']))} "
+        elif dl["classifier_hooks"].get(f"token_xdp/{port_type}"):
+            print(f"  token on {port_type}: no XDP/tc figure, the classifiers asked for XDP ran "
+                  f"{' and '.join(dl['classifier_hooks'][f'token_xdp/{port_type}'])} "
                   "(or a configuration has no figures)")
 
 def tls_lost_streams(n: int) -> dict:
@@ -694,9 +693,9 @@ def print_report(report: dict, args) -> None:
         print(f"\nUploads through one bridge ({t['port_type']} ports, medians of {args.rounds}): port pipeline / "
               f"plain L2 {t['port_over_l2']:.2f}, token pipeline + classifier / plain L2 {t['token_over_l2']:.2f}, "
               f"token / port {t['token_over_port']:.2f} ({m['port']:.2f}, {m['token']:.2f}, {m['l2']:.2f} Gbit/s)")
-        if t["token_hooks"] == ["xdp"]:  # else the classifier ran at tc in both (AF_PACKET ports)
-            print(f"  the classifier in XDP / at tc: {t['token_over_token_tc']:.2f} ({m['token']:.2f} and "
-                  f"{m['token_tc']:.2f} Gbit/s)")
+        if t["xdp_hooks"] == ["xdp"]:  # else the classifier ran at tc in both (AF_PACKET ports)
+            print(f"  the classifier in XDP / at tc: {t['xdp_over_tc']:.2f} ({m['token_xdp']:.2f} and "
+                  f"{m['token']:.2f} Gbit/s)")
     if "datapath_flows" in report:
         d = report["datapath_flows"]
         print(f"VIP datapath flows after {d['connections'][0]} / {d['connections'][1]} connections: "

@@ -107,9 +107,9 @@ class Datacenter:
       speakers' ``lease_time`` (None: the default);
     - ``ipv6``: a dual-stack topology and VIP (``VIP6``, token and hybrid
       modes): ``run_traffic(..., ipv6=True)`` connects to it;
-    - ``classifier_hook`` (token and hybrid modes): None puts each MUX's
-      classifier in native XDP on its uplink where it can (before ``afxdp``
-      ports), else at tc ingress; ``"tc"`` puts it at tc ingress everywhere.
+    - ``classifier_hook`` (token and hybrid modes): None or ``"tc"`` puts
+      each MUX's classifier at tc ingress of its uplink; ``"xdp"`` in native
+      XDP where it can (before ``afxdp`` ports).
       ``classifier_hooks`` says where each one runs;
     - ``progress``: called with a line of text at each step.
 
@@ -126,8 +126,8 @@ class Datacenter:
                  classifier_hook: str | None = None):
         from mptcp_lb.datapath import resolve_port_type
 
-        if classifier_hook not in (None, "tc"):
-            raise ValueError(f"classifier_hook {classifier_hook!r}: None (XDP where it can run) or 'tc'")
+        if classifier_hook not in (None, "tc", "xdp"):
+            raise ValueError(f"classifier_hook {classifier_hook!r}: None or 'tc' (tc ingress) or 'xdp'")
         if classifier_hook and mode == "port":
             raise ValueError(f"classifier_hook {classifier_hook!r}: port mode runs no classifier")
         self.n_dips = n_dips

@@ -186,7 +186,8 @@ def test_ovs_matches_the_tags_the_classifier_writes(bed):
 
 def test_traffic_crosses_the_tap_both_ways_and_remove_puts_the_uplink_back(bed):
     bed.start_echo()
-    tap = classifier.insert(bed.bridge, bed.uplink, bed.port_type)
+    tap = classifier.insert(bed.bridge, bed.uplink, bed.port_type, hook="xdp")  # XDP before afxdp, tc before system
+    assert tap.hook == ("xdp" if bed.port_type == "afxdp" else "tc")
     results = bed.traffic()
     assert all(r.get("verified") for r in results), results
     seen = settled_counts(bed.bridge)
@@ -274,8 +275,8 @@ def test_a_failed_insert_puts_everything_back(bed, monkeypatch, failing):
 
 
 def test_the_uplink_program_runs_in_xdp_before_an_afxdp_port_and_at_tc_before_a_system_port(bed):
-    """Where the tap's OVS end runs XDP natively (afxdp), a frame never becomes an skb on the uplink."""
-    tap = classifier.insert(bed.bridge, bed.uplink)
+    """Asked for XDP: where the tap's OVS end runs XDP natively (afxdp) it runs there, elsewhere at tc."""
+    tap = classifier.insert(bed.bridge, bed.uplink, hook="xdp")
     with IPRoute() as ipr:
         uplink, ovs_end = (ipr.link_lookup(ifname=n)[0] for n in (bed.uplink, tap.ovs_end))
         on_uplink, on_ovs_end = classifier.xdp.attached(ipr, uplink), classifier.xdp.attached(ipr, ovs_end)
@@ -307,7 +308,7 @@ def test_an_uplink_without_native_xdp_gets_the_classifier_at_tc(afxdp_bed, monke
         raise RuntimeError(f"cannot attach {name} to {ifname} in native XDP mode: injected")
     monkeypatch.setattr(classifier.xdp, "attach", no_native_xdp)
     bed.start_echo()
-    tap = classifier.insert(bed.bridge, bed.uplink)
+    tap = classifier.insert(bed.bridge, bed.uplink, hook="xdp")
     assert tried == [classifier.UPLINK_XDP_PROGRAM]
     assert tap.hook == "tc" and "clsact" in sh("tc", "qdisc", "show", "dev", bed.uplink)
     results = bed.traffic(conns=2)
