@@ -21,6 +21,7 @@ MPTCP_TCPINFO = 2
 MPTCP_SUBFLOW_ADDRS = 3
 TCP_ESTABLISHED = 1
 _TCP_INFO_SIZE = 232  # struct tcp_info on 6.18; the kernel copies min(ours, its own)
+_TCPI_SEGS_IN = struct.Struct("=140xI")  # struct tcp_info: tcpi_segs_in after tcpi_segs_out, since Linux 4.2
 
 # struct mptcp_subflow_data {u32 size_subflow_data, num_subflows, size_kernel, size_user}
 _SUBFLOW_DATA = struct.Struct("=4I")
@@ -125,12 +126,18 @@ def connection_token(sock: socket.socket) -> int | None:
     return struct.unpack_from("=I", raw, 12)[0]  # struct mptcp_info: mptcpi_token after 4 u8 + 2 u32
 
 
-def established_subflow_count(sock: socket.socket) -> int:
-    """Subflows whose TCP handshake has completed, the initial one included.
+def accepted_subflow_count(sock: socket.socket) -> int:
+    """Subflows the peer has accepted, the initial one included: established, and heard from since.
 
     MPTCP_INFO's ``mptcpi_subflows`` counts joins as soon as the path manager
-    starts them, before the DIP has accepted them; this counts only joins
-    the client has completed, so a test never races the DIP's view.
+    starts them. A join is established at the client once the SYN-ACK is in,
+    but the server takes it only when the third ACK arrives, and that ACK
+    travels its own path: a payload and DATA_FIN sent meanwhile can overtake
+    it, and a server kernel refuses joins once the DATA_FIN is in
+    (MPTcpExtMPJoinRejected). The server answers an accepted third ACK with an
+    ACK (the client retransmits the third ACK until it does), so a subflow
+    with a second segment in (``tcpi_segs_in`` >= 2: the SYN-ACK, then that
+    ACK, or an ACK of data on the initial subflow) is one the server has.
     """
     try:
         raw, copied = _subflow_entries(sock, MPTCP_TCPINFO, _TCP_INFO_SIZE)
@@ -140,9 +147,9 @@ def established_subflow_count(sock: socket.socket) -> int:
         raise
     _size, _total, _size_kernel, size_user = _SUBFLOW_DATA.unpack_from(raw)
     return sum(1 for off in range(_SUBFLOW_DATA.size, copied - size_user + 1, size_user)
-               if raw[off] == TCP_ESTABLISHED)
+               if raw[off] == TCP_ESTABLISHED and _TCPI_SEGS_IN.unpack_from(raw, off)[0] >= 2)
 
 
 __all__ = ["IPPROTO_MPTCP", "SOL_MPTCP", "MPTCP_SUBFLOW_ADDRS", "MPTCP_TCPINFO", "MptcpUnavailable",
            "mptcp_socket", "subflow_addrs", "connection_token", "MPTCP_INFO", "parse_subflow_addrs",
-           "established_subflow_count"]
+           "accepted_subflow_count"]

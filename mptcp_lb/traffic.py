@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from mptcp_lb import echo_protocol
-from mptcp_lb.mptcp_sockopt import MptcpUnavailable, established_subflow_count, mptcp_socket
+from mptcp_lb.mptcp_sockopt import MptcpUnavailable, accepted_subflow_count, mptcp_socket
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,11 @@ __all__ = ["run_connection", "run_many", "main"]
 
 
 def _wait_for_subflows(sock: socket.socket, wanted: int, deadline: float) -> int:
-    """Poll until ``wanted`` subflows are established or the deadline passes; return the count."""
-    count = established_subflow_count(sock)
+    """Poll until ``wanted`` subflows are accepted by the DIP or the deadline passes; return the count."""
+    count = accepted_subflow_count(sock)
     while count < wanted and time.monotonic() < deadline:
         time.sleep(POLL_INTERVAL)
-        count = established_subflow_count(sock)
+        count = accepted_subflow_count(sock)
     return count
 
 

@@ -13,7 +13,6 @@ import socket
 import struct
 import sys
 import threading
-import time
 import traceback
 
 from dip_agent.programs import DipPrograms
@@ -53,11 +52,7 @@ class RecordingServer:
         try:
             conn.settimeout(30)
             nbytes, digest = echo_protocol.read_request(conn)
-            deadline = time.monotonic() + 3
-            subflows = subflow_addrs(conn)
-            while len(subflows) < self.cfg["min_subflows"] and time.monotonic() < deadline:
-                time.sleep(0.01)
-                subflows = subflow_addrs(conn)
+            subflows = subflow_addrs(conn)  # the client sent only once the DIP had answered its joins
             try:
                 rec["token"] = struct.unpack_from("=I", conn.getsockopt(SOL_MPTCP, MPTCP_INFO, 96), 12)[0]
             except OSError:

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from mptcp_lb import echo_protocol
-from mptcp_lb.mptcp_sockopt import established_subflow_count, mptcp_socket
+from mptcp_lb.mptcp_sockopt import accepted_subflow_count, mptcp_socket
 
 
 def one(vip: str, port: int, size: int, min_subflows: int, source_port: int, i: int, linger: float = 0) -> dict:
@@ -36,10 +36,10 @@ def one(vip: str, port: int, size: int, min_subflows: int, source_port: int, i: 
             sock.connect((vip, port))
             sock.sendall(echo_protocol.encode_header(size))
             deadline = time.monotonic() + 5
-            count = established_subflow_count(sock)
+            count = accepted_subflow_count(sock)
             while count < min_subflows and time.monotonic() < deadline:
                 time.sleep(0.005)
-                count = established_subflow_count(sock)
+                count = accepted_subflow_count(sock)
             sock.sendall(payload)
             if not linger:
                 sock.shutdown(socket.SHUT_WR)

@@ -231,7 +231,7 @@ def test_pool_mode_tokens_in_slice_joins_and_clean_timestamps(netns, tmp_path, o
     cookies_before = in_ns(netns.server, "sysctl", "-n", "net.ipv4.tcp_syncookies").strip()
     before = {ns: nstat(ns) for ns in (netns.server, netns.client)}
     driver = ServerDriver(netns.server, ifnames=netns.server_ifs, vip=VIP, port=PORT, server_id=SERVER_ID,
-                          mode="pool", slices=sorted(SLICES), slice_bits=SLICE_BITS, syncookies=2, min_subflows=2,
+                          mode="pool", slices=sorted(SLICES), slice_bits=SLICE_BITS, syncookies=2,
                           vip6=VIP6 if family == "ipv6" else None)
     try:
         driver.call("apply")
@@ -277,7 +277,7 @@ def test_pool_mode_tokens_in_slice_joins_and_clean_timestamps(netns, tmp_path, o
 def test_seed_mode_userspace_key_and_carrier_syn(netns, tmp_path):
     before = {ns: nstat(ns) for ns in (netns.server, netns.client)}
     driver = ServerDriver(netns.server, ifnames=netns.server_ifs, vip=VIP, port=PORT, server_id=SERVER_ID,
-                          mode="seed", syncookies=2, min_subflows=2)
+                          mode="seed", syncookies=2)
     try:
         driver.call("apply")
         # 1. A key seeded from userspace for a fixed client port becomes the connection's key.
@@ -328,7 +328,7 @@ def test_control_without_key_rewrite_tokens_scatter(netns):
     """Key mode none and syncookies=1: the kernel's own random keys, so tokens are NOT in the slice."""
     before = {ns: nstat(ns) for ns in (netns.server, netns.client)}
     driver = ServerDriver(netns.server, ifnames=netns.server_ifs, vip=VIP, port=PORT, server_id=SERVER_ID,
-                          mode="none", syncookies=1, min_subflows=2)
+                          mode="none", syncookies=1)
     try:
         driver.call("apply")
         conns = 12
@@ -361,7 +361,7 @@ def test_control_rewrite_without_cookies_breaks(netns, family):
     """
     before = nstat(netns.server)
     driver = ServerDriver(netns.server, ifnames=netns.server_ifs, vip=VIP, port=PORT, server_id=SERVER_ID,
-                          mode="pool", slices=sorted(SLICES), slice_bits=SLICE_BITS, syncookies=1, min_subflows=1,
+                          mode="pool", slices=sorted(SLICES), slice_bits=SLICE_BITS, syncookies=1,
                           vip6=VIP6 if family == "ipv6" else None)
     try:
         driver.call("apply")
