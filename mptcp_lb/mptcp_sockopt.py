@@ -20,7 +20,7 @@ MPTCP_INFO = 1
 MPTCP_TCPINFO = 2
 MPTCP_SUBFLOW_ADDRS = 3
 TCP_ESTABLISHED = 1
-_TCP_INFO_SIZE = 232  # struct tcp_info on 6.18; the kernel copies min(ours, its own)
+_TCP_INFO_SIZE = 232  # bytes of struct tcp_info asked for (6.18 has 248); the kernel copies min(ours, its own)
 _TCPI_SEGS_IN = struct.Struct("=140xI")  # struct tcp_info: tcpi_segs_in after tcpi_segs_out, since Linux 4.2
 
 # struct mptcp_subflow_data {u32 size_subflow_data, num_subflows, size_kernel, size_user}
@@ -138,6 +138,8 @@ def accepted_subflow_count(sock: socket.socket) -> int:
     ACK (the client retransmits the third ACK until it does), so a subflow
     with a second segment in (``tcpi_segs_in`` >= 2: the SYN-ACK, then that
     ACK, or an ACK of data on the initial subflow) is one the server has.
+    A second SYN-ACK also counts, which takes a join path holding a packet
+    a second or more (the SYN-ACK retransmission timer).
     """
     try:
         raw, copied = _subflow_entries(sock, MPTCP_TCPINFO, _TCP_INFO_SIZE)

@@ -1,8 +1,8 @@
 """Client traffic generator: MPTCP connections to a VIP whose every byte is verified by the DIP.
 
 Run inside the client's network namespace. Each connection waits (bounded)
-for the path manager to open ``min_subflows`` subflows before sending, so the
-payload really crosses the joined subflows. One failed connection becomes an
+until the DIP has accepted ``min_subflows`` subflows before sending, so the
+payload really crosses the joined subflows and the DIP lists every one. One failed connection becomes an
 ``{"error": ...}`` entry; it never stops the others.
 """
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conns", type=_positive(int), default=1, help="number of connections")
     parser.add_argument("--size", type=int, default=1 << 20, help="payload bytes per connection")
     parser.add_argument("--min-subflows", type=_positive(int), default=2,
-                        help="subflows (initial one included) to wait for before sending")
+                        help="subflows (initial one included) the DIP must accept before the payload is sent")
     parser.add_argument("--parallel", type=_positive(int), default=4, help="connections at a time")
     parser.add_argument("--timeout", type=_positive(float), default=10.0, help="seconds per connection")
     parser.add_argument("--source-port", type=int, default=0,

@@ -231,7 +231,7 @@ class Bed6(Bed):
         for i in (1, 2):
             self.agents[i] = ServerDriver(
                 self.ns[i], ifnames=[self.inner], vip=VIP, vip6=VIP6, port=PORT, server_id=i, mode=key_mode,
-                slices=[i], slice_bits=2, syncookies=2 if self.mode == "token" else None, min_subflows=1,
+                slices=[i], slice_bits=2, syncookies=2 if self.mode == "token" else None,
                 stamp=self.mode == "token", self_address=DIPS[i][0],
                 peers6={DIPS[j][0]: DIPS6[j] for j in DIPS} if peers6 else None)
             self.agents[i].call("apply")
