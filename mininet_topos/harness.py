@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import signal
 import socket
@@ -29,10 +30,28 @@ from mptcp_lb.config import parse_config
 log = logging.getLogger(__name__)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on loopback, from below the kernel's ephemeral range.
+
+    bind() to port 0 draws from the ephemeral range, which every outgoing
+    connection draws its source port from too: two calls could return the same
+    port (a topology's REST API once took its OpenFlow port, and the switches
+    talked to it), and a connection could take one before its listener binds.
+    """
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral_low = int(f.read().split()[0])
+    candidates = range(max(1024, ephemeral_low - 10000), ephemeral_low) if ephemeral_low > 2048 else range(1024, 65536)
+    ports: list[int] = []
+    while len(ports) < n:
+        port = random.choice(candidates)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def wait_for(what: str, check, timeout: float, interval: float = 0.1):
@@ -140,11 +159,12 @@ class Datacenter:
         self.state_file = os.path.join(self.workdir, "state.json")
         self.token_file = os.path.join(self.workdir, "api.token")
         # The agents' config names every DIP; the controller's leaves the spare ones out.
-        self.agent_config = topology_config(n_dips + spare_dips, of_port=free_port(), api_port=free_port(),
+        of_port, api_port, metrics_port = free_ports(3)
+        self.agent_config = topology_config(n_dips + spare_dips, of_port=of_port, api_port=api_port,
                                             mode=mode, key_source=key_source, punt_rate=punt_rate, prefix=prefix,
                                             state_file=self.state_file, transition_time=transition_time,
                                             explicit_slices=spare_dips > 0, api_token_file=self.token_file,
-                                            metrics_port=free_port(), bgp=bgp, bgp_lease_time=bgp_lease_time,
+                                            metrics_port=metrics_port, bgp=bgp, bgp_lease_time=bgp_lease_time,
                                             ipv6=ipv6)
         parse_config(self.agent_config)  # a combination the config refuses (ipv6 with bgp, say) fails here, by name
         self.config = json.loads(json.dumps(self.agent_config))

@@ -377,7 +377,7 @@ def _parse_controller(ck: _Checker, raw: Any) -> ControllerSettings:
         return ControllerSettings()
     d = ControllerSettings()
     c = "controller"
-    return ControllerSettings(
+    settings = ControllerSettings(
         openflow_host=ck.ipv4(obj, "openflow_host", c, d.openflow_host) or d.openflow_host,
         openflow_port=ck.int_key(obj, "openflow_port", c, c) or d.openflow_port,
         api_host=ck.ipv4(obj, "api_host", c, d.api_host) or d.api_host,
@@ -394,6 +394,23 @@ def _parse_controller(ck: _Checker, raw: Any) -> ControllerSettings:
         tls=_parse_tls(ck, obj.get("tls")),
         icmp_rate=ck.int_key(obj, "icmp_rate", c, c) or d.icmp_rate,
     )
+    _check_listeners_apart(ck, settings)
+    return settings
+
+
+def _check_listeners_apart(ck: _Checker, settings: ControllerSettings) -> None:
+    """The controller's three listeners need a port each wherever their addresses meet.
+
+    Two on one port would not both bind, or worse, both would (the switches
+    then talk OpenFlow to the REST API). Port 0 means any free port.
+    """
+    listeners = [(name, getattr(settings, f"{name}_host"), getattr(settings, f"{name}_port"))
+                 for name in ("openflow", "api", "metrics")]
+    for i, (name, host, port) in enumerate(listeners):
+        for other, other_host, other_port in listeners[:i]:
+            if port and port == other_port and (host == other_host or "0.0.0.0" in (host, other_host)):
+                ck.fail(f"controller.{name}_port", f"{port} is also controller.{other}_port, on {host} and "
+                        f"{other_host}: each listener needs a port of its own")
 
 
 def _parse_tls(ck: _Checker, raw: Any) -> TlsSettings | None:

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from mininet_topos.harness import Datacenter, free_port, wait_for
+from mininet_topos.harness import Datacenter, free_ports, wait_for
 from mptcp_lb.config import parse_config
 from tests.integration.in_flight import client_of, counters, grown, resets, rsts_sent, uploads
 
@@ -91,7 +91,7 @@ def test_a_mux_cut_off_from_its_controller_is_withdrawn_then_announced_again(bgp
     t0 = time.monotonic()
     # Point it at a port nothing listens on: it keeps its flows (fail secure), and its controller is gone.
     # (del-controller would not do: a bridge left with no controller at all has its flows flushed.)
-    subprocess.run(["ovs-vsctl", "set-controller", bridge, f"tcp:127.0.0.1:{free_port()}"], check=True)
+    subprocess.run(["ovs-vsctl", "set-controller", bridge, f"tcp:127.0.0.1:{free_ports(1)[0]}"], check=True)
     dc.wait_announced([1], timeout=10)
     cut_off = time.monotonic() - t0
     lease = parse_config(dc.config).muxes[1].bgp.lease_time

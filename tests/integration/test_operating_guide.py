@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mininet_topos.harness import free_port, wait_for
+from mininet_topos.harness import free_ports, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 GUIDE = REPO / "docs" / "operating.md"
@@ -63,7 +63,7 @@ def test_the_guides_mux_bridge_is_the_one_the_config_describes_and_the_controlle
     bridge, uplink, fabric = veths
     raw = yaml.safe_load((REPO / "examples" / "port.yaml").read_text())
     mux = raw["muxes"][0]
-    of_port = free_port()
+    of_port, api_port, metrics_port = free_ports(3)
     recipe = mux_recipe()
     assert recipe[0].startswith("BR="), recipe[0]  # the one line a reader edits
     recipe[0] = (f"BR={bridge} UPLINK={uplink} FABRIC={fabric} DPID={mux['dpid']} "
@@ -78,7 +78,7 @@ def test_the_guides_mux_bridge_is_the_one_the_config_describes_and_the_controlle
 
     token = tmp_path / "api.token"
     subprocess.run([sys.executable, "-m", "mptcp_lb.cli", "api-token", str(token)], check=True, capture_output=True)
-    raw["controller"] = {"openflow_port": of_port, "api_port": free_port(), "metrics_port": free_port(),
+    raw["controller"] = {"openflow_port": of_port, "api_port": api_port, "metrics_port": metrics_port,
                          "api_token_file": str(token), "audit_interval": 0.5}
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(raw))

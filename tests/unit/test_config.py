@@ -70,6 +70,29 @@ def test_bad_values_are_named(raw_config, path, value, expect):
     assert any(expect in p for p in problems(raw_config)), problems(raw_config)
 
 
+@pytest.mark.parametrize("listeners,expect", [
+    ({"openflow_port": 51017, "api_port": 51017},
+     ["controller.api_port: 51017 is also controller.openflow_port, on 127.0.0.1 and 127.0.0.1: "
+      "each listener needs a port of its own"]),
+    ({"api_port": 9000, "metrics_port": 9000, "metrics_host": "0.0.0.0"},
+     ["controller.metrics_port: 9000 is also controller.api_port, on 0.0.0.0 and 127.0.0.1: "
+      "each listener needs a port of its own"]),
+])
+def test_controller_listeners_sharing_a_port_are_refused(raw_config, listeners, expect):
+    raw_config.setdefault("controller", {}).update(listeners)
+    assert problems(raw_config) == expect
+
+
+@pytest.mark.parametrize("listeners", [
+    {"api_port": 0, "metrics_port": 0},  # any free port, each its own
+    {"api_port": 9000, "api_host": "127.0.0.1", "metrics_port": 9000, "metrics_host": "127.0.0.2"},
+])
+def test_controller_listeners_apart_are_taken(raw_config, listeners):
+    raw_config.setdefault("controller", {}).update(listeners)
+    controller = parse_config(raw_config).controller
+    assert {k: getattr(controller, k) for k in listeners} == listeners
+
+
 def test_unknown_and_missing_keys(raw_config):
     raw_config["vips"][0]["dips"][0]["colour"] = 3
     del raw_config["muxes"][0]["mac"]
