@@ -27,9 +27,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # packet never waits the second after which a SYN would be sent again and a second SYN-ACK come back.
 SLOW_PATH = ("tbf", "rate", "8000bit", "burst", "120", "latency", "200ms")
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
-
-
 @pytest.fixture
 def spaces():
     """Client and server namespaces; the server holds the VIP and runs the DIP echo service on it."""
